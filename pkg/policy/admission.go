@@ -1,0 +1,201 @@
+package policy
+
+import (
+	"fmt"
+	"strings"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+)
+
+// UnknownProducts says what admission does when no candidate GPU product of a
+// pod is in the catalog.
+type UnknownProducts string
+
+const (
+	// UnknownProductsDeny denies the pod: its limit can't be checked.
+	UnknownProductsDeny UnknownProducts = "deny"
+	// UnknownProductsWarn admits the pod with a Warning; the agent still clamps
+	// the limit to what NVML reports on the node.
+	UnknownProductsWarn UnknownProducts = "warn"
+)
+
+// Admission decides on pods at admission time.
+type Admission struct {
+	Catalog         Catalog
+	UnknownProducts UnknownProducts
+	// Defaults are tried in order for GPU pods created without a limit.
+	Defaults []DefaultRule
+}
+
+// Verdict is the decision on one pod.
+type Verdict struct {
+	// Errors deny the pod when not empty.
+	Errors field.ErrorList
+	// Warnings are returned to the client with an admitted pod.
+	Warnings []string
+	// Limit and Stamp are the annotation values the admitted pod must carry;
+	// "" means the annotation must be absent.
+	Limit, Stamp string
+}
+
+// Mutate decides what the mutating webhook does: default the limit of a new
+// GPU pod, check a new or changed limit, and set the stamp to the admitted
+// limit, removing one the user wrote. An update that leaves the limit as it
+// was keeps the stamp the pod had.
+func (a *Admission) Mutate(op admissionv1.Operation, pod, old *corev1.Pod, cluster Cluster) Verdict {
+	limit, hasLimit := pod.Annotations[AnnotationPowerLimit]
+	if limitUnchanged(op, pod, old) {
+		return Verdict{Limit: limit, Stamp: old.Annotations[AnnotationPowerLimitValidated]}
+	}
+	var rule *DefaultRule
+	if !hasLimit && op == admissionv1.Create {
+		if r, ok := FirstDefault(a.Defaults, pod.Labels); ok && DemandOf(&pod.Spec).GPUs > 0 {
+			limit, hasLimit, rule = r.Watts.String(), true, &r
+		}
+	}
+	if !hasLimit {
+		return Verdict{}
+	}
+	v := a.check(pod, limit, rule, cluster)
+	v.Limit, v.Stamp = limit, limit
+	return v
+}
+
+// Validate re-checks the final object, whatever mutating webhooks did to it:
+// the stamp must match what Mutate would have admitted, and a new or changed
+// limit must pass every check again. It returns no Warnings: Mutate did.
+func (a *Admission) Validate(op admissionv1.Operation, pod, old *corev1.Pod, cluster Cluster) Verdict {
+	limit, hasLimit := pod.Annotations[AnnotationPowerLimit]
+	stamp, hasStamp := pod.Annotations[AnnotationPowerLimitValidated]
+	var v Verdict
+	switch {
+	case limitUnchanged(op, pod, old):
+		if want, had := old.Annotations[AnnotationPowerLimitValidated]; stamp != want || hasStamp != had {
+			v.Errors = append(v.Errors, invalidValue(StampPath, stamp,
+				fmt.Sprintf("must stay %q while %s is unchanged; only the power webhook sets it", want, AnnotationPowerLimit)))
+		}
+	case !hasLimit:
+		if hasStamp {
+			v.Errors = append(v.Errors, invalidValue(StampPath, stamp,
+				fmt.Sprintf("must be absent when %s is absent; only the power webhook sets it", AnnotationPowerLimit)))
+		}
+	default:
+		v.Errors = a.check(pod, limit, nil, cluster).Errors
+		if len(v.Errors) == 0 && stamp != limit {
+			v.Errors = append(v.Errors, invalidValue(StampPath, stamp,
+				fmt.Sprintf("must equal the admitted %s %q; only the power webhook sets it (was the pod changed by another mutating webhook?)", AnnotationPowerLimit, limit)))
+		}
+	}
+	v.Limit, v.Stamp = limit, stamp
+	return v
+}
+
+// limitUnchanged reports an update that keeps the limit the pod already had:
+// such a pod was admitted before and is not checked again (bounds or the
+// catalog may have changed since, and a running pod can't be moved).
+func limitUnchanged(op admissionv1.Operation, pod, old *corev1.Pod) bool {
+	if op != admissionv1.Update {
+		return false
+	}
+	limit, has := pod.Annotations[AnnotationPowerLimit]
+	oldLimit, had := old.Annotations[AnnotationPowerLimit]
+	return has && had && limit == oldLimit
+}
+
+// check runs every rule on a limit: syntax, the pod's GPU shape, and the
+// bounds of the GPU products it can land on. rule is the default rule the
+// limit came from, if any, so a denial can name it.
+func (a *Admission) check(pod *corev1.Pod, limit string, rule *DefaultRule, cluster Cluster) Verdict {
+	var v Verdict
+	deny := func(detail string) Verdict {
+		if rule != nil {
+			detail = fmt.Sprintf("set by default rule %q: %s; set the annotation on the pod or fix the rule", rule.Origin, detail)
+		}
+		v.Errors = append(v.Errors, invalidValue(LimitPath, limit, detail))
+		return v
+	}
+	w, err := ValidateLimitSyntax(LimitPath, limit)
+	if err != nil {
+		if rule != nil {
+			return deny(err.Detail)
+		}
+		v.Errors = append(v.Errors, err)
+		return v
+	}
+
+	demand := DemandOf(&pod.Spec)
+	switch {
+	case len(demand.MIG) > 0:
+		return deny(fmt.Sprintf("the pod requests MIG slices (%s), and a power limit applies to a whole board shared by every slice on it; "+
+			"remove the annotation or request whole %s", joinNames(demand.MIG), ResourceGPU))
+	case demand.Claims:
+		return deny(fmt.Sprintf("the pod gets devices through resourceClaims (dynamic resource allocation), which power limits do not support yet; "+
+			"remove the annotation or request %s", ResourceGPU))
+	case demand.GPUs == 0:
+		v.Warnings = append(v.Warnings, fmt.Sprintf("%s: %q has no effect: the pod requests no %s", AnnotationPowerLimit, limit, ResourceGPU))
+		return v
+	}
+
+	cands := CandidatesOf(pod, cluster)
+	b := a.Catalog.BoundsOf(cands.Labels)
+	if len(b.Known) == 0 {
+		msg := unknownProductsMessage(cands)
+		if a.UnknownProducts == UnknownProductsWarn {
+			v.Warnings = append(v.Warnings, fmt.Sprintf("%s: %q was not checked: %s", AnnotationPowerLimit, limit, msg))
+			return v
+		}
+		return deny(msg + "; pin the pod to a known product with a nodeSelector on " + LabelGPUProduct + ", or ask the cluster operator to add the product to the power webhook's catalog")
+	}
+	if len(b.Unknown) > 0 {
+		v.Warnings = append(v.Warnings, fmt.Sprintf("%s: %q was not checked against %s (from %s): no power range is known for %s",
+			AnnotationPowerLimit, limit, quoteAll(b.Unknown), cands.From, pluralIt(len(b.Unknown))))
+	}
+	switch {
+	case b.Min > b.Max:
+		return deny(fmt.Sprintf("no limit is valid on every GPU the pod can land on (%s): %s; pin the pod to one product with a nodeSelector on %s",
+			cands.From, strings.Join(b.Ranges, ", "), LabelGPUProduct))
+	case w < b.Min:
+		return deny(fmt.Sprintf("below the %d W minimum of %s; set %d to %d W", b.Min, b.ofWhich(b.MinOf, "highest minimum"), b.Min, b.Max))
+	case w > b.Max:
+		return deny(fmt.Sprintf("above the %d W maximum of %s; set %d to %d W", b.Max, b.ofWhich(b.MaxOf, "lowest maximum"), b.Min, b.Max))
+	}
+	return v
+}
+
+func unknownProductsMessage(c Candidates) string {
+	if len(c.Labels) == 0 {
+		if c.From == "the cluster's GPU nodes" {
+			return fmt.Sprintf("no node in the cluster has a %s label, so there is no GPU to check the limit against", LabelGPUProduct)
+		}
+		if strings.HasPrefix(c.From, "node ") {
+			return fmt.Sprintf("%s has no %s label, or does not exist", c.From, LabelGPUProduct)
+		}
+		return fmt.Sprintf("the %s allows no %s value", c.From, LabelGPUProduct)
+	}
+	return fmt.Sprintf("no power range is known for GPU product %s (%s from %s)", quoteAll(c.Labels), LabelGPUProduct, c.From)
+}
+
+func quoteAll(values []string) string {
+	q := make([]string, len(values))
+	for i, v := range values {
+		q[i] = fmt.Sprintf("%q", v)
+	}
+	return strings.Join(q, ", ")
+}
+
+func joinNames(names []corev1.ResourceName) string {
+	s := make([]string, len(names))
+	for i, n := range names {
+		s[i] = string(n)
+	}
+	return strings.Join(s, ", ")
+}
+
+func pluralIt(n int) string {
+	if n == 1 {
+		return "it"
+	}
+	return "them"
+}

@@ -1,0 +1,30 @@
+package policy
+
+import "k8s.io/apimachinery/pkg/util/validation/field"
+
+// The contract: names users and other components type. Nothing else in the
+// module spells these strings.
+const (
+	// AnnotationPowerLimit is the per-GPU power limit a pod asks for, in whole watts.
+	AnnotationPowerLimit = "dynamo.nvidia.com/gpu-power-limit"
+	// AnnotationPowerLimitValidated is set only by the webhook, to the limit it
+	// admitted; the agent enforces a pod's limit only when both are equal.
+	AnnotationPowerLimitValidated = "dynamo.nvidia.com/gpu-power-limit-validated"
+
+	// LabelGPUProduct is the node label GPU Feature Discovery sets to the GPU model.
+	LabelGPUProduct = "nvidia.com/gpu.product"
+
+	// ResourceGPU is the extended resource of whole GPUs.
+	ResourceGPU = "nvidia.com/gpu"
+	// ResourceMIGPrefix starts the extended resources of MIG slices
+	// (nvidia.com/mig-1g.10gb and the like).
+	ResourceMIGPrefix = "nvidia.com/mig-"
+)
+
+var (
+	annotationsPath = field.NewPath("metadata", "annotations")
+	// LimitPath is where denials of the limit annotation point.
+	LimitPath = annotationsPath.Key(AnnotationPowerLimit)
+	// StampPath is where denials of the validation stamp point.
+	StampPath = annotationsPath.Key(AnnotationPowerLimitValidated)
+)

@@ -1,0 +1,115 @@
+package policy
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// Cluster is the read-only view of the cluster's GPU nodes that admission needs.
+type Cluster interface {
+	// NodeGPUProduct returns the nvidia.com/gpu.product label of a node as
+	// written, and whether the node exists.
+	NodeGPUProduct(node string) (product string, found bool)
+	// GPUProducts returns every distinct nvidia.com/gpu.product label value
+	// on the cluster's nodes, as written, sorted.
+	GPUProducts() []string
+}
+
+// NormalizeProduct maps a GPU Feature Discovery product label to the catalog
+// key: GFD appends "-SHARED" under time-slicing and "-MIG-<profile>" in MIG
+// mode, neither of which changes the board's power range.
+func NormalizeProduct(label string) string {
+	s := strings.TrimSuffix(label, "-SHARED")
+	if i := strings.Index(s, "-MIG-"); i > 0 {
+		s = s[:i]
+	}
+	return s
+}
+
+// Candidates are the GPU products a pod can land on.
+type Candidates struct {
+	// Labels are the nvidia.com/gpu.product values as written, sorted, distinct.
+	Labels []string
+	// From says where they came from, for messages: `node "gpu-7"`,
+	// "nodeSelector", "required node affinity" or "the cluster's GPU nodes".
+	From string
+}
+
+// CandidatesOf finds the products a pod can land on. A pod bound to a node has
+// that node's product. Otherwise a nodeSelector and required node affinity
+// (the union of its terms, each the intersection of its In expressions on the
+// product label) narrow the choice; a pod that pins nothing can land on any
+// GPU product in the cluster.
+func CandidatesOf(pod *corev1.Pod, cluster Cluster) Candidates {
+	if node := pod.Spec.NodeName; node != "" {
+		c := Candidates{From: fmt.Sprintf("node %q", node)}
+		if product, found := cluster.NodeGPUProduct(node); found && product != "" {
+			c.Labels = []string{product}
+		}
+		return c
+	}
+
+	var pinned []string
+	var from []string
+	if v, ok := pod.Spec.NodeSelector[LabelGPUProduct]; ok {
+		pinned, from = []string{v}, append(from, "nodeSelector")
+	}
+	if values, ok := affinityProducts(pod.Spec.Affinity); ok {
+		if pinned == nil {
+			pinned = values
+		} else {
+			pinned = intersect(pinned, values)
+		}
+		from = append(from, "required node affinity")
+	}
+	if from == nil {
+		return Candidates{Labels: cluster.GPUProducts(), From: "the cluster's GPU nodes"}
+	}
+	slices.Sort(pinned)
+	return Candidates{Labels: slices.Compact(pinned), From: strings.Join(from, " and ")}
+}
+
+// affinityProducts returns the products required node affinity allows, and
+// false when some term leaves the product open.
+func affinityProducts(a *corev1.Affinity) ([]string, bool) {
+	if a == nil || a.NodeAffinity == nil || a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution == nil {
+		return nil, false
+	}
+	terms := a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms
+	if len(terms) == 0 {
+		return nil, false
+	}
+	var union []string
+	for _, term := range terms {
+		var allowed []string
+		constrained := false
+		for _, e := range term.MatchExpressions {
+			if e.Key != LabelGPUProduct || e.Operator != corev1.NodeSelectorOpIn {
+				continue
+			}
+			if !constrained {
+				allowed, constrained = slices.Clone(e.Values), true
+			} else {
+				allowed = intersect(allowed, e.Values)
+			}
+		}
+		if !constrained {
+			return nil, false
+		}
+		union = append(union, allowed...)
+	}
+	return union, true
+}
+
+func intersect(a, b []string) []string {
+	var out []string
+	for _, v := range a {
+		if slices.Contains(b, v) {
+			out = append(out, v)
+		}
+	}
+	return out
+}
