@@ -1,0 +1,48 @@
+package webhook
+
+import (
+	"fmt"
+	"testing"
+
+	admissionv1 "k8s.io/api/admission/v1"
+
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/dynamo-power/gpu-power/internal/testpod"
+)
+
+// benchRequest is a realistic worker pod (8 containers, 40 env vars each, 8
+// GPUs, pinned to H100 by nodeSelector) in a cluster of 1,000 GPU nodes.
+func benchSetup(b *testing.B) (*Mutator, *Validator, admission.Request) {
+	m, v, nodes := newHandlers()
+	products := []string{"NVIDIA-H100-80GB-HBM3", "NVIDIA-H200", "NVIDIA-L40S", "NVIDIA-A100-SXM4-80GB"}
+	for i := range 1000 {
+		nodes.Set(fmt.Sprintf("gpu-node-%04d", i), products[i%len(products)])
+	}
+	w := testpod.MakePod("decode-worker-7", "llm").GPU(1)
+	for i := 1; i < 8; i++ {
+		w.Container(fmt.Sprintf("worker-%d", i), 1)
+	}
+	pod := w.Env(40).Label("app", "decode").Product("NVIDIA-H100-80GB-HBM3").Limit("450").Stamp("450").Obj()
+	return m, v, request(b, admissionv1.Create, pod, nil)
+}
+
+func BenchmarkMutate(b *testing.B) {
+	m, _, req := benchSetup(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		if resp := m.Handle(b.Context(), req); !resp.Allowed {
+			b.Fatal(resp.Result.Message)
+		}
+	}
+}
+
+func BenchmarkValidate(b *testing.B) {
+	_, v, req := benchSetup(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		if resp := v.Handle(b.Context(), req); !resp.Allowed {
+			b.Fatal(resp.Result.Message)
+		}
+	}
+}

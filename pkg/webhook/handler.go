@@ -1,0 +1,163 @@
+package webhook
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"gomodules.xyz/jsonpatch/v2"
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/dynamo-power/gpu-power/pkg/policy"
+)
+
+// Paths the webhooks are served on; the webhook configurations in
+// deploy/webhook/ name the same.
+const (
+	MutatePath   = "/mutate-pods"
+	ValidatePath = "/validate-pods"
+)
+
+var podKind = schema.GroupKind{Kind: "Pod"}
+
+// Mutator is the mutating webhook: defaults, checks and stamps.
+type Mutator struct {
+	Policy  *policy.Admission
+	Cluster policy.Cluster
+	Metrics *Metrics
+}
+
+// Validator is the validating webhook: re-checks the final object.
+type Validator struct {
+	Policy  *policy.Admission
+	Cluster policy.Cluster
+	Metrics *Metrics
+}
+
+// Handle implements admission.Handler.
+func (m *Mutator) Handle(ctx context.Context, req admission.Request) admission.Response {
+	return handle(ctx, "mutate", m.Metrics, req, func(pod, old *corev1.Pod) admission.Response {
+		v := m.Policy.Mutate(req.Operation, pod, old, m.Cluster)
+		if len(v.Errors) > 0 {
+			return deny(pod, v)
+		}
+		resp := admission.Allowed("")
+		resp.Patches = annotationPatch(pod.Annotations, v.Limit, v.Stamp)
+		if len(resp.Patches) > 0 {
+			pt := admissionv1.PatchTypeJSONPatch
+			resp.PatchType = &pt
+		}
+		resp.Warnings = v.Warnings
+		return resp
+	})
+}
+
+// Handle implements admission.Handler.
+func (h *Validator) Handle(ctx context.Context, req admission.Request) admission.Response {
+	return handle(ctx, "validate", h.Metrics, req, func(pod, old *corev1.Pod) admission.Response {
+		v := h.Policy.Validate(req.Operation, pod, old, h.Cluster)
+		if len(v.Errors) > 0 {
+			return deny(pod, v)
+		}
+		return admission.Allowed("")
+	})
+}
+
+// handle decodes the pods of a request, runs decide, and records the outcome.
+func handle(ctx context.Context, webhook string, m *Metrics, req admission.Request,
+	decide func(pod, old *corev1.Pod) admission.Response) admission.Response {
+	start := time.Now()
+	logger := log.FromContext(ctx).WithValues("webhook", webhook, "operation", req.Operation,
+		"pod", strings.TrimPrefix(req.Namespace+"/"+req.Name, "/"), "uid", req.UID)
+
+	resp, err := decodeAndDecide(req, decide)
+	result := resultAllowed
+	switch {
+	case err != nil:
+		result = resultError
+		logger.Error(err, "Failed to decode admission request")
+		resp = admission.Errored(http.StatusBadRequest, err)
+	case !resp.Allowed:
+		result = resultDenied
+		logger.V(4).Info("Denied pod", "reason", resp.Result.Message)
+	default:
+		logger.V(4).Info("Admitted pod", "patches", len(resp.Patches), "warnings", len(resp.Warnings))
+	}
+	m.observe(webhook, req.Operation, result, start)
+	return resp
+}
+
+func decodeAndDecide(req admission.Request, decide func(pod, old *corev1.Pod) admission.Response) (admission.Response, error) {
+	if req.Kind.Kind != "Pod" || req.SubResource != "" {
+		return admission.Allowed("not a pod"), nil
+	}
+	if req.Operation != admissionv1.Create && req.Operation != admissionv1.Update {
+		return admission.Allowed("operation not checked"), nil
+	}
+	pod, err := decodePod(req.Object.Raw)
+	if err != nil {
+		return admission.Response{}, fmt.Errorf("decode pod: %w", err)
+	}
+	if pod.Namespace == "" {
+		pod.Namespace = req.Namespace
+	}
+	var old *corev1.Pod
+	if req.Operation == admissionv1.Update {
+		if old, err = decodePod(req.OldObject.Raw); err != nil {
+			return admission.Response{}, fmt.Errorf("decode old pod: %w", err)
+		}
+	}
+	return decide(pod, old), nil
+}
+
+// deny answers 422 Invalid with one cause per field error, the way the API
+// server's own validation answers.
+func deny(pod *corev1.Pod, v policy.Verdict) admission.Response {
+	name := pod.Name
+	if name == "" {
+		name = pod.GenerateName
+	}
+	status := apierrors.NewInvalid(podKind, name, v.Errors).ErrStatus
+	return admission.Response{AdmissionResponse: admissionv1.AdmissionResponse{
+		Allowed: false, Result: &status, Warnings: v.Warnings,
+	}}
+}
+
+// annotationPatch returns the JSON patch that makes the pod's annotations hold
+// limit and stamp ("" = absent), touching nothing else.
+func annotationPatch(have map[string]string, limit, stamp string) []jsonpatch.Operation {
+	want := [2]struct{ key, value string }{{policy.AnnotationPowerLimit, limit}, {policy.AnnotationPowerLimitValidated, stamp}}
+	if have == nil {
+		add := map[string]string{}
+		for _, w := range want {
+			if w.value != "" {
+				add[w.key] = w.value
+			}
+		}
+		if len(add) == 0 {
+			return nil
+		}
+		return []jsonpatch.Operation{{Operation: "add", Path: "/metadata/annotations", Value: add}}
+	}
+	var ops []jsonpatch.Operation
+	for _, w := range want {
+		path := "/metadata/annotations/" + strings.ReplaceAll(strings.ReplaceAll(w.key, "~", "~0"), "/", "~1")
+		cur, has := have[w.key]
+		switch {
+		case w.value == "" && has:
+			ops = append(ops, jsonpatch.Operation{Operation: "remove", Path: path})
+		case w.value != "" && !has:
+			ops = append(ops, jsonpatch.Operation{Operation: "add", Path: path, Value: w.value})
+		case w.value != "" && cur != w.value:
+			ops = append(ops, jsonpatch.Operation{Operation: "replace", Path: path, Value: w.value})
+		}
+	}
+	return ops
+}

@@ -1,0 +1,111 @@
+package webhook
+
+import (
+	"slices"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+	toolscache "k8s.io/client-go/tools/cache"
+
+	"github.com/dynamo-power/gpu-power/pkg/policy"
+)
+
+// NodeIndex is the cluster view admission reads: the GPU product label of each
+// node. Informer events keep it current, so a request costs a map lookup, not
+// a scan of every node.
+type NodeIndex struct {
+	mu       sync.RWMutex
+	product  map[string]string // node name -> nvidia.com/gpu.product ("" when unlabelled)
+	nodesPer map[string]int    // product -> number of nodes with it
+	products []string          // keys of nodesPer, sorted; replaced, never modified
+}
+
+var _ policy.Cluster = (*NodeIndex)(nil)
+
+// NewNodeIndex returns an empty index.
+func NewNodeIndex() *NodeIndex {
+	return &NodeIndex{product: map[string]string{}, nodesPer: map[string]int{}}
+}
+
+// NodeGPUProduct implements policy.Cluster.
+func (x *NodeIndex) NodeGPUProduct(node string) (string, bool) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	p, ok := x.product[node]
+	return p, ok
+}
+
+// GPUProducts implements policy.Cluster. Callers must not modify the slice.
+func (x *NodeIndex) GPUProducts() []string {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return x.products
+}
+
+// Set records a node's product label.
+func (x *NodeIndex) Set(node, product string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if old, ok := x.product[node]; ok {
+		if old == product {
+			return
+		}
+		x.forget(old)
+	}
+	x.product[node] = product
+	if product != "" {
+		x.nodesPer[product]++
+		if x.nodesPer[product] == 1 {
+			x.products = slices.Sorted(func(yield func(string) bool) {
+				for p := range x.nodesPer {
+					if !yield(p) {
+						return
+					}
+				}
+			})
+		}
+	}
+}
+
+// Delete forgets a node.
+func (x *NodeIndex) Delete(node string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if old, ok := x.product[node]; ok {
+		x.forget(old)
+		delete(x.product, node)
+	}
+}
+
+func (x *NodeIndex) forget(product string) {
+	if product == "" {
+		return
+	}
+	x.nodesPer[product]--
+	if x.nodesPer[product] == 0 {
+		delete(x.nodesPer, product)
+		x.products = slices.DeleteFunc(slices.Clone(x.products), func(p string) bool { return p == product })
+	}
+}
+
+// EventHandler keeps the index in step with a node informer.
+func (x *NodeIndex) EventHandler() toolscache.ResourceEventHandler {
+	return toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { x.setNode(obj) },
+		UpdateFunc: func(_, obj any) { x.setNode(obj) },
+		DeleteFunc: func(obj any) {
+			if tomb, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+				obj = tomb.Obj
+			}
+			if n, ok := obj.(*corev1.Node); ok {
+				x.Delete(n.Name)
+			}
+		},
+	}
+}
+
+func (x *NodeIndex) setNode(obj any) {
+	if n, ok := obj.(*corev1.Node); ok {
+		x.Set(n.Name, n.Labels[policy.LabelGPUProduct])
+	}
+}
