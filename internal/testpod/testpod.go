@@ -94,7 +94,9 @@ func (w *Wrapper) Env(n int) *Wrapper {
 }
 
 // Limit sets the power-limit annotation.
-func (w *Wrapper) Limit(watts string) *Wrapper { return w.Annotation(policy.AnnotationPowerLimit, watts) }
+func (w *Wrapper) Limit(watts string) *Wrapper {
+	return w.Annotation(policy.AnnotationPowerLimit, watts)
+}
 
 // Stamp sets the validation stamp annotation.
 func (w *Wrapper) Stamp(watts string) *Wrapper {

@@ -74,7 +74,7 @@ func TestMutateCreate(t *testing.T) {
 			errs: []string{limitInvalid + `"250": no limit is valid on every GPU the pod can land on (the cluster's GPU nodes): NVIDIA-H100-80GB-HBM3 allows 200-700 W, NVIDIA-L4 allows 40-72 W; pin the pod to one product with a nodeSelector on nvidia.com/gpu.product`}},
 		{name: "pinned by nodeSelector in a mixed cluster", cluster: mixed, pod: pod().GPU(1).Product(h100).Limit("250").Obj(), limit: "250", stamp: "250"},
 		{name: "overlapping products: the tighter bound names its product", cluster: mixed,
-			pod: pod().GPU(1).AffinityProducts("NVIDIA-H100-PCIe", "NVIDIA-H100-NVL").Limit("380").Obj(),
+			pod:  pod().GPU(1).AffinityProducts("NVIDIA-H100-PCIe", "NVIDIA-H100-NVL").Limit("380").Obj(),
 			errs: []string{limitInvalid + `"380": above the 350 W maximum of NVIDIA-H100-PCIe, the lowest maximum among the GPUs the pod can land on (NVIDIA-H100-NVL, NVIDIA-H100-PCIe); set 200 to 350 W`}},
 		{name: "fractional bounds round inward", cluster: mixed, pod: pod().GPU(1).Product("NVIDIA-A16").Limit("63").Obj(),
 			errs: []string{limitInvalid + `"63": above the 62 W maximum of NVIDIA-A16; set 49 to 62 W`}},

@@ -1,0 +1,110 @@
+// Command power-webhook admits GPU pods: it defaults, checks and stamps their
+// per-GPU power limit (see pkg/policy for the rules).
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+
+	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	"github.com/dynamo-power/gpu-power/pkg/policy"
+	powerwebhook "github.com/dynamo-power/gpu-power/pkg/webhook"
+)
+
+type defaultRules []policy.DefaultRule
+
+func (d *defaultRules) String() string { return fmt.Sprint(len(*d), " rules") }
+func (d *defaultRules) Set(s string) error {
+	r, err := policy.ParseDefaultRule(s)
+	if err != nil {
+		return err
+	}
+	*d = append(*d, r)
+	return nil
+}
+
+type options struct {
+	certDir, metricsAddr, probeAddr, catalogFile, unknown string
+	port                                                  int
+	defaults                                              defaultRules
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.certDir, "cert-dir", "/etc/power-webhook/certs", "Folder holding tls.crt and tls.key; changes are picked up without a restart.")
+	flag.IntVar(&o.port, "webhook-port", 9443, "Port the admission webhooks are served on.")
+	flag.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus /metrics endpoint; 0 disables it.")
+	flag.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "Address of the /healthz and /readyz endpoints.")
+	flag.StringVar(&o.catalogFile, "catalog-file", "", "CSV of GPU power ranges (gpu_product,min_w,default_w,max_w) whose rows add to or replace the built-in catalog.")
+	flag.StringVar(&o.unknown, "unknown-products", string(policy.UnknownProductsDeny), "What to do when no GPU product a pod can land on is in the catalog: deny, or warn and admit.")
+	flag.Var(&o.defaults, "default-rule", "Default limit for GPU pods without one, as selector=watts (label selector syntax, e.g. role=decode=250); repeatable, first match wins.")
+	zapOpts := zap.Options{}
+	zapOpts.BindFlags(flag.CommandLine)
+	flag.Parse()
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
+	log := ctrl.Log.WithName("power-webhook")
+
+	if err := run(log, o); err != nil {
+		log.Error(err, "Power webhook stopped")
+		os.Exit(1)
+	}
+}
+
+func run(log logr.Logger, o options) error {
+	admit, err := newAdmission(o)
+	if err != nil {
+		return err
+	}
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return err
+	}
+	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), manager.Options{
+		Scheme:                 scheme,
+		Metrics:                metricsserver.Options{BindAddress: o.metricsAddr},
+		HealthProbeBindAddress: o.probeAddr,
+		WebhookServer:          webhook.NewServer(powerwebhook.ServerOptions("", o.port, o.certDir)),
+		Cache:                  powerwebhook.CacheOptions(),
+	})
+	if err != nil {
+		return fmt.Errorf("create manager: %w", err)
+	}
+	ctx := ctrl.SetupSignalHandler()
+	if err := powerwebhook.Setup(ctx, mgr, admit, metrics.Registry); err != nil {
+		return err
+	}
+	log.Info("Starting power webhook", "port", o.port, "certDir", o.certDir, "products", len(admit.Catalog),
+		"unknownProducts", admit.UnknownProducts, "defaultRules", len(admit.Defaults))
+	return mgr.Start(ctx)
+}
+
+func newAdmission(o options) (*policy.Admission, error) {
+	catalog := policy.DefaultCatalog()
+	if o.catalogFile != "" {
+		f, err := os.Open(o.catalogFile)
+		if err != nil {
+			return nil, fmt.Errorf("open catalog: %w", err)
+		}
+		defer f.Close()
+		extra, err := policy.ParseCatalog(f)
+		if err != nil {
+			return nil, fmt.Errorf("catalog %s: %w", o.catalogFile, err)
+		}
+		catalog = catalog.Merge(extra)
+	}
+	u := policy.UnknownProducts(o.unknown)
+	if u != policy.UnknownProductsDeny && u != policy.UnknownProductsWarn {
+		return nil, fmt.Errorf("--unknown-products=%q: want %q or %q", o.unknown, policy.UnknownProductsDeny, policy.UnknownProductsWarn)
+	}
+	return &policy.Admission{Catalog: catalog, UnknownProducts: u, Defaults: o.defaults}, nil
+}

@@ -1,0 +1,55 @@
+// Package envtestenv finds the Kubernetes test binaries that `make envtest`
+// builds from Go modules (hack/build-k8s.sh), for every test level.
+package envtestenv
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+)
+
+// K8sVersion is the version hack/build-k8s.sh builds.
+const K8sVersion = "1.37.2"
+
+// Root is the repository root.
+func Root() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// AssetsDir returns the folder with etcd, kube-apiserver and kubectl:
+// KUBEBUILDER_ASSETS when set, else bin/k8s/<version>/. It fails with the
+// command to run when the binaries are missing.
+func AssetsDir() (string, error) {
+	dir := os.Getenv("KUBEBUILDER_ASSETS")
+	if dir == "" {
+		dir = filepath.Join(Root(), "bin", "k8s", K8sVersion)
+	}
+	for _, b := range []string{"etcd", "kube-apiserver"} {
+		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
+			return "", fmt.Errorf("%s not found in %s: run `make envtest` to build the test binaries: %w", b, dir, err)
+		}
+	}
+	return dir, nil
+}
+
+// Kubectl returns the kubectl built beside the API server, or the one on PATH.
+func Kubectl() (string, error) {
+	if dir, err := AssetsDir(); err == nil {
+		if p := filepath.Join(dir, "kubectl"); fileExists(p) {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath("kubectl")
+	if err != nil {
+		return "", fmt.Errorf("no kubectl: run `make envtest` to build it: %w", err)
+	}
+	return p, nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
