@@ -95,7 +95,7 @@ func newAdmission(o options) (*policy.Admission, error) {
 		if err != nil {
 			return nil, fmt.Errorf("open catalog: %w", err)
 		}
-		defer f.Close()
+		defer func() { _ = f.Close() }()
 		extra, err := policy.ParseCatalog(f)
 		if err != nil {
 			return nil, fmt.Errorf("catalog %s: %w", o.catalogFile, err)

@@ -1,121 +1,243 @@
 package webhook
 
 import (
-	"encoding/json"
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
-	"unsafe"
 
-	"github.com/tidwall/gjson"
+	"github.com/go-json-experiment/json/jsontext"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	sigsjson "sigs.k8s.io/json"
 )
 
-// decodePod reads the parts of a pod that power policy looks at: identity,
-// labels, annotations, node name, node selector and affinity, and each
-// container's resources and restart policy. Everything else (env, volumes,
-// probes: most of a real pod's bytes) is skipped without being decoded, which
-// keeps an admission of a large pod in the tens of microseconds.
+// decodePod reads the parts of a pod that power policy looks at: metadata,
+// node name, node selector, affinity, resource claims, and each container's
+// name, NVIDIA resources and restart policy. Everything else (env, volumes,
+// probes: most of a real pod's bytes) is skipped by a streaming tokenizer
+// without being decoded, yet still checked to be well-formed JSON. That keeps
+// the admission of a large pod in the tens of microseconds.
 func decodePod(raw []byte) (*corev1.Pod, error) {
 	if len(raw) == 0 {
 		return nil, errors.New("empty object")
 	}
-	// The request body is neither modified nor kept past this call, so the
-	// results may point into it instead of a 25 kB copy.
-	text := unsafe.String(&raw[0], len(raw))
-	if !gjson.Valid(text) {
-		return nil, errors.New("object is not valid JSON")
-	}
-	doc := gjson.Parse(text)
-	if !doc.IsObject() {
-		return nil, errors.New("object is not a JSON object")
-	}
 	pod := &corev1.Pod{}
-	if m := doc.Get("metadata"); m.Exists() {
-		if err := json.Unmarshal([]byte(m.Raw), &pod.ObjectMeta); err != nil {
-			return nil, fmt.Errorf("metadata: %w", err)
-		}
+	// A bytes.Buffer is parsed in place, without a copy. Duplicate keys are
+	// not looked for: the API server wrote this JSON from a decoded object.
+	d := jsontext.NewDecoder(bytes.NewBuffer(raw), jsontext.AllowDuplicateNames(true))
+	if d.PeekKind() != '{' {
+		return nil, errors.New("not a JSON object")
 	}
-	var err error
-	doc.Get("spec").ForEach(func(key, value gjson.Result) bool {
-		s := &pod.Spec
-		switch key.Str {
-		case "nodeName":
-			err = unmarshal(value, &s.NodeName)
-		case "nodeSelector":
-			err = unmarshal(value, &s.NodeSelector)
-		case "affinity":
-			err = unmarshal(value, &s.Affinity)
-		case "resourceClaims":
-			err = unmarshal(value, &s.ResourceClaims)
-		case "containers":
-			s.Containers, err = decodeContainers(value)
-		case "initContainers":
-			s.InitContainers, err = decodeContainers(value)
+	err := eachField(d, func(key string) error {
+		switch key {
+		case "metadata":
+			return decodeMetadata(d, &pod.ObjectMeta)
+		case "spec":
+			return decodeSpec(d, &pod.Spec)
 		}
-		if err != nil {
-			err = fmt.Errorf("spec.%s: %w", key.Str, err)
-		}
-		return err == nil
+		return d.SkipValue()
 	})
-	return pod, err
+	if err != nil {
+		return nil, err
+	}
+	if _, err := d.ReadToken(); !errors.Is(err, io.EOF) {
+		return nil, errors.New("trailing data after the object")
+	}
+	return pod, nil
 }
 
-func decodeContainers(list gjson.Result) ([]corev1.Container, error) {
-	if !list.IsArray() {
-		if list.Type == gjson.Null {
-			return nil, nil
+func decodeMetadata(d *jsontext.Decoder, m *metav1.ObjectMeta) error {
+	return eachField(d, func(key string) (err error) {
+		switch key {
+		case "name":
+			m.Name, err = decodeString(d)
+		case "generateName":
+			m.GenerateName, err = decodeString(d)
+		case "namespace":
+			m.Namespace, err = decodeString(d)
+		case "labels":
+			m.Labels, err = decodeStringMap(d)
+		case "annotations":
+			m.Annotations, err = decodeStringMap(d)
+		default:
+			return d.SkipValue()
 		}
+		if err != nil {
+			err = fmt.Errorf("metadata.%s: %w", key, err)
+		}
+		return err
+	})
+}
+
+func decodeSpec(d *jsontext.Decoder, s *corev1.PodSpec) error {
+	return eachField(d, func(key string) (err error) {
+		switch key {
+		case "nodeName":
+			err = decodeValue(d, &s.NodeName)
+		case "nodeSelector":
+			s.NodeSelector, err = decodeStringMap(d)
+		case "affinity":
+			err = decodeValue(d, &s.Affinity)
+		case "resourceClaims":
+			err = decodeValue(d, &s.ResourceClaims)
+		case "containers":
+			s.Containers, err = decodeContainers(d)
+		case "initContainers":
+			s.InitContainers, err = decodeContainers(d)
+		default:
+			return d.SkipValue()
+		}
+		if err != nil {
+			err = fmt.Errorf("spec.%s: %w", key, err)
+		}
+		return err
+	})
+}
+
+func decodeContainers(d *jsontext.Decoder) ([]corev1.Container, error) {
+	switch d.PeekKind() {
+	case 'n':
+		_, err := d.ReadToken()
+		return nil, err
+	case '[':
+	default:
 		return nil, errors.New("not a list")
 	}
+	if _, err := d.ReadToken(); err != nil {
+		return nil, err
+	}
 	out := make([]corev1.Container, 0, 8)
-	var err error
-	list.ForEach(func(_, c gjson.Result) bool {
+	for d.PeekKind() != ']' {
 		out = append(out, corev1.Container{})
-		ct := &out[len(out)-1]
-		c.ForEach(func(key, value gjson.Result) bool {
-			switch key.Str {
+		c := &out[len(out)-1]
+		err := eachField(d, func(key string) error {
+			switch key {
 			case "name":
-				ct.Name = value.Str
-			case "resources":
-				ct.Resources.Requests, err = decodeGPUResources(value.Get("requests"))
-				if err == nil {
-					ct.Resources.Limits, err = decodeGPUResources(value.Get("limits"))
-				}
+				return decodeValue(d, &c.Name)
 			case "restartPolicy":
-				err = unmarshal(value, &ct.RestartPolicy)
+				return decodeValue(d, &c.RestartPolicy)
+			case "resources":
+				return eachField(d, func(key string) (err error) {
+					switch key {
+					case "requests":
+						c.Resources.Requests, err = decodeNVIDIAResources(d)
+					case "limits":
+						c.Resources.Limits, err = decodeNVIDIAResources(d)
+					default:
+						err = d.SkipValue()
+					}
+					return err
+				})
 			}
-			return err == nil
+			return d.SkipValue()
 		})
-		return err == nil
-	})
+		if err != nil {
+			return nil, err
+		}
+	}
+	_, err := d.ReadToken() // ']'
 	return out, err
 }
 
-// decodeGPUResources keeps the NVIDIA entries of a resource list: the only
-// resources power policy reads.
-func decodeGPUResources(list gjson.Result) (corev1.ResourceList, error) {
+// decodeNVIDIAResources keeps the nvidia.com/ entries of a resource list: the
+// only resources power policy reads.
+func decodeNVIDIAResources(d *jsontext.Decoder) (corev1.ResourceList, error) {
 	var out corev1.ResourceList
-	var err error
-	list.ForEach(func(name, value gjson.Result) bool {
-		if !strings.HasPrefix(name.Str, "nvidia.com/") {
-			return true
+	err := eachField(d, func(name string) error {
+		if !strings.HasPrefix(name, "nvidia.com/") {
+			return d.SkipValue()
+		}
+		tok, err := d.ReadToken()
+		if err != nil {
+			return err
 		}
 		var q resource.Quantity
-		if q, err = resource.ParseQuantity(value.String()); err != nil {
-			err = fmt.Errorf("%s: %w", name.Str, err)
-			return false
+		switch tok.Kind() {
+		case '"':
+			q, err = resource.ParseQuantity(tok.String())
+		case '0':
+			q, err = resource.ParseQuantity(tok.String())
+		default:
+			err = errors.New("not a quantity")
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
 		}
 		if out == nil {
 			out = corev1.ResourceList{}
 		}
-		out[corev1.ResourceName(name.Str)] = q
-		return true
+		out[corev1.ResourceName(name)] = q
+		return nil
 	})
 	return out, err
 }
 
-func unmarshal(v gjson.Result, into any) error {
-	return json.Unmarshal([]byte(v.Raw), into)
+func decodeString(d *jsontext.Decoder) (string, error) {
+	tok, err := d.ReadToken()
+	if err != nil {
+		return "", err
+	}
+	switch tok.Kind() {
+	case '"':
+		return tok.String(), nil
+	case 'n':
+		return "", nil
+	}
+	return "", fmt.Errorf("want a string, got %v", tok.Kind())
+}
+
+func decodeStringMap(d *jsontext.Decoder) (map[string]string, error) {
+	var m map[string]string
+	err := eachField(d, func(key string) error {
+		v, err := decodeString(d)
+		if err != nil {
+			return fmt.Errorf("%s: %w", key, err)
+		}
+		if m == nil {
+			m = map[string]string{}
+		}
+		m[key] = v
+		return nil
+	})
+	return m, err
+}
+
+// eachField reads an object (or null), calling field with each key while the
+// decoder stands on that key's value; field must consume the value.
+func eachField(d *jsontext.Decoder, field func(key string) error) error {
+	tok, err := d.ReadToken()
+	if err != nil {
+		return err
+	}
+	switch tok.Kind() {
+	case 'n':
+		return nil
+	case '{':
+	default:
+		return fmt.Errorf("want an object, got %v", tok.Kind())
+	}
+	for d.PeekKind() != '}' {
+		key, err := d.ReadToken()
+		if err != nil {
+			return err
+		}
+		if err := field(key.String()); err != nil {
+			return err
+		}
+	}
+	_, err = d.ReadToken()
+	return err
+}
+
+// decodeValue decodes the next value the way the API server does: with the
+// API types' JSON tags, case-sensitively.
+func decodeValue(d *jsontext.Decoder, into any) error {
+	v, err := d.ReadValue()
+	if err != nil {
+		return err
+	}
+	return sigsjson.UnmarshalCaseSensitivePreserveInts(v, into)
 }

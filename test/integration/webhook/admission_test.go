@@ -28,9 +28,9 @@ const (
 func pod(name string) *testpod.Wrapper { return testpod.MakePod(name, testNamespace) }
 
 // create creates the pod and registers its deletion.
-func create(t *testing.T, c client.Client, p *corev1.Pod, opts ...client.CreateOption) error {
+func create(t *testing.T, c client.Client, p *corev1.Pod) error {
 	t.Helper()
-	err := c.Create(t.Context(), p, opts...)
+	err := c.Create(t.Context(), p)
 	if err == nil {
 		t.Cleanup(func() { _ = k8s.Delete(t.Context(), p) })
 	}

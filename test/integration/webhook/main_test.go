@@ -93,7 +93,7 @@ func run(m *testing.M) (int, error) {
 	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
 		return 0, err
 	}
-	defer os.Remove(kubeconfig)
+	defer func() { _ = os.Remove(kubeconfig) }()
 
 	probeAddr, err := freeAddr()
 	if err != nil {
@@ -120,16 +120,21 @@ func run(m *testing.M) (int, error) {
 	}
 	stopped := make(chan error, 1)
 	go func() { stopped <- mgr.Start(ctx) }()
-	defer func() { cancel(); <-stopped }()
+	defer func() {
+		cancel()
+		if err := <-stopped; err != nil {
+			fmt.Fprintln(os.Stderr, "webhook manager:", err)
+		}
+	}()
 
 	// Ready means the webhook server listens and the caches (the node index
 	// included) have synced: the same probe the Deployment uses.
-	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
 		resp, err := http.Get("http://" + probeAddr + "/readyz")
 		if err != nil {
 			return false, nil
 		}
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		return resp.StatusCode == http.StatusOK, nil
 	}); err != nil {
 		return 0, fmt.Errorf("webhook never became ready: %w", err)
@@ -162,6 +167,6 @@ func freeAddr() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().String(), nil
 }

@@ -1,0 +1,107 @@
+package webhook
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/go-json-experiment/json/jsontext"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	sigsjson "sigs.k8s.io/json"
+
+	"github.com/dynamo-power/gpu-power/internal/testpod"
+)
+
+// policyView is what decodePod promises to read of a pod: the rest is skipped.
+func policyView(p *corev1.Pod) *corev1.Pod {
+	out := &corev1.Pod{}
+	out.Name, out.GenerateName, out.Namespace = p.Name, p.GenerateName, p.Namespace
+	out.Labels, out.Annotations = p.Labels, p.Annotations
+	s := &out.Spec
+	s.NodeName, s.NodeSelector, s.Affinity, s.ResourceClaims = p.Spec.NodeName, p.Spec.NodeSelector, p.Spec.Affinity, p.Spec.ResourceClaims
+	s.Containers, s.InitContainers = viewContainers(p.Spec.Containers), viewContainers(p.Spec.InitContainers)
+	return out
+}
+
+func viewContainers(cs []corev1.Container) []corev1.Container {
+	if cs == nil {
+		return nil
+	}
+	out := make([]corev1.Container, len(cs))
+	for i, c := range cs {
+		out[i] = corev1.Container{Name: c.Name, RestartPolicy: c.RestartPolicy}
+		for name, q := range c.Resources.Requests {
+			if strings.HasPrefix(string(name), "nvidia.com/") {
+				if out[i].Resources.Requests == nil {
+					out[i].Resources.Requests = corev1.ResourceList{}
+				}
+				out[i].Resources.Requests[name] = q
+			}
+		}
+		for name, q := range c.Resources.Limits {
+			if strings.HasPrefix(string(name), "nvidia.com/") {
+				if out[i].Resources.Limits == nil {
+					out[i].Resources.Limits = corev1.ResourceList{}
+				}
+				out[i].Resources.Limits[name] = q
+			}
+		}
+	}
+	return out
+}
+
+func TestDecodePodReadsWhatPolicyNeeds(t *testing.T) {
+	pods := []*corev1.Pod{
+		testpod.MakePod("a", "ns").Obj(),
+		testpod.MakePod("b", "ns").GPU(8).Container("side", 0).Env(5).Label("role", "decode").Limit("250").Stamp("250").Obj(),
+		testpod.MakePod("c", "ns").GPU(1).InitContainer("warm", 2).Sidecar("proxy", 1).Product("NVIDIA-L4").NodeName("n1").Obj(),
+		testpod.MakePod("d", "ns").Resource(0, "nvidia.com/mig-1g.10gb", 2).Resource(0, "cpu", 4).AffinityProducts("NVIDIA-H200").ResourceClaim("gpu", "t").Obj(),
+	}
+	for _, want := range pods {
+		raw, err := json.Marshal(want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := decodePod(raw)
+		if err != nil {
+			t.Fatalf("decode %s: %v", want.Name, err)
+		}
+		if !equality.Semantic.DeepEqual(got, policyView(want)) {
+			t.Errorf("pod %s decoded as\n%+v\nwant\n%+v", want.Name, got, policyView(want))
+		}
+	}
+}
+
+func TestDecodePodRejectsMalformedJSON(t *testing.T) {
+	for _, raw := range []string{``, `null`, `[]`, `{"metadata":7}`, `{"spec":{"containers":{}}}`, `{"spec":{"env":[}}`,
+		`{"metadata":{}}garbage`, `{"spec":{"containers":[{"resources":{"limits":{"nvidia.com/gpu":"lots"}}}]}}`, "{\"metadata\":{\"name\":\"\xff\"}}"} {
+		if _, err := decodePod([]byte(raw)); err == nil {
+			t.Errorf("decodePod(%q) accepted malformed input", raw)
+		}
+	}
+}
+
+func FuzzDecodePod(f *testing.F) {
+	for _, p := range []*corev1.Pod{
+		testpod.MakePod("b", "ns").GPU(8).Env(2).Label("role", "decode").Limit("250").Obj(),
+		testpod.MakePod("c", "ns").GPU(1).InitContainer("warm", 2).Sidecar("proxy", 1).Product("NVIDIA-L4").Obj(),
+	} {
+		raw, _ := json.Marshal(p)
+		f.Add(raw)
+	}
+	f.Add([]byte(`{"spec":{"containers":[{"resources":{"requests":{"nvidia.com/gpu":1}}}]}}`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		pod, err := decodePod(raw)
+		if err != nil {
+			return
+		}
+		// Whatever decodes must agree with the API server's decoder, on the
+		// I-JSON it sends (on a duplicate key decodePod keeps the last value whole,
+		// where encoding/json merges maps).
+		var full corev1.Pod
+		if jsontext.Value(raw).IsValid() && sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &full) == nil && !equality.Semantic.DeepEqual(pod, policyView(&full)) {
+			t.Fatalf("decodePod and encoding/json disagree on %q", raw)
+		}
+	})
+}
