@@ -38,11 +38,10 @@ build: ## Build every binary in cmd/ into bin/ (the webhook without cgo).
 	done
 
 .PHONY: manifests
-manifests: $(TOOLS)/controller-gen ## Generate deepcopy code and CRDs (into deploy/webhook/) from api/.
-	@if [ -d api ]; then \
-		$(TOOLS)/controller-gen object paths=./api/... && \
-		$(TOOLS)/controller-gen crd paths=./api/... output:crd:dir=deploy/webhook; \
-	else echo "manifests: no api/ types in this tree yet, nothing to generate"; fi
+manifests: $(TOOLS)/controller-gen ## Generate deepcopy code and the GPUPowerBudget CRD (deploy/webhook/10-crd-gpupowerbudgets.yaml) from api/.
+	$(TOOLS)/controller-gen object paths=./api/...
+	$(TOOLS)/controller-gen crd paths=./api/... output:crd:dir=$(LOCALBIN)/crd
+	mv $(LOCALBIN)/crd/power.dynamo.nvidia.com_gpupowerbudgets.yaml deploy/webhook/10-crd-gpupowerbudgets.yaml
 
 ##@ Test
 

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -17,6 +18,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
+	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 	powerwebhook "github.com/dynamo-power/gpu-power/pkg/webhook"
 )
@@ -37,6 +39,8 @@ type options struct {
 	certDir, metricsAddr, probeAddr, catalogFile, unknown string
 	port                                                  int
 	defaults                                              defaultRules
+	leaderElect                                           bool
+	budgets                                               powerwebhook.BudgetOptions
 }
 
 func main() {
@@ -48,6 +52,10 @@ func main() {
 	flag.StringVar(&o.catalogFile, "catalog-file", "", "CSV of GPU power ranges (gpu_product,min_w,default_w,max_w) whose rows add to or replace the built-in catalog.")
 	flag.StringVar(&o.unknown, "unknown-products", string(policy.UnknownProductsDeny), "What to do when no GPU product a pod can land on is in the catalog: deny, or warn and admit.")
 	flag.Var(&o.defaults, "default-rule", "Default limit for GPU pods without one, as selector=watts (label selector syntax, e.g. role=decode=250); repeatable, first match wins.")
+	flag.BoolVar(&o.leaderElect, "leader-elect", true, "Elect one replica to run the budget reconciler (every replica serves admissions).")
+	flag.DurationVar(&o.budgets.ReservationTTL, "reservation-ttl", time.Minute, "How long a budget reservation counts if its pod never appears (e.g. its creation failed after admission).")
+	flag.DurationVar(&o.budgets.Resync, "budget-resync", 30*time.Second, "Longest time between two recomputations of a budget's status.")
+	flag.IntVar(&o.budgets.Attempts, "reservation-attempts", 8, "Status writes tried for one batch of budget reservations before its pods are denied.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -69,18 +77,27 @@ func run(log logr.Logger, o options) error {
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return err
 	}
+	if err := powerv1alpha1.AddToScheme(scheme); err != nil {
+		return err
+	}
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), manager.Options{
 		Scheme:                 scheme,
 		Metrics:                metricsserver.Options{BindAddress: o.metricsAddr},
 		HealthProbeBindAddress: o.probeAddr,
 		WebhookServer:          webhook.NewServer(powerwebhook.ServerOptions("", o.port, o.certDir)),
 		Cache:                  powerwebhook.CacheOptions(),
+		LeaderElection:         o.leaderElect,
+		LeaderElectionID:       "power-webhook-budget-reconciler",
+		// In the pod, the namespace comes from the service account; elsewhere
+		// (make up, tests) from POD_NAMESPACE or dynamo-system.
+		LeaderElectionNamespace:       leaderElectionNamespace(),
+		LeaderElectionReleaseOnCancel: true,
 	})
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
 	ctx := ctrl.SetupSignalHandler()
-	if err := powerwebhook.Setup(ctx, mgr, admit, metrics.Registry); err != nil {
+	if err := powerwebhook.Setup(ctx, mgr, admit, metrics.Registry, o.budgets); err != nil {
 		return err
 	}
 	log.Info("Starting power webhook", "port", o.port, "certDir", o.certDir, "products", len(admit.Catalog),
@@ -107,4 +124,14 @@ func newAdmission(o options) (*policy.Admission, error) {
 		return nil, fmt.Errorf("--unknown-products=%q: want %q or %q", o.unknown, policy.UnknownProductsDeny, policy.UnknownProductsWarn)
 	}
 	return &policy.Admission{Catalog: catalog, UnknownProducts: u, Defaults: o.defaults}, nil
+}
+
+func leaderElectionNamespace() string {
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns
+	}
+	if b, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace"); err == nil {
+		return string(b)
+	}
+	return "dynamo-system"
 }

@@ -41,17 +41,21 @@ type Verdict struct {
 }
 
 // Mutate decides what the mutating webhook does: default the limit of a new
-// GPU pod, check a new or changed limit, and set the stamp to the admitted
-// limit, removing one the user wrote. An update that leaves the limit as it
-// was keeps the stamp the pod had.
-func (a *Admission) Mutate(op admissionv1.Operation, pod, old *corev1.Pod, cluster Cluster) Verdict {
+// GPU pod (budgetDefaults first, then a.Defaults), check a new or changed
+// limit, and set the stamp to the admitted limit, removing one the user wrote.
+// An update that leaves the limit as it was keeps the stamp the pod had.
+func (a *Admission) Mutate(op admissionv1.Operation, pod, old *corev1.Pod, cluster Cluster, budgetDefaults []DefaultRule) Verdict {
 	limit, hasLimit := pod.Annotations[AnnotationPowerLimit]
 	if limitUnchanged(op, pod, old) {
 		return Verdict{Limit: limit, Stamp: old.Annotations[AnnotationPowerLimitValidated]}
 	}
 	var rule *DefaultRule
 	if !hasLimit && op == admissionv1.Create {
-		if r, ok := FirstDefault(a.Defaults, pod.Labels); ok && DemandOf(&pod.Spec).GPUs > 0 {
+		r, ok := FirstDefault(budgetDefaults, pod.Labels)
+		if !ok {
+			r, ok = FirstDefault(a.Defaults, pod.Labels)
+		}
+		if ok && DemandOf(&pod.Spec).GPUs > 0 {
 			limit, hasLimit, rule = r.Watts.String(), true, &r
 		}
 	}

@@ -97,7 +97,7 @@ func TestMutateCreate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			v := newAdmission(t, tt.defaults...).Mutate(admissionv1.Create, tt.pod, nil, tt.cluster)
+			v := newAdmission(t, tt.defaults...).Mutate(admissionv1.Create, tt.pod, nil, tt.cluster, nil)
 			assertVerdict(t, v, tt.errs, tt.warnings)
 			if len(tt.errs) == 0 && (v.Limit != tt.limit || v.Stamp != tt.stamp) {
 				t.Errorf("limit %q stamp %q; want %q and %q", v.Limit, v.Stamp, tt.limit, tt.stamp)
@@ -109,7 +109,7 @@ func TestMutateCreate(t *testing.T) {
 func TestUnknownProductsWarn(t *testing.T) {
 	a := newAdmission(t)
 	a.UnknownProducts = policy.UnknownProductsWarn
-	v := a.Mutate(admissionv1.Create, pod().GPU(1).Limit("250").Obj(), nil, fakeCluster{"x-0": "ACME-X1"})
+	v := a.Mutate(admissionv1.Create, pod().GPU(1).Limit("250").Obj(), nil, fakeCluster{"x-0": "ACME-X1"}, nil)
 	assertVerdict(t, v, nil, []string{`dynamo.nvidia.com/gpu-power-limit: "250" was not checked: no power range is known for GPU product "ACME-X1"`})
 	if v.Stamp != "250" {
 		t.Errorf("stamp = %q; want 250", v.Stamp)
@@ -138,7 +138,7 @@ func TestMutateUpdate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			v := newAdmission(t, "=450").Mutate(admissionv1.Update, tt.pod, tt.old, cluster)
+			v := newAdmission(t, "=450").Mutate(admissionv1.Update, tt.pod, tt.old, cluster, nil)
 			assertVerdict(t, v, tt.errs, nil)
 			if len(tt.errs) == 0 && (v.Limit != tt.limit || v.Stamp != tt.stamp) {
 				t.Errorf("limit %q stamp %q; want %q and %q", v.Limit, v.Stamp, tt.limit, tt.stamp)

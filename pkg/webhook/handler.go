@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -31,22 +32,34 @@ var podKind = schema.GroupKind{Kind: "Pod"}
 type Mutator struct {
 	Policy  *policy.Admission
 	Cluster policy.Cluster
+	// Budgets supplies the budgets' default limits; nil when there are none.
+	Budgets *Budgets
 	Metrics *Metrics
 }
 
-// Validator is the validating webhook: re-checks the final object.
+// Validator is the validating webhook: re-checks the final object, then
+// charges it to the budgets.
 type Validator struct {
 	Policy  *policy.Admission
 	Cluster policy.Cluster
+	// Budgets charges admitted pods; nil when budgets are not enforced.
+	Budgets *Budgets
 	Metrics *Metrics
 }
 
 // Handle implements admission.Handler.
 func (m *Mutator) Handle(ctx context.Context, req admission.Request) admission.Response {
-	return handle(ctx, "mutate", m.Metrics, req, func(pod, old *corev1.Pod) admission.Response {
-		v := m.Policy.Mutate(req.Operation, pod, old, m.Cluster)
+	return handle(ctx, "mutate", m.Metrics, req, func(pod, old *corev1.Pod) (admission.Response, error) {
+		var budgetDefaults []policy.DefaultRule
+		if _, limited := pod.Annotations[policy.AnnotationPowerLimit]; !limited && req.Operation == admissionv1.Create && m.Budgets != nil {
+			var err error
+			if budgetDefaults, err = m.Budgets.DefaultRules(ctx, pod.Namespace); err != nil {
+				return admission.Response{}, err
+			}
+		}
+		v := m.Policy.Mutate(req.Operation, pod, old, m.Cluster, budgetDefaults)
 		if len(v.Errors) > 0 {
-			return deny(pod, v)
+			return deny(pod, v), nil
 		}
 		resp := admission.Allowed("")
 		resp.Patches = annotationPatch(pod.Annotations, v.Limit, v.Stamp)
@@ -55,24 +68,36 @@ func (m *Mutator) Handle(ctx context.Context, req admission.Request) admission.R
 			resp.PatchType = &pt
 		}
 		resp.Warnings = v.Warnings
-		return resp
+		return resp, nil
 	})
 }
 
 // Handle implements admission.Handler.
 func (h *Validator) Handle(ctx context.Context, req admission.Request) admission.Response {
-	return handle(ctx, "validate", h.Metrics, req, func(pod, old *corev1.Pod) admission.Response {
+	return handle(ctx, "validate", h.Metrics, req, func(pod, old *corev1.Pod) (admission.Response, error) {
 		v := h.Policy.Validate(req.Operation, pod, old, h.Cluster)
 		if len(v.Errors) > 0 {
-			return deny(pod, v)
+			return deny(pod, v), nil
 		}
-		return admission.Allowed("")
+		if h.Budgets == nil {
+			return admission.Allowed(""), nil
+		}
+		dryRun := req.DryRun != nil && *req.DryRun
+		denial, err := h.Budgets.Admit(ctx, req.Operation, pod, old, h.Cluster, dryRun)
+		switch {
+		case err != nil:
+			return admission.Response{}, err
+		case denial != "":
+			// 403 Forbidden, as ResourceQuota answers "exceeded quota".
+			return admission.Denied(denial), nil
+		}
+		return admission.Allowed(""), nil
 	})
 }
 
 // handle decodes the pods of a request, runs decide, and records the outcome.
 func handle(ctx context.Context, webhook string, m *Metrics, req admission.Request,
-	decide func(pod, old *corev1.Pod) admission.Response) admission.Response {
+	decide func(pod, old *corev1.Pod) (admission.Response, error)) admission.Response {
 	start := time.Now()
 	logger := log.FromContext(ctx).WithValues("webhook", webhook, "operation", req.Operation,
 		"pod", strings.TrimPrefix(req.Namespace+"/"+req.Name, "/"), "uid", req.UID)
@@ -80,10 +105,14 @@ func handle(ctx context.Context, webhook string, m *Metrics, req admission.Reque
 	resp, err := decodeAndDecide(req, decide)
 	result := resultAllowed
 	switch {
-	case err != nil:
+	case errors.Is(err, errDecode):
 		result = resultError
 		logger.Error(err, "Failed to decode admission request")
 		resp = admission.Errored(http.StatusBadRequest, err)
+	case err != nil:
+		result = resultError
+		logger.Error(err, "Failed to decide on pod")
+		resp = admission.Errored(http.StatusInternalServerError, err)
 	case !resp.Allowed:
 		result = resultDenied
 		logger.V(4).Info("Denied pod", "reason", resp.Result.Message)
@@ -94,7 +123,10 @@ func handle(ctx context.Context, webhook string, m *Metrics, req admission.Reque
 	return resp
 }
 
-func decodeAndDecide(req admission.Request, decide func(pod, old *corev1.Pod) admission.Response) (admission.Response, error) {
+// errDecode marks a request the webhook could not read.
+var errDecode = errors.New("decode")
+
+func decodeAndDecide(req admission.Request, decide func(pod, old *corev1.Pod) (admission.Response, error)) (admission.Response, error) {
 	if req.Kind.Kind != "Pod" || req.SubResource != "" {
 		return admission.Allowed("not a pod"), nil
 	}
@@ -103,7 +135,7 @@ func decodeAndDecide(req admission.Request, decide func(pod, old *corev1.Pod) ad
 	}
 	pod, err := decodePod(req.Object.Raw)
 	if err != nil {
-		return admission.Response{}, fmt.Errorf("decode pod: %w", err)
+		return admission.Response{}, fmt.Errorf("%w pod: %w", errDecode, err)
 	}
 	if pod.Namespace == "" {
 		pod.Namespace = req.Namespace
@@ -111,10 +143,10 @@ func decodeAndDecide(req admission.Request, decide func(pod, old *corev1.Pod) ad
 	var old *corev1.Pod
 	if req.Operation == admissionv1.Update {
 		if old, err = decodePod(req.OldObject.Raw); err != nil {
-			return admission.Response{}, fmt.Errorf("decode old pod: %w", err)
+			return admission.Response{}, fmt.Errorf("%w old pod: %w", errDecode, err)
 		}
 	}
-	return decide(pod, old), nil
+	return decide(pod, old)
 }
 
 // deny answers 422 Invalid with one cause per field error, the way the API

@@ -5,12 +5,21 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	admissionv1 "k8s.io/api/admission/v1"
+
+	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
 // Metrics are the webhook's Prometheus metrics.
 type Metrics struct {
 	decisions *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
+
+	budgetDenials *prometheus.CounterVec
+	reserved      *prometheus.CounterVec
+	conflicts     *prometheus.CounterVec
+	retries       *prometheus.CounterVec
+	committed     *prometheus.GaugeVec
+	total         *prometheus.GaugeVec
 }
 
 // Results of an admission, the values of the result label.
@@ -33,9 +42,72 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			// 10 us to 80 ms: the work is sub-millisecond, so the buckets must be too.
 			Buckets: prometheus.ExponentialBuckets(10e-6, 2, 14),
 		}, []string{"webhook"}),
+		budgetDenials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dynamo_power_webhook_budget_denials_total",
+			Help: "Pods denied because a GPUPowerBudget was short, by budget.",
+		}, []string{"budget"}),
+		reserved: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dynamo_power_webhook_budget_reservations_total",
+			Help: "Reservation requests written to a budget's status (in batches), by budget.",
+		}, []string{"budget"}),
+		conflicts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dynamo_power_webhook_budget_reservation_conflicts_total",
+			Help: "Budget status updates that lost a resourceVersion race and were retried, by budget.",
+		}, []string{"budget"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dynamo_power_webhook_budget_reservation_retries_total",
+			Help: "Reservation batches that needed more than one write, by budget.",
+		}, []string{"budget"}),
+		committed: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "dynamo_power_budget_committed_watts",
+			Help: "GPU power committed to live pods and reservations, by budget, as last reconciled.",
+		}, []string{"budget"}),
+		total: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "dynamo_power_budget_total_watts",
+			Help: "The budget's totalWatts, by budget.",
+		}, []string{"budget"}),
 	}
-	reg.MustRegister(m.decisions, m.latency)
+	reg.MustRegister(m.decisions, m.latency, m.budgetDenials, m.reserved, m.conflicts, m.retries, m.committed, m.total)
 	return m
+}
+
+func (m *Metrics) budgetDenied(short []policy.BudgetState) {
+	if m == nil {
+		return
+	}
+	for _, b := range short {
+		m.budgetDenials.WithLabelValues(b.Name).Inc()
+	}
+}
+
+func (m *Metrics) reservations(budget string, n, attempt int) {
+	if m == nil {
+		return
+	}
+	m.reserved.WithLabelValues(budget).Add(float64(n))
+	if attempt > 0 {
+		m.retries.WithLabelValues(budget).Inc()
+	}
+}
+
+func (m *Metrics) reservationConflict(budget string) {
+	if m != nil {
+		m.conflicts.WithLabelValues(budget).Inc()
+	}
+}
+
+func (m *Metrics) budgetState(budget string, committed, total int64) {
+	if m != nil {
+		m.committed.WithLabelValues(budget).Set(float64(committed))
+		m.total.WithLabelValues(budget).Set(float64(total))
+	}
+}
+
+func (m *Metrics) forgetBudget(budget string) {
+	if m != nil {
+		m.committed.DeleteLabelValues(budget)
+		m.total.DeleteLabelValues(budget)
+	}
 }
 
 func (m *Metrics) observe(webhook string, op admissionv1.Operation, result string, start time.Time) {

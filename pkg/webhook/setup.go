@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
@@ -15,14 +16,16 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
+	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
 // CacheOptions trims cached nodes and pods to what admission reads.
 func CacheOptions() cache.Options {
 	return cache.Options{ByObject: map[client.Object]cache.ByObject{
-		&corev1.Node{}: {Transform: TrimNode},
-		&corev1.Pod{}:  {Transform: TrimPod},
+		&corev1.Node{}:      {Transform: TrimNode},
+		&corev1.Pod{}:       {Transform: TrimPod},
+		&corev1.Namespace{}: {Transform: TrimNamespace},
 	}}
 }
 
@@ -39,10 +42,22 @@ func ServerOptions(host string, port int, certDir string) webhook.Options {
 	}
 }
 
-// Setup wires the webhooks into mgr: the node and pod informers, the node
-// index, both handlers, their metrics (registered with reg) and a readiness
-// check that passes once the webhook server listens and both caches synced.
-func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, reg prometheus.Registerer) error {
+// BudgetOptions tune budget enforcement.
+type BudgetOptions struct {
+	// ReservationTTL is how long a reservation counts if its pod never appears.
+	ReservationTTL time.Duration
+	// Resync is the longest the reconciler waits between two recomputations.
+	Resync time.Duration
+	// Attempts bounds the status writes of one reservation batch.
+	Attempts int
+}
+
+// Setup wires the webhooks into mgr: the informers (nodes, pods, namespaces,
+// budgets), the node index, both handlers with budget enforcement, the
+// leader-elected budget reconciler, metrics (registered with reg), and a
+// readiness check that passes once the webhook server listens and every
+// cache has synced.
+func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, reg prometheus.Registerer, o BudgetOptions) error {
 	nodes := NewNodeIndex()
 	nodeInformer, err := mgr.GetCache().GetInformer(ctx, &corev1.Node{}, cache.BlockUntilSynced(false))
 	if err != nil {
@@ -54,15 +69,31 @@ func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, re
 	if err != nil {
 		return fmt.Errorf("node informer: %w", err)
 	}
-	podInformer, err := mgr.GetCache().GetInformer(ctx, &corev1.Pod{}, cache.BlockUntilSynced(false))
-	if err != nil {
-		return fmt.Errorf("pod informer: %w", err)
+	synced := []interface{ HasSynced() bool }{indexed}
+	for _, obj := range []client.Object{&corev1.Pod{}, &corev1.Namespace{}, &powerv1alpha1.GPUPowerBudget{}} {
+		inf, err := mgr.GetCache().GetInformer(ctx, obj, cache.BlockUntilSynced(false))
+		if err != nil {
+			return fmt.Errorf("informer for %T: %w", obj, err)
+		}
+		synced = append(synced, inf)
 	}
 
 	m := NewMetrics(reg)
+	budgets := &Budgets{
+		Cache: mgr.GetClient(), API: mgr.GetAPIReader(), Client: mgr.GetClient(), Catalog: admit.Catalog,
+		TTL: o.ReservationTTL, Attempts: o.Attempts, Metrics: m, Now: time.Now,
+	}
 	server := mgr.GetWebhookServer()
-	server.Register(MutatePath, &webhook.Admission{Handler: &Mutator{Policy: admit, Cluster: nodes, Metrics: m}})
-	server.Register(ValidatePath, &webhook.Admission{Handler: &Validator{Policy: admit, Cluster: nodes, Metrics: m}})
+	server.Register(MutatePath, &webhook.Admission{Handler: &Mutator{Policy: admit, Cluster: nodes, Budgets: budgets, Metrics: m}})
+	server.Register(ValidatePath, &webhook.Admission{Handler: &Validator{Policy: admit, Cluster: nodes, Budgets: budgets, Metrics: m}})
+
+	reconciler := &BudgetReconciler{
+		Client: mgr.GetClient(), Catalog: admit.Catalog, Cluster: nodes, Metrics: m,
+		Recorder: mgr.GetEventRecorder("power-webhook"), Resync: o.Resync, Now: time.Now,
+	}
+	if err := reconciler.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("budget reconciler: %w", err)
+	}
 
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err
@@ -71,8 +102,10 @@ func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, re
 		return err
 	}
 	return mgr.AddReadyzCheck("caches", func(*http.Request) error {
-		if !indexed.HasSynced() || !podInformer.HasSynced() {
-			return errors.New("node and pod caches have not synced yet")
+		for _, s := range synced {
+			if !s.HasSynced() {
+				return errors.New("node, pod, namespace and budget caches have not synced yet")
+			}
 		}
 		return nil
 	})

@@ -19,8 +19,19 @@ func TrimNode(obj any) (any, error) {
 	}}, nil
 }
 
+// TrimNamespace keeps a namespace's name and labels: budgets select by label.
+func TrimNamespace(obj any) (any, error) {
+	ns, ok := obj.(*corev1.Namespace)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
+		Name: ns.Name, UID: ns.UID, ResourceVersion: ns.ResourceVersion, Labels: ns.Labels,
+	}}, nil
+}
+
 // TrimPod keeps what power policy reads of a pod: identity, labels, the power
-// annotations, the node, container resources and the phase. Memory stays flat
+// annotations, the node and its selectors, container resources and the phase. Memory stays flat
 // when the cluster runs a hundred thousand pods.
 func TrimPod(obj any) (any, error) {
 	p, ok := obj.(*corev1.Pod)
@@ -34,6 +45,8 @@ func TrimPod(obj any) (any, error) {
 		},
 		Spec: corev1.PodSpec{
 			NodeName:       p.Spec.NodeName,
+			NodeSelector:   p.Spec.NodeSelector,
+			Affinity:       p.Spec.Affinity,
 			Containers:     trimContainers(p.Spec.Containers),
 			InitContainers: trimContainers(p.Spec.InitContainers),
 			ResourceClaims: p.Spec.ResourceClaims,

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -246,13 +247,23 @@ func TestKubectlApplyAndServerDryRun(t *testing.T) {
 // admissions sums the handler's decision counter over all labels.
 func admissions(t *testing.T) float64 {
 	t.Helper()
-	families, err := registry.Gather()
+	var sum float64
+	for _, reg := range webhooks.registries() {
+		sum += counterSum(t, reg, "dynamo_power_webhook_admissions_total")
+	}
+	return sum
+}
+
+// counterSum sums a counter over all its labels.
+func counterSum(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var sum float64
 	for _, f := range families {
-		if f.GetName() != "dynamo_power_webhook_admissions_total" {
+		if f.GetName() != name {
 			continue
 		}
 		for _, m := range f.GetMetric() {

@@ -6,40 +6,38 @@ package webhook_test
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/util/wait"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	"sigs.k8s.io/controller-runtime/pkg/manager"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
+	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
-	powerwebhook "github.com/dynamo-power/gpu-power/pkg/webhook"
 	"github.com/dynamo-power/gpu-power/test/envtestenv"
 )
 
-const testNamespace = "llm"
+const (
+	testNamespace = "llm"
+	// reservationTTL is short so the test of a pod never stored sees its
+	// reservation expire.
+	reservationTTL = 3 * time.Second
+)
 
 var (
 	restConfig *rest.Config
 	k8s        client.Client
-	registry   = prometheus.NewRegistry()
 	kubeconfig string // for kubectl
+	webhooks   *fleet
 )
 
 func TestMain(m *testing.M) {
@@ -62,6 +60,10 @@ func run(m *testing.M) (int, error) {
 		WebhookInstallOptions: envtest.WebhookInstallOptions{
 			Paths: []string{filepath.Join(envtestenv.Root(), "deploy", "webhook")},
 		},
+		CRDInstallOptions: envtest.CRDInstallOptions{
+			Paths:              []string{filepath.Join(envtestenv.Root(), "deploy", "webhook")},
+			ErrorIfPathMissing: true,
+		},
 	}
 	if restConfig, err = env.Start(); err != nil {
 		return 0, fmt.Errorf("start API server: %w", err)
@@ -70,6 +72,9 @@ func run(m *testing.M) (int, error) {
 
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return 0, err
+	}
+	if err := powerv1alpha1.AddToScheme(scheme); err != nil {
 		return 0, err
 	}
 	if k8s, err = client.New(restConfig, client.Options{Scheme: scheme}); err != nil {
@@ -95,56 +100,27 @@ func run(m *testing.M) (int, error) {
 	}
 	defer func() { _ = os.Remove(kubeconfig) }()
 
-	probeAddr, err := freeAddr()
-	if err != nil {
-		return 0, err
-	}
 	wio := &env.WebhookInstallOptions
-	mgr, err := ctrl.NewManager(restConfig, manager.Options{
-		Scheme:                 scheme,
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: probeAddr,
-		WebhookServer:          webhook.NewServer(powerwebhook.ServerOptions(wio.LocalServingHost, wio.LocalServingPort, wio.LocalServingCertDir)),
-		Cache:                  powerwebhook.CacheOptions(),
-	})
+	webhooks, err = newFleet(ctx, scheme, wio)
 	if err != nil {
 		return 0, err
 	}
-	decode, err := policy.ParseDefaultRule("role=decode=300")
-	if err != nil {
-		return 0, err
-	}
-	admit := &policy.Admission{Catalog: policy.DefaultCatalog(), UnknownProducts: policy.UnknownProductsDeny, Defaults: []policy.DefaultRule{decode}}
-	if err := powerwebhook.Setup(ctx, mgr, admit, registry); err != nil {
-		return 0, err
-	}
-	stopped := make(chan error, 1)
-	go func() { stopped <- mgr.Start(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-stopped; err != nil {
-			fmt.Fprintln(os.Stderr, "webhook manager:", err)
+	defer webhooks.stopAll()
+	// Three replicas behind one address, as behind a Service.
+	for range 3 {
+		if _, err := webhooks.start(); err != nil {
+			return 0, err
 		}
-	}()
-
-	// Ready means the webhook server listens and the caches (the node index
-	// included) have synced: the same probe the Deployment uses.
-	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
-		resp, err := http.Get("http://" + probeAddr + "/readyz")
-		if err != nil {
-			return false, nil
-		}
-		_ = resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
-	}); err != nil {
-		return 0, fmt.Errorf("webhook never became ready: %w", err)
 	}
 	return m.Run(), nil
 }
 
 // createFixtures makes the test namespace and a cluster of H100 and L4 nodes.
 func createFixtures(ctx context.Context) error {
-	objs := []client.Object{&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: testNamespace}}}
+	objs := []client.Object{
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: testNamespace}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "dynamo-system"}},
+	}
 	for name, product := range map[string]string{
 		"h100-0": "NVIDIA-H100-80GB-HBM3", "h100-1": "NVIDIA-H100-80GB-HBM3-SHARED", "l4-0": "NVIDIA-L4", "cpu-0": "",
 	} {
@@ -160,13 +136,4 @@ func createFixtures(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().String(), nil
 }

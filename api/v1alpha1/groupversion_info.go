@@ -1,0 +1,19 @@
+// Package v1alpha1 holds the power.dynamo.nvidia.com/v1alpha1 API: the
+// GPUPowerBudget that caps the GPU power a set of namespaces may commit.
+// +kubebuilder:object:generate=true
+// +groupName=power.dynamo.nvidia.com
+package v1alpha1
+
+import (
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/controller-runtime/pkg/scheme"
+)
+
+var (
+	// GroupVersion is the group and version of this API.
+	GroupVersion = schema.GroupVersion{Group: "power.dynamo.nvidia.com", Version: "v1alpha1"}
+	// SchemeBuilder registers the types with a scheme.
+	SchemeBuilder = &scheme.Builder{GroupVersion: GroupVersion}
+	// AddToScheme adds the types to a scheme.
+	AddToScheme = SchemeBuilder.AddToScheme
+)

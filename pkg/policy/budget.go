@@ -1,0 +1,146 @@
+package policy
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// Cost is what a pod charges a budget.
+type Cost struct {
+	// Watts is per-GPU watts x GPUs.
+	Watts int64
+	// GPUs is the pod's effective nvidia.com/gpu request.
+	GPUs int64
+	// PerGPU is the per-GPU watts the cost was computed from.
+	PerGPU Watts
+	// Unlimited is set when the pod has no limit and PerGPU is its products'
+	// default board limit.
+	Unlimited bool
+}
+
+// CostOf computes a pod's cost: its limit x GPUs. A GPU pod without a valid
+// limit costs, when countUnlimited, the highest default board limit among the
+// products it can land on (the most it can draw), and nothing otherwise.
+func (c Catalog) CostOf(pod *corev1.Pod, cluster Cluster, countUnlimited bool) Cost {
+	gpus := DemandOf(&pod.Spec).GPUs
+	if gpus == 0 {
+		return Cost{}
+	}
+	if w, ok := ParseLimit(pod.Annotations[AnnotationPowerLimit]); ok {
+		return Cost{Watts: int64(w) * gpus, GPUs: gpus, PerGPU: w}
+	}
+	if !countUnlimited {
+		return Cost{GPUs: gpus, Unlimited: true}
+	}
+	var perGPU Watts
+	for _, label := range CandidatesOf(pod, cluster).Labels {
+		if r, ok := c.Lookup(label); ok {
+			perGPU = max(perGPU, r.DefaultWatts())
+		}
+	}
+	return Cost{Watts: int64(perGPU) * gpus, GPUs: gpus, PerGPU: perGPU, Unlimited: true}
+}
+
+// String renders the cost the way denials show it: "1000 W (4 GPUs x 250 W)".
+func (c Cost) String() string {
+	gpus := "GPUs"
+	if c.GPUs == 1 {
+		gpus = "GPU"
+	}
+	s := fmt.Sprintf("%d W (%d %s x %d W", c.Watts, c.GPUs, gpus, c.PerGPU)
+	if c.Unlimited {
+		s += " default board limit, no power limit set"
+	}
+	return s + ")"
+}
+
+// BudgetState is a budget's arithmetic at one moment.
+type BudgetState struct {
+	Name             string
+	Total, Committed int64
+}
+
+// Available is what is left, never negative.
+func (b BudgetState) Available() int64 { return max(0, b.Total-b.Committed) }
+
+// Fits reports whether adding watts keeps committed within the total.
+func (b BudgetState) Fits(watts int64) bool { return b.Committed+watts <= b.Total }
+
+// BudgetDenial is the message for a pod that does not fit one or more budgets,
+// worded like ResourceQuota's "exceeded quota" so operators recognise it.
+func BudgetDenial(requested Cost, delta int64, short []BudgetState) string {
+	parts := make([]string, len(short))
+	for i, b := range short {
+		req := requested.String()
+		if delta != requested.Watts {
+			req = fmt.Sprintf("%d W more (now %s)", delta, requested)
+		}
+		parts[i] = fmt.Sprintf("exceeded GPU power budget %q: requested %s, committed %d W of %d W, available %d W",
+			b.Name, req, b.Committed, b.Total, b.Available())
+	}
+	return strings.Join(parts, "; ") + "; lower the per-GPU limit, use fewer GPUs, or ask for a larger budget"
+}
+
+// Charge is what one live pod or reservation adds to a budget's committed watts.
+type Charge struct {
+	UID   types.UID
+	Watts int64
+	GPUs  int64
+}
+
+// Reservation is an admission not yet seen as a pod.
+type Reservation struct {
+	UID     types.UID
+	Watts   int64
+	Expires time.Time
+}
+
+// Committed is the recomputed state of a budget.
+type Committed struct {
+	Watts, Pods, GPUs int64
+	// Kept are the reservations that still count.
+	Kept []types.UID
+}
+
+// Recompute derives committed watts from the live pods charged to a budget
+// and its reservations. A reservation counts until its pod is seen carrying at
+// least the reserved cost, or until it expires; while both exist the larger
+// counts, so an admitted raise is charged before the cache shows it and
+// nothing is counted twice.
+func Recompute(live []Charge, reservations []Reservation, now time.Time) Committed {
+	var c Committed
+	byUID := make(map[types.UID]int, len(live))
+	for i, p := range live {
+		byUID[p.UID] = i
+		c.Pods++
+		c.GPUs += p.GPUs
+	}
+	extra := make(map[types.UID]int64)
+	for _, r := range reservations {
+		i, seen := byUID[r.UID]
+		switch {
+		case seen && live[i].Watts >= r.Watts:
+			continue // the pod itself now carries the cost
+		case !now.Before(r.Expires):
+			continue // never appeared (or never raised) in time
+		case seen:
+			extra[r.UID] = r.Watts - live[i].Watts
+		default:
+			extra[r.UID] = r.Watts
+		}
+		c.Kept = append(c.Kept, r.UID)
+	}
+	for _, p := range live {
+		c.Watts += p.Watts
+	}
+	for _, w := range extra {
+		c.Watts += w
+	}
+	slices.Sort(c.Kept)
+	return c
+}

@@ -1,0 +1,308 @@
+package webhook
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
+	"github.com/dynamo-power/gpu-power/pkg/policy"
+)
+
+// Budgets charges admitted pods to the GPUPowerBudgets that select their
+// namespace. A pod's cost is reserved in each budget's status by a
+// resourceVersion-checked update before the pod is admitted, so committed
+// watts never exceed a budget's total, whatever the number of webhook
+// replicas. Within one replica the reservations of each budget are serialised
+// and written in batches, as ResourceQuota admission does, which keeps
+// conflicts rare under load.
+type Budgets struct {
+	// Cache reads budgets and namespaces.
+	Cache client.Reader
+	// API reads budgets fresh after a conflict.
+	API client.Reader
+	// Client writes budget status.
+	Client  client.Client
+	Catalog policy.Catalog
+	// TTL is how long a reservation counts if its pod never appears.
+	TTL time.Duration
+	// Attempts bounds the writes of one batch before its pods are denied.
+	Attempts int
+	Metrics  *Metrics
+	Now      func() time.Time
+
+	queues sync.Map // budget name -> *budgetQueue
+}
+
+// budgetQueue serialises one budget's reservations inside this replica.
+type budgetQueue struct {
+	mu      sync.Mutex
+	pending []*reserveRequest
+	running bool
+	// last is the budget as this replica last wrote it: the next batch starts
+	// from it instead of a GET, and pays a GET only after a conflict.
+	last *powerv1alpha1.GPUPowerBudget
+}
+
+type reserveRequest struct {
+	uid   types.UID
+	pod   string
+	watts int64 // the pod's whole cost, recorded in the reservation
+	delta int64 // what committed watts grow by (the cost, or a raise)
+	// release undoes a reservation made for a pod another budget then denied.
+	release bool
+	done    chan reserveResult
+}
+
+type reserveResult struct {
+	ok    bool
+	state policy.BudgetState // when !ok: the budget as the decision saw it
+	err   error
+}
+
+// Selecting returns the budgets that charge pods of a namespace, by name.
+func (b *Budgets) Selecting(ctx context.Context, namespace string) ([]powerv1alpha1.GPUPowerBudget, error) {
+	var list powerv1alpha1.GPUPowerBudgetList
+	if err := b.Cache.List(ctx, &list); err != nil {
+		return nil, fmt.Errorf("list budgets: %w", err)
+	}
+	if len(list.Items) == 0 {
+		return nil, nil
+	}
+	var ns corev1.Namespace
+	if err := b.Cache.Get(ctx, types.NamespacedName{Name: namespace}, &ns); err != nil {
+		return nil, fmt.Errorf("get namespace %s: %w", namespace, err)
+	}
+	var out []powerv1alpha1.GPUPowerBudget
+	for _, budget := range list.Items {
+		sel, err := metav1.LabelSelectorAsSelector(budget.Spec.NamespaceSelector)
+		if err != nil {
+			return nil, fmt.Errorf("budget %s: namespaceSelector: %w", budget.Name, err)
+		}
+		if budget.Spec.NamespaceSelector == nil {
+			sel = labels.Everything()
+		}
+		if sel.Matches(labels.Set(ns.Labels)) {
+			out = append(out, budget)
+		}
+	}
+	slices.SortFunc(out, func(a, b powerv1alpha1.GPUPowerBudget) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+// DefaultRules returns the default limits of the budgets that select the
+// namespace, budgets in name order, each budget's entries in order.
+func (b *Budgets) DefaultRules(ctx context.Context, namespace string) ([]policy.DefaultRule, error) {
+	budgets, err := b.Selecting(ctx, namespace)
+	if err != nil {
+		return nil, err
+	}
+	var rules []policy.DefaultRule
+	for _, budget := range budgets {
+		for i, d := range budget.Spec.Defaults {
+			sel := labels.Everything()
+			if d.PodSelector != nil {
+				if sel, err = metav1.LabelSelectorAsSelector(d.PodSelector); err != nil {
+					return nil, fmt.Errorf("budget %s: defaults[%d].podSelector: %w", budget.Name, i, err)
+				}
+			}
+			rules = append(rules, policy.DefaultRule{Selector: sel, Watts: policy.Watts(d.Watts),
+				Origin: fmt.Sprintf("GPUPowerBudget %s defaults[%d]", budget.Name, i)})
+		}
+	}
+	return rules, nil
+}
+
+// Admit charges the pod to every budget that selects its namespace and
+// returns a denial message when one of them is short. Lowering a cost is
+// always admitted; a dry run is checked against the budgets and reserves
+// nothing.
+func (b *Budgets) Admit(ctx context.Context, op admissionv1.Operation, pod, old *corev1.Pod, cluster policy.Cluster, dryRun bool) (string, error) {
+	budgets, err := b.Selecting(ctx, pod.Namespace)
+	if err != nil || len(budgets) == 0 {
+		return "", err
+	}
+	type charge struct {
+		budget *powerv1alpha1.GPUPowerBudget
+		cost   policy.Cost
+		delta  int64
+	}
+	var charges []charge
+	var short []policy.BudgetState
+	for i := range budgets {
+		budget := &budgets[i]
+		count := budget.Spec.UnlimitedPods != powerv1alpha1.UnlimitedPodsIgnore
+		cost := b.Catalog.CostOf(pod, cluster, count)
+		delta := cost.Watts
+		if op == admissionv1.Update {
+			delta -= b.Catalog.CostOf(old, cluster, count).Watts
+		}
+		if delta <= 0 {
+			continue
+		}
+		state := stateOf(budget)
+		if !state.Fits(delta) {
+			short = append(short, state)
+		}
+		charges = append(charges, charge{budget, cost, delta})
+	}
+	if len(short) > 0 {
+		b.Metrics.budgetDenied(short)
+		return policy.BudgetDenial(charges[0].cost, charges[0].delta, short), nil
+	}
+	if dryRun || len(charges) == 0 {
+		return "", nil
+	}
+
+	logger := log.FromContext(ctx)
+	for i, c := range charges {
+		res := b.reserve(ctx, c.budget.Name, &reserveRequest{
+			uid: pod.UID, pod: pod.Namespace + "/" + pod.Name, watts: c.cost.Watts, delta: c.delta,
+		})
+		if res.ok {
+			continue
+		}
+		for _, done := range charges[:i] {
+			if r := b.reserve(ctx, done.budget.Name, &reserveRequest{uid: pod.UID, delta: done.delta, release: true}); !r.ok {
+				// The reservation expires by itself after TTL.
+				logger.Error(r.err, "Failed to release reservation", "budget", done.budget.Name, "pod", klog.KObj(pod))
+			}
+		}
+		if res.err != nil {
+			return "", res.err
+		}
+		b.Metrics.budgetDenied([]policy.BudgetState{res.state})
+		return policy.BudgetDenial(c.cost, c.delta, []policy.BudgetState{res.state}), nil
+	}
+	return "", nil
+}
+
+func stateOf(b *powerv1alpha1.GPUPowerBudget) policy.BudgetState {
+	return policy.BudgetState{Name: b.Name, Total: b.Spec.TotalWatts, Committed: b.Status.CommittedWatts}
+}
+
+// reserve queues r on its budget and waits for the batch that carries it.
+func (b *Budgets) reserve(ctx context.Context, budget string, r *reserveRequest) reserveResult {
+	r.done = make(chan reserveResult, 1)
+	v, _ := b.queues.LoadOrStore(budget, &budgetQueue{})
+	q := v.(*budgetQueue)
+	q.mu.Lock()
+	q.pending = append(q.pending, r)
+	if !q.running {
+		q.running = true
+		// The drain outlives this request: a batch is written for all its
+		// requests even if the first one's client gave up.
+		go b.drain(context.WithoutCancel(ctx), budget, q)
+	}
+	q.mu.Unlock()
+	select {
+	case res := <-r.done:
+		return res
+	case <-ctx.Done():
+		return reserveResult{err: fmt.Errorf("reserve GPU power in budget %s: %w", budget, ctx.Err())}
+	}
+}
+
+func (b *Budgets) drain(ctx context.Context, budget string, q *budgetQueue) {
+	for {
+		q.mu.Lock()
+		batch := q.pending
+		q.pending = nil
+		if len(batch) == 0 {
+			q.running = false
+			q.mu.Unlock()
+			return
+		}
+		q.mu.Unlock()
+		results := b.commit(ctx, budget, q, batch)
+		for i, r := range batch {
+			r.done <- results[i]
+		}
+	}
+}
+
+// commit decides a batch against the budget and writes its reservations in
+// one resourceVersion-checked status update, re-reading and re-deciding the
+// whole batch after a conflict.
+func (b *Budgets) commit(ctx context.Context, name string, q *budgetQueue, batch []*reserveRequest) []reserveResult {
+	results := make([]reserveResult, len(batch))
+	for attempt := range b.Attempts {
+		budget := q.last
+		if budget == nil || attempt > 0 {
+			budget = &powerv1alpha1.GPUPowerBudget{}
+			if err := b.API.Get(ctx, types.NamespacedName{Name: name}, budget); err != nil {
+				q.last = nil
+				return fill(results, reserveResult{err: fmt.Errorf("get budget %s: %w", name, err)})
+			}
+		}
+		budget = budget.DeepCopy()
+		st := &budget.Status
+		changed := false
+		now := b.Now()
+		for i, r := range batch {
+			j := slices.IndexFunc(st.Reservations, func(x powerv1alpha1.Reservation) bool { return x.PodUID == r.uid })
+			if r.release {
+				if j >= 0 {
+					st.Reservations = slices.Delete(st.Reservations, j, j+1)
+					st.CommittedWatts -= r.delta
+					changed = true
+				}
+				results[i] = reserveResult{ok: true}
+				continue
+			}
+			state := stateOf(budget)
+			if !state.Fits(r.delta) {
+				results[i] = reserveResult{state: state}
+				continue
+			}
+			res := powerv1alpha1.Reservation{PodUID: r.uid, Pod: r.pod, Watts: r.watts, Expires: metav1.NewTime(now.Add(b.TTL))}
+			if j >= 0 {
+				st.Reservations[j] = res
+			} else {
+				st.Reservations = append(st.Reservations, res)
+			}
+			st.CommittedWatts += r.delta
+			changed = true
+			results[i] = reserveResult{ok: true}
+		}
+		if !changed {
+			return results
+		}
+		st.AvailableWatts = max(0, budget.Spec.TotalWatts-st.CommittedWatts)
+		err := b.Client.Status().Update(ctx, budget)
+		switch {
+		case err == nil:
+			q.last = budget
+			b.Metrics.reservations(name, len(batch), attempt)
+			return results
+		case apierrors.IsConflict(err):
+			b.Metrics.reservationConflict(name)
+			continue
+		default:
+			q.last = nil
+			return fill(results, reserveResult{err: fmt.Errorf("reserve GPU power in budget %s: %w", name, err)})
+		}
+	}
+	q.last = nil
+	return fill(results, reserveResult{err: fmt.Errorf("reserve GPU power in budget %s: still conflicting after %d attempts; retry", name, b.Attempts)})
+}
+
+func fill(results []reserveResult, r reserveResult) []reserveResult {
+	for i := range results {
+		results[i] = r
+	}
+	return results
+}

@@ -1,0 +1,220 @@
+package webhook_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	"github.com/dynamo-power/gpu-power/pkg/policy"
+	powerwebhook "github.com/dynamo-power/gpu-power/pkg/webhook"
+)
+
+// fleet runs webhook replicas in this process, each a whole manager with its
+// own caches, ledger and leader election, behind one TCP round-robin address
+// (the one the webhook configurations point at), as a Service spreads them.
+type fleet struct {
+	ctx    context.Context
+	scheme *runtime.Scheme
+	wio    *envtest.WebhookInstallOptions
+
+	mu       sync.Mutex
+	replicas []*replica
+	next     int
+	listener net.Listener
+}
+
+type replica struct {
+	name     string
+	addr     string // webhook server
+	mgr      manager.Manager
+	registry *prometheus.Registry
+	cancel   context.CancelFunc
+	stopped  chan error
+}
+
+func newFleet(ctx context.Context, scheme *runtime.Scheme, wio *envtest.WebhookInstallOptions) (*fleet, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(wio.LocalServingHost, strconv.Itoa(wio.LocalServingPort)))
+	if err != nil {
+		return nil, fmt.Errorf("listen on the webhook address: %w", err)
+	}
+	f := &fleet{ctx: ctx, scheme: scheme, wio: wio, listener: l}
+	go f.serve()
+	return f, nil
+}
+
+func (f *fleet) serve() {
+	for {
+		conn, err := f.listener.Accept()
+		if err != nil {
+			return
+		}
+		f.mu.Lock()
+		if len(f.replicas) == 0 {
+			f.mu.Unlock()
+			_ = conn.Close()
+			continue
+		}
+		backend := f.replicas[f.next%len(f.replicas)].addr
+		f.next++
+		f.mu.Unlock()
+		go proxy(conn, backend)
+	}
+}
+
+func proxy(client net.Conn, backend string) {
+	defer func() { _ = client.Close() }()
+	server, err := net.Dial("tcp", backend)
+	if err != nil {
+		return
+	}
+	defer func() { _ = server.Close() }()
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(server, client); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(client, server); done <- struct{}{} }()
+	<-done
+}
+
+// start runs one more replica and waits until it is ready.
+func (f *fleet) start() (*replica, error) {
+	webhookAddr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	probeAddr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	host, portStr, _ := net.SplitHostPort(webhookAddr)
+	port, _ := strconv.Atoi(portStr)
+	mgr, err := ctrl.NewManager(restConfig, manager.Options{
+		Scheme:                 f.scheme,
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: probeAddr,
+		WebhookServer:          webhook.NewServer(powerwebhook.ServerOptions(host, port, f.wio.LocalServingCertDir)),
+		Cache:                  powerwebhook.CacheOptions(),
+		// Several replicas live in this process; in production each is alone.
+		Controller:                    config.Controller{SkipNameValidation: &skipNameValidation},
+		LeaderElection:                true,
+		LeaderElectionID:              "power-webhook-budget-reconciler",
+		LeaderElectionNamespace:       "dynamo-system",
+		LeaderElectionReleaseOnCancel: true,
+		LeaseDuration:                 durationPtr(2 * time.Second),
+		RenewDeadline:                 durationPtr(1500 * time.Millisecond),
+		RetryPeriod:                   durationPtr(200 * time.Millisecond),
+	})
+	if err != nil {
+		return nil, err
+	}
+	decode, err := policy.ParseDefaultRule("role=decode=300")
+	if err != nil {
+		return nil, err
+	}
+	admit := &policy.Admission{Catalog: policy.DefaultCatalog(), UnknownProducts: policy.UnknownProductsDeny, Defaults: []policy.DefaultRule{decode}}
+	r := &replica{addr: webhookAddr, mgr: mgr, registry: prometheus.NewRegistry(), stopped: make(chan error, 1)}
+	opts := powerwebhook.BudgetOptions{ReservationTTL: reservationTTL, Resync: 30 * time.Second, Attempts: 8}
+	ctx, cancel := context.WithCancel(f.ctx)
+	r.cancel = cancel
+	if err := powerwebhook.Setup(ctx, mgr, admit, r.registry, opts); err != nil {
+		cancel()
+		return nil, err
+	}
+	go func() { r.stopped <- mgr.Start(ctx) }()
+
+	// Ready means the webhook server listens and every cache (the node index
+	// included) has synced: the same probe the Deployment uses.
+	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		resp, err := http.Get("http://" + probeAddr + "/readyz")
+		if err != nil {
+			return false, nil
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	}); err != nil {
+		cancel()
+		return nil, fmt.Errorf("webhook replica never became ready: %w", err)
+	}
+	f.mu.Lock()
+	r.name = fmt.Sprintf("replica-%d", len(f.replicas))
+	f.replicas = append(f.replicas, r)
+	f.mu.Unlock()
+	return r, nil
+}
+
+// stop takes a replica out of rotation and stops it.
+func (f *fleet) stop(r *replica) error {
+	f.mu.Lock()
+	for i, x := range f.replicas {
+		if x == r {
+			f.replicas = append(f.replicas[:i], f.replicas[i+1:]...)
+			break
+		}
+	}
+	f.mu.Unlock()
+	r.cancel()
+	return <-r.stopped
+}
+
+func (f *fleet) stopAll() {
+	_ = f.listener.Close()
+	f.mu.Lock()
+	replicas := append([]*replica(nil), f.replicas...)
+	f.mu.Unlock()
+	for _, r := range replicas {
+		if err := f.stop(r); err != nil && !errors.Is(err, context.Canceled) {
+			fmt.Println("stop webhook replica:", err)
+		}
+	}
+}
+
+// leader returns the replica that runs the budget reconciler.
+func (f *fleet) leader() *replica {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, r := range f.replicas {
+		select {
+		case <-r.mgr.Elected():
+			return r
+		default:
+		}
+	}
+	return nil
+}
+
+func (f *fleet) registries() []*prometheus.Registry {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var regs []*prometheus.Registry
+	for _, r := range f.replicas {
+		regs = append(regs, r.registry)
+	}
+	return regs
+}
+
+var skipNameValidation = true
+
+func durationPtr(d time.Duration) *time.Duration { return &d }
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = l.Close() }()
+	return l.Addr().String(), nil
+}
