@@ -131,7 +131,3 @@ type GPUPowerBudgetList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []GPUPowerBudget `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&GPUPowerBudget{}, &GPUPowerBudgetList{})
-}

@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
@@ -118,6 +119,12 @@ func (w *Wrapper) Label(key, value string) *Wrapper {
 		w.Labels = map[string]string{}
 	}
 	w.Labels[key] = value
+	return w
+}
+
+// UID sets the pod's UID, as the API server does before validating admission.
+func (w *Wrapper) UID(uid string) *Wrapper {
+	w.ObjectMeta.UID = types.UID(uid)
 	return w
 }
 

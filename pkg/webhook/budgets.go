@@ -2,7 +2,9 @@ package webhook
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -136,12 +138,11 @@ func (b *Budgets) Admit(ctx context.Context, op admissionv1.Operation, pod, old 
 		return "", err
 	}
 	type charge struct {
-		budget *powerv1alpha1.GPUPowerBudget
+		budget string
 		cost   policy.Cost
 		delta  int64
 	}
 	var charges []charge
-	var short []policy.BudgetState
 	for i := range budgets {
 		budget := &budgets[i]
 		count := budget.Spec.UnlimitedPods != powerv1alpha1.UnlimitedPodsIgnore
@@ -150,44 +151,75 @@ func (b *Budgets) Admit(ctx context.Context, op admissionv1.Operation, pod, old 
 		if op == admissionv1.Update {
 			delta -= b.Catalog.CostOf(old, cluster, count).Watts
 		}
-		if delta <= 0 {
-			continue
+		if delta > 0 {
+			charges = append(charges, charge{budget.Name, cost, delta})
 		}
-		state := stateOf(budget)
-		if !state.Fits(delta) {
-			short = append(short, state)
-		}
-		charges = append(charges, charge{budget, cost, delta})
 	}
-	if len(short) > 0 {
-		b.Metrics.budgetDenied(short)
-		return policy.BudgetDenial(charges[0].cost, charges[0].delta, short), nil
-	}
-	if dryRun || len(charges) == 0 {
+	if len(charges) == 0 {
 		return "", nil
+	}
+	if dryRun {
+		var short []policy.BudgetState
+		for _, c := range charges {
+			state, err := b.freshState(ctx, c.budget)
+			if err != nil {
+				return "", err
+			}
+			if !state.Fits(c.delta) {
+				short = append(short, state)
+			}
+		}
+		return b.denial(charges[0].cost, charges[0].delta, short), nil
+	}
+	if pod.UID == "" {
+		return "", errors.New("pod has no UID to key its budget reservation by")
 	}
 
 	logger := log.FromContext(ctx)
 	for i, c := range charges {
-		res := b.reserve(ctx, c.budget.Name, &reserveRequest{
+		res := b.reserve(ctx, c.budget, &reserveRequest{
 			uid: pod.UID, pod: pod.Namespace + "/" + pod.Name, watts: c.cost.Watts, delta: c.delta,
 		})
 		if res.ok {
 			continue
 		}
 		for _, done := range charges[:i] {
-			if r := b.reserve(ctx, done.budget.Name, &reserveRequest{uid: pod.UID, delta: done.delta, release: true}); !r.ok {
+			if r := b.reserve(ctx, done.budget, &reserveRequest{uid: pod.UID, delta: done.delta, release: true}); !r.ok {
 				// The reservation expires by itself after TTL.
-				logger.Error(r.err, "Failed to release reservation", "budget", done.budget.Name, "pod", klog.KObj(pod))
+				logger.Error(r.err, "Failed to release reservation", "budget", done.budget, "pod", klog.KObj(pod))
 			}
 		}
 		if res.err != nil {
 			return "", res.err
 		}
-		b.Metrics.budgetDenied([]policy.BudgetState{res.state})
-		return policy.BudgetDenial(c.cost, c.delta, []policy.BudgetState{res.state}), nil
+		// Name every budget that is short, not only the first.
+		short := []policy.BudgetState{res.state}
+		for _, rest := range charges[i+1:] {
+			if state, err := b.freshState(ctx, rest.budget); err == nil && !state.Fits(rest.delta) {
+				short = append(short, state)
+			}
+		}
+		return b.denial(c.cost, c.delta, short), nil
 	}
 	return "", nil
+}
+
+func (b *Budgets) denial(cost policy.Cost, delta int64, short []policy.BudgetState) string {
+	if len(short) == 0 {
+		return ""
+	}
+	b.Metrics.budgetDenied(short)
+	return policy.BudgetDenial(cost, delta, short)
+}
+
+// freshState reads a budget from the API server: a denial is never based on
+// a cache that may not have seen a release yet.
+func (b *Budgets) freshState(ctx context.Context, name string) (policy.BudgetState, error) {
+	var budget powerv1alpha1.GPUPowerBudget
+	if err := b.API.Get(ctx, types.NamespacedName{Name: name}, &budget); err != nil {
+		return policy.BudgetState{}, fmt.Errorf("get budget %s: %w", name, err)
+	}
+	return stateOf(&budget), nil
 }
 
 func stateOf(b *powerv1alpha1.GPUPowerBudget) policy.BudgetState {
@@ -240,8 +272,9 @@ func (b *Budgets) drain(ctx context.Context, budget string, q *budgetQueue) {
 func (b *Budgets) commit(ctx context.Context, name string, q *budgetQueue, batch []*reserveRequest) []reserveResult {
 	results := make([]reserveResult, len(batch))
 	for attempt := range b.Attempts {
-		budget := q.last
+		budget, fresh := q.last, false
 		if budget == nil || attempt > 0 {
+			fresh = true
 			budget = &powerv1alpha1.GPUPowerBudget{}
 			if err := b.API.Get(ctx, types.NamespacedName{Name: name}, budget); err != nil {
 				q.last = nil
@@ -250,7 +283,7 @@ func (b *Budgets) commit(ctx context.Context, name string, q *budgetQueue, batch
 		}
 		budget = budget.DeepCopy()
 		st := &budget.Status
-		changed := false
+		changed, denied := false, false
 		now := b.Now()
 		for i, r := range batch {
 			j := slices.IndexFunc(st.Reservations, func(x powerv1alpha1.Reservation) bool { return x.PodUID == r.uid })
@@ -266,6 +299,7 @@ func (b *Budgets) commit(ctx context.Context, name string, q *budgetQueue, batch
 			state := stateOf(budget)
 			if !state.Fits(r.delta) {
 				results[i] = reserveResult{state: state}
+				denied = true
 				continue
 			}
 			res := powerv1alpha1.Reservation{PodUID: r.uid, Pod: r.pod, Watts: r.watts, Expires: metav1.NewTime(now.Add(b.TTL))}
@@ -277,6 +311,12 @@ func (b *Budgets) commit(ctx context.Context, name string, q *budgetQueue, batch
 			st.CommittedWatts += r.delta
 			changed = true
 			results[i] = reserveResult{ok: true}
+		}
+		if denied && !fresh {
+			// Our last write may predate a release by the reconciler:
+			// decide again on what the API server holds before denying.
+			q.last = nil
+			continue
 		}
 		if !changed {
 			return results
@@ -290,6 +330,13 @@ func (b *Budgets) commit(ctx context.Context, name string, q *budgetQueue, batch
 			return results
 		case apierrors.IsConflict(err):
 			b.Metrics.reservationConflict(name)
+			// Another replica or the reconciler wrote first: back off a
+			// little, with jitter, so the writers do not collide again.
+			select {
+			case <-time.After(conflictBackoff(attempt)):
+			case <-ctx.Done():
+				return fill(results, reserveResult{err: fmt.Errorf("reserve GPU power in budget %s: %w", name, ctx.Err())})
+			}
 			continue
 		default:
 			q.last = nil
@@ -298,6 +345,12 @@ func (b *Budgets) commit(ctx context.Context, name string, q *budgetQueue, batch
 	}
 	q.last = nil
 	return fill(results, reserveResult{err: fmt.Errorf("reserve GPU power in budget %s: still conflicting after %d attempts; retry", name, b.Attempts)})
+}
+
+// conflictBackoff grows from about 2 ms to at most about 100 ms.
+func conflictBackoff(attempt int) time.Duration {
+	d := min(2*time.Millisecond<<attempt, 100*time.Millisecond)
+	return d/2 + rand.N(d/2+1)
 }
 
 func fill(results []reserveResult, r reserveResult) []reserveResult {

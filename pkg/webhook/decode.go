@@ -11,10 +11,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	sigsjson "sigs.k8s.io/json"
 )
 
-// decodePod reads the parts of a pod that power policy looks at: metadata,
+// decodePod reads the parts of a pod that power policy looks at: identity, labels, annotations,
 // node name, node selector, affinity, resource claims, and each container's
 // name, NVIDIA resources and restart policy. Everything else (env, volumes,
 // probes: most of a real pod's bytes) is skipped by a streaming tokenizer
@@ -58,6 +59,10 @@ func decodeMetadata(d *jsontext.Decoder, m *metav1.ObjectMeta) error {
 			m.GenerateName, err = decodeString(d)
 		case "namespace":
 			m.Namespace, err = decodeString(d)
+		case "uid":
+			var uid string
+			uid, err = decodeString(d)
+			m.UID = types.UID(uid)
 		case "labels":
 			m.Labels, err = decodeStringMap(d)
 		case "annotations":

@@ -16,7 +16,7 @@ import (
 // policyView is what decodePod promises to read of a pod: the rest is skipped.
 func policyView(p *corev1.Pod) *corev1.Pod {
 	out := &corev1.Pod{}
-	out.Name, out.GenerateName, out.Namespace = p.Name, p.GenerateName, p.Namespace
+	out.Name, out.GenerateName, out.Namespace, out.UID = p.Name, p.GenerateName, p.Namespace, p.UID
 	out.Labels, out.Annotations = p.Labels, p.Annotations
 	s := &out.Spec
 	s.NodeName, s.NodeSelector, s.Affinity, s.ResourceClaims = p.Spec.NodeName, p.Spec.NodeSelector, p.Spec.Affinity, p.Spec.ResourceClaims
@@ -54,7 +54,7 @@ func viewContainers(cs []corev1.Container) []corev1.Container {
 func TestDecodePodReadsWhatPolicyNeeds(t *testing.T) {
 	pods := []*corev1.Pod{
 		testpod.MakePod("a", "ns").Obj(),
-		testpod.MakePod("b", "ns").GPU(8).Container("side", 0).Env(5).Label("role", "decode").Limit("250").Stamp("250").Obj(),
+		testpod.MakePod("b", "ns").UID("0b6a4e2c-1111-4c8e-9a57-3f1f0c1d2e3f").GPU(8).Container("side", 0).Env(5).Label("role", "decode").Limit("250").Stamp("250").Obj(),
 		testpod.MakePod("c", "ns").GPU(1).InitContainer("warm", 2).Sidecar("proxy", 1).Product("NVIDIA-L4").NodeName("n1").Obj(),
 		testpod.MakePod("d", "ns").Resource(0, "nvidia.com/mig-1g.10gb", 2).Resource(0, "cpu", 4).AffinityProducts("NVIDIA-H200").ResourceClaim("gpu", "t").Obj(),
 	}

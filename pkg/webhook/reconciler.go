@@ -14,8 +14,10 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -42,21 +44,35 @@ type BudgetReconciler struct {
 	Now    func() time.Time
 }
 
-// SetupWithManager registers the reconciler: budgets, and any pod or
-// namespace change, trigger it.
+// settle coalesces a burst of pod events into one recomputation: during a
+// scale-up each pod would otherwise cost a status write that the webhook's
+// reservations then have to retry around.
+const settle = 500 * time.Millisecond
+
+// SetupWithManager registers the reconciler: budget changes trigger it at
+// once, pod and namespace changes after settle.
 func (r *BudgetReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	allBudgets := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, _ client.Object) []reconcile.Request {
+	enqueueAll := func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 		var list powerv1alpha1.GPUPowerBudgetList
 		if err := r.Client.List(ctx, &list); err != nil {
 			log.FromContext(ctx).Error(err, "Failed to list budgets")
-			return nil
+			return
 		}
-		reqs := make([]reconcile.Request, len(list.Items))
-		for i, b := range list.Items {
-			reqs[i] = reconcile.Request{NamespacedName: types.NamespacedName{Name: b.Name}}
+		for _, b := range list.Items {
+			q.AddAfter(reconcile.Request{NamespacedName: types.NamespacedName{Name: b.Name}}, settle)
 		}
-		return reqs
-	})
+	}
+	allBudgets := handler.Funcs{
+		CreateFunc: func(ctx context.Context, _ event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueueAll(ctx, q)
+		},
+		UpdateFunc: func(ctx context.Context, _ event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueueAll(ctx, q)
+		},
+		DeleteFunc: func(ctx context.Context, _ event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueueAll(ctx, q)
+		},
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("gpupowerbudget").
 		For(&powerv1alpha1.GPUPowerBudget{}).
@@ -116,7 +132,7 @@ func (r *BudgetReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 		budget.Status = *next
 		if err := r.Client.Status().Update(ctx, &budget); err != nil {
 			if apierrors.IsConflict(err) {
-				return reconcile.Result{Requeue: true}, nil // the webhook wrote in between: recompute
+				return reconcile.Result{RequeueAfter: time.Millisecond}, nil // the webhook wrote in between: recompute
 			}
 			return reconcile.Result{}, fmt.Errorf("update budget %s status: %w", budget.Name, err)
 		}

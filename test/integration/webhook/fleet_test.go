@@ -2,7 +2,6 @@ package webhook_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -45,7 +44,8 @@ type replica struct {
 	mgr      manager.Manager
 	registry *prometheus.Registry
 	cancel   context.CancelFunc
-	stopped  chan error
+	stopped  chan error    // mgr.Start's result
+	exited   chan struct{} // closed when mgr.Start returned
 }
 
 func newFleet(ctx context.Context, scheme *runtime.Scheme, wio *envtest.WebhookInstallOptions) (*fleet, error) {
@@ -91,14 +91,14 @@ func proxy(client net.Conn, backend string) {
 }
 
 // start runs one more replica and waits until it is ready.
-func (f *fleet) start() (*replica, error) {
+func (f *fleet) start() error {
 	webhookAddr, err := freeAddr()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	probeAddr, err := freeAddr()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	host, portStr, _ := net.SplitHostPort(webhookAddr)
 	port, _ := strconv.Atoi(portStr)
@@ -114,27 +114,33 @@ func (f *fleet) start() (*replica, error) {
 		LeaderElectionID:              "power-webhook-budget-reconciler",
 		LeaderElectionNamespace:       "dynamo-system",
 		LeaderElectionReleaseOnCancel: true,
-		LeaseDuration:                 durationPtr(2 * time.Second),
-		RenewDeadline:                 durationPtr(1500 * time.Millisecond),
-		RetryPeriod:                   durationPtr(200 * time.Millisecond),
+		// Short enough for the failover test, long enough that a renewal
+		// survives a busy 2-core machine.
+		LeaseDuration: durationPtr(5 * time.Second),
+		RenewDeadline: durationPtr(4 * time.Second),
+		RetryPeriod:   durationPtr(500 * time.Millisecond),
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	decode, err := policy.ParseDefaultRule("role=decode=300")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	admit := &policy.Admission{Catalog: policy.DefaultCatalog(), UnknownProducts: policy.UnknownProductsDeny, Defaults: []policy.DefaultRule{decode}}
-	r := &replica{addr: webhookAddr, mgr: mgr, registry: prometheus.NewRegistry(), stopped: make(chan error, 1)}
-	opts := powerwebhook.BudgetOptions{ReservationTTL: reservationTTL, Resync: 30 * time.Second, Attempts: 8}
+	r := &replica{addr: webhookAddr, mgr: mgr, registry: prometheus.NewRegistry(), stopped: make(chan error, 1), exited: make(chan struct{})}
+	opts := powerwebhook.BudgetOptions{ReservationTTL: reservationTTL, Resync: 30 * time.Second, Attempts: 20}
 	ctx, cancel := context.WithCancel(f.ctx)
 	r.cancel = cancel
 	if err := powerwebhook.Setup(ctx, mgr, admit, r.registry, opts); err != nil {
 		cancel()
-		return nil, err
+		return err
 	}
-	go func() { r.stopped <- mgr.Start(ctx) }()
+	go func() {
+		err := mgr.Start(ctx)
+		close(r.exited)
+		r.stopped <- err
+	}()
 
 	// Ready means the webhook server listens and every cache (the node index
 	// included) has synced: the same probe the Deployment uses.
@@ -147,13 +153,13 @@ func (f *fleet) start() (*replica, error) {
 		return resp.StatusCode == http.StatusOK, nil
 	}); err != nil {
 		cancel()
-		return nil, fmt.Errorf("webhook replica never became ready: %w", err)
+		return fmt.Errorf("webhook replica never became ready: %w", err)
 	}
 	f.mu.Lock()
 	r.name = fmt.Sprintf("replica-%d", len(f.replicas))
 	f.replicas = append(f.replicas, r)
 	f.mu.Unlock()
-	return r, nil
+	return nil
 }
 
 // stop takes a replica out of rotation and stops it.
@@ -176,9 +182,7 @@ func (f *fleet) stopAll() {
 	replicas := append([]*replica(nil), f.replicas...)
 	f.mu.Unlock()
 	for _, r := range replicas {
-		if err := f.stop(r); err != nil && !errors.Is(err, context.Canceled) {
-			fmt.Println("stop webhook replica:", err)
-		}
+		_ = f.stop(r) // a stopped leader reports "leader election lost"
 	}
 }
 
@@ -187,6 +191,11 @@ func (f *fleet) leader() *replica {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, r := range f.replicas {
+		select {
+		case <-r.exited:
+			continue
+		default:
+		}
 		select {
 		case <-r.mgr.Elected():
 			return r

@@ -108,7 +108,7 @@ func run(m *testing.M) (int, error) {
 	defer webhooks.stopAll()
 	// Three replicas behind one address, as behind a Service.
 	for range 3 {
-		if _, err := webhooks.start(); err != nil {
+		if err := webhooks.start(); err != nil {
 			return 0, err
 		}
 	}

@@ -1,0 +1,114 @@
+package podmap
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
+)
+
+const (
+	// DefaultListTimeout bounds one List call when the caller sets none: a
+	// kubelet that does not answer must not stall the agent's reconcile.
+	DefaultListTimeout = 10 * time.Second
+	// maxListMessage is what kubelet's own PodResources client accepts: a
+	// node's full listing, CPU and memory assignments included, outgrows
+	// gRPC's default 4 MiB.
+	maxListMessage = 16 << 20
+)
+
+// PodDevices is what PodResources says one pod holds of NVIDIA GPUs.
+type PodDevices struct {
+	Namespace, Name string
+	// Devices are the pod's GPU devices over all its containers, each once.
+	Devices []DeviceRef
+	// Invalid has an error for each device ID that did not parse; the pod
+	// still holds those devices, so the caller should say so.
+	Invalid []error
+}
+
+// PodResourcesClient reads kubelet's PodResources API on its unix socket.
+type PodResourcesClient struct {
+	socket  string
+	timeout time.Duration
+	conn    *grpc.ClientConn
+	lister  podresourcesv1.PodResourcesListerClient
+}
+
+// NewPodResourcesClient returns a client of the PodResources socket at path
+// (<kubelet root-dir>/pod-resources/kubelet.sock). It connects on first use,
+// and again whenever kubelet restarts. timeout bounds each call; zero means
+// DefaultListTimeout.
+func NewPodResourcesClient(path string, timeout time.Duration) (*PodResourcesClient, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("pod resources socket %s: %w", path, err)
+	}
+	conn, err := grpc.NewClient("unix://"+abs,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxListMessage)),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("pod resources socket %s: %w", abs, err)
+	}
+	if timeout <= 0 {
+		timeout = DefaultListTimeout
+	}
+	return &PodResourcesClient{
+		socket:  abs,
+		timeout: timeout,
+		conn:    conn,
+		lister:  podresourcesv1.NewPodResourcesListerClient(conn),
+	}, nil
+}
+
+// Close releases the connection.
+func (c *PodResourcesClient) Close() error {
+	return c.conn.Close()
+}
+
+// List returns the pods that hold NVIDIA GPU devices (nvidia.com/gpu,
+// nvidia.com/mig-*), in kubelet's order; other resources are ignored. Kubelet
+// may still list pods that have finished, and names them by namespace/name
+// only: telling those apart is the caller's, from its pod cache.
+func (c *PodResourcesClient) List(ctx context.Context) ([]PodDevices, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	resp, err := c.lister.List(ctx, &podresourcesv1.ListPodResourcesRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("list pod resources from %s: %w", c.socket, err)
+	}
+	var pods []PodDevices
+	for _, pr := range resp.GetPodResources() {
+		if p := gpuDevices(pr); len(p.Devices)+len(p.Invalid) > 0 {
+			pods = append(pods, p)
+		}
+	}
+	return pods, nil
+}
+
+func gpuDevices(pr *podresourcesv1.PodResources) PodDevices {
+	p := PodDevices{Namespace: pr.GetNamespace(), Name: pr.GetName()}
+	for _, c := range pr.GetContainers() {
+		for _, d := range c.GetDevices() {
+			if !isGPUResource(d.GetResourceName()) {
+				continue
+			}
+			for _, id := range d.GetDeviceIds() {
+				ref, err := ParseDeviceID(d.GetResourceName(), id)
+				switch {
+				case err != nil:
+					p.Invalid = append(p.Invalid, fmt.Errorf("pod %s/%s container %s: %w", p.Namespace, p.Name, c.GetName(), err))
+				case !slices.Contains(p.Devices, ref):
+					p.Devices = append(p.Devices, ref)
+				}
+			}
+		}
+	}
+	return p
+}

@@ -1,0 +1,101 @@
+// Package podresourcestest serves kubelet's PodResources API on a unix
+// socket, with the pods a test sets, so that code reading PodResources is
+// tested through real gRPC. It serves List only.
+package podresourcestest
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"google.golang.org/grpc"
+	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
+)
+
+// Server is a fake kubelet PodResources endpoint.
+type Server struct {
+	podresourcesv1.UnimplementedPodResourcesListerServer
+	// Socket is the path of the unix socket it listens on.
+	Socket string
+
+	mu    sync.Mutex
+	pods  []*podresourcesv1.PodResources
+	stall bool
+}
+
+// Start serves pods until the test ends.
+func Start(tb testing.TB, pods ...*podresourcesv1.PodResources) *Server {
+	tb.Helper()
+	// Not tb.TempDir(): a long test name would push the path past the 108
+	// bytes a unix socket address holds.
+	dir, err := os.MkdirTemp("", "podres")
+	if err != nil {
+		tb.Fatalf("socket directory: %v", err)
+	}
+	tb.Cleanup(func() {
+		if err := os.RemoveAll(dir); err != nil {
+			tb.Errorf("remove socket directory: %v", err)
+		}
+	})
+	s := &Server{Socket: filepath.Join(dir, "kubelet.sock"), pods: pods}
+	lis, err := net.Listen("unix", s.Socket)
+	if err != nil {
+		tb.Fatalf("listen on %s: %v", s.Socket, err)
+	}
+	srv := grpc.NewServer()
+	podresourcesv1.RegisterPodResourcesListerServer(srv, s)
+	go func() {
+		// Serve returns nil after Stop; anything else is the fake failing.
+		if err := srv.Serve(lis); err != nil {
+			tb.Errorf("serve pod resources on %s: %v", s.Socket, err)
+		}
+	}()
+	tb.Cleanup(srv.Stop)
+	return s
+}
+
+// SetPods replaces what List answers from now on.
+func (s *Server) SetPods(pods ...*podresourcesv1.PodResources) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pods = pods
+}
+
+// Stall makes List answer nothing until the caller gives up, like a kubelet
+// that hangs.
+func (s *Server) Stall() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stall = true
+}
+
+// List answers with the pods last set.
+func (s *Server) List(ctx context.Context, _ *podresourcesv1.ListPodResourcesRequest) (*podresourcesv1.ListPodResourcesResponse, error) {
+	s.mu.Lock()
+	pods, stall := s.pods, s.stall
+	s.mu.Unlock()
+	if stall {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return &podresourcesv1.ListPodResourcesResponse{PodResources: pods}, nil
+}
+
+// Pod builds a pod's entry: Pod("default", "train", Container("cuda",
+// Devices("nvidia.com/gpu", "GPU-…"))).
+func Pod(namespace, name string, containers ...*podresourcesv1.ContainerResources) *podresourcesv1.PodResources {
+	return &podresourcesv1.PodResources{Namespace: namespace, Name: name, Containers: containers}
+}
+
+// Container builds a container's entry.
+func Container(name string, devices ...*podresourcesv1.ContainerDevices) *podresourcesv1.ContainerResources {
+	return &podresourcesv1.ContainerResources{Name: name, Devices: devices}
+}
+
+// Devices builds the devices of one resource allocated to a container.
+func Devices(resource string, ids ...string) *podresourcesv1.ContainerDevices {
+	return &podresourcesv1.ContainerDevices{ResourceName: resource, DeviceIds: ids}
+}
