@@ -55,7 +55,7 @@ func main() {
 	flag.BoolVar(&o.leaderElect, "leader-elect", true, "Elect one replica to run the budget reconciler (every replica serves admissions).")
 	flag.DurationVar(&o.budgets.ReservationTTL, "reservation-ttl", time.Minute, "How long a budget reservation counts if its pod never appears (e.g. its creation failed after admission).")
 	flag.DurationVar(&o.budgets.Resync, "budget-resync", 30*time.Second, "Longest time between two recomputations of a budget's status.")
-	flag.IntVar(&o.budgets.Attempts, "reservation-attempts", 20, "Status writes tried for one batch of budget reservations before its pods are denied.")
+	flag.IntVar(&o.budgets.Attempts, "reservation-attempts", 50, "Status writes tried for one batch of budget reservations before its pods are denied.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()

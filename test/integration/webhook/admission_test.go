@@ -255,7 +255,7 @@ func admissions(t *testing.T) float64 {
 }
 
 // counterSum sums a counter over all its labels.
-func counterSum(t *testing.T, reg *prometheus.Registry, name string) float64 {
+func counterSum(t testing.TB, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
 	families, err := reg.Gather()
 	if err != nil {

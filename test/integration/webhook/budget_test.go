@@ -10,6 +10,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -324,6 +325,18 @@ func TestBudgetCreatedAfterPodsAndTotalLowered(t *testing.T) {
 		return b.Status.CommittedWatts == 1000 && b.Status.AvailableWatts == 0 && c != nil && c.Status == metav1.ConditionTrue,
 			fmt.Sprintf("committed %d, condition %+v", b.Status.CommittedWatts, c)
 	})
+	eventually(t, "an OverCommitted Warning event on the budget", func() (bool, string) {
+		var list eventsv1.EventList
+		if err := k8s.List(t.Context(), &list); err != nil {
+			return false, err.Error()
+		}
+		for _, e := range list.Items {
+			if e.Regarding.Name == "late" && e.Reason == "OverCommitted" && e.Type == corev1.EventTypeWarning {
+				return strings.Contains(e.Note, "live pods commit 1000 W of 600 W"), e.Note
+			}
+		}
+		return false, fmt.Sprintf("%d events, none for the budget", len(list.Items))
+	})
 	err := createPod(t, gpuPod("new", ns, 1, "200"))
 	if want := budgetDenial("late", "200 W (1 GPU x 200 W)", 1000, 600); !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), want) {
 		t.Fatalf("new pod in an over-committed budget: %v\nwant: %s", err, want)
@@ -357,6 +370,50 @@ func TestBudgetCreatedAfterPodsAndTotalLowered(t *testing.T) {
 	if err := createPod(t, gpuPod("newer", ns, 1, "200")); !apierrors.IsForbidden(err) {
 		t.Errorf("new pod after the total was lowered: %v; want denied", err)
 	}
+}
+
+func TestBudgetDefaults(t *testing.T) {
+	ns := budgetNamespace(t, "defaults", map[string]string{budgetLabel: "defaults"})
+	b := &powerv1alpha1.GPUPowerBudget{
+		ObjectMeta: metav1.ObjectMeta{Name: "defaults"},
+		Spec: powerv1alpha1.GPUPowerBudgetSpec{
+			TotalWatts:        5000,
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{budgetLabel: "defaults"}},
+			Defaults: []powerv1alpha1.DefaultLimit{
+				{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"role": "prefill"}}, Watts: 450},
+				{Watts: 350},
+			},
+		},
+	}
+	if err := k8s.Create(t.Context(), b); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k8s.Delete(context.Background(), b) })
+	eventually(t, "the budget in every replica's cache", func() (bool, string) {
+		p := testpod.MakePod("probe", ns).GPU(1).NodeName("h100-0").Obj()
+		if err := k8s.Create(t.Context(), p, client.DryRunAll); err != nil {
+			return false, err.Error()
+		}
+		return p.Annotations[policy.AnnotationPowerLimit] == "350", fmt.Sprint(p.Annotations)
+	})
+	tests := []struct {
+		pod  *corev1.Pod
+		want string
+	}{
+		{testpod.MakePod("prefill", ns).GPU(2).NodeName("h100-0").Label("role", "prefill").Obj(), `limit="450" stamp="450"`},
+		{testpod.MakePod("other", ns).GPU(2).NodeName("h100-0").Obj(), `limit="350" stamp="350"`},
+		// The budget's own rules come before the --default-rule flags (role=decode=300).
+		{testpod.MakePod("decode", ns).GPU(2).NodeName("h100-0").Label("role", "decode").Obj(), `limit="350" stamp="350"`},
+	}
+	for _, tt := range tests {
+		if err := createPod(t, tt.pod); err != nil {
+			t.Fatalf("%s: %v", tt.pod.Name, err)
+		}
+		if got := powerAnnotations(tt.pod.Annotations); got != tt.want {
+			t.Errorf("%s: %s; want %s", tt.pod.Name, got, tt.want)
+		}
+	}
+	committedBecomes(t, "defaults", 2*450+2*350+2*350)
 }
 
 func TestBudgetLeaderFailover(t *testing.T) {

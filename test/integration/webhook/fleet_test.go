@@ -129,7 +129,7 @@ func (f *fleet) start() error {
 	}
 	admit := &policy.Admission{Catalog: policy.DefaultCatalog(), UnknownProducts: policy.UnknownProductsDeny, Defaults: []policy.DefaultRule{decode}}
 	r := &replica{addr: webhookAddr, mgr: mgr, registry: prometheus.NewRegistry(), stopped: make(chan error, 1), exited: make(chan struct{})}
-	opts := powerwebhook.BudgetOptions{ReservationTTL: reservationTTL, Resync: 30 * time.Second, Attempts: 20}
+	opts := powerwebhook.BudgetOptions{ReservationTTL: reservationTTL, Resync: 30 * time.Second, Attempts: 50}
 	ctx, cancel := context.WithCancel(f.ctx)
 	r.cancel = cancel
 	if err := powerwebhook.Setup(ctx, mgr, admit, r.registry, opts); err != nil {

@@ -1,0 +1,118 @@
+package policy_test
+
+import (
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/dynamo-power/gpu-power/internal/testpod"
+	"github.com/dynamo-power/gpu-power/pkg/policy"
+)
+
+func TestCostOf(t *testing.T) {
+	cluster := fakeCluster{"h100-0": h100, "l4-0": l4}
+	catalog := policy.DefaultCatalog()
+	tests := []struct {
+		name      string
+		pod       *corev1.Pod
+		count     bool
+		watts     int64
+		gpus      int64
+		unlimited bool
+		text      string
+	}{
+		{"limit x GPUs", pod().GPU(4).Limit("250").Obj(), true, 1000, 4, false, "1000 W (4 GPUs x 250 W)"},
+		{"one GPU", pod().GPU(1).Limit("300").Obj(), true, 300, 1, false, "300 W (1 GPU x 300 W)"},
+		{"no GPUs costs nothing", pod().Limit("300").Obj(), true, 0, 0, false, ""},
+		{"unlimited pod on a node costs its board default", pod().GPU(2).NodeName("h100-0").Obj(), true, 1400, 2, true,
+			"1400 W (2 GPUs x 700 W default board limit, no power limit set)"},
+		{"unlimited unpinned pod costs the highest default it can land on", pod().GPU(1).Obj(), true, 700, 1, true, ""},
+		{"unlimited pod on L4", pod().GPU(1).Product(l4).Obj(), true, 72, 1, true, ""},
+		{"unlimited pods ignored", pod().GPU(2).NodeName("h100-0").Obj(), false, 0, 2, true, ""},
+		{"an invalid limit counts as none", pod().GPU(1).NodeName("h100-0").Limit("250W").Obj(), true, 700, 1, true, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := catalog.CostOf(tt.pod, cluster, tt.count)
+			if c.Watts != tt.watts || c.GPUs != tt.gpus || c.Unlimited != tt.unlimited {
+				t.Errorf("CostOf = %+v; want %d W, %d GPUs, unlimited %v", c, tt.watts, tt.gpus, tt.unlimited)
+			}
+			if tt.text != "" && c.String() != tt.text {
+				t.Errorf("String() = %q; want %q", c.String(), tt.text)
+			}
+		})
+	}
+}
+
+func TestBudgetDenial(t *testing.T) {
+	cost := policy.Cost{Watts: 1000, GPUs: 4, PerGPU: 250}
+	got := policy.BudgetDenial(cost, 1000, []policy.BudgetState{{Name: "cluster", Total: 2000, Committed: 1500}})
+	want := `exceeded GPU power budget "cluster": requested 1000 W (4 GPUs x 250 W), committed 1500 W of 2000 W, available 500 W; ` +
+		`lower the per-GPU limit, use fewer GPUs, or ask for a larger budget`
+	if got != want {
+		t.Errorf("denial\n got: %s\nwant: %s", got, want)
+	}
+	raise := policy.BudgetDenial(policy.Cost{Watts: 1200, GPUs: 2, PerGPU: 600}, 400,
+		[]policy.BudgetState{{Name: "org", Total: 1000, Committed: 800}, {Name: "team", Total: 500, Committed: 900}})
+	want = `exceeded GPU power budget "org": requested 400 W more (now 1200 W (2 GPUs x 600 W)), committed 800 W of 1000 W, available 200 W; ` +
+		`exceeded GPU power budget "team": requested 400 W more (now 1200 W (2 GPUs x 600 W)), committed 900 W of 500 W, available 0 W; ` +
+		`lower the per-GPU limit, use fewer GPUs, or ask for a larger budget`
+	if raise != want {
+		t.Errorf("raise denial\n got: %s\nwant: %s", raise, want)
+	}
+}
+
+func TestRecompute(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	later, earlier := now.Add(time.Minute), now.Add(-time.Second)
+	tests := []struct {
+		name         string
+		live         []policy.Charge
+		reservations []policy.Reservation
+		watts        int64
+		pods, gpus   int64
+		kept         []types.UID
+	}{
+		{"live pods add up", []policy.Charge{{UID: "a", Watts: 500, GPUs: 2}, {UID: "b", Watts: 250, GPUs: 1}}, nil, 750, 2, 3, nil},
+		{"reservation of a pod not yet seen counts", []policy.Charge{{UID: "a", Watts: 500, GPUs: 2}},
+			[]policy.Reservation{{UID: "b", Watts: 250, Expires: later}}, 750, 1, 2, []types.UID{"b"}},
+		{"reservation of a seen pod is dropped, not counted twice", []policy.Charge{{UID: "a", Watts: 500, GPUs: 2}},
+			[]policy.Reservation{{UID: "a", Watts: 500, Expires: later}}, 500, 1, 2, nil},
+		{"expired reservation stops counting", nil, []policy.Reservation{{UID: "gone", Watts: 250, Expires: earlier}}, 0, 0, 0, nil},
+		{"reservation expiring exactly now has expired", nil, []policy.Reservation{{UID: "x", Watts: 250, Expires: now}}, 0, 0, 0, nil},
+		{"admitted raise counts before the cache shows it", []policy.Charge{{UID: "a", Watts: 500, GPUs: 2}},
+			[]policy.Reservation{{UID: "a", Watts: 800, Expires: later}}, 800, 1, 2, []types.UID{"a"}},
+		{"expired raise falls back to the live cost", []policy.Charge{{UID: "a", Watts: 500, GPUs: 2}},
+			[]policy.Reservation{{UID: "a", Watts: 800, Expires: earlier}}, 500, 1, 2, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := policy.Recompute(tt.live, tt.reservations, now)
+			if c.Watts != tt.watts || c.Pods != tt.pods || c.GPUs != tt.gpus || len(c.Kept) != len(tt.kept) {
+				t.Fatalf("Recompute = %+v; want %d W, %d pods, %d GPUs, kept %v", c, tt.watts, tt.pods, tt.gpus, tt.kept)
+			}
+			for i := range tt.kept {
+				if c.Kept[i] != tt.kept[i] {
+					t.Errorf("kept %v; want %v", c.Kept, tt.kept)
+				}
+			}
+		})
+	}
+}
+
+func TestBudgetDefaultsComeBeforeFlagDefaults(t *testing.T) {
+	a := newAdmission(t, "=450")
+	budgetRule, err := policy.ParseDefaultRule("role=decode=300")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cluster := fakeCluster{"h100-0": h100}
+	if v := a.Mutate("CREATE", testpod.MakePod("d", "ns").GPU(1).Label("role", "decode").Obj(), nil, cluster, []policy.DefaultRule{budgetRule}); v.Limit != "300" {
+		t.Errorf("budget default: limit %q; want 300", v.Limit)
+	}
+	if v := a.Mutate("CREATE", testpod.MakePod("p", "ns").GPU(1).Label("role", "prefill").Obj(), nil, cluster, []policy.DefaultRule{budgetRule}); v.Limit != "450" {
+		t.Errorf("flag default when no budget rule matches: limit %q; want 450", v.Limit)
+	}
+}

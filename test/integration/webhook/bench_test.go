@@ -1,0 +1,113 @@
+package webhook_test
+
+import (
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
+)
+
+var benchRun atomic.Int64
+
+// BenchmarkBudgetedAdmissions creates b.N GPU pods through the API server from
+// 50 concurrent clients, each admitted by one of three webhook replicas that
+// reserve its cost in one budget sized for three quarters of them. It reports
+// admission requests per second, latency percentiles, and fails on any
+// over-admission. Run it with a fixed count:
+//
+//	go test -run '^$' -bench BudgetedAdmissions -benchtime 2000x ./test/integration/webhook
+func BenchmarkBudgetedAdmissions(b *testing.B) {
+	const (
+		clients = 50
+		cost    = 250
+	)
+	name := fmt.Sprintf("bench-%d", benchRun.Add(1))
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{budgetLabel: name}}}
+	if err := k8s.Create(b.Context(), ns); err != nil {
+		b.Fatal(err)
+	}
+	fit := int64(b.N) * 3 / 4
+	budget := &powerv1alpha1.GPUPowerBudget{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: powerv1alpha1.GPUPowerBudgetSpec{
+			TotalWatts:        max(1, fit*cost),
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{budgetLabel: name}},
+		},
+	}
+	if err := k8s.Create(b.Context(), budget); err != nil {
+		b.Fatal(err)
+	}
+	// Every replica must know the budget before the clock starts.
+	time.Sleep(time.Second)
+
+	var next, admitted, denied atomic.Int64
+	latencies := make([]time.Duration, b.N)
+	var failed sync.Map
+	conflictsBefore, writesBefore := budgetCounters(b)
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Go(func() {
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(b.N) {
+					return
+				}
+				t0 := time.Now()
+				err := k8s.Create(b.Context(), gpuPod(fmt.Sprintf("p-%05d", i), name, 1, "250"))
+				latencies[i] = time.Since(t0)
+				switch {
+				case err == nil:
+					admitted.Add(1)
+				case apierrors.IsForbidden(err):
+					denied.Add(1)
+				default:
+					failed.Store(err.Error(), true)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+
+	failed.Range(func(k, _ any) bool { b.Errorf("admission failed: %s", k); return true })
+	if got := admitted.Load(); b.N > 1 && got != fit {
+		b.Errorf("%d pods admitted; want exactly %d (total %d W / %d W)", got, fit, fit*cost, cost)
+	}
+	var after powerv1alpha1.GPUPowerBudget
+	if err := k8s.Get(b.Context(), types.NamespacedName{Name: name}, &after); err == nil && after.Status.CommittedWatts > after.Spec.TotalWatts {
+		b.Errorf("over-admission: %d W committed of %d W", after.Status.CommittedWatts, after.Spec.TotalWatts)
+	}
+	slices.Sort(latencies)
+	pct := func(p float64) float64 {
+		return float64(latencies[int(p*float64(len(latencies)-1))].Microseconds()) / 1000
+	}
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "admissions/s")
+	b.ReportMetric(pct(0.50), "p50-ms")
+	b.ReportMetric(pct(0.99), "p99-ms")
+	b.ReportMetric(float64(denied.Load()), "denied")
+	conflicts, writes := budgetCounters(b)
+	b.ReportMetric(conflicts-conflictsBefore, "conflicts")
+	b.ReportMetric(writes-writesBefore, "reserved")
+	b.ReportMetric(0, "ns/op")
+}
+
+// budgetCounters sums reservation conflicts and reserved requests over replicas.
+func budgetCounters(b *testing.B) (conflicts, reserved float64) {
+	for _, reg := range webhooks.registries() {
+		conflicts += counterSum(b, reg, "dynamo_power_webhook_budget_reservation_conflicts_total")
+		reserved += counterSum(b, reg, "dynamo_power_webhook_budget_reservations_total")
+	}
+	return conflicts, reserved
+}
