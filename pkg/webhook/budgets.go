@@ -39,6 +39,8 @@ type Budgets struct {
 	// Client writes budget status.
 	Client  client.Client
 	Catalog policy.Catalog
+	// Cluster prices pods the cache shows, to prune their reservations.
+	Cluster policy.Cluster
 	// TTL is how long a reservation counts if its pod never appears.
 	TTL time.Duration
 	// Attempts bounds the writes of one batch before its pods are denied.
@@ -283,7 +285,8 @@ func (b *Budgets) commit(ctx context.Context, name string, q *budgetQueue, batch
 		}
 		budget = budget.DeepCopy()
 		st := &budget.Status
-		changed, denied := false, false
+		changed := b.prune(ctx, budget)
+		denied := false
 		now := b.Now()
 		for i, r := range batch {
 			j := slices.IndexFunc(st.Reservations, func(x powerv1alpha1.Reservation) bool { return x.PodUID == r.uid })
@@ -345,6 +348,29 @@ func (b *Budgets) commit(ctx context.Context, name string, q *budgetQueue, batch
 	}
 	q.last = nil
 	return fill(results, reserveResult{err: fmt.Errorf("reserve GPU power in budget %s: still conflicting after %d attempts; retry", name, b.Attempts)})
+}
+
+// prune drops the reservations of pods this replica's cache already shows at
+// the reserved cost: from then on the reconciler counts the pod itself, so
+// committed watts do not change. It keeps the status, which every write
+// carries whole, as small as the number of pods in flight instead of growing
+// with every admission until the reconciler catches up.
+func (b *Budgets) prune(ctx context.Context, budget *powerv1alpha1.GPUPowerBudget) bool {
+	count := budget.Spec.UnlimitedPods != powerv1alpha1.UnlimitedPodsIgnore
+	before := len(budget.Status.Reservations)
+	budget.Status.Reservations = slices.DeleteFunc(budget.Status.Reservations, func(r powerv1alpha1.Reservation) bool {
+		ns, name, ok := strings.Cut(r.Pod, "/")
+		if !ok {
+			return false
+		}
+		var pod corev1.Pod
+		if err := b.Cache.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &pod); err != nil || pod.UID != r.PodUID {
+			return false
+		}
+		live := pod.Status.Phase != corev1.PodSucceeded && pod.Status.Phase != corev1.PodFailed
+		return live && b.Catalog.CostOf(&pod, b.Cluster, count).Watts >= r.Watts
+	})
+	return len(budget.Status.Reservations) != before
 }
 
 // conflictBackoff grows from about 2 ms to at most about 100 ms.

@@ -80,7 +80,7 @@ func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, re
 
 	m := NewMetrics(reg)
 	budgets := &Budgets{
-		Cache: mgr.GetClient(), API: mgr.GetAPIReader(), Client: mgr.GetClient(), Catalog: admit.Catalog,
+		Cache: mgr.GetClient(), API: mgr.GetAPIReader(), Client: mgr.GetClient(), Catalog: admit.Catalog, Cluster: nodes,
 		TTL: o.ReservationTTL, Attempts: o.Attempts, Metrics: m, Now: time.Now,
 	}
 	server := mgr.GetWebhookServer()

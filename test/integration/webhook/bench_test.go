@@ -22,10 +22,18 @@ var benchRun atomic.Int64
 // 50 concurrent clients, each admitted by one of three webhook replicas that
 // reserve its cost in one budget sized for three quarters of them. It reports
 // admission requests per second, latency percentiles, and fails on any
-// over-admission. Run it with a fixed count:
+// over-admission. "rate=100" offers 100 creates per second (the sustained load
+// the budget must carry); "rate=max" sends as fast as the clients can, to find
+// the ceiling. Run it with a fixed count:
 //
 //	go test -run '^$' -bench BudgetedAdmissions -benchtime 2000x ./test/integration/webhook
 func BenchmarkBudgetedAdmissions(b *testing.B) {
+	b.Run("rate=100", func(b *testing.B) { admissionLoad(b, 100) })
+	b.Run("rate=max", func(b *testing.B) { admissionLoad(b, 0) })
+}
+
+// admissionLoad runs the load at rate creates per second (0: unpaced).
+func admissionLoad(b *testing.B, rate float64) {
 	const (
 		clients = 50
 		cost    = 250
@@ -49,6 +57,13 @@ func BenchmarkBudgetedAdmissions(b *testing.B) {
 	// Every replica must know the budget before the clock starts.
 	time.Sleep(time.Second)
 
+	// Creates are released at the offered rate; up to 50 are in flight.
+	var tick <-chan time.Time
+	if rate > 0 {
+		ticker := time.NewTicker(time.Duration(float64(time.Second) / rate))
+		defer ticker.Stop()
+		tick = ticker.C
+	}
 	var next, admitted, denied atomic.Int64
 	latencies := make([]time.Duration, b.N)
 	var failed sync.Map
@@ -59,6 +74,9 @@ func BenchmarkBudgetedAdmissions(b *testing.B) {
 	for range clients {
 		wg.Go(func() {
 			for {
+				if tick != nil {
+					<-tick
+				}
 				i := next.Add(1) - 1
 				if i >= int64(b.N) {
 					return
@@ -95,6 +113,7 @@ func BenchmarkBudgetedAdmissions(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "admissions/s")
 	b.ReportMetric(pct(0.50), "p50-ms")
+	b.ReportMetric(pct(0.90), "p90-ms")
 	b.ReportMetric(pct(0.99), "p99-ms")
 	b.ReportMetric(float64(denied.Load()), "denied")
 	conflicts, writes := budgetCounters(b)

@@ -1,0 +1,414 @@
+package nvmlctl
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+)
+
+// Op names a Library method, for fault injection and the call record.
+type Op string
+
+// The Library methods.
+const (
+	OpDevices       Op = "Devices"
+	OpPowerLimits   Op = "PowerLimits"
+	OpPowerDraw     Op = "PowerDraw"
+	OpProcesses     Op = "Processes"
+	OpSetPowerLimit Op = "SetPowerLimit"
+	OpMIGParent     Op = "MIGParent"
+	OpShutdown      Op = "Shutdown"
+)
+
+// nvmlOps are the NVML calls an Op makes that fail first, so an injected
+// error reads like one from the real library.
+var nvmlOps = map[Op]string{
+	OpDevices:       "DeviceGetHandleByIndex",
+	OpPowerLimits:   "GetPowerManagementLimit",
+	OpPowerDraw:     "GetPowerUsage",
+	OpProcesses:     "GetComputeRunningProcesses",
+	OpSetPowerLimit: "SetPowerManagementLimit",
+	OpMIGParent:     "GetDeviceHandleFromMigDeviceHandle",
+	OpShutdown:      "Shutdown",
+}
+
+// Call is one Library call a Fake received, failed or not.
+type Call struct {
+	Op   Op
+	UUID string
+	// Limit is the limit asked for, for OpSetPowerLimit.
+	Limit Milliwatts
+}
+
+// Fake is a Library without hardware. It answers like NVML does, down to the
+// return codes: a limit outside the constraints is NVML_ERROR_INVALID_ARGUMENT,
+// a lost GPU is NVML_ERROR_GPU_IS_LOST on every call that names it, an
+// unknown UUID is NVML_ERROR_NOT_FOUND, a power call on a MIG device is
+// NVML_ERROR_NOT_SUPPORTED, any call after Shutdown is
+// NVML_ERROR_UNINITIALIZED. Setting a limit also sets the enforced limit;
+// set Enforced with Update to model an out-of-band limiter.
+//
+// A Fake keeps its state in memory, or, after PersistTo or NewFakeFromFile,
+// in a JSON state file (see FakeState) that it reads before every call and
+// rewrites atomically after every change, so another process sees what the
+// "hardware" was set to and can change processes, limits or lose a GPU.
+// Two processes that change the file at the same moment: the last rename
+// wins. Faults and the call record stay in memory.
+//
+// A Fake is safe for concurrent use.
+type Fake struct {
+	mu       sync.Mutex
+	state    FakeState
+	path     string // "" keeps the state in memory
+	faults   []fault
+	calls    []Call
+	shutdown bool
+}
+
+type fault struct {
+	op   Op
+	uuid string // "" matches every device
+	err  error
+	left int // calls it still fails; < 0: every call
+}
+
+var _ Library = (*Fake)(nil)
+
+// NewFake returns a Fake with these GPUs (H100s(8)... for a DGX H100). It
+// panics on GPUs that break FakeState's rules: a test built them.
+func NewFake(gpus ...FakeGPU) *Fake {
+	s := FakeState{Devices: cloneGPUs(gpus)}
+	if err := s.normalize(); err != nil {
+		panic(fmt.Sprintf("nvmlctl.NewFake: %v", err))
+	}
+	return &Fake{state: s}
+}
+
+// NewFakeFromFile returns a Fake whose state lives in the state file at path,
+// which must exist and be valid.
+func NewFakeFromFile(path string) (*Fake, error) {
+	s, err := readFakeState(path)
+	if err != nil {
+		return nil, err
+	}
+	return &Fake{state: s, path: path}, nil
+}
+
+// PersistTo writes the fake's state to path and keeps it there from now on.
+func (f *Fake) PersistTo(path string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := writeFakeState(path, f.state); err != nil {
+		return err
+	}
+	f.path = path
+	return nil
+}
+
+// FailNext makes the next call of op on the GPU uuid ("" for any GPU, and
+// for Devices the whole listing) fail with err. A Code (ErrNotPermitted,
+// ErrGPULost, …) comes back as an *Error naming the NVML call and the GPU,
+// as the real library's would; any other error comes back as it is. Faults
+// are checked in the order they were added.
+func (f *Fake) FailNext(op Op, uuid string, err error) {
+	f.addFault(fault{op: op, uuid: uuid, err: err, left: 1})
+}
+
+// FailAlways is FailNext for every call until ClearFaults.
+func (f *Fake) FailAlways(op Op, uuid string, err error) {
+	f.addFault(fault{op: op, uuid: uuid, err: err, left: -1})
+}
+
+// ClearFaults removes every injected fault.
+func (f *Fake) ClearFaults() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.faults = nil
+}
+
+func (f *Fake) addFault(ft fault) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.faults = append(f.faults, ft)
+}
+
+// Calls returns every Library call received so far, in order.
+func (f *Fake) Calls() []Call {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.calls)
+}
+
+// State returns the current state: what the "hardware" is set to.
+func (f *Fake) State() (FakeState, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.load(); err != nil {
+		return FakeState{}, err
+	}
+	return FakeState{Devices: cloneGPUs(f.state.Devices)}, nil
+}
+
+// GPU returns the current state of one GPU.
+func (f *Fake) GPU(uuid string) (FakeGPU, error) {
+	s, err := f.State()
+	if err != nil {
+		return FakeGPU{}, err
+	}
+	for _, g := range s.Devices {
+		if g.UUID == uuid {
+			return g, nil
+		}
+	}
+	return FakeGPU{}, fmt.Errorf("fake GPU %s: %w", uuid, ErrNotFound)
+}
+
+// Update changes a GPU as the world outside the agent would: a workload
+// starts (Processes), the draw changes, a firmware limiter lowers Enforced.
+// The result must still satisfy FakeState's rules. Update is not a Library
+// call: no fault applies and nothing is recorded.
+func (f *Fake) Update(uuid string, change func(*FakeGPU)) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.load(); err != nil {
+		return err
+	}
+	next := FakeState{Devices: cloneGPUs(f.state.Devices)}
+	i := slices.IndexFunc(next.Devices, func(g FakeGPU) bool { return g.UUID == uuid })
+	if i < 0 {
+		return fmt.Errorf("update fake GPU %s: %w", uuid, ErrNotFound)
+	}
+	change(&next.Devices[i])
+	if err := next.normalize(); err != nil {
+		return fmt.Errorf("update fake GPU %s: %w", uuid, err)
+	}
+	return f.commit(next)
+}
+
+// SetProcesses replaces the processes running on a GPU.
+func (f *Fake) SetProcesses(uuid string, procs ...Process) error {
+	return f.Update(uuid, func(g *FakeGPU) { g.Processes = slices.Clone(procs) })
+}
+
+// SetLimitExternally sets a GPU's limit as nvidia-smi or another agent would:
+// the drift the agent has to notice. Like NVML, it refuses a limit outside
+// the constraints.
+func (f *Fake) SetLimitExternally(uuid string, limit Milliwatts) error {
+	return f.Update(uuid, func(g *FakeGPU) { g.Limit, g.Enforced = limit, limit })
+}
+
+// LoseGPU makes a GPU fall off the bus: every later call that names it, or
+// one of its MIG devices, fails with ErrGPULost.
+func (f *Fake) LoseGPU(uuid string) error {
+	return f.Update(uuid, func(g *FakeGPU) { g.Lost = true })
+}
+
+// Devices implements Library.
+func (f *Fake) Devices() ([]Device, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.begin(Call{Op: OpDevices}); err != nil {
+		return nil, err
+	}
+	// A fault for any GPU fails the listing; one for a GPU drops that GPU.
+	if err := f.injected(OpDevices, ""); err != nil {
+		return nil, err
+	}
+	var devs []Device
+	var errs []error
+	for _, g := range f.state.Devices {
+		if err := f.injected(OpDevices, g.UUID); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if g.Lost {
+			errs = append(errs, &Error{Op: nvmlOps[OpDevices], UUID: g.UUID, Code: CodeGPUIsLost})
+			continue
+		}
+		devs = append(devs, Device{Index: g.Index, UUID: g.UUID, Name: g.Name, MIGEnabled: g.MIGEnabled})
+	}
+	return devs, errors.Join(errs...)
+}
+
+// PowerLimits implements Library.
+func (f *Fake) PowerLimits(uuid string) (PowerLimits, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	g, err := f.device(Call{Op: OpPowerLimits, UUID: uuid})
+	if err != nil {
+		return PowerLimits{}, err
+	}
+	return PowerLimits{Min: g.Min, Max: g.Max, Default: g.Default, Current: g.Limit, Enforced: g.Enforced}, nil
+}
+
+// PowerDraw implements Library.
+func (f *Fake) PowerDraw(uuid string) (Milliwatts, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	g, err := f.device(Call{Op: OpPowerDraw, UUID: uuid})
+	if err != nil {
+		return 0, err
+	}
+	return g.Draw, nil
+}
+
+// Processes implements Library.
+func (f *Fake) Processes(uuid string) ([]Process, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	g, err := f.device(Call{Op: OpProcesses, UUID: uuid})
+	if err != nil {
+		return nil, err
+	}
+	return slices.Clone(g.Processes), nil
+}
+
+// SetPowerLimit implements Library.
+func (f *Fake) SetPowerLimit(uuid string, limit Milliwatts) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	g, err := f.device(Call{Op: OpSetPowerLimit, UUID: uuid, Limit: limit})
+	if err != nil {
+		return err
+	}
+	if limit < g.Min || limit > g.Max {
+		return &Error{Op: nvmlOps[OpSetPowerLimit], UUID: uuid, Code: CodeInvalidArgument}
+	}
+	next := FakeState{Devices: cloneGPUs(f.state.Devices)}
+	for i := range next.Devices {
+		if next.Devices[i].UUID == uuid {
+			next.Devices[i].Limit, next.Devices[i].Enforced = limit, limit
+		}
+	}
+	return f.commit(next)
+}
+
+// MIGParent implements Library.
+func (f *Fake) MIGParent(migUUID string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.begin(Call{Op: OpMIGParent, UUID: migUUID}); err != nil {
+		return "", err
+	}
+	if err := f.injected(OpMIGParent, migUUID); err != nil {
+		return "", err
+	}
+	for _, g := range f.state.Devices {
+		if g.UUID == migUUID {
+			// NVML answers a GPU handle's IsMigDeviceHandle with false.
+			return "", &Error{Op: "IsMigDeviceHandle", UUID: migUUID, Code: CodeInvalidArgument}
+		}
+		if slices.Contains(g.MIGDevices, migUUID) {
+			if g.Lost {
+				return "", &Error{Op: nvmlOps[OpMIGParent], UUID: migUUID, Code: CodeGPUIsLost}
+			}
+			return g.UUID, nil
+		}
+	}
+	return "", &Error{Op: "DeviceGetHandleByUUID", UUID: migUUID, Code: CodeNotFound}
+}
+
+// Shutdown implements Library.
+func (f *Fake) Shutdown() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.begin(Call{Op: OpShutdown}); err != nil {
+		return err
+	}
+	if err := f.injected(OpShutdown, ""); err != nil {
+		return err
+	}
+	f.shutdown = true
+	return nil
+}
+
+// begin records a call and fails it the way NVML would when the library is
+// shut down or its state cannot be read. f.mu is held.
+func (f *Fake) begin(c Call) error {
+	f.calls = append(f.calls, c)
+	if f.shutdown {
+		return &Error{Op: nvmlOps[c.Op], UUID: c.UUID, Code: CodeUninitialized}
+	}
+	return f.load()
+}
+
+// device starts a call about one GPU and returns it, or the error NVML would
+// give. f.mu is held.
+func (f *Fake) device(c Call) (FakeGPU, error) {
+	if err := f.begin(c); err != nil {
+		return FakeGPU{}, err
+	}
+	if err := f.injected(c.Op, c.UUID); err != nil {
+		return FakeGPU{}, err
+	}
+	for _, g := range f.state.Devices {
+		if g.UUID == c.UUID {
+			if g.Lost {
+				return FakeGPU{}, &Error{Op: nvmlOps[c.Op], UUID: c.UUID, Code: CodeGPUIsLost}
+			}
+			return g, nil
+		}
+		if slices.Contains(g.MIGDevices, c.UUID) {
+			// Power and process queries are the whole board's.
+			return FakeGPU{}, &Error{Op: nvmlOps[c.Op], UUID: c.UUID, Code: CodeNotSupported}
+		}
+	}
+	return FakeGPU{}, &Error{Op: "DeviceGetHandleByUUID", UUID: c.UUID, Code: CodeNotFound}
+}
+
+// injected returns the error of the first fault matching op on uuid, and
+// uses it up. f.mu is held.
+func (f *Fake) injected(op Op, uuid string) error {
+	for i, ft := range f.faults {
+		if ft.op != op || (ft.uuid != "" && ft.uuid != uuid) {
+			continue
+		}
+		if ft.left > 0 {
+			f.faults[i].left--
+			if f.faults[i].left == 0 {
+				f.faults = slices.Delete(f.faults, i, i+1)
+			}
+		}
+		var code Code
+		if errors.As(ft.err, &code) && ft.err == error(code) {
+			return &Error{Op: nvmlOps[op], UUID: uuid, Code: code}
+		}
+		return ft.err
+	}
+	return nil
+}
+
+// load re-reads the state file, so a change by another process is seen.
+// f.mu is held.
+func (f *Fake) load() error {
+	if f.path == "" {
+		return nil
+	}
+	s, err := readFakeState(f.path)
+	if err != nil {
+		return err
+	}
+	f.state = s
+	return nil
+}
+
+// commit adopts next and writes it to the state file. f.mu is held.
+func (f *Fake) commit(next FakeState) error {
+	if f.path != "" {
+		if err := writeFakeState(f.path, next); err != nil {
+			return err
+		}
+	}
+	f.state = next
+	return nil
+}
+
+func cloneGPUs(gpus []FakeGPU) []FakeGPU {
+	out := slices.Clone(gpus)
+	for i := range out {
+		out[i].MIGDevices = slices.Clone(out[i].MIGDevices)
+		out[i].Processes = slices.Clone(out[i].Processes)
+	}
+	return out
+}
