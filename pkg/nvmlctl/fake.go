@@ -370,8 +370,8 @@ func (f *Fake) injected(op Op, uuid string) error {
 				f.faults = slices.Delete(f.faults, i, i+1)
 			}
 		}
-		var code Code
-		if errors.As(ft.err, &code) && ft.err == error(code) {
+		// A bare code is dressed as NVML would return it; other errors pass as given.
+		if code, ok := ft.err.(Code); ok { //nolint:errorlint // only an unwrapped Code is dressed
 			return &Error{Op: nvmlOps[op], UUID: uuid, Code: code}
 		}
 		return ft.err

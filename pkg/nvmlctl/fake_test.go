@@ -111,13 +111,13 @@ func TestFakeAnswersLikeNVML(t *testing.T) {
 			},
 			nvmlctl.Milliwatts(300000), nil},
 		{"an injected permission error keeps its code",
-			func(t *testing.T, f *nvmlctl.Fake) {
+			func(_ *testing.T, f *nvmlctl.Fake) {
 				f.FailNext(nvmlctl.OpSetPowerLimit, gpu0, nvmlctl.ErrNotPermitted)
 			},
 			func(l nvmlctl.Library) (any, error) { return nil, l.SetPowerLimit(gpu0, 300000) },
 			nil, nvmlctl.ErrNotPermitted},
 		{"a fault on another GPU leaves this one alone",
-			func(t *testing.T, f *nvmlctl.Fake) {
+			func(_ *testing.T, f *nvmlctl.Fake) {
 				f.FailNext(nvmlctl.OpSetPowerLimit, gpu1, nvmlctl.ErrNotPermitted)
 			},
 			func(l nvmlctl.Library) (any, error) { return nil, l.SetPowerLimit(gpu0, 300000) },
@@ -143,7 +143,7 @@ func TestFakeAnswersLikeNVML(t *testing.T) {
 			func(l nvmlctl.Library) (any, error) { return l.PowerDraw(gpu0) },
 			nil, nvmlctl.ErrNotSupported},
 		{"an injected non-NVML error comes back as it is",
-			func(t *testing.T, f *nvmlctl.Fake) { f.FailNext(nvmlctl.OpProcesses, gpu0, os.ErrDeadlineExceeded) },
+			func(_ *testing.T, f *nvmlctl.Fake) { f.FailNext(nvmlctl.OpProcesses, gpu0, os.ErrDeadlineExceeded) },
 			func(l nvmlctl.Library) (any, error) { return l.Processes(gpu0) },
 			nil, os.ErrDeadlineExceeded},
 		{"a lost GPU fails every call that names it",
