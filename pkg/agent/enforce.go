@@ -1,0 +1,332 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/podmap"
+	"github.com/dynamo-power/gpu-power/pkg/policy"
+)
+
+// Event reasons on pods, the contract users grep for.
+const (
+	ReasonApplied      = "PowerLimitApplied"
+	ReasonClamped      = "PowerLimitClamped"
+	ReasonConflict     = "PowerLimitConflict"
+	ReasonFailed       = "PowerLimitFailed"
+	ReasonNotValidated = "PowerLimitNotValidated"
+)
+
+// Action is what a reconcile does, or would do, to one GPU.
+type Action string
+
+// Actions on a GPU.
+const (
+	ActionNone    Action = "none"    // the limit is what it should be
+	ActionCap     Action = "cap"     // first cap of a GPU the agent did not own
+	ActionChange  Action = "change"  // a new limit on a GPU the agent owns
+	ActionRepair  Action = "repair"  // someone else changed the agent's limit
+	ActionRestore Action = "restore" // no limited pod holds it: give the original back
+	ActionForget  Action = "forget"  // no limited pod holds it, original unknown: leave it
+	ActionError   Action = "error"   // NVML failed on this GPU
+)
+
+// GPUReport is what one reconcile found and did on a GPU; `inspect` prints it.
+type GPUReport struct {
+	Index  int
+	UUID   string
+	Name   string
+	Limits nvmlctl.PowerLimits
+	// Pods holding the GPU, as namespace/name.
+	Pods []string
+	// Desired is the limit the GPU should have; 0 when it should be left or
+	// given back.
+	Desired policy.Milliwatts
+	Clamped bool
+	Action  Action
+	Err     error
+}
+
+// Inputs are the node's state that one reconcile reads.
+type Inputs struct {
+	// Holders maps a GPU UUID to the pods holding it (podmap.Build).
+	Holders podmap.Holders
+	// Pods are this node's non-terminal pods by UID.
+	Pods map[types.UID]*corev1.Pod
+}
+
+// Enforcer applies the pods' limits to the node's GPUs.
+type Enforcer struct {
+	NVML   nvmlctl.Library
+	Ledger *Ledger
+	// RequireValidation enforces only limits the webhook stamped.
+	RequireValidation bool
+	Recorder          events.EventRecorder
+	Log               logr.Logger
+
+	mu sync.Mutex
+	// told remembers what each pod was already told, so events come once
+	// per change, not every cycle. Pods that left are dropped each cycle.
+	told map[types.UID]map[string]bool
+}
+
+// Reconcile brings every GPU to its desired limit. With dryRun it only
+// reports what it would do and writes nothing, to any GPU or to the ledger.
+// An error on one GPU is reported on that GPU; the others go on.
+func (e *Enforcer) Reconcile(ctx context.Context, in Inputs, dryRun bool) ([]GPUReport, error) {
+	devices, listErr := e.NVML.Devices()
+	if len(devices) == 0 && listErr != nil {
+		return nil, fmt.Errorf("list GPUs: %w", listErr)
+	}
+	reports := make([]GPUReport, 0, len(devices))
+	var failed []error
+	for _, dev := range devices {
+		if err := ctx.Err(); err != nil {
+			return reports, err
+		}
+		r := e.reconcileGPU(dev, in, dryRun)
+		if r.Err != nil {
+			failed = append(failed, fmt.Errorf("GPU %d %s: %w", r.Index, r.UUID, r.Err))
+		}
+		reports = append(reports, r)
+	}
+	e.mu.Lock()
+	for uid := range e.told {
+		if _, ok := in.Pods[uid]; !ok {
+			delete(e.told, uid)
+		}
+	}
+	e.mu.Unlock()
+	return reports, errors.Join(append(failed, listErr)...)
+}
+
+func (e *Enforcer) reconcileGPU(dev nvmlctl.Device, in Inputs, dryRun bool) GPUReport {
+	r := GPUReport{Index: dev.Index, UUID: dev.UUID, Name: dev.Name, Action: ActionNone}
+	holders, pods := e.holders(dev.UUID, in)
+	for _, h := range holders {
+		r.Pods = append(r.Pods, h.Pod)
+	}
+	limits, err := e.NVML.PowerLimits(dev.UUID)
+	if err != nil {
+		r.Action, r.Err = ActionError, fmt.Errorf("read power limits: %w", err)
+		e.tellOnce(pods, "failed/"+dev.UUID+"/"+err.Error(), ReasonFailed,
+			"Could not read the power limit of GPU %d (%s): %v", dev.Index, dev.UUID, err)
+		return r
+	}
+	r.Limits = limits
+	d := policy.ResolveGPU(holders, e.RequireValidation)
+	e.explain(dev, d, pods)
+	own, owned := e.Ledger.Get(dev.UUID)
+
+	if d.Cap == 0 {
+		if !owned {
+			return r // never capped by us: never touched
+		}
+		if own.Original == 0 {
+			r.Action = ActionForget
+			if !dryRun {
+				e.Log.Info("Forgot GPU whose original power limit is unknown; leaving it as it is", "gpu", dev.Index, "uuid", dev.UUID,
+					"limitWatts", limits.Current/1000)
+				r.Err = e.Ledger.Forget(dev.UUID)
+			}
+			return r
+		}
+		r.Action, r.Desired = ActionRestore, own.Original
+		if !dryRun {
+			r.Err = e.restore(dev, own, limits)
+		}
+		return r
+	}
+
+	target, clamped := policy.Clamp(d.Cap.MW(), limits.Min, limits.Max)
+	r.Desired, r.Clamped = target, clamped
+	if limits.Current == target {
+		return r
+	}
+	switch {
+	case !owned:
+		r.Action = ActionCap
+	case own.Applied == target:
+		r.Action = ActionRepair
+	default:
+		r.Action = ActionChange
+	}
+	if dryRun {
+		return r
+	}
+	deciding := podsOf(d.Deciding, in.Pods)
+	if err := e.set(dev, own, owned, target, limits, r.Action, r.Pods); err != nil {
+		r.Err = err
+		e.tellOnce(deciding, fmt.Sprintf("failed/%s/%d/%v", dev.UUID, target, err), ReasonFailed,
+			"Could not set the power limit of GPU %d (%s) to %d W: %v", dev.Index, dev.UUID, target/1000, err)
+		return r
+	}
+	for _, p := range deciding {
+		e.event(p, corev1.EventTypeNormal, ReasonApplied, "Set the power limit of GPU %d (%s) to %d W (was %d W)",
+			dev.Index, dev.UUID, target/1000, limits.Current/1000)
+	}
+	if clamped {
+		for _, p := range deciding {
+			e.event(p, corev1.EventTypeWarning, ReasonClamped, "Requested %d W is outside GPU %d's settable range %d-%d W; set %d W",
+				d.Cap, dev.Index, limits.Min/1000, limits.Max/1000, target/1000)
+		}
+	}
+	return r
+}
+
+// set writes a limit, recording the intent in the ledger first and the
+// read-back value after, so a crash in between is recoverable.
+func (e *Enforcer) set(dev nvmlctl.Device, own Ownership, owned bool, target policy.Milliwatts,
+	limits nvmlctl.PowerLimits, action Action, pods []string) error {
+	if !owned {
+		own = Ownership{Original: limits.Current}
+	}
+	own.Pending = target
+	if err := e.Ledger.Put(dev.UUID, own); err != nil {
+		return fmt.Errorf("record intent before writing: %w", err) // no write we could not account for
+	}
+	if action == ActionRepair {
+		e.Log.Info("Repairing power limit changed by someone else", "gpu", dev.Index, "uuid", dev.UUID,
+			"fromWatts", limits.Current/1000, "toWatts", target/1000)
+	}
+	e.Log.Info(fmt.Sprintf("Setting power limit to %dW (was %dW)", target/1000, limits.Current/1000),
+		"gpu", dev.Index, "uuid", dev.UUID, "pods", pods)
+	writeErr := e.NVML.SetPowerLimit(dev.UUID, target)
+	after, readErr := e.NVML.PowerLimits(dev.UUID)
+	own.Pending = 0
+	switch {
+	case readErr == nil:
+		own.Applied = after.Current
+	case writeErr == nil:
+		own.Applied = target
+	}
+	if writeErr != nil && !owned && (readErr != nil || after.Current == limits.Current) {
+		// Nothing changed on a GPU we never owned: it stays foreign.
+		return errors.Join(fmt.Errorf("set power limit: %w", writeErr), e.Ledger.Forget(dev.UUID))
+	}
+	ledgerErr := e.Ledger.Put(dev.UUID, own)
+	if writeErr != nil {
+		return errors.Join(fmt.Errorf("set power limit: %w", writeErr), ledgerErr)
+	}
+	if readErr == nil && after.Current != target {
+		return errors.Join(fmt.Errorf("power limit reads %d mW after setting %d mW", after.Current, target), ledgerErr)
+	}
+	return ledgerErr
+}
+
+// restore gives a GPU back the limit it had before the agent's first cap.
+func (e *Enforcer) restore(dev nvmlctl.Device, own Ownership, limits nvmlctl.PowerLimits) error {
+	if limits.Current != own.Original {
+		own.Pending = own.Original
+		if err := e.Ledger.Put(dev.UUID, own); err != nil {
+			return fmt.Errorf("record intent before restoring: %w", err)
+		}
+		e.Log.Info(fmt.Sprintf("Restoring power limit to %dW (was %dW)", own.Original/1000, limits.Current/1000),
+			"gpu", dev.Index, "uuid", dev.UUID)
+		if err := e.NVML.SetPowerLimit(dev.UUID, own.Original); err != nil {
+			return fmt.Errorf("restore power limit: %w", err) // still owned: retried next cycle
+		}
+	}
+	return e.Ledger.Forget(dev.UUID)
+}
+
+// holders turns the pod UIDs holding a GPU into policy holders, sorted.
+func (e *Enforcer) holders(uuid string, in Inputs) ([]policy.Holder, []*corev1.Pod) {
+	var hs []policy.Holder
+	var pods []*corev1.Pod
+	for uid := range in.Holders[uuid] {
+		p, ok := in.Pods[uid]
+		if !ok {
+			continue // gone, finished, or not this node's
+		}
+		limit, hasLimit := p.Annotations[policy.AnnotationPowerLimit]
+		stamp, hasStamp := p.Annotations[policy.AnnotationPowerLimitValidated]
+		hs = append(hs, policy.Holder{Pod: p.Namespace + "/" + p.Name, UID: p.UID, Limit: limit, Stamp: stamp, HasLimit: hasLimit, HasStamp: hasStamp})
+		pods = append(pods, p)
+	}
+	slices.SortFunc(hs, func(a, b policy.Holder) int { return strings.Compare(a.Pod, b.Pod) })
+	return hs, pods
+}
+
+// explain tells pods, once per change, why their limit does not count or
+// what they share the GPU with.
+func (e *Enforcer) explain(dev nvmlctl.Device, d policy.GPUDecision, pods []*corev1.Pod) {
+	byUID := func(hs []policy.Holder) []*corev1.Pod {
+		var out []*corev1.Pod
+		for _, h := range hs {
+			for _, p := range pods {
+				if p.UID == h.UID {
+					out = append(out, p)
+				}
+			}
+		}
+		return out
+	}
+	for _, p := range byUID(d.NotValidated) {
+		e.tellOnce([]*corev1.Pod{p}, "unvalidated/"+p.Annotations[policy.AnnotationPowerLimit], ReasonNotValidated,
+			"Power limit %q is not enforced on GPU %d: the power webhook did not validate it (%s is %q)",
+			p.Annotations[policy.AnnotationPowerLimit], dev.Index, policy.AnnotationPowerLimitValidated, p.Annotations[policy.AnnotationPowerLimitValidated])
+	}
+	if d.Conflict {
+		var asks []string
+		for _, h := range d.Deciding {
+			asks = append(asks, h.Pod+"="+h.Limit+"W")
+		}
+		for _, p := range byUID(d.Deciding) {
+			e.tellOnce([]*corev1.Pod{p}, "conflict/"+strings.Join(asks, ","), ReasonConflict,
+				"GPU %d (%s) is shared by pods asking for different limits (%s); the lowest, %d W, applies",
+				dev.Index, dev.UUID, strings.Join(asks, ", "), d.Cap)
+		}
+	}
+	if d.Cap > 0 {
+		for _, p := range byUID(d.Unlimited) {
+			e.tellOnce([]*corev1.Pod{p}, fmt.Sprintf("unlimited/%s/%d", dev.UUID, d.Cap), ReasonConflict,
+				"Pod has no power limit but shares GPU %d (%s) with pods that cap it at %d W", dev.Index, dev.UUID, d.Cap)
+		}
+	}
+}
+
+// tellOnce records a Warning event on each pod that was not yet told key.
+func (e *Enforcer) tellOnce(pods []*corev1.Pod, key, reason, note string, args ...any) {
+	for _, p := range pods {
+		e.mu.Lock()
+		if e.told == nil {
+			e.told = map[types.UID]map[string]bool{}
+		}
+		if e.told[p.UID] == nil {
+			e.told[p.UID] = map[string]bool{}
+		}
+		seen := e.told[p.UID][key]
+		e.told[p.UID][key] = true
+		e.mu.Unlock()
+		if !seen {
+			e.event(p, corev1.EventTypeWarning, reason, note, args...)
+		}
+	}
+}
+
+func (e *Enforcer) event(p *corev1.Pod, eventType, reason, note string, args ...any) {
+	if e.Recorder != nil {
+		e.Recorder.Eventf(p, nil, eventType, reason, "SetPowerLimit", note, args...)
+	}
+}
+
+func podsOf(hs []policy.Holder, pods map[types.UID]*corev1.Pod) []*corev1.Pod {
+	out := make([]*corev1.Pod, 0, len(hs))
+	for _, h := range hs {
+		if p, ok := pods[h.UID]; ok {
+			out = append(out, p)
+		}
+	}
+	return out
+}
