@@ -41,6 +41,9 @@ type Ledger struct {
 	gpus map[string]Ownership
 }
 
+// errCorruptLedger marks a ledger file that does not parse or validate.
+var errCorruptLedger = errors.New("ledger is corrupt")
+
 // OpenLedger reads the ledger in dir, creating dir if needed. A missing file
 // is an empty ledger. A corrupt one is moved aside (kept for people to
 // inspect) and the agent starts with an empty ledger: it then owns no GPU
@@ -49,6 +52,19 @@ func OpenLedger(dir string) (*Ledger, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state dir %s: %w", dir, err)
 	}
+	l, err := ReadLedger(dir)
+	if errors.Is(err, errCorruptLedger) {
+		aside := fmt.Sprintf("%s.corrupt-%d", l.path, time.Now().Unix())
+		_ = os.Rename(l.path, aside)
+		return l, fmt.Errorf("%w (moved to %s); no GPU is considered ours, none will be restored", err, aside)
+	}
+	return l, err
+}
+
+// ReadLedger reads the ledger in dir without changing anything on disk (for
+// read-only tools such as `power-agent inspect`). A corrupt ledger reads as
+// empty, with an error.
+func ReadLedger(dir string) (*Ledger, error) {
 	l := &Ledger{path: filepath.Join(dir, LedgerFile), gpus: map[string]Ownership{}}
 	data, err := os.ReadFile(l.path)
 	switch {
@@ -59,10 +75,7 @@ func OpenLedger(dir string) (*Ledger, error) {
 	}
 	var doc ledgerDoc
 	if err := json.Unmarshal(data, &doc); err != nil || doc.Version != 1 || !validLedger(doc.GPUs) {
-		aside := fmt.Sprintf("%s.corrupt-%d", l.path, time.Now().Unix())
-		_ = os.Rename(l.path, aside)
-		return l, fmt.Errorf("ledger %s is corrupt (moved to %s); no GPU is considered ours, none will be restored: %w",
-			l.path, aside, errors.Join(err, errors.New("want version 1 with valid entries")))
+		return l, fmt.Errorf("%s: %w: want JSON version 1 with GPU- keys and non-negative milliwatts", l.path, errCorruptLedger)
 	}
 	for uuid, o := range doc.GPUs {
 		l.gpus[uuid] = o

@@ -1,0 +1,209 @@
+// Command power-agent enforces admitted GPU power limits on one node through
+// NVML. `power-agent inspect` prints what it sees and would do, read-only.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/go-logr/logr"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/dynamo-power/gpu-power/pkg/agent"
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/podmap"
+)
+
+type options struct {
+	nodeName, namespace, daemonSet     string
+	stateDir, podResourcesSocket, proc string
+	fakeNVML                           string
+	metricsAddr, probeAddr             string
+	interval, debounce                 time.Duration
+	requireValidation, restoreOnExit   bool
+}
+
+func main() {
+	var o options
+	fs := flag.CommandLine
+	fs.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "This node's name (the DaemonSet sets NODE_NAME from spec.nodeName).")
+	fs.StringVar(&o.namespace, "namespace", envOr("POD_NAMESPACE", "dynamo-system"), "Namespace of the agent's DaemonSet.")
+	fs.StringVar(&o.daemonSet, "daemonset-name", "power-agent", "The agent's DaemonSet: when it is gone at shutdown, every capped GPU is restored.")
+	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/power-agent", "Host directory of the ownership ledger.")
+	fs.StringVar(&o.podResourcesSocket, "pod-resources-socket", "/var/lib/kubelet/pod-resources/kubelet.sock", "kubelet's PodResources socket.")
+	fs.StringVar(&o.proc, "proc", "/proc", "The host's /proc (the agent runs with hostPID).")
+	fs.StringVar(&o.fakeNVML, "fake-nvml", "", "Use a simulated NVML whose state lives in this JSON file (tests and demos only).")
+	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus /metrics endpoint; 0 disables it.")
+	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "Address of the /healthz and /readyz endpoints.")
+	fs.DurationVar(&o.interval, "interval", 15*time.Second, "Period of the full reconcile that repairs drift.")
+	fs.DurationVar(&o.debounce, "debounce", 200*time.Millisecond, "How long a burst of pod events is gathered before a reconcile.")
+	fs.BoolVar(&o.requireValidation, "require-validation", true, "Enforce only limits the power webhook stamped (stamp == limit).")
+	fs.BoolVar(&o.restoreOnExit, "restore-on-exit", false, "Restore every capped GPU on shutdown, even on a rolling update.")
+	zapOpts := zap.Options{}
+	zapOpts.BindFlags(fs)
+
+	inspect := len(os.Args) > 1 && os.Args[1] == "inspect"
+	args := os.Args[1:]
+	if inspect {
+		args = args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		os.Exit(2)
+	}
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
+	log := ctrl.Log.WithName("power-agent")
+
+	var err error
+	if inspect {
+		err = runInspect(o, os.Stdout)
+	} else {
+		err = run(log, o)
+	}
+	if err != nil {
+		log.Error(err, "Power agent stopped")
+		os.Exit(1)
+	}
+}
+
+// openNVML opens the real library, or the fake that --fake-nvml names.
+func openNVML(o options) (nvmlctl.Library, error) {
+	if o.fakeNVML != "" {
+		return nvmlctl.NewFakeFromFile(o.fakeNVML)
+	}
+	lib, err := nvmlctl.Open(nvml.New())
+	if err != nil {
+		return nil, fmt.Errorf("initialize NVML (is the NVIDIA driver installed, and does the pod run with runtimeClassName: nvidia "+
+			"and NVIDIA_VISIBLE_DEVICES=all so libnvidia-ml.so.1 is mounted?): %w", err)
+	}
+	return lib, nil
+}
+
+func run(log logr.Logger, o options) error {
+	if o.nodeName == "" {
+		return errors.New("--node-name (or NODE_NAME) is required")
+	}
+	lib, err := openNVML(o)
+	if err != nil {
+		return err // NVML is never called again after a failed init; kubelet restarts us with backoff
+	}
+	defer func() { _ = lib.Shutdown() }()
+	ledger, err := agent.OpenLedger(o.stateDir)
+	if err != nil {
+		if ledger == nil {
+			return err
+		}
+		log.Error(err, "Starting with an empty ownership ledger")
+	}
+	podResources, err := podmap.NewPodResourcesClient(o.podResourcesSocket, podmap.DefaultListTimeout)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = podResources.Close() }()
+
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return err
+	}
+	cfg := ctrl.GetConfigOrDie()
+	mgr, err := ctrl.NewManager(cfg, manager.Options{
+		Scheme:                 scheme,
+		Metrics:                metricsserver.Options{BindAddress: o.metricsAddr},
+		HealthProbeBindAddress: o.probeAddr,
+		// Only this node's pods, kept current by a watch: no periodic LIST.
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&corev1.Pod{}: {Field: fields.OneTermEqualSelector("spec.nodeName", o.nodeName)},
+		}},
+	})
+	if err != nil {
+		return fmt.Errorf("create manager: %w", err)
+	}
+	ctx := ctrl.SetupSignalHandler()
+	informer, err := mgr.GetCache().GetInformer(ctx, &corev1.Pod{}, cache.BlockUntilSynced(false))
+	if err != nil {
+		return fmt.Errorf("pod informer: %w", err)
+	}
+	enforcer := &agent.Enforcer{NVML: lib, Ledger: ledger, RequireValidation: o.requireValidation,
+		Recorder: mgr.GetEventRecorder("power-agent"), Log: log}
+	runner := &agent.Runner{Enforcer: enforcer, Pods: mgr.GetCache(), PodsSynced: informer.HasSynced,
+		PodResources: podResources, Proc: os.DirFS(o.proc), Interval: o.interval, Debounce: o.debounce, Log: log}
+	if _, err := informer.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { runner.Trigger() },
+		UpdateFunc: func(any, any) { runner.Trigger() },
+		DeleteFunc: func(any) { runner.Trigger() },
+	}); err != nil {
+		return err
+	}
+	if err := mgr.Add(runner); err != nil {
+		return err
+	}
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("reconciled", runner.Ready); err != nil {
+		return err
+	}
+	log.Info("Starting power agent", "node", o.nodeName, "interval", o.interval, "stateDir", o.stateDir,
+		"requireValidation", o.requireValidation, "ownedGPUs", len(ledger.Owned()))
+	if err := mgr.Start(ctx); err != nil {
+		return err
+	}
+	return shutdown(log, cfg, scheme, enforcer, o)
+}
+
+// shutdown keeps the caps for the successor on a rolling update, and gives
+// every owned GPU back when the DaemonSet is being deleted (uninstall) or
+// --restore-on-exit is set.
+func shutdown(log logr.Logger, cfg *rest.Config, scheme *runtime.Scheme, e *agent.Enforcer, o options) error {
+	restore, why := o.restoreOnExit, "--restore-on-exit"
+	if !restore {
+		c, err := client.New(cfg, client.Options{Scheme: scheme})
+		if err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			var ds appsv1.DaemonSet
+			err = c.Get(ctx, types.NamespacedName{Namespace: o.namespace, Name: o.daemonSet}, &ds)
+			switch {
+			case apierrors.IsNotFound(err), apierrors.IsForbidden(err):
+				// Forbidden too: `kubectl delete -f daemonset.yaml` removes our RBAC with the DaemonSet.
+				restore, why = true, "DaemonSet deleted"
+			case err == nil && ds.DeletionTimestamp != nil:
+				restore, why = true, "DaemonSet being deleted"
+			case err != nil:
+				log.Error(err, "Could not tell an uninstall from a rolling update; keeping caps for the successor")
+			}
+		}
+	}
+	if !restore {
+		log.Info("Keeping GPU caps for the next agent", "ownedGPUs", len(e.Ledger.Owned()))
+		return nil
+	}
+	log.Info("Restoring every capped GPU before exit", "reason", why, "ownedGPUs", len(e.Ledger.Owned()))
+	return e.RestoreAll()
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}

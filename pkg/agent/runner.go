@@ -1,0 +1,210 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/podmap"
+)
+
+// PodResources lists the devices kubelet allocated to pods; podmap's client
+// and test fakes implement it.
+type PodResources interface {
+	List(ctx context.Context) ([]podmap.PodDevices, error)
+}
+
+// Runner runs the enforcer: on pod events (debounced) and every Interval.
+// It reads pods from a cache restricted to this node, so a cycle costs no
+// API request; while that cache is not synced, or kubelet does not answer,
+// it changes nothing.
+type Runner struct {
+	Enforcer     *Enforcer
+	Pods         client.Reader
+	PodsSynced   func() bool
+	PodResources PodResources
+	// Proc is the host's /proc (the agent runs with hostPID).
+	Proc     fs.FS
+	Interval time.Duration
+	// Debounce groups a burst of pod events into one cycle.
+	Debounce time.Duration
+	Log      logr.Logger
+
+	trigger chan struct{}
+	once    sync.Once
+
+	mu     sync.Mutex
+	lastOK time.Time
+}
+
+func (r *Runner) init() { r.once.Do(func() { r.trigger = make(chan struct{}, 1) }) }
+
+// Trigger asks for a cycle soon; pod event handlers call it.
+func (r *Runner) Trigger() {
+	r.init()
+	select {
+	case r.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// Start implements manager.Runnable.
+func (r *Runner) Start(ctx context.Context) error {
+	r.init()
+	tick := time.NewTicker(r.Interval)
+	defer tick.Stop()
+	for {
+		if err := r.Cycle(ctx); err != nil && ctx.Err() == nil {
+			r.Log.Error(err, "Reconcile did not complete; will retry")
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		case <-r.trigger:
+			select { // let the rest of a burst arrive
+			case <-time.After(r.Debounce):
+			case <-ctx.Done():
+				return nil
+			}
+		}
+	}
+}
+
+// NeedLeaderElection implements manager.LeaderElectionRunnable: every node's
+// agent runs.
+func (r *Runner) NeedLeaderElection() bool { return false }
+
+// Ready passes when a full cycle succeeded within the last three intervals.
+func (r *Runner) Ready(*http.Request) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.lastOK.IsZero() {
+		return errors.New("no full reconcile has succeeded yet")
+	}
+	if age := time.Since(r.lastOK); age > 3*r.Interval {
+		return fmt.Errorf("last full reconcile succeeded %s ago (more than 3 intervals)", age.Round(time.Second))
+	}
+	return nil
+}
+
+// Cycle gathers the node's state and reconciles every GPU once.
+func (r *Runner) Cycle(ctx context.Context) error {
+	in, err := r.Gather(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := r.Enforcer.Reconcile(ctx, in, false); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.lastOK = time.Now()
+	r.mu.Unlock()
+	return nil
+}
+
+// Gather reads which pods hold which GPU. It fails, and so freezes the GPUs,
+// when the pod cache is not synced or kubelet does not answer: acting on a
+// partial view would give GPUs back under running pods.
+func (r *Runner) Gather(ctx context.Context) (Inputs, error) {
+	if r.PodsSynced != nil && !r.PodsSynced() {
+		return Inputs{}, errors.New("pod cache not synced; changing nothing")
+	}
+	var list corev1.PodList
+	if err := r.Pods.List(ctx, &list); err != nil {
+		return Inputs{}, fmt.Errorf("list pods from the cache: %w", err)
+	}
+	pods := make(map[types.UID]*corev1.Pod, len(list.Items))
+	byName := make(map[string]types.UID, len(list.Items))
+	for i := range list.Items {
+		p := &list.Items[i]
+		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		pods[p.UID] = p
+		byName[p.Namespace+"/"+p.Name] = p.UID
+	}
+	allocated, err := r.PodResources.List(ctx)
+	if err != nil {
+		return Inputs{}, fmt.Errorf("kubelet PodResources: %w; changing nothing", err)
+	}
+
+	nv := r.Enforcer.NVML
+	devices, devErr := nv.Devices()
+	if len(devices) == 0 && devErr != nil {
+		return Inputs{}, fmt.Errorf("list GPUs: %w", devErr)
+	}
+	byIndex := make(map[int]string, len(devices))
+	var procs []podmap.Process
+	for _, d := range devices {
+		byIndex[d.Index] = d.UUID
+		ps, err := nv.Processes(d.UUID)
+		if err != nil {
+			r.Log.V(2).Info("Could not list GPU processes; using kubelet's allocation alone", "gpu", d.Index, "uuid", d.UUID, "err", err.Error())
+			continue
+		}
+		for _, p := range ps {
+			procs = append(procs, podmap.Process{GPU: d.UUID, PID: p.PID})
+		}
+	}
+	holders, skipped := podmap.Build(podmap.Sources{
+		Pods: allocated,
+		UIDOf: func(ns, name string) (types.UID, bool) {
+			uid, ok := byName[ns+"/"+name]
+			return uid, ok
+		},
+		Resolver: podmap.Resolver{
+			MIGParent: nv.MIGParent,
+			GPUByIndex: func(i int) (string, error) {
+				if uuid, ok := byIndex[i]; ok {
+					return uuid, nil
+				}
+				return "", fmt.Errorf("no GPU with index %d", i)
+			},
+		},
+		Processes: procs,
+		Proc:      r.Proc,
+	})
+	for _, err := range skipped {
+		r.Log.V(2).Info("Skipped a device or process while mapping GPUs to pods", "err", err.Error())
+	}
+	return Inputs{Holders: holders, Pods: pods}, nil
+}
+
+// RestoreAll gives every GPU the agent owns its original limit back: on
+// uninstall, or with --restore-on-exit.
+func (e *Enforcer) RestoreAll() error {
+	index := map[string]int{}
+	devices, _ := e.NVML.Devices()
+	for _, d := range devices {
+		index[d.UUID] = d.Index
+	}
+	var errs []error
+	for _, uuid := range e.Ledger.Owned() {
+		own, _ := e.Ledger.Get(uuid)
+		limits, err := e.NVML.PowerLimits(uuid)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("GPU %s: read power limits: %w", uuid, err))
+			continue
+		}
+		dev := nvmlctl.Device{UUID: uuid, Index: index[uuid]}
+		if own.Original == 0 {
+			errs = append(errs, e.Ledger.Forget(uuid))
+			continue
+		}
+		if err := e.restore(dev, own, limits); err != nil {
+			errs = append(errs, fmt.Errorf("GPU %s: %w", uuid, err))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,241 @@
+// Package agent_test runs the power-agent binary against a real
+// kube-apiserver, with a simulated NVML (--fake-nvml) and a fake kubelet
+// PodResources server on a unix socket.
+package agent_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/dynamo-power/gpu-power/internal/testpod"
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/podmap/podresourcestest"
+	"github.com/dynamo-power/gpu-power/pkg/policy"
+	"github.com/dynamo-power/gpu-power/test/envtestenv"
+)
+
+const nodeName = "gpu-node-0"
+
+var (
+	k8s        client.Client
+	kubeconfig string
+	agentBin   string
+)
+
+func TestMain(m *testing.M) {
+	code, err := setup(m)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "agent integration setup:", err)
+		os.Exit(1)
+	}
+	os.Exit(code)
+}
+
+func setup(m *testing.M) (int, error) {
+	assets, err := envtestenv.AssetsDir()
+	if err != nil {
+		return 0, err
+	}
+	tmp, err := os.MkdirTemp("", "power-agent-it-")
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = os.RemoveAll(tmp) }()
+	agentBin = filepath.Join(tmp, "power-agent")
+	build := exec.Command("go", "build", "-o", agentBin, "./cmd/agent")
+	build.Dir = envtestenv.Root()
+	build.Env = append(os.Environ(), "CGO_CFLAGS=-Wno-deprecated-declarations")
+	if out, err := build.CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("build power-agent: %w: %s", err, out)
+	}
+
+	env := &envtest.Environment{BinaryAssetsDirectory: assets}
+	cfg, err := env.Start()
+	if err != nil {
+		return 0, fmt.Errorf("start API server: %w", err)
+	}
+	defer func() { _ = env.Stop() }()
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return 0, err
+	}
+	if k8s, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
+		return 0, err
+	}
+	user, err := env.AddUser(envtest.User{Name: "power-agent", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return 0, err
+	}
+	kc, err := user.KubeConfig()
+	if err != nil {
+		return 0, err
+	}
+	kubeconfig = filepath.Join(tmp, "kubeconfig")
+	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
+		return 0, err
+	}
+	ctx := context.Background()
+	for _, o := range []client.Object{
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "llm"}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "dynamo-system"}},
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName, Labels: map[string]string{policy.LabelGPUProduct: "NVIDIA-H100-80GB-HBM3"}}},
+	} {
+		if err := k8s.Create(ctx, o); err != nil {
+			return 0, err
+		}
+	}
+	return m.Run(), nil
+}
+
+// node is one agent process on simulated GPUs and a fake kubelet.
+type node struct {
+	t       *testing.T
+	nvml    string // fake NVML state file
+	kubelet *podresourcestest.Server
+	probe   string
+}
+
+func startNode(t *testing.T) *node {
+	t.Helper()
+	dir := t.TempDir()
+	n := &node{t: t, nvml: filepath.Join(dir, "nvml.json"), kubelet: podresourcestest.Start(t)}
+	if err := nvmlctl.NewFake(nvmlctl.H100s(8)...).PersistTo(n.nvml); err != nil {
+		t.Fatal(err)
+	}
+	n.probe = freeAddr(t)
+	cmd := exec.CommandContext(t.Context(), agentBin,
+		"--node-name", nodeName, "--fake-nvml", n.nvml, "--state-dir", filepath.Join(dir, "state"),
+		"--pod-resources-socket", n.kubelet.Socket, "--interval", "2s",
+		"--metrics-bind-address", "0", "--health-probe-bind-address", n.probe)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig, "POD_NAMESPACE=dynamo-system")
+	logFile, err := os.Create(filepath.Join(dir, "agent.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+		if t.Failed() {
+			log, _ := os.ReadFile(logFile.Name())
+			t.Logf("agent log:\n%s", log)
+		}
+	})
+	n.eventually("the agent is ready", func() (bool, string) {
+		resp, err := http.Get("http://" + n.probe + "/readyz")
+		if err != nil {
+			return false, err.Error()
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, resp.Status
+	})
+	return n
+}
+
+func (n *node) limitW(i int) int64 {
+	n.t.Helper()
+	f, err := nvmlctl.NewFakeFromFile(n.nvml)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	g, err := f.GPU(nvmlctl.FakeUUID(i))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return int64(g.Limit / 1000)
+}
+
+func (n *node) eventually(what string, cond func() (bool, string)) {
+	n.t.Helper()
+	var last string
+	if err := wait.PollUntilContextTimeout(n.t.Context(), 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		ok, why := cond()
+		last = why
+		return ok, nil
+	}); err != nil {
+		n.t.Fatalf("%s: never happened; last seen: %s", what, last)
+	}
+}
+
+func (n *node) limitBecomes(i int, watts int64) {
+	n.t.Helper()
+	n.eventually(fmt.Sprintf("GPU %d at %d W", i, watts), func() (bool, string) {
+		got := n.limitW(i)
+		return got == watts, fmt.Sprintf("%d W", got)
+	})
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = l.Close() }()
+	return l.Addr().String()
+}
+
+func TestAgentEnforcesAdmittedLimits(t *testing.T) {
+	n := startNode(t)
+	pod := testpod.MakePod("decode-0", "llm").GPU(2).NodeName(nodeName).Limit("250").Stamp("250").Obj()
+	if err := k8s.Create(t.Context(), pod); err != nil {
+		t.Fatal(err)
+	}
+	// kubelet allocates GPUs 0 and 1 to the pod (before any CUDA process runs).
+	n.kubelet.SetPods(podresourcestest.Pod("llm", "decode-0", podresourcestest.Container("worker",
+		podresourcestest.Devices(policy.ResourceGPU, nvmlctl.FakeUUID(0), nvmlctl.FakeUUID(1)))))
+	n.limitBecomes(0, 250)
+	n.limitBecomes(1, 250)
+	if got := n.limitW(2); got != 700 {
+		t.Errorf("GPU 2, which the pod does not hold, is at %d W", got)
+	}
+
+	n.eventually("a PowerLimitApplied event on the pod", func() (bool, string) {
+		var list eventsv1.EventList
+		if err := k8s.List(t.Context(), &list, client.InNamespace("llm")); err != nil {
+			return false, err.Error()
+		}
+		for _, e := range list.Items {
+			if e.Regarding.Name == "decode-0" && e.Reason == "PowerLimitApplied" && strings.Contains(e.Note, "to 250 W (was 700 W)") {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("%d events", len(list.Items))
+	})
+
+	// The planner patches the limit (the webhook would restamp; here we do).
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:"300",%q:"300"}}}`, policy.AnnotationPowerLimit, policy.AnnotationPowerLimitValidated)
+	if err := k8s.Patch(t.Context(), pod, client.RawPatch(types.MergePatchType, []byte(patch))); err != nil {
+		t.Fatal(err)
+	}
+	n.limitBecomes(0, 300)
+	n.limitBecomes(1, 300)
+
+	// The pod goes: both GPUs get their original limit back.
+	if err := k8s.Delete(t.Context(), pod, client.GracePeriodSeconds(0)); err != nil {
+		t.Fatal(err)
+	}
+	n.kubelet.SetPods()
+	n.limitBecomes(0, 700)
+	n.limitBecomes(1, 700)
+}
