@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/dynamo-power/gpu-power/pkg/agent"
@@ -143,7 +144,7 @@ func run(log logr.Logger, o options) error {
 		return fmt.Errorf("pod informer: %w", err)
 	}
 	enforcer := &agent.Enforcer{NVML: lib, Ledger: ledger, RequireValidation: o.requireValidation,
-		Recorder: mgr.GetEventRecorder("power-agent"), Log: log}
+		Recorder: mgr.GetEventRecorder("power-agent"), Log: log, Metrics: agent.NewMetrics(metrics.Registry)}
 	runner := &agent.Runner{Enforcer: enforcer, Pods: mgr.GetCache(), PodsSynced: informer.HasSynced,
 		PodResources: podResources, Proc: os.DirFS(o.proc), Interval: o.interval, Debounce: o.debounce, Log: log}
 	if _, err := informer.AddEventHandler(toolscache.ResourceEventHandlerFuncs{

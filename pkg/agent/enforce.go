@@ -53,8 +53,10 @@ type GPUReport struct {
 	// given back.
 	Desired policy.Milliwatts
 	Clamped bool
-	Action  Action
-	Err     error
+	// Conflict is set when the pods holding the GPU ask different limits.
+	Conflict bool
+	Action   Action
+	Err      error
 }
 
 // Inputs are the node's state that one reconcile reads.
@@ -73,6 +75,8 @@ type Enforcer struct {
 	RequireValidation bool
 	Recorder          events.EventRecorder
 	Log               logr.Logger
+	// Metrics may be nil (inspect, tests).
+	Metrics *Metrics
 
 	mu sync.Mutex
 	// told remembers what each pod was already told, so events come once
@@ -95,6 +99,9 @@ func (e *Enforcer) Reconcile(ctx context.Context, in Inputs, dryRun bool) ([]GPU
 			return reports, err
 		}
 		r := e.reconcileGPU(dev, in, dryRun)
+		if !dryRun {
+			e.record(r)
+		}
 		if r.Err != nil {
 			failed = append(failed, fmt.Errorf("GPU %d %s: %w", r.Index, r.UUID, r.Err))
 		}
@@ -125,6 +132,7 @@ func (e *Enforcer) reconcileGPU(dev nvmlctl.Device, in Inputs, dryRun bool) GPUR
 	}
 	r.Limits = limits
 	d := policy.ResolveGPU(holders, e.RequireValidation)
+	r.Conflict = d.Conflict
 	e.explain(dev, d, pods)
 	own, owned := e.Ledger.Get(dev.UUID)
 
@@ -182,6 +190,22 @@ func (e *Enforcer) reconcileGPU(dev nvmlctl.Device, in Inputs, dryRun bool) GPUR
 		}
 	}
 	return r
+}
+
+// record updates the GPU's metrics after a reconcile.
+func (e *Enforcer) record(r GPUReport) {
+	if e.Metrics == nil {
+		return
+	}
+	applied := 0.0
+	if own, ok := e.Ledger.Get(r.UUID); ok {
+		applied = float64(own.Applied) / 1000
+	}
+	draw := -1.0
+	if d, err := e.NVML.PowerDraw(r.UUID); err == nil {
+		draw = float64(d) / 1000
+	}
+	e.Metrics.observe(r, applied, draw, r.Conflict)
 }
 
 // set writes a limit, recording the intent in the ledger first and the

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/go-logr/logr/testr"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/sets"
@@ -27,6 +29,7 @@ type node struct {
 	dir      string
 	enforcer *Enforcer
 	events   *events.FakeRecorder
+	metrics  *Metrics
 	pods     map[types.UID]*corev1.Pod
 	holders  podmap.Holders
 }
@@ -45,7 +48,8 @@ func (n *node) restartAgent() {
 		n.t.Fatal(err)
 	}
 	n.events = events.NewFakeRecorder(100)
-	n.enforcer = &Enforcer{NVML: n.nvml, Ledger: ledger, RequireValidation: true, Recorder: n.events, Log: testr.New(n.t)}
+	n.metrics = NewMetrics(prometheus.NewRegistry())
+	n.enforcer = &Enforcer{NVML: n.nvml, Ledger: ledger, RequireValidation: true, Recorder: n.events, Log: testr.New(n.t), Metrics: n.metrics}
 }
 
 // run places a pod on GPUs with a validated limit ("" for none).
@@ -155,6 +159,12 @@ func TestFirstCapChangeAndRestore(t *testing.T) {
 	if _, ok := n.enforcer.Ledger.Get(gpu[0]); ok {
 		t.Error("a restored GPU is still in the ledger")
 	}
+	if got := testutil.ToFloat64(n.metrics.restores.WithLabelValues(gpu[0])); got != 1 {
+		t.Errorf("dynamo_power_agent_power_limit_restores_total = %v; want 1", got)
+	}
+	if got := testutil.ToFloat64(n.metrics.requested.WithLabelValues(gpu[0])); got != 0 {
+		t.Errorf("requested watts after restore = %v; want 0", got)
+	}
 }
 
 func TestRestoreOnAnnotationRemoval(t *testing.T) {
@@ -243,6 +253,12 @@ func TestDriftIsRepaired(t *testing.T) {
 	}
 	if r := n.reconcile()[gpu[0]]; r.Action != ActionRepair || n.limitW(gpu[0]) != 250 {
 		t.Errorf("drift: action %s, limit %d W", r.Action, n.limitW(gpu[0]))
+	}
+	if got := testutil.ToFloat64(n.metrics.repairs.WithLabelValues(gpu[0])); got != 1 {
+		t.Errorf("dynamo_power_agent_drift_repairs_total = %v; want 1", got)
+	}
+	if got := testutil.ToFloat64(n.metrics.writes.WithLabelValues(gpu[0])); got != 2 {
+		t.Errorf("dynamo_power_agent_power_limit_writes_total = %v; want 2 (cap, repair)", got)
 	}
 }
 

@@ -42,6 +42,7 @@ type Runner struct {
 
 	trigger chan struct{}
 	once    sync.Once
+	pids    podmap.PIDCache
 
 	mu     sync.Mutex
 	lastOK time.Time
@@ -104,7 +105,10 @@ func (r *Runner) Cycle(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := r.Enforcer.Reconcile(ctx, in, false); err != nil {
+	start := time.Now()
+	_, err = r.Enforcer.Reconcile(ctx, in, false)
+	r.Enforcer.Metrics.reconciled(time.Since(start))
+	if err != nil {
 		return err
 	}
 	r.mu.Lock()
@@ -121,7 +125,8 @@ func (r *Runner) Gather(ctx context.Context) (Inputs, error) {
 		return Inputs{}, errors.New("pod cache not synced; changing nothing")
 	}
 	var list corev1.PodList
-	if err := r.Pods.List(ctx, &list); err != nil {
+	// Read only: no deep copy of every pod each cycle.
+	if err := r.Pods.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
 		return Inputs{}, fmt.Errorf("list pods from the cache: %w", err)
 	}
 	pods := make(map[types.UID]*corev1.Pod, len(list.Items))
@@ -174,6 +179,7 @@ func (r *Runner) Gather(ctx context.Context) (Inputs, error) {
 		},
 		Processes: procs,
 		Proc:      r.Proc,
+		Cache:     &r.pids,
 	})
 	for _, err := range skipped {
 		r.Log.V(2).Info("Skipped a device or process while mapping GPUs to pods", "err", err.Error())

@@ -44,6 +44,23 @@ type Sources struct {
 	// Proc is the host's /proc, for the processes' cgroups. Required with
 	// Processes.
 	Proc fs.FS
+	// Cache, when set, carries the pods of the last call's processes over to
+	// the next call.
+	Cache *PIDCache
+}
+
+// PIDCache remembers which pod each GPU process was in, from one Build to
+// the next. A PID NVML lists in two consecutive cycles is taken to be the same
+// process, so its cgroup is not read again; a PID missing from a cycle is
+// forgotten, so a reused PID is read afresh. It keeps a steady-state cycle
+// from reading /proc at all.
+type PIDCache struct {
+	last map[int]pidPod
+}
+
+type pidPod struct {
+	uid types.UID
+	ok  bool
 }
 
 // Build returns which pods hold which GPU: every device PodResources lists
@@ -72,27 +89,39 @@ func Build(src Sources) (holders Holders, skipped []error) {
 	}
 
 	// One process often runs on several GPUs; its cgroup is read once.
-	type pod struct {
-		uid types.UID
-		ok  bool
-	}
-	podOf := map[int]pod{}
+	podOf := make(map[int]pidPod, len(src.Processes))
+	var unreadable []int
 	for _, proc := range src.Processes {
 		if proc.PID <= 0 || proc.PID > maxPID {
 			continue
 		}
 		p, seen := podOf[proc.PID]
+		if !seen && src.Cache != nil {
+			p, seen = src.Cache.last[proc.PID]
+			if seen {
+				podOf[proc.PID] = p
+			}
+		}
 		if !seen {
 			uid, ok, err := PodOfPID(src.Proc, proc.PID)
 			if err != nil && !errors.Is(err, fs.ErrNotExist) {
 				skipped = append(skipped, fmt.Errorf("process on %s: %w", proc.GPU, err))
 			}
-			p = pod{uid, ok}
+			p = pidPod{uid, ok}
 			podOf[proc.PID] = p
+			if err != nil {
+				unreadable = append(unreadable, proc.PID)
+			}
 		}
 		if p.ok {
 			holders.add(proc.GPU, p.uid)
 		}
+	}
+	if src.Cache != nil {
+		for _, pid := range unreadable {
+			delete(podOf, pid) // read again next cycle
+		}
+		src.Cache.last = podOf
 	}
 	return holders, skipped
 }

@@ -120,3 +120,25 @@ func TestBuild(t *testing.T) {
 		})
 	}
 }
+
+func TestBuildPIDCache(t *testing.T) {
+	const uid = "d8259892-8372-41e6-a3ca-595e7e9a7d82"
+	proc := fstest.MapFS{"42/cgroup": &fstest.MapFile{Data: []byte("0::/kubepods/besteffort/pod" + uid + "/abc\n")}}
+	cache := &podmap.PIDCache{}
+	src := podmap.Sources{Processes: []podmap.Process{{GPU: "GPU-a", PID: 42}}, Proc: proc, Cache: cache}
+	if h, _ := podmap.Build(src); !h["GPU-a"].Has(uid) {
+		t.Fatalf("first cycle: %v", h)
+	}
+	// The same PID in the next cycle is not read again.
+	delete(proc, "42/cgroup")
+	if h, _ := podmap.Build(src); !h["GPU-a"].Has(uid) {
+		t.Fatalf("second cycle did not use the cache: %v", h)
+	}
+	// A cycle without the PID forgets it; a reused PID is read afresh.
+	src.Processes = nil
+	podmap.Build(src)
+	src.Processes = []podmap.Process{{GPU: "GPU-a", PID: 42}}
+	if h, _ := podmap.Build(src); h["GPU-a"].Len() != 0 {
+		t.Fatalf("a PID that left and came back was not read again: %v", h)
+	}
+}
