@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,7 +22,9 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -36,6 +39,7 @@ const nodeName = "gpu-node-0"
 
 var (
 	k8s        client.Client
+	restClient rest.Interface
 	kubeconfig string
 	agentBin   string
 )
@@ -60,7 +64,7 @@ func setup(m *testing.M) (int, error) {
 	}
 	defer func() { _ = os.RemoveAll(tmp) }()
 	agentBin = filepath.Join(tmp, "power-agent")
-	build := exec.Command("go", "build", "-o", agentBin, "./cmd/agent")
+	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", agentBin, "./cmd/agent") // as the image is built
 	build.Dir = envtestenv.Root()
 	build.Env = append(os.Environ(), "CGO_CFLAGS=-Wno-deprecated-declarations")
 	if out, err := build.CombinedOutput(); err != nil {
@@ -80,6 +84,11 @@ func setup(m *testing.M) (int, error) {
 	if k8s, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
 		return 0, err
 	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return 0, err
+	}
+	restClient = cs.CoreV1().RESTClient()
 	user, err := env.AddUser(envtest.User{Name: "power-agent", Groups: []string{"system:masters"}}, nil)
 	if err != nil {
 		return 0, err
@@ -105,41 +114,53 @@ func setup(m *testing.M) (int, error) {
 	return m.Run(), nil
 }
 
-// node is one agent process on simulated GPUs and a fake kubelet.
+// node is an agent process on simulated GPUs and a fake kubelet; its state
+// (the fake GPUs' file and the ledger) outlives the process, as on a host.
 type node struct {
 	t       *testing.T
+	dir     string
 	nvml    string // fake NVML state file
 	kubelet *podresourcestest.Server
+	agent   *exec.Cmd
 	probe   string
+	metrics string
+	exited  chan error
 }
 
-func startNode(t *testing.T) *node {
+func newNode(t *testing.T) *node {
 	t.Helper()
 	dir := t.TempDir()
-	n := &node{t: t, nvml: filepath.Join(dir, "nvml.json"), kubelet: podresourcestest.Start(t)}
+	n := &node{t: t, dir: dir, nvml: filepath.Join(dir, "nvml.json"), kubelet: podresourcestest.Start(t)}
 	if err := nvmlctl.NewFake(nvmlctl.H100s(8)...).PersistTo(n.nvml); err != nil {
 		t.Fatal(err)
 	}
-	n.probe = freeAddr(t)
-	cmd := exec.CommandContext(t.Context(), agentBin,
-		"--node-name", nodeName, "--fake-nvml", n.nvml, "--state-dir", filepath.Join(dir, "state"),
-		"--pod-resources-socket", n.kubelet.Socket, "--interval", "2s",
-		"--metrics-bind-address", "0", "--health-probe-bind-address", n.probe)
+	return n
+}
+
+// start runs the agent and waits until it is ready.
+func (n *node) start(interval string) {
+	n.t.Helper()
+	n.probe, n.metrics = freeAddr(n.t), freeAddr(n.t)
+	cmd := exec.Command(agentBin,
+		"--node-name", nodeName, "--fake-nvml", n.nvml, "--state-dir", filepath.Join(n.dir, "state"),
+		"--pod-resources-socket", n.kubelet.Socket, "--interval", interval,
+		"--metrics-bind-address", n.metrics, "--health-probe-bind-address", n.probe)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig, "POD_NAMESPACE=dynamo-system")
-	logFile, err := os.Create(filepath.Join(dir, "agent.log"))
+	logFile, err := os.OpenFile(filepath.Join(n.dir, "agent.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
-		t.Fatal(err)
+		n.t.Fatal(err)
 	}
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		n.t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		_ = cmd.Wait()
-		if t.Failed() {
+	n.agent, n.exited = cmd, make(chan error, 1)
+	go func() { n.exited <- cmd.Wait(); _ = logFile.Close() }()
+	n.t.Cleanup(func() {
+		n.stop()
+		if n.t.Failed() {
 			log, _ := os.ReadFile(logFile.Name())
-			t.Logf("agent log:\n%s", log)
+			n.t.Logf("agent log:\n%s", log)
 		}
 	})
 	n.eventually("the agent is ready", func() (bool, string) {
@@ -150,7 +171,16 @@ func startNode(t *testing.T) *node {
 		_ = resp.Body.Close()
 		return resp.StatusCode == http.StatusOK, resp.Status
 	})
-	return n
+}
+
+// stop sends SIGTERM, as the kubelet does, and waits for the exit.
+func (n *node) stop() {
+	if n.agent == nil {
+		return
+	}
+	_ = n.agent.Process.Signal(syscall.SIGTERM)
+	<-n.exited
+	n.agent = nil
 }
 
 func (n *node) limitW(i int) int64 {
@@ -196,7 +226,8 @@ func freeAddr(t *testing.T) string {
 }
 
 func TestAgentEnforcesAdmittedLimits(t *testing.T) {
-	n := startNode(t)
+	n := newNode(t)
+	n.start("2s")
 	pod := testpod.MakePod("decode-0", "llm").GPU(2).NodeName(nodeName).Limit("250").Stamp("250").Obj()
 	if err := k8s.Create(t.Context(), pod); err != nil {
 		t.Fatal(err)
