@@ -179,7 +179,9 @@ func (n *node) stop() {
 		return
 	}
 	_ = n.agent.Process.Signal(syscall.SIGTERM)
-	<-n.exited
+	if err := <-n.exited; err != nil {
+		n.t.Errorf("the agent did not exit cleanly on SIGTERM: %v", err)
+	}
 	n.agent = nil
 }
 
