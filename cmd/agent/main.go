@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/discovery"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
@@ -145,7 +146,16 @@ func run(log logr.Logger, o options) error {
 	}
 	enforcer := &agent.Enforcer{NVML: lib, Ledger: ledger, RequireValidation: o.requireValidation,
 		Recorder: mgr.GetEventRecorder("power-agent"), Log: log, Metrics: agent.NewMetrics(metrics.Registry)}
-	runner := &agent.Runner{Enforcer: enforcer, Pods: mgr.GetCache(), PodsSynced: informer.HasSynced,
+	disco, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	apiReachable := func(ctx context.Context) error {
+		// One small GET per cycle; the version endpoint is cheap for the API server.
+		_, err := disco.RESTClient().Get().AbsPath("/version").Timeout(5 * time.Second).Do(ctx).Raw()
+		return err
+	}
+	runner := &agent.Runner{Enforcer: enforcer, Pods: mgr.GetCache(), PodsSynced: informer.HasSynced, APIReachable: apiReachable,
 		PodResources: podResources, Proc: os.DirFS(o.proc), Interval: o.interval, Debounce: o.debounce, Log: log}
 	if _, err := informer.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { runner.Trigger() },

@@ -29,9 +29,14 @@ type PodResources interface {
 // API request; while that cache is not synced, or kubelet does not answer,
 // it changes nothing.
 type Runner struct {
-	Enforcer     *Enforcer
-	Pods         client.Reader
-	PodsSynced   func() bool
+	Enforcer   *Enforcer
+	Pods       client.Reader
+	PodsSynced func() bool
+	// APIReachable checks the API server answers. A cache keeps serving its
+	// last state when the API server is gone, and pods deleted meanwhile would
+	// still look like they hold their GPUs (or the reverse), so the agent
+	// freezes instead.
+	APIReachable func(context.Context) error
 	PodResources PodResources
 	// Proc is the host's /proc (the agent runs with hostPID).
 	Proc     fs.FS
@@ -123,6 +128,11 @@ func (r *Runner) Cycle(ctx context.Context) error {
 func (r *Runner) Gather(ctx context.Context) (Inputs, error) {
 	if r.PodsSynced != nil && !r.PodsSynced() {
 		return Inputs{}, errors.New("pod cache not synced; changing nothing")
+	}
+	if r.APIReachable != nil {
+		if err := r.APIReachable(ctx); err != nil {
+			return Inputs{}, fmt.Errorf("API server unreachable: %w; changing nothing", err)
+		}
 	}
 	var list corev1.PodList
 	// Read only: no deep copy of every pod each cycle.
