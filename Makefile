@@ -49,11 +49,11 @@ manifests: $(TOOLS)/controller-gen ## Generate deepcopy code and the GPUPowerBud
 test: test-unit test-integration ## Run every test: unit, then integration on a real API server.
 
 .PHONY: test-unit
-test-unit: ## Unit tests, fuzz seeds and formatting/vet checks; no API server.
+test-unit: ## Unit tests, fuzz seeds, manifest golden tests and formatting/vet checks; no API server.
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 		if [ -n "$$unformatted" ]; then echo "not gofmt-clean: $$unformatted"; exit 1; fi
 	go vet ./...
-	go test -count=1 ./pkg/... ./internal/... ./cmd/...
+	go test -count=1 ./pkg/... ./internal/... ./cmd/... ./test/manifests/...
 
 .PHONY: test-integration
 test-integration: envtest ## Integration tests on a real kube-apiserver + etcd (builds them first).

@@ -1,0 +1,351 @@
+// Package manifests_test pins what the shipped manifests promise: names,
+// selectors, webhook behaviour, least-privilege RBAC and security settings.
+// Widening RBAC or dropping a security setting fails here on purpose.
+package manifests_test
+
+import (
+	"bufio"
+	"bytes"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	admissionv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/yaml"
+	sigsyaml "sigs.k8s.io/yaml"
+
+	"github.com/dynamo-power/gpu-power/pkg/policy"
+	powerwebhook "github.com/dynamo-power/gpu-power/pkg/webhook"
+	"github.com/dynamo-power/gpu-power/test/envtestenv"
+)
+
+// object is one YAML document of a manifest file.
+type object struct {
+	file string
+	raw  []byte
+	u    *unstructured.Unstructured
+}
+
+func load(t *testing.T, paths ...string) []object {
+	t.Helper()
+	var out []object
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec := yaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+		for {
+			doc, err := dec.Read()
+			if err != nil {
+				break
+			}
+			if len(bytes.TrimSpace(doc)) == 0 {
+				continue
+			}
+			u := &unstructured.Unstructured{}
+			if err := sigsyaml.Unmarshal(doc, &u.Object); err != nil {
+				t.Fatalf("%s: %v", p, err)
+			}
+			if len(u.Object) == 0 {
+				continue
+			}
+			out = append(out, object{file: filepath.Base(p), raw: doc, u: u})
+		}
+	}
+	return out
+}
+
+func find[T any](t *testing.T, objs []object, kind, name string) *T {
+	t.Helper()
+	for _, o := range objs {
+		if o.u.GetKind() == kind && o.u.GetName() == name {
+			var v T
+			if err := sigsyaml.UnmarshalStrict(o.raw, &v); err != nil {
+				t.Fatalf("%s %s in %s: %v", kind, name, o.file, err)
+			}
+			return &v
+		}
+	}
+	t.Fatalf("no %s %q", kind, name)
+	return nil
+}
+
+func webhookFiles(t *testing.T) []string {
+	dir := filepath.Join(envtestenv.Root(), "deploy", "webhook")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files []string
+	for _, e := range entries {
+		files = append(files, filepath.Join(dir, e.Name()))
+	}
+	return files
+}
+
+func agentFile() string { return filepath.Join(envtestenv.Root(), "deploy", "agent", "daemonset.yaml") }
+
+func TestWebhookFolderAppliesInOrder(t *testing.T) {
+	var kinds []string
+	for _, o := range load(t, webhookFiles(t)...) {
+		kinds = append(kinds, o.u.GetKind())
+		if o.file == "kustomization.yaml" {
+			t.Error("deploy/webhook/ must stay plain manifests: no kustomization.yaml")
+		}
+	}
+	want := []string{"Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+		"PriorityClass", "Deployment", "PodDisruptionBudget", "Service", "Issuer", "Certificate", "Issuer", "Certificate",
+		"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "GPUPowerBudget"}
+	if !slices.Equal(kinds, want) {
+		t.Errorf("kubectl apply -f deploy/webhook/ applies\n %v\nwant\n %v", kinds, want)
+	}
+}
+
+func TestWebhookConfigurations(t *testing.T) {
+	objs := load(t, webhookFiles(t)...)
+	mut := find[admissionv1.MutatingWebhookConfiguration](t, objs, "MutatingWebhookConfiguration", "power-webhook")
+	val := find[admissionv1.ValidatingWebhookConfiguration](t, objs, "ValidatingWebhookConfiguration", "power-webhook")
+	type common struct {
+		name, path  string
+		annotations map[string]string
+		cc          admissionv1.WebhookClientConfig
+		rules       []admissionv1.RuleWithOperations
+		failure     *admissionv1.FailurePolicyType
+		side        *admissionv1.SideEffectClass
+		timeout     *int32
+		ns          *metav1.LabelSelector
+		conds       []admissionv1.MatchCondition
+		wantTimeout int32
+	}
+	m, v := mut.Webhooks[0], val.Webhooks[0]
+	for _, c := range []common{
+		{m.Name, powerwebhook.MutatePath, mut.Annotations, m.ClientConfig, m.Rules, m.FailurePolicy, m.SideEffects, m.TimeoutSeconds, m.NamespaceSelector, m.MatchConditions, 3},
+		{v.Name, powerwebhook.ValidatePath, val.Annotations, v.ClientConfig, v.Rules, v.FailurePolicy, v.SideEffects, v.TimeoutSeconds, v.NamespaceSelector, v.MatchConditions, 5},
+	} {
+		if c.annotations["cert-manager.io/inject-ca-from"] != "dynamo-system/power-webhook-serving" {
+			t.Errorf("%s: inject-ca-from = %q", c.name, c.annotations["cert-manager.io/inject-ca-from"])
+		}
+		s := c.cc.Service
+		if s == nil || s.Name != "power-webhook" || s.Namespace != "dynamo-system" || s.Path == nil || *s.Path != c.path || s.Port == nil || *s.Port != 443 {
+			t.Errorf("%s: clientConfig %+v; want service dynamo-system/power-webhook:443%s", c.name, s, c.path)
+		}
+		if c.failure == nil || *c.failure != admissionv1.Fail {
+			t.Errorf("%s: failurePolicy must be Fail (the agent trusts the stamp)", c.name)
+		}
+		if c.side == nil || *c.side != admissionv1.SideEffectClassNoneOnDryRun {
+			t.Errorf("%s: sideEffects must be NoneOnDryRun", c.name)
+		}
+		if c.timeout == nil || *c.timeout != c.wantTimeout {
+			t.Errorf("%s: timeoutSeconds %v; want %d", c.name, c.timeout, c.wantTimeout)
+		}
+		wantRules := []admissionv1.RuleWithOperations{{Operations: []admissionv1.OperationType{admissionv1.Create, admissionv1.Update},
+			Rule: admissionv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}, Scope: ptr(admissionv1.NamespacedScope)}}}
+		if !reflect.DeepEqual(c.rules, wantRules) {
+			t.Errorf("%s: rules %+v; want CREATE and UPDATE of pods only", c.name, c.rules)
+		}
+		if c.ns == nil || len(c.ns.MatchExpressions) != 1 || c.ns.MatchExpressions[0].Key != "kubernetes.io/metadata.name" ||
+			c.ns.MatchExpressions[0].Operator != "NotIn" || !slices.Equal(c.ns.MatchExpressions[0].Values, []string{"kube-system", "dynamo-system"}) {
+			t.Errorf("%s: namespaceSelector %+v; want kubernetes.io/metadata.name NotIn [kube-system, dynamo-system]", c.name, c.ns)
+		}
+		if len(c.conds) != 1 || !strings.Contains(c.conds[0].Expression, policy.AnnotationPowerLimit) ||
+			!strings.Contains(c.conds[0].Expression, policy.AnnotationPowerLimitValidated) || !strings.Contains(c.conds[0].Expression, policy.ResourceGPU) {
+			t.Errorf("%s: matchConditions must let through only pods with a power annotation or a GPU request", c.name)
+		}
+	}
+	if m.ReinvocationPolicy == nil || *m.ReinvocationPolicy != admissionv1.IfNeededReinvocationPolicy {
+		t.Error("mutating webhook: reinvocationPolicy must be IfNeeded so the stamp follows later mutations")
+	}
+}
+
+func TestRBACIsLeastPrivilege(t *testing.T) {
+	objs := append(load(t, webhookFiles(t)...), load(t, agentFile())...)
+	tests := []struct {
+		kind, name string
+		rules      []rbacv1.PolicyRule
+	}{
+		{"ClusterRole", "power-webhook-role", []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"pods", "nodes", "namespaces"}, Verbs: []string{"get", "list", "watch"}},
+			{APIGroups: []string{"power.dynamo.nvidia.com"}, Resources: []string{"gpupowerbudgets"}, Verbs: []string{"get", "list", "watch"}},
+			{APIGroups: []string{"power.dynamo.nvidia.com"}, Resources: []string{"gpupowerbudgets/status"}, Verbs: []string{"get", "update", "patch"}},
+			{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+		}},
+		{"Role", "power-webhook-leader-election", []rbacv1.PolicyRule{
+			{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "create", "update"}},
+		}},
+		{"ClusterRole", "power-agent-role", []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
+			{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+			{APIGroups: []string{"apps"}, Resources: []string{"daemonsets"}, Verbs: []string{"get"}},
+		}},
+	}
+	for _, tt := range tests {
+		var rules []rbacv1.PolicyRule
+		if tt.kind == "Role" {
+			rules = find[rbacv1.Role](t, objs, tt.kind, tt.name).Rules
+		} else {
+			rules = find[rbacv1.ClusterRole](t, objs, tt.kind, tt.name).Rules
+		}
+		if !reflect.DeepEqual(rules, tt.rules) {
+			t.Errorf("%s %s grants\n %+v\nwant exactly\n %+v", tt.kind, tt.name, rules, tt.rules)
+		}
+	}
+	crb := find[rbacv1.ClusterRoleBinding](t, objs, "ClusterRoleBinding", "power-agent-binding")
+	if crb.RoleRef.Name != "power-agent-role" || len(crb.Subjects) != 1 || crb.Subjects[0].Name != "power-agent-sa" || crb.Subjects[0].Namespace != "dynamo-system" {
+		t.Errorf("power-agent-binding: %+v", crb)
+	}
+}
+
+func TestWebhookDeploymentIsLockedDown(t *testing.T) {
+	objs := load(t, webhookFiles(t)...)
+	d := find[appsv1.Deployment](t, objs, "Deployment", "power-webhook")
+	spec := d.Spec.Template.Spec
+	if d.Namespace != "dynamo-system" || d.Spec.Replicas == nil || *d.Spec.Replicas != 3 || spec.ServiceAccountName != "power-webhook-sa" {
+		t.Errorf("deployment: namespace %s, replicas %v, serviceAccount %s", d.Namespace, d.Spec.Replicas, spec.ServiceAccountName)
+	}
+	ps := spec.SecurityContext
+	if ps == nil || ps.RunAsNonRoot == nil || !*ps.RunAsNonRoot || ps.SeccompProfile == nil || ps.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Error("pod securityContext must run as non-root with the RuntimeDefault seccomp profile")
+	}
+	c := spec.Containers[0]
+	sc := c.SecurityContext
+	if sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
+		sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) != 0 || sc.Privileged != nil {
+		t.Error("container must have a read-only root filesystem, no privilege escalation, and drop ALL capabilities")
+	}
+	if _, ok := c.Resources.Limits[corev1.ResourceCPU]; ok {
+		t.Error("the webhook must have no CPU limit: throttling shows up as admission latency")
+	}
+	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz" || c.LivenessProbe == nil || c.LivenessProbe.HTTPGet.Path != "/healthz" {
+		t.Error("readiness (/readyz) and liveness (/healthz) probes are required")
+	}
+	if c.Lifecycle == nil || c.Lifecycle.PreStop == nil || c.Lifecycle.PreStop.Sleep == nil {
+		t.Error("a preStop delay is required so endpoints drop the replica before it stops")
+	}
+	if spec.PriorityClassName == "" || len(spec.TopologySpreadConstraints) == 0 {
+		t.Error("priority class and topology spread are required")
+	}
+	if v := spec.Volumes[0]; v.Secret == nil || v.Secret.SecretName != "power-webhook-serving-cert" || !c.VolumeMounts[0].ReadOnly {
+		t.Error("the serving certificate comes read-only from cert-manager's Secret")
+	}
+	pdb := find[policyv1.PodDisruptionBudget](t, objs, "PodDisruptionBudget", "power-webhook")
+	if pdb.Spec.MinAvailable == nil || pdb.Spec.MinAvailable.IntValue() != 1 {
+		t.Error("PodDisruptionBudget must keep at least one replica")
+	}
+	svc := find[corev1.Service](t, objs, "Service", "power-webhook")
+	if svc.Spec.Selector["app"] != "power-webhook" || svc.Spec.Ports[0].Port != 443 || svc.Spec.Ports[0].TargetPort.String() != "webhook" {
+		t.Errorf("service: %+v", svc.Spec)
+	}
+}
+
+func TestCertificateChain(t *testing.T) {
+	objs := load(t, webhookFiles(t)...)
+	get := func(kind, name string) map[string]any {
+		for _, o := range objs {
+			if o.u.GetKind() == kind && o.u.GetName() == name {
+				return o.u.Object["spec"].(map[string]any)
+			}
+		}
+		t.Fatalf("no %s %s", kind, name)
+		return nil
+	}
+	if _, ok := get("Issuer", "power-webhook-selfsigned")["selfSigned"]; !ok {
+		t.Error("the chain starts from a self-signed Issuer")
+	}
+	ca := get("Certificate", "power-webhook-ca")
+	if ca["isCA"] != true || ca["issuerRef"].(map[string]any)["name"] != "power-webhook-selfsigned" {
+		t.Errorf("CA certificate: %v", ca)
+	}
+	if get("Issuer", "power-webhook-ca")["ca"].(map[string]any)["secretName"] != ca["secretName"] {
+		t.Error("the CA Issuer must sign with the CA certificate's secret")
+	}
+	serving := get("Certificate", "power-webhook-serving")
+	if serving["isCA"] == true || serving["issuerRef"].(map[string]any)["name"] != "power-webhook-ca" || serving["secretName"] != "power-webhook-serving-cert" {
+		t.Errorf("serving certificate must be a leaf issued by the CA Issuer: %v", serving)
+	}
+	if names := serving["dnsNames"].([]any); !slices.Contains(names, any("power-webhook.dynamo-system.svc")) {
+		t.Errorf("serving certificate names %v; want the Service's DNS name", names)
+	}
+}
+
+func TestAgentDaemonSet(t *testing.T) {
+	objs := load(t, agentFile())
+	for _, o := range objs {
+		if o.u.GetKind() == "Namespace" {
+			t.Error("daemonset.yaml must not contain the shared namespace: deleting it would remove the webhook")
+		}
+	}
+	ds := find[appsv1.DaemonSet](t, objs, "DaemonSet", "power-agent")
+	spec := ds.Spec.Template.Spec
+	if ds.Namespace != "dynamo-system" || ds.Labels["app"] != "power-agent" || ds.Spec.Selector.MatchLabels["app"] != "power-agent" ||
+		spec.ServiceAccountName != "power-agent-sa" || spec.NodeSelector["nvidia.com/gpu.present"] != "true" {
+		t.Errorf("names and selectors changed: %+v", ds.ObjectMeta)
+	}
+	if !spec.HostPID || spec.RuntimeClassName == nil || *spec.RuntimeClassName != "nvidia" || spec.TerminationGracePeriodSeconds == nil || *spec.TerminationGracePeriodSeconds != 60 {
+		t.Error("hostPID, runtimeClassName nvidia and a 60 s grace period are required")
+	}
+	if !slices.ContainsFunc(spec.Tolerations, func(tol corev1.Toleration) bool { return tol.Key == "nvidia.com/gpu" }) {
+		t.Error("the agent must tolerate nvidia.com/gpu taints")
+	}
+	c := spec.Containers[0]
+	env := map[string]corev1.EnvVar{}
+	for _, e := range c.Env {
+		env[e.Name] = e
+	}
+	if e := env["NODE_NAME"]; e.ValueFrom == nil || e.ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
+		t.Error("NODE_NAME must come from spec.nodeName")
+	}
+	if env["NVIDIA_VISIBLE_DEVICES"].Value != "all" {
+		t.Error("NVIDIA_VISIBLE_DEVICES=all shows every GPU without claiming one")
+	}
+	for _, list := range []corev1.ResourceList{c.Resources.Requests, c.Resources.Limits} {
+		if _, ok := list[policy.ResourceGPU]; ok {
+			t.Error("the agent must not claim an nvidia.com/gpu")
+		}
+	}
+	want := corev1.ResourceRequirements{}
+	if err := sigsyaml.Unmarshal([]byte("requests: {cpu: 100m, memory: 128Mi}\nlimits: {cpu: 200m, memory: 256Mi}"), &want); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(c.Resources.Requests, want.Requests) || !reflect.DeepEqual(c.Resources.Limits, want.Limits) {
+		t.Errorf("resources %+v; want requests 100m/128Mi, limits 200m/256Mi", c.Resources)
+	}
+	if c.SecurityContext == nil || c.SecurityContext.Privileged == nil || !*c.SecurityContext.Privileged {
+		t.Error("NVML power-limit writes need a privileged container")
+	}
+	if c.ReadinessProbe == nil || !slices.ContainsFunc(c.Ports, func(p corev1.ContainerPort) bool { return p.Name == "metrics" }) {
+		t.Error("a readiness probe and a metrics port are required")
+	}
+	mounts := map[string]corev1.VolumeMount{}
+	for _, m := range c.VolumeMounts {
+		mounts[m.Name] = m
+	}
+	for _, v := range spec.Volumes {
+		if v.HostPath == nil {
+			continue
+		}
+		switch v.HostPath.Path {
+		case "/var/lib/kubelet/pod-resources":
+			if !mounts[v.Name].ReadOnly {
+				t.Error("the PodResources socket directory must be mounted read-only")
+			}
+		case "/var/lib/power-agent":
+			if mounts[v.Name].ReadOnly {
+				t.Error("the state directory must be writable")
+			}
+		case "/proc":
+			t.Error("hostPID gives the host's /proc; it must not be a hostPath (and never DirectoryOrCreate)")
+		default:
+			t.Errorf("unexpected hostPath %s", v.HostPath.Path)
+		}
+	}
+}
