@@ -43,6 +43,15 @@ manifests: $(TOOLS)/controller-gen ## Generate deepcopy code and the GPUPowerBud
 	$(TOOLS)/controller-gen crd paths=./api/... output:crd:dir=$(LOCALBIN)/crd
 	mv $(LOCALBIN)/crd/power.dynamo.nvidia.com_gpupowerbudgets.yaml deploy/webhook/10-crd-gpupowerbudgets.yaml
 
+IMAGE_REPO ?= ghcr.io/dynamo-power
+IMAGE_TAG  ?= v0.1.0
+
+.PHONY: images
+images: ## Build both images with Docker (needs a Docker engine).
+	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { echo "images: no Docker engine here; the Dockerfiles are in build/"; exit 1; }
+	docker build -f build/webhook.Dockerfile -t $(IMAGE_REPO)/power-webhook:$(IMAGE_TAG) .
+	docker build -f build/agent.Dockerfile -t $(IMAGE_REPO)/power-agent:$(IMAGE_TAG) .
+
 ##@ Test
 
 .PHONY: test
