@@ -55,22 +55,22 @@ func (w *Wrapper) GPULimitOnly(n int64) *Wrapper {
 
 // Container adds an app container requesting gpus GPUs.
 func (w *Wrapper) Container(name string, gpus int64) *Wrapper {
-	c := corev1.Container{Name: name, Image: "registry.example/worker:1"}
-	if gpus > 0 {
-		setResource(&c.Resources, policy.ResourceGPU, gpus)
-	}
-	w.Spec.Containers = append(w.Spec.Containers, c)
+	w.Spec.Containers = append(w.Spec.Containers, container(name, "registry.example/worker:1", gpus))
 	return w
 }
 
 // InitContainer adds an init container requesting gpus GPUs.
 func (w *Wrapper) InitContainer(name string, gpus int64) *Wrapper {
-	c := corev1.Container{Name: name, Image: "registry.example/init:1"}
+	w.Spec.InitContainers = append(w.Spec.InitContainers, container(name, "registry.example/init:1", gpus))
+	return w
+}
+
+func container(name, image string, gpus int64) corev1.Container {
+	c := corev1.Container{Name: name, Image: image}
 	if gpus > 0 {
 		setResource(&c.Resources, policy.ResourceGPU, gpus)
 	}
-	w.Spec.InitContainers = append(w.Spec.InitContainers, c)
-	return w
+	return c
 }
 
 // Sidecar adds a restartable init container requesting gpus GPUs.
