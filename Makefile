@@ -55,7 +55,7 @@ images: ## Build both images with Docker (needs a Docker engine).
 ##@ Test
 
 .PHONY: test
-test: test-unit test-integration ## Run every test: unit, then integration on a real API server.
+test: test-unit test-integration test-e2e ## Run every test: unit, integration and end to end on a real API server.
 
 .PHONY: test-unit
 test-unit: ## Unit tests, fuzz seeds, manifest golden tests and formatting/vet checks; no API server.
@@ -67,6 +67,10 @@ test-unit: ## Unit tests, fuzz seeds, manifest golden tests and formatting/vet c
 .PHONY: test-integration
 test-integration: envtest ## Integration tests on a real kube-apiserver + etcd (builds them first).
 	go test -count=1 ./test/integration/...
+
+.PHONY: test-e2e
+test-e2e: envtest ## End to end: both manifest folders applied with kubectl, cert-manager's controllers issuing the certificate.
+	go test -count=1 ./test/e2e/...
 
 .PHONY: envtest
 envtest: ## Build etcd, kube-apiserver and kubectl from Go modules (~15 min cold, skipped when built).

@@ -23,9 +23,10 @@ import (
 	"k8s.io/apimachinery/pkg/util/yaml"
 	sigsyaml "sigs.k8s.io/yaml"
 
+	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 	powerwebhook "github.com/dynamo-power/gpu-power/pkg/webhook"
-	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/testdeploy"
 )
 
 // object is one YAML document of a manifest file.
@@ -81,7 +82,7 @@ func find[T any](t *testing.T, objs []object, kind, name string) *T {
 }
 
 func webhookFiles(t *testing.T) []string {
-	dir := filepath.Join(envtestenv.Root(), "deploy", "webhook")
+	dir := testdeploy.WebhookDir()
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -93,7 +94,7 @@ func webhookFiles(t *testing.T) []string {
 	return files
 }
 
-func agentFile() string { return filepath.Join(envtestenv.Root(), "deploy", "agent", "daemonset.yaml") }
+func agentFile() string { return testdeploy.AgentFile() }
 
 func TestWebhookFolderAppliesInOrder(t *testing.T) {
 	var kinds []string
@@ -105,7 +106,7 @@ func TestWebhookFolderAppliesInOrder(t *testing.T) {
 	}
 	want := []string{"Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
 		"PriorityClass", "Deployment", "PodDisruptionBudget", "Service", "Issuer", "Certificate", "Issuer", "Certificate",
-		"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "GPUPowerBudget"}
+		"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
 	if !slices.Equal(kinds, want) {
 		t.Errorf("kubectl apply -f deploy/webhook/ applies\n %v\nwant\n %v", kinds, want)
 	}
@@ -347,5 +348,21 @@ func TestAgentDaemonSet(t *testing.T) {
 		default:
 			t.Errorf("unexpected hostPath %s", v.HostPath.Path)
 		}
+	}
+}
+
+// TestExampleBudget keeps the commented example in deploy/webhook/ a valid
+// GPUPowerBudget once uncommented.
+func TestExampleBudget(t *testing.T) {
+	data, err := testdeploy.ExampleBudget()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b powerv1alpha1.GPUPowerBudget
+	if err := sigsyaml.UnmarshalStrict(data, &b); err != nil {
+		t.Fatalf("the uncommented example is not a GPUPowerBudget: %v", err)
+	}
+	if b.Kind != "GPUPowerBudget" || b.Spec.TotalWatts <= 0 || b.Spec.NamespaceSelector == nil || len(b.Spec.Defaults) == 0 {
+		t.Errorf("example budget: %+v", b)
 	}
 }
