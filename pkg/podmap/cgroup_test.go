@@ -5,7 +5,6 @@ import (
 	"io/fs"
 	"os"
 	"regexp"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -210,9 +209,6 @@ func TestPodOfPIDProcessExitsWhileRead(t *testing.T) {
 }
 
 func TestPodOfPIDOnThisHost(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("procfs is Linux's")
-	}
 	proc := os.DirFS("/proc")
 	if _, _, err := podmap.PodOfPID(proc, os.Getpid()); err != nil {
 		t.Errorf("PodOfPID(self): %v", err)

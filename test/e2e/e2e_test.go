@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -72,21 +71,12 @@ func setup(m *testing.M) (int, error) {
 	if k8s, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
 		return 0, err
 	}
-	user, err := env.AddUser(envtest.User{Name: "operator", Groups: []string{"system:masters"}}, nil)
-	if err != nil {
-		return 0, err
-	}
-	kc, err := user.KubeConfig()
-	if err != nil {
-		return 0, err
-	}
 	dir, err := os.MkdirTemp("", "power-e2e-")
 	if err != nil {
 		return 0, err
 	}
 	defer func() { _ = os.RemoveAll(dir) }()
-	kubeconfig = filepath.Join(dir, "kubeconfig")
-	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
+	if kubeconfig, err = envtestenv.WriteKubeconfig(env, dir, "operator"); err != nil {
 		return 0, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
 
 // K8sVersion is the version hack/build-k8s.sh builds.
@@ -52,4 +54,22 @@ func Kubectl() (string, error) {
 func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
+}
+
+// WriteKubeconfig adds a cluster-admin user to a started env and writes its
+// kubeconfig to dir/kubeconfig, for kubectl and for processes under test.
+func WriteKubeconfig(env *envtest.Environment, dir, user string) (string, error) {
+	u, err := env.AddUser(envtest.User{Name: user, Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return "", fmt.Errorf("add user %s: %w", user, err)
+	}
+	kc, err := u.KubeConfig()
+	if err != nil {
+		return "", fmt.Errorf("kubeconfig of %s: %w", user, err)
+	}
+	path := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(path, kc, 0o600); err != nil {
+		return "", err
+	}
+	return path, nil
 }

@@ -89,16 +89,7 @@ func setup(m *testing.M) (int, error) {
 		return 0, err
 	}
 	restClient = cs.CoreV1().RESTClient()
-	user, err := env.AddUser(envtest.User{Name: "power-agent", Groups: []string{"system:masters"}}, nil)
-	if err != nil {
-		return 0, err
-	}
-	kc, err := user.KubeConfig()
-	if err != nil {
-		return 0, err
-	}
-	kubeconfig = filepath.Join(tmp, "kubeconfig")
-	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
+	if kubeconfig, err = envtestenv.WriteKubeconfig(env, tmp, "power-agent"); err != nil {
 		return 0, err
 	}
 	ctx := context.Background()

@@ -86,19 +86,14 @@ func run(m *testing.M) (int, error) {
 		return 0, err
 	}
 
-	user, err := env.AddUser(envtest.User{Name: "planner", Groups: []string{"system:masters"}}, nil)
+	tmp, err := os.MkdirTemp("", "power-webhook-it-")
 	if err != nil {
 		return 0, err
 	}
-	kc, err := user.KubeConfig()
-	if err != nil {
+	defer func() { _ = os.RemoveAll(tmp) }()
+	if kubeconfig, err = envtestenv.WriteKubeconfig(env, tmp, "planner"); err != nil {
 		return 0, err
 	}
-	kubeconfig = filepath.Join(os.TempDir(), fmt.Sprintf("power-webhook-it-%d.kubeconfig", os.Getpid()))
-	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
-		return 0, err
-	}
-	defer func() { _ = os.Remove(kubeconfig) }()
 
 	wio := &env.WebhookInstallOptions
 	webhooks, err = newFleet(ctx, scheme, wio)
