@@ -118,7 +118,12 @@ func eventually(t *testing.T, what string, cond func() (bool, string)) {
 // TestInstallWithKubectl applies both folders as the README says and checks
 // that cert-manager issued the serving certificate from the CA chain and
 // injected the CA into both webhook configurations.
-func TestInstallWithKubectl(t *testing.T) {
+func TestInstallWithKubectl(t *testing.T) { install(t) }
+
+// install applies both folders (idempotent, as kubectl apply is) and waits
+// until cert-manager has done its part.
+func install(t *testing.T) {
+	t.Helper()
 	kubectl(t, "", "apply", "-f", testdeploy.WebhookDir())
 	kubectl(t, "", "apply", "-f", testdeploy.AgentFile())
 
