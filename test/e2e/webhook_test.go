@@ -19,13 +19,16 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/podmap/podresourcestest"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 	"github.com/dynamo-power/gpu-power/test/envtestenv"
 )
 
 // TestInstalledWebhookAdmitsGPUPods runs the webhook binary with the
 // certificate cert-manager issued, behind the installed webhook
-// configurations. The only overlay: the configurations call a local URL
+// configurations, and the agent binary on simulated GPUs: a GPU pod is
+// admitted, stamped and enforced, an over-limit one denied. The only overlay: the configurations call a local URL
 // instead of the Service, and the Certificate also names 127.0.0.1.
 func TestInstalledWebhookAdmitsGPUPods(t *testing.T) {
 	install(t)
@@ -41,12 +44,22 @@ func TestInstalledWebhookAdmitsGPUPods(t *testing.T) {
 	if err := k8s.Create(t.Context(), ns); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
-	ok := testpod.MakePod("decode-0", "inference").GPU(4).NodeName("h100-node").Limit("250").Obj()
+	gpus := startAgent(t, "h100-node")
+	ok := testpod.MakePod("decode-0", "inference").GPU(2).NodeName("h100-node").Limit("250").Obj()
 	if err := k8s.Create(t.Context(), ok); err != nil {
 		t.Fatalf("GPU pod with a valid limit: %v", err)
 	}
 	if got := ok.Annotations[policy.AnnotationPowerLimitValidated]; got != "250" {
 		t.Errorf("stamp %q; want 250", got)
+	}
+	// kubelet allocates two GPUs; the agent enforces the stamped limit on them.
+	gpus.kubelet.SetPods(podresourcestest.Pod("inference", "decode-0", podresourcestest.Container("worker",
+		podresourcestest.Devices(policy.ResourceGPU, nvmlctl.FakeUUID(0), nvmlctl.FakeUUID(1)))))
+	for _, i := range []int{0, 1} {
+		eventually(t, fmt.Sprintf("GPU %d capped at 250 W", i), func() (bool, string) {
+			w := gpus.limitW(t, i)
+			return w == 250, fmt.Sprintf("%d W", w)
+		})
 	}
 	bad := testpod.MakePod("decode-1", "inference").GPU(4).NodeName("h100-node").Limit("900").Obj()
 	err := k8s.Create(t.Context(), bad)
@@ -148,6 +161,73 @@ func pointWebhooksAt(t *testing.T, base string) {
 			t.Fatalf("point %s at %s: %v", w.kind, base, err)
 		}
 	}
+}
+
+// fakeNode is the agent's simulated hardware: NVML state and kubelet.
+type fakeNode struct {
+	nvml    string
+	kubelet *podresourcestest.Server
+}
+
+func (n fakeNode) limitW(t *testing.T, i int) int64 {
+	t.Helper()
+	f, err := nvmlctl.NewFakeFromFile(n.nvml)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := f.GPU(nvmlctl.FakeUUID(i))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int64(g.Limit / 1000)
+}
+
+// startAgent runs the power-agent binary for a node of 8 simulated H100s
+// (--fake-nvml) with a fake kubelet PodResources server.
+func startAgent(t *testing.T, node string) fakeNode {
+	t.Helper()
+	dir := t.TempDir()
+	n := fakeNode{nvml: filepath.Join(dir, "nvml.json"), kubelet: podresourcestest.Start(t)}
+	if err := nvmlctl.NewFake(nvmlctl.H100s(8)...).PersistTo(n.nvml); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "power-agent")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/agent")
+	build.Dir = envtestenv.Root()
+	build.Env = append(os.Environ(), "CGO_CFLAGS=-Wno-deprecated-declarations")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build power-agent: %v\n%s", err, out)
+	}
+	probe := freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, bin, "--node-name", node, "--fake-nvml", n.nvml, "--state-dir", filepath.Join(dir, "state"),
+		"--pod-resources-socket", n.kubelet.Socket, "--metrics-bind-address", "0", "--health-probe-bind-address", probe)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig, "POD_NAMESPACE=dynamo-system")
+	log, err := os.Create(filepath.Join(dir, "agent.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		_ = cmd.Wait()
+		if t.Failed() {
+			out, _ := os.ReadFile(log.Name())
+			t.Logf("agent log:\n%s", out)
+		}
+	})
+	eventually(t, "the agent is ready", func() (bool, string) {
+		resp, err := http.Get("http://" + probe + "/readyz")
+		if err != nil {
+			return false, err.Error()
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, resp.Status
+	})
+	return n
 }
 
 func freeAddr(t *testing.T) string {
