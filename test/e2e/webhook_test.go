@@ -105,20 +105,30 @@ func servingCertForLocalhost(t *testing.T) string {
 // startWebhook runs the power-webhook binary and waits until it is ready.
 func startWebhook(t *testing.T, certDir string) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "power-webhook")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/webhook")
-	build.Dir = envtestenv.Root()
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build power-webhook: %v\n%s", err, out)
-	}
-	webhookAddr, probeAddr := freeAddr(t), freeAddr(t)
+	webhookAddr := freeAddr(t)
 	_, port, _ := net.SplitHostPort(webhookAddr)
+	startProcess(t, "webhook", []string{"CGO_ENABLED=0"}, "--cert-dir", certDir, "--webhook-port", port)
+	return "127.0.0.1:" + port
+}
+
+// startProcess builds ./cmd/<name>, runs it against the test's API server
+// until the test ends, and waits until its readiness probe passes. Its log is
+// shown when the test fails.
+func startProcess(t *testing.T, name string, buildEnv []string, args ...string) {
+	t.Helper()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "power-"+name)
+	build := exec.Command("go", "build", "-o", bin, "./cmd/"+name)
+	build.Dir = envtestenv.Root()
+	build.Env = append(os.Environ(), buildEnv...)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build power-%s: %v\n%s", name, err, out)
+	}
+	probe := freeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin, "--cert-dir", certDir, "--webhook-port", port,
-		"--metrics-bind-address", "0", "--health-probe-bind-address", probeAddr)
+	cmd := exec.CommandContext(ctx, bin, append(args, "--metrics-bind-address", "0", "--health-probe-bind-address", probe)...)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig, "POD_NAMESPACE=dynamo-system")
-	log, err := os.Create(filepath.Join(t.TempDir(), "webhook.log"))
+	log, err := os.Create(filepath.Join(dir, name+".log"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,18 +141,17 @@ func startWebhook(t *testing.T, certDir string) string {
 		_ = cmd.Wait()
 		if t.Failed() {
 			out, _ := os.ReadFile(log.Name())
-			t.Logf("webhook log:\n%s", out)
+			t.Logf("power-%s log:\n%s", name, out)
 		}
 	})
-	eventually(t, "the webhook is ready", func() (bool, string) {
-		resp, err := http.Get("http://" + probeAddr + "/readyz")
+	eventually(t, "power-"+name+" is ready", func() (bool, string) {
+		resp, err := http.Get("http://" + probe + "/readyz")
 		if err != nil {
 			return false, err.Error()
 		}
 		_ = resp.Body.Close()
 		return resp.StatusCode == http.StatusOK, resp.Status
 	})
-	return "127.0.0.1:" + port
 }
 
 // pointWebhooksAt replaces the Service in both configurations' clientConfig
@@ -191,42 +200,8 @@ func startAgent(t *testing.T, node string) fakeNode {
 	if err := nvmlctl.NewFake(nvmlctl.H100s(8)...).PersistTo(n.nvml); err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(dir, "power-agent")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/agent")
-	build.Dir = envtestenv.Root()
-	build.Env = append(os.Environ(), "CGO_CFLAGS=-Wno-deprecated-declarations")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build power-agent: %v\n%s", err, out)
-	}
-	probe := freeAddr(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin, "--node-name", node, "--fake-nvml", n.nvml, "--state-dir", filepath.Join(dir, "state"),
-		"--pod-resources-socket", n.kubelet.Socket, "--metrics-bind-address", "0", "--health-probe-bind-address", probe)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig, "POD_NAMESPACE=dynamo-system")
-	log, err := os.Create(filepath.Join(dir, "agent.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		_ = cmd.Wait()
-		if t.Failed() {
-			out, _ := os.ReadFile(log.Name())
-			t.Logf("agent log:\n%s", out)
-		}
-	})
-	eventually(t, "the agent is ready", func() (bool, string) {
-		resp, err := http.Get("http://" + probe + "/readyz")
-		if err != nil {
-			return false, err.Error()
-		}
-		_ = resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, resp.Status
-	})
+	startProcess(t, "agent", []string{"CGO_CFLAGS=-Wno-deprecated-declarations"}, "--node-name", node, "--fake-nvml", n.nvml,
+		"--state-dir", filepath.Join(dir, "state"), "--pod-resources-socket", n.kubelet.Socket)
 	return n
 }
 
