@@ -99,28 +99,42 @@ func (h *Validator) Handle(ctx context.Context, req admission.Request) admission
 func handle(ctx context.Context, webhook string, m *Metrics, req admission.Request,
 	decide func(pod, old *corev1.Pod) (admission.Response, error)) admission.Response {
 	start := time.Now()
-	logger := log.FromContext(ctx).WithValues("webhook", webhook, "operation", req.Operation,
-		"pod", strings.TrimPrefix(req.Namespace+"/"+req.Name, "/"), "uid", req.UID)
-
 	resp, err := decodeAndDecide(req, decide)
 	result := resultAllowed
 	switch {
 	case errors.Is(err, errDecode):
 		result = resultError
-		logger.Error(err, "Failed to decode admission request")
 		resp = admission.Errored(http.StatusBadRequest, err)
 	case err != nil:
 		result = resultError
-		logger.Error(err, "Failed to decide on pod")
 		resp = admission.Errored(http.StatusInternalServerError, err)
 	case !resp.Allowed:
 		result = resultDenied
+	}
+	m.observe(webhook, req.Operation, result, start)
+	logDecision(ctx, webhook, req, resp, err)
+	return resp
+}
+
+// logDecision logs errors, and each decision at V(4); the logger is only
+// built when something is logged, off the path of most requests.
+func logDecision(ctx context.Context, webhook string, req admission.Request, resp admission.Response, err error) {
+	base := log.FromContext(ctx)
+	if err == nil && !base.V(4).Enabled() {
+		return
+	}
+	logger := base.WithValues("webhook", webhook, "operation", req.Operation,
+		"pod", strings.TrimPrefix(req.Namespace+"/"+req.Name, "/"), "uid", req.UID)
+	switch {
+	case errors.Is(err, errDecode):
+		logger.Error(err, "Failed to decode admission request")
+	case err != nil:
+		logger.Error(err, "Failed to decide on pod")
+	case !resp.Allowed:
 		logger.V(4).Info("Denied pod", "reason", resp.Result.Message)
 	default:
 		logger.V(4).Info("Admitted pod", "patches", len(resp.Patches), "warnings", len(resp.Warnings))
 	}
-	m.observe(webhook, req.Operation, result, start)
-	return resp
 }
 
 // errDecode marks a request the webhook could not read.
