@@ -20,7 +20,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/wait"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -35,14 +34,7 @@ var (
 	kubeconfig string
 )
 
-func TestMain(m *testing.M) {
-	code, err := setup(m)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e setup:", err)
-		os.Exit(1)
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { envtestenv.Main(m, "e2e", setup) }
 
 func setup(m *testing.M) (int, error) {
 	assets, err := envtestenv.AssetsDir()
@@ -105,14 +97,7 @@ func kubectl(t *testing.T, stdin string, args ...string) string {
 
 func eventually(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
-	var last string
-	if err := wait.PollUntilContextTimeout(t.Context(), 100*time.Millisecond, 2*time.Minute, true, func(context.Context) (bool, error) {
-		ok, why := cond()
-		last = why
-		return ok, nil
-	}); err != nil {
-		t.Fatalf("%s: never happened; last seen: %s", what, last)
-	}
+	envtestenv.Eventually(t, 2*time.Minute, what, cond)
 }
 
 // TestInstallWithKubectl applies both folders as the README says and checks

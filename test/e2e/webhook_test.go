@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -144,14 +143,7 @@ func startProcess(t *testing.T, name string, buildEnv []string, args ...string) 
 			t.Logf("power-%s log:\n%s", name, out)
 		}
 	})
-	eventually(t, "power-"+name+" is ready", func() (bool, string) {
-		resp, err := http.Get("http://" + probe + "/readyz")
-		if err != nil {
-			return false, err.Error()
-		}
-		_ = resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, resp.Status
-	})
+	eventually(t, "power-"+name+" is ready", func() (bool, string) { return envtestenv.Ready(probe) })
 }
 
 // pointWebhooksAt replaces the Service in both configurations' clientConfig
@@ -207,10 +199,9 @@ func startAgent(t *testing.T, node string) fakeNode {
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := envtestenv.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().String()
+	return addr
 }

@@ -1,5 +1,6 @@
-// Package envtestenv finds the Kubernetes test binaries that `make envtest`
-// builds from Go modules (hack/build-k8s.sh), for every test level.
+// Package envtestenv is what every test level shares: the Kubernetes test
+// binaries that `make envtest` builds from Go modules (hack/build-k8s.sh), an
+// admin kubeconfig, and waiting for conditions and for binaries to be ready.
 package envtestenv
 
 import (

@@ -6,8 +6,6 @@ package agent_test
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,7 +19,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -44,14 +41,7 @@ var (
 	agentBin   string
 )
 
-func TestMain(m *testing.M) {
-	code, err := setup(m)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "agent integration setup:", err)
-		os.Exit(1)
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { envtestenv.Main(m, "agent integration", setup) }
 
 func setup(m *testing.M) (int, error) {
 	assets, err := envtestenv.AssetsDir()
@@ -154,14 +144,7 @@ func (n *node) start(interval string) {
 			n.t.Logf("agent log:\n%s", log)
 		}
 	})
-	n.eventually("the agent is ready", func() (bool, string) {
-		resp, err := http.Get("http://" + n.probe + "/readyz")
-		if err != nil {
-			return false, err.Error()
-		}
-		_ = resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, resp.Status
-	})
+	n.eventually("the agent is ready", func() (bool, string) { return envtestenv.Ready(n.probe) })
 }
 
 // stop sends SIGTERM, as the kubelet does, and waits for the exit.
@@ -191,14 +174,7 @@ func (n *node) limitW(i int) int64 {
 
 func (n *node) eventually(what string, cond func() (bool, string)) {
 	n.t.Helper()
-	var last string
-	if err := wait.PollUntilContextTimeout(n.t.Context(), 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
-		ok, why := cond()
-		last = why
-		return ok, nil
-	}); err != nil {
-		n.t.Fatalf("%s: never happened; last seen: %s", what, last)
-	}
+	envtestenv.Eventually(n.t, time.Minute, what, cond)
 }
 
 func (n *node) limitBecomes(i int, watts int64) {
@@ -210,12 +186,12 @@ func (n *node) limitBecomes(i int, watts int64) {
 }
 
 func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	t.Helper()
+	addr, err := envtestenv.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().String()
+	return addr
 }
 
 func TestAgentEnforcesAdmittedLimits(t *testing.T) {

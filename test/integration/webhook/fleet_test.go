@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"strconv"
 	"sync"
 	"time"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 	powerwebhook "github.com/dynamo-power/gpu-power/pkg/webhook"
+	"github.com/dynamo-power/gpu-power/test/envtestenv"
 )
 
 // fleet runs webhook replicas in this process, each a whole manager with its
@@ -92,11 +92,11 @@ func proxy(client net.Conn, backend string) {
 
 // start runs one more replica and waits until it is ready.
 func (f *fleet) start() error {
-	webhookAddr, err := freeAddr()
+	webhookAddr, err := envtestenv.FreeAddr()
 	if err != nil {
 		return err
 	}
-	probeAddr, err := freeAddr()
+	probeAddr, err := envtestenv.FreeAddr()
 	if err != nil {
 		return err
 	}
@@ -145,12 +145,8 @@ func (f *fleet) start() error {
 	// Ready means the webhook server listens and every cache (the node index
 	// included) has synced: the same probe the Deployment uses.
 	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
-		resp, err := http.Get("http://" + probeAddr + "/readyz")
-		if err != nil {
-			return false, nil
-		}
-		_ = resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
+		ok, _ := envtestenv.Ready(probeAddr)
+		return ok, nil
 	}); err != nil {
 		cancel()
 		return fmt.Errorf("webhook replica never became ready: %w", err)
@@ -218,12 +214,3 @@ func (f *fleet) registries() []*prometheus.Registry {
 var skipNameValidation = true
 
 func durationPtr(d time.Duration) *time.Duration { return &d }
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().String(), nil
-}
