@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the Kubernetes binaries the tests run (etcd, kube-apiserver, kubectl) from
+# Builds the Kubernetes binaries the tests run (etcd, kube-apiserver, kubectl; and for the
+# one-node cluster kubelet, kube-controller-manager, kube-scheduler) from
 # Go modules into bin/k8s/<version>/, so no downloaded binary is ever needed.
 #
 #   hack/build-k8s.sh [binary ...]     default: etcd kube-apiserver kubectl
@@ -21,6 +22,9 @@ declare -A pkg=(
 	[etcd]=./cmd/etcd
 	[kube-apiserver]=k8s.io/kubernetes/cmd/kube-apiserver
 	[kubectl]=k8s.io/kubernetes/cmd/kubectl
+	[kubelet]=k8s.io/kubernetes/cmd/kubelet
+	[kube-controller-manager]=k8s.io/kubernetes/cmd/kube-controller-manager
+	[kube-scheduler]=k8s.io/kubernetes/cmd/kube-scheduler
 )
 
 stamp=""
