@@ -1,0 +1,114 @@
+// Command realnode starts (`up`) and stops (`down`) a real one-node cluster
+// on this machine for tests and demos; `addons` is the process it starts for
+// cert-manager's controllers and the simulated GPUs. Run it as root.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/test/e2e/certmanager"
+	"github.com/dynamo-power/gpu-power/test/realnode"
+	"github.com/dynamo-power/gpu-power/test/realnode/gpusim"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: realnode up|down|addons [flags]")
+		os.Exit(2)
+	}
+	logf := func(format string, args ...any) { fmt.Printf("realnode: "+format+"\n", args...) }
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	var err error
+	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
+	case "up":
+		err = up(ctx, args, logf)
+	case "down":
+		err = realnode.Down(logf)
+	case "addons":
+		err = addons(ctx, args, logf)
+	default:
+		err = fmt.Errorf("unknown command %q (want up, down or addons)", cmd)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "realnode: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func up(ctx context.Context, args []string, logf func(string, ...any)) error {
+	fs := flag.NewFlagSet("up", flag.ExitOnError)
+	root := fs.String("root", ".", "Repository root.")
+	k8sBin := fs.String("k8s-bin", "bin/k8s/1.37.2", "Folder of the Kubernetes binaries (hack/build-k8s.sh).")
+	gpus := fs.Int("gpus", 2, "Simulated H100s.")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	absRoot, err := filepath.Abs(*root)
+	if err != nil {
+		return err
+	}
+	absBin, err := filepath.Abs(*k8sBin)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
+	defer cancel()
+	_, err = realnode.Up(ctx, realnode.Options{Root: absRoot, K8sBin: absBin, GPUs: *gpus, Owner: "make cluster-up", Logf: logf})
+	return err
+}
+
+// addons runs cert-manager's controllers and cainjector, the fake device
+// plugin and the fake NVML's process feeder until SIGTERM.
+func addons(ctx context.Context, args []string, logf func(string, ...any)) error {
+	fs := flag.NewFlagSet("addons", flag.ExitOnError)
+	gpus := fs.Int("gpus", 2, "Simulated H100s.")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	kubeconfig := filepath.Join(realnode.Dir, "pki", "addons.kubeconfig")
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	var uuids []string
+	for i := range *gpus {
+		uuids = append(uuids, nvmlctl.FakeUUID(i))
+	}
+	go func() { _ = (&gpusim.Plugin{UUIDs: uuids}).Serve(ctx, logf) }()
+	go func() {
+		f := &gpusim.Feeder{Client: client, NodeName: realnode.NodeName, NVMLFile: realnode.FakeNVMLFile, Period: 200 * time.Millisecond}
+		if err := f.Run(ctx, logf); err != nil {
+			logf("Feeder stopped: %v", err)
+		}
+	}()
+	// cert-manager needs its CRDs, which `up` installs after this starts.
+	for {
+		if err := certmanager.Start(ctx, kubeconfig, cfg); err == nil {
+			break
+		} else if ctx.Err() != nil {
+			return nil
+		} else {
+			logf("cert-manager not started yet: %v", err)
+		}
+		time.Sleep(time.Second)
+	}
+	logf("cert-manager controllers and cainjector started")
+	<-ctx.Done()
+	return nil
+}

@@ -1,0 +1,588 @@
+// Package realnode starts and tears down a real one-node Kubernetes cluster
+// on this machine: etcd, kube-apiserver, kube-controller-manager,
+// kube-scheduler, a private containerd and a real kubelet, with images built
+// here (no registry, no Docker) and simulated GPUs only (a fake NVIDIA device
+// plugin and the fake NVML's state file). It changes the host only in ways
+// it records first and puts back at teardown; one such cluster runs per
+// machine. It never runs in a shipped binary.
+package realnode
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	nodev1 "k8s.io/api/node/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+)
+
+// The cluster's fixed places and addresses. Pods live on a bridge of their
+// own; the API server listens on the first address of the service range, so
+// pods reach it through the in-cluster address the kubelet gives them, with
+// no kube-proxy. No address here is routed off this machine.
+const (
+	Dir           = "/var/lib/gpu-power-realnode"
+	Bridge        = "gpupower0"
+	NodeIP        = "10.225.0.1"
+	PodSubnet     = "10.225.0.0/24"
+	ServiceSubnet = "10.225.1.0/24"
+	APIServerIP   = "10.225.1.1"
+	APIServerURL  = "https://" + APIServerIP + ":443"
+	NodeName      = "gpu-node-0"
+	// PauseImage is the sandbox image, and the workload image of test pods.
+	PauseImage       = "gpu-power.local/pause:dev"
+	ContainerdSocket = Dir + "/containerd/containerd.sock"
+	// FakeNVMLFile is the simulated GPUs' state, in the agent's state
+	// folder (a hostPath the DaemonSet already mounts).
+	FakeNVMLFile = "/var/lib/power-agent/fake-nvml.json"
+	// Kubeconfig is the admin kubeconfig of a running cluster.
+	Kubeconfig = Dir + "/pki/admin.kubeconfig"
+	lockFile   = "/run/gpu-power-realnode.lock"
+	stateFile  = Dir + "/state.json"
+)
+
+// GPUProduct is the product label of the simulated GPUs (the fake NVML's H100).
+const GPUProduct = "NVIDIA-H100-80GB-HBM3"
+
+// Options of Up.
+type Options struct {
+	// Root is the repository root (binaries are built from it).
+	Root string
+	// K8sBin holds etcd, kube-apiserver, kubectl, kubelet,
+	// kube-controller-manager and kube-scheduler.
+	K8sBin string
+	// GPUs is the number of simulated H100s (default 2).
+	GPUs int
+	// Owner names who started the cluster ("make cluster-up", "test").
+	Owner string
+	// Logf prints progress.
+	Logf func(format string, args ...any)
+}
+
+// State is what a running cluster records in Dir, so that teardown (maybe
+// by another process, maybe after a crash) finds everything.
+type State struct {
+	Owner      string    `json:"owner"`
+	OwnerPID   int       `json:"ownerPID"`
+	OwnerStart uint64    `json:"ownerStart"`
+	Before     HostState `json:"before"`
+	Procs      []Proc    `json:"procs"`
+	GPUs       int       `json:"gpus"`
+}
+
+// Cluster is a running cluster.
+type Cluster struct {
+	State  State
+	Config *rest.Config
+	Client kubernetes.Interface
+	K8sBin string
+}
+
+// Kubectl runs kubectl against the cluster as its admin.
+func (c *Cluster) Kubectl(ctx context.Context, stdin string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(c.K8sBin, "kubectl"), append([]string{"--kubeconfig", Kubeconfig}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("kubectl %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// RequiredBinaries are the Kubernetes binaries a node runs.
+var RequiredBinaries = []string{"etcd", "kube-apiserver", "kubectl", "kubelet", "kube-controller-manager", "kube-scheduler"}
+
+// lock serialises Up and Down between processes.
+func lock() (func(), error) {
+	f, err := os.OpenFile(lockFile, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", lockFile, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("lock %s: %w", lockFile, err)
+	}
+	return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN); _ = f.Close() }, nil
+}
+
+func readState() (*State, error) {
+	data, err := os.ReadFile(stateFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var s State
+	if err := json.Unmarshal(data, &s); err != nil {
+		return nil, fmt.Errorf("read %s: %w", stateFile, err)
+	}
+	return &s, nil
+}
+
+func (s *State) write() error {
+	data, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(Dir, 0o755); err != nil {
+		return err
+	}
+	tmp := stateFile + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, stateFile)
+}
+
+// running reports whether the cluster's owner and processes still run.
+func (s *State) running() bool {
+	owner := Proc{PID: s.OwnerPID, StartTime: s.OwnerStart}
+	if s.Owner != "make cluster-up" && !owner.Alive() {
+		return false // a test that died leaves a cluster nobody uses
+	}
+	for _, p := range s.Procs {
+		if p.Alive() {
+			return true
+		}
+	}
+	return false
+}
+
+// Up starts the cluster and returns once the node is Ready and advertises
+// its GPUs. A cluster left by a crashed run is torn down first.
+func Up(ctx context.Context, o Options) (c *Cluster, err error) {
+	if o.GPUs == 0 {
+		o.GPUs = 2
+	}
+	logf := o.Logf
+	started := time.Now()
+	step := func(format string, args ...any) {
+		logf("[%5.1fs] %s", time.Since(started).Seconds(), fmt.Sprintf(format, args...))
+	}
+	for _, b := range RequiredBinaries {
+		if _, err := os.Stat(filepath.Join(o.K8sBin, b)); err != nil {
+			return nil, fmt.Errorf("%s not found in %s: run `make cluster-binaries` (hack/build-k8s.sh)", b, o.K8sBin)
+		}
+	}
+	if err := ensurePackages(logf); err != nil {
+		return nil, err
+	}
+	unlock, err := lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if old, err := readState(); err != nil {
+		return nil, err
+	} else if old != nil {
+		if old.running() {
+			return nil, fmt.Errorf("a cluster started by %s (pid %d) is already up: one per machine; `make cluster-down` stops it", old.Owner, old.OwnerPID)
+		}
+		step("cleaning up a cluster left by a run that did not tear it down")
+		if err := down(old, logf); err != nil {
+			return nil, fmt.Errorf("clean up the previous cluster: %w", err)
+		}
+	}
+	before, err := SnapshotHost()
+	if err != nil {
+		return nil, err
+	}
+	ownerStart, _ := startTime(os.Getpid())
+	st := &State{Owner: o.Owner, OwnerPID: os.Getpid(), OwnerStart: ownerStart, Before: before, GPUs: o.GPUs}
+	for _, d := range []string{"logs", "bin", "images", "etcd", "apiserver", "cni/net.d", "cni/ipam", "containerd"} {
+		if err := os.MkdirAll(filepath.Join(Dir, d), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	if err := st.write(); err != nil {
+		return nil, err
+	}
+	// From here on a failure tears down what started.
+	defer func() {
+		if err != nil {
+			logf("start failed; logs are in %s/logs; tearing down", Dir)
+			if dumpErr := dumpLogs(logf); dumpErr != nil {
+				logf("%v", dumpErr)
+			}
+			if derr := down(st, logf); derr != nil {
+				logf("teardown: %v", derr)
+			}
+		}
+	}()
+	launch := func(name, bin string, args ...string) error {
+		p, err := start(filepath.Join(Dir, "logs"), name, bin, args, nil)
+		if err != nil {
+			return err
+		}
+		st.Procs = append(st.Procs, p)
+		return st.write()
+	}
+
+	p := pki{dir: filepath.Join(Dir, "pki")}
+	if err := p.write(); err != nil {
+		return nil, fmt.Errorf("certificates: %w", err)
+	}
+	for _, args := range [][]string{
+		{"link", "add", Bridge, "type", "bridge"},
+		{"addr", "add", NodeIP + "/24", "dev", Bridge},
+		{"addr", "add", APIServerIP + "/32", "dev", Bridge},
+		{"link", "set", Bridge, "up"},
+	} {
+		if err := run("ip", args...); err != nil {
+			return nil, err
+		}
+	}
+	step("bridge %s: node %s, API server %s", Bridge, NodeIP, APIServerIP)
+
+	etcdPort, peerPort, err := freePorts()
+	if err != nil {
+		return nil, err
+	}
+	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", etcdPort)
+	peerURL := fmt.Sprintf("http://127.0.0.1:%d", peerPort)
+	if err := launch("etcd", filepath.Join(o.K8sBin, "etcd"), "--data-dir", filepath.Join(Dir, "etcd"),
+		"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL,
+		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL, "--initial-cluster", "default="+peerURL,
+		"--unsafe-no-fsync"); err != nil {
+		return nil, err
+	}
+	if err := waitFor(ctx, time.Minute, "etcd healthy", func() (bool, error) {
+		resp, err := http.Get(etcdURL + "/health")
+		if err != nil {
+			return false, nil //nolint:nilerr // not up yet
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	}); err != nil {
+		return nil, err
+	}
+	step("etcd healthy")
+
+	if err := launch("kube-apiserver", filepath.Join(o.K8sBin, "kube-apiserver"),
+		"--etcd-servers", etcdURL,
+		"--bind-address", APIServerIP, "--secure-port", "443", "--advertise-address", APIServerIP,
+		"--service-cluster-ip-range", ServiceSubnet,
+		"--cert-dir", filepath.Join(Dir, "apiserver"),
+		"--tls-cert-file", p.path("apiserver.crt"), "--tls-private-key-file", p.path("apiserver.key"),
+		"--client-ca-file", p.path("ca.crt"),
+		"--service-account-key-file", p.path("sa.pub"), "--service-account-signing-key-file", p.path("sa.key"),
+		"--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
+		"--authorization-mode", "Node,RBAC", "--enable-admission-plugins", "NodeRestriction",
+		"--kubelet-client-certificate", p.path("apiserver-kubelet-client.crt"),
+		"--kubelet-client-key", p.path("apiserver-kubelet-client.key"),
+		// Webhooks are reached at their Service's endpoints: no kube-proxy.
+		"--enable-aggregator-routing=true",
+		"--allow-privileged=true",
+	); err != nil {
+		return nil, err
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", Kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitFor(ctx, 2*time.Minute, "kube-apiserver ready", func() (bool, error) {
+		body, err := client.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+		return err == nil && string(body) == "ok", nil
+	}); err != nil {
+		return nil, err
+	}
+	step("kube-apiserver ready at %s", APIServerURL)
+	c = &Cluster{Config: cfg, Client: client, K8sBin: o.K8sBin}
+	crds, err := certManagerCRDs(o.Root)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.Kubectl(ctx, "", "apply", "--server-side", "-f", crds); err != nil {
+		return nil, err
+	}
+	if _, err := c.Kubectl(ctx, "", "wait", "--for", "condition=Established", "--timeout", "2m", "crd", "--all"); err != nil {
+		return nil, err
+	}
+	step("cert-manager CRDs established")
+
+	if err := launch("kube-controller-manager", filepath.Join(o.K8sBin, "kube-controller-manager"),
+		"--kubeconfig", p.kubeconfig("controller-manager"),
+		"--service-account-private-key-file", p.path("sa.key"), "--root-ca-file", p.path("ca.crt"),
+		"--use-service-account-credentials=true", "--leader-elect=false", "--secure-port=0",
+	); err != nil {
+		return nil, err
+	}
+	if err := launch("kube-scheduler", filepath.Join(o.K8sBin, "kube-scheduler"),
+		"--kubeconfig", p.kubeconfig("scheduler"), "--leader-elect=false", "--secure-port=0",
+	); err != nil {
+		return nil, err
+	}
+	step("kube-controller-manager and kube-scheduler started")
+
+	binDir := filepath.Join(Dir, "bin")
+	if err := buildBinaries(o.Root, binDir, step); err != nil {
+		return nil, err
+	}
+	if err := writeFile(filepath.Join(Dir, "containerd", "config.toml"), containerdConfig()); err != nil {
+		return nil, err
+	}
+	if err := writeFile(filepath.Join(Dir, "cni", "net.d", "10-gpu-power.conflist"), cniConfig()); err != nil {
+		return nil, err
+	}
+	if err := launch("containerd", "containerd", "--config", filepath.Join(Dir, "containerd", "config.toml")); err != nil {
+		return nil, err
+	}
+	if err := waitFor(ctx, time.Minute, "containerd serving", func() (bool, error) {
+		return run("ctr", "--address", ContainerdSocket, "version") == nil, nil
+	}); err != nil {
+		return nil, err
+	}
+	step("containerd serving on %s", ContainerdSocket)
+	imgs, err := images(o.Root, binDir)
+	if err != nil {
+		return nil, err
+	}
+	for i, img := range imgs {
+		path := filepath.Join(Dir, "images", fmt.Sprintf("%d.tar", i))
+		if err := writeImage(img, path); err != nil {
+			return nil, fmt.Errorf("image %s: %w", img.Ref, err)
+		}
+		if err := run("ctr", "--address", ContainerdSocket, "-n", "k8s.io", "images", "import", path); err != nil {
+			return nil, err
+		}
+	}
+	step("imported %d images", len(imgs))
+
+	fake := nvmlctl.NewFake(nvmlctl.H100s(o.GPUs)...)
+	if err := os.MkdirAll(filepath.Dir(FakeNVMLFile), 0o755); err != nil {
+		return nil, err
+	}
+	if err := fake.PersistTo(FakeNVMLFile); err != nil {
+		return nil, err
+	}
+	if err := writeFile(filepath.Join(Dir, "kubelet", "config.yaml"), kubeletConfig(p)); err != nil {
+		return nil, err
+	}
+	if err := launch("kubelet", filepath.Join(o.K8sBin, "kubelet"),
+		"--config", filepath.Join(Dir, "kubelet", "config.yaml"),
+		"--kubeconfig", p.kubeconfig("kubelet"),
+		"--hostname-override", NodeName, "--node-ip", NodeIP,
+		"--node-labels", "nvidia.com/gpu.present=true,nvidia.com/gpu.product="+GPUProduct,
+		"-v", "2",
+	); err != nil {
+		return nil, err
+	}
+	if err := waitFor(ctx, 3*time.Minute, "node "+NodeName+" Ready", func() (bool, error) {
+		n, err := client.CoreV1().Nodes().Get(ctx, NodeName, metav1.GetOptions{})
+		if err != nil {
+			return false, nil //nolint:nilerr // not registered yet
+		}
+		for _, c := range n.Status.Conditions {
+			if c.Type == corev1.NodeReady {
+				return c.Status == corev1.ConditionTrue, nil
+			}
+		}
+		return false, nil
+	}); err != nil {
+		return nil, err
+	}
+	step("node %s Ready", NodeName)
+
+	if err := launch("addons", filepath.Join(binDir, "realnode"), "addons", "--gpus", fmt.Sprint(o.GPUs)); err != nil {
+		return nil, err
+	}
+	if err := waitFor(ctx, 2*time.Minute, "node advertises its GPUs", func() (bool, error) {
+		n, err := client.CoreV1().Nodes().Get(ctx, NodeName, metav1.GetOptions{})
+		if err != nil {
+			return false, nil //nolint:nilerr // retried
+		}
+		q := n.Status.Allocatable["nvidia.com/gpu"]
+		return q.Value() == int64(o.GPUs), nil
+	}); err != nil {
+		return nil, err
+	}
+	step("fake device plugin registered: %d nvidia.com/gpu; cert-manager's controllers and cainjector run beside it", o.GPUs)
+
+	rc := &nodev1.RuntimeClass{ObjectMeta: metav1.ObjectMeta{Name: "nvidia"}, Handler: "runc"}
+	if _, err := client.NodeV1().RuntimeClasses().Create(ctx, rc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return nil, err
+	}
+	c.State = *st
+	step("cluster up: KUBECONFIG=%s", Kubeconfig)
+	return c, nil
+}
+
+// Down tears the cluster down and puts the host back. It does nothing when
+// no cluster is recorded.
+func Down(logf func(string, ...any)) error {
+	unlock, err := lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	st, err := readState()
+	if err != nil || st == nil {
+		return err
+	}
+	return down(st, logf)
+}
+
+// Before returns the host state recorded before the running cluster started.
+func Before() (*HostState, error) {
+	st, err := readState()
+	if err != nil || st == nil {
+		return nil, err
+	}
+	return &st.Before, nil
+}
+
+func down(st *State, logf func(string, ...any)) error {
+	start := time.Now()
+	var errs []error
+	for i := len(st.Procs) - 1; i >= 0; i-- {
+		if err := st.Procs[i].Stop(20 * time.Second); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	killShims()
+	if err := restoreHost(st.Before, logf); err != nil {
+		errs = append(errs, err)
+	}
+	logf("cluster down in %.1fs", time.Since(start).Seconds())
+	return errors.Join(errs...)
+}
+
+// killShims ends containerd's runc shims of this node's containerd: they
+// outlive containerd by design.
+func killShims() {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		data, err := os.ReadFile(p)
+		if err != nil || !strings.Contains(string(data), "containerd-shim") || !strings.Contains(string(data), Dir) {
+			continue
+		}
+		var pid int
+		if _, err := fmt.Sscanf(p, "/proc/%d/cmdline", &pid); err == nil {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+func dumpLogs(logf func(string, ...any)) error {
+	logs, err := filepath.Glob(filepath.Join(Dir, "logs", "*.log"))
+	if err != nil {
+		return err
+	}
+	for _, l := range logs {
+		data, err := os.ReadFile(l)
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+		if len(lines) > 15 {
+			lines = lines[len(lines)-15:]
+		}
+		logf("--- last lines of %s:\n%s", l, strings.Join(lines, "\n"))
+	}
+	return nil
+}
+
+func run(name string, args ...string) error {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func waitFor(ctx context.Context, timeout time.Duration, what string, cond func() (bool, error)) error {
+	var last error
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
+		ok, err := cond()
+		last = err
+		return ok, nil
+	})
+	if err != nil {
+		return fmt.Errorf("%s: not within %s (last error: %v)", what, timeout, last)
+	}
+	return nil
+}
+
+// ensurePackages installs containerd, runc and the CNI plugins from the
+// distribution when they are missing (a fresh machine has none).
+func ensurePackages(logf func(string, ...any)) error {
+	missing := false
+	for _, f := range []string{"containerd", "ctr", "runc"} {
+		if _, err := exec.LookPath(f); err != nil {
+			missing = true
+		}
+	}
+	if _, err := os.Stat(filepath.Join(cniBinDir, "bridge")); err != nil {
+		missing = true
+	}
+	if !missing {
+		return nil
+	}
+	if _, err := exec.LookPath("apt-get"); err != nil {
+		return errors.New("containerd, runc and the CNI plugins are missing and there is no apt-get to install them")
+	}
+	logf("installing containerd, runc and containernetworking-plugins with apt-get...")
+	for _, args := range [][]string{
+		{"update", "-q"},
+		{"install", "-y", "-q", "--no-install-recommends", "containerd", "runc", "containernetworking-plugins"},
+	} {
+		cmd := exec.Command("apt-get", args...)
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("apt-get %s: %w\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	return nil
+}
+
+// certManagerCRDs is the folder of cert-manager's CRDs in the module cache.
+func certManagerCRDs(root string) (string, error) {
+	cmd := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/cert-manager/cert-manager")
+	cmd.Dir = root
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("locate cert-manager in the module cache: %w", err)
+	}
+	return filepath.Join(strings.TrimSpace(string(out)), "deploy", "crds"), nil
+}
+
+func freePorts() (int, int, error) {
+	var ports []int
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			_ = l.Close()
+		}
+	}()
+	for range 2 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, 0, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports[0], ports[1], nil
+}
