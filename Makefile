@@ -52,6 +52,20 @@ images: ## Build both images with Docker (needs a Docker engine).
 	docker build -f build/webhook.Dockerfile -t $(IMAGE_REPO)/power-webhook:$(IMAGE_TAG) .
 	docker build -f build/agent.Dockerfile -t $(IMAGE_REPO)/power-agent:$(IMAGE_TAG) .
 
+##@ Try it
+
+.PHONY: demo
+demo: envtest build ## Play the planner scenario here (real API server + cert-manager, both binaries, simulated GPUs); exits 0 only if every step behaved.
+	@echo "go build -o bin/power-sandbox ./test/sandbox/cmd/sandbox"
+	@go build -o bin/power-sandbox ./test/sandbox/cmd/sandbox
+	bin/power-sandbox --bin-dir bin demo
+
+.PHONY: up
+up: envtest build ## Start the same environment and keep it running until Ctrl-C; prints the KUBECONFIG to use.
+	@echo "go build -o bin/power-sandbox ./test/sandbox/cmd/sandbox"
+	@go build -o bin/power-sandbox ./test/sandbox/cmd/sandbox
+	bin/power-sandbox --bin-dir bin $(if $(SANDBOX_DIR),--dir $(SANDBOX_DIR)) up
+
 ##@ Test
 
 .PHONY: test

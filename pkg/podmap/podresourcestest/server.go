@@ -5,6 +5,8 @@ package podresourcestest
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -29,32 +31,48 @@ type Server struct {
 // Start serves pods until the test ends.
 func Start(tb testing.TB, pods ...*podresourcesv1.PodResources) *Server {
 	tb.Helper()
-	// Not tb.TempDir(): a long test name would push the path past the 108
+	s, stop, err := Serve(pods...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := stop(); err != nil {
+			tb.Errorf("fake kubelet: %v", err)
+		}
+	})
+	return s
+}
+
+// Serve serves pods on a socket in a new temporary folder until stop is
+// called; stop removes the folder and reports a failure to serve. Start is
+// the form for tests; demos and sandboxes call Serve.
+func Serve(pods ...*podresourcesv1.PodResources) (s *Server, stop func() error, err error) {
+	// Not t.TempDir(): a long test name would push the path past the 108
 	// bytes a unix socket address holds.
 	dir, err := os.MkdirTemp("", "podres")
 	if err != nil {
-		tb.Fatalf("socket directory: %v", err)
+		return nil, nil, fmt.Errorf("socket directory: %w", err)
 	}
-	tb.Cleanup(func() {
-		if err := os.RemoveAll(dir); err != nil {
-			tb.Errorf("remove socket directory: %v", err)
-		}
-	})
-	s := &Server{Socket: filepath.Join(dir, "kubelet.sock"), pods: pods}
+	s = &Server{Socket: filepath.Join(dir, "kubelet.sock"), pods: pods}
 	lis, err := net.Listen("unix", s.Socket)
 	if err != nil {
-		tb.Fatalf("listen on %s: %v", s.Socket, err)
+		_ = os.RemoveAll(dir)
+		return nil, nil, fmt.Errorf("listen on %s: %w", s.Socket, err)
 	}
 	srv := grpc.NewServer()
 	podresourcesv1.RegisterPodResourcesListerServer(srv, s)
-	go func() {
-		// Serve returns nil after Stop; anything else is the fake failing.
-		if err := srv.Serve(lis); err != nil {
-			tb.Errorf("serve pod resources on %s: %v", s.Socket, err)
+	served := make(chan error, 1)
+	// Serve returns nil after Stop; anything else is the fake failing.
+	go func() { served <- srv.Serve(lis) }()
+	stop = func() error {
+		srv.Stop()
+		err := <-served
+		if err != nil {
+			err = fmt.Errorf("serve pod resources on %s: %w", s.Socket, err)
 		}
-	}()
-	tb.Cleanup(srv.Stop)
-	return s
+		return errors.Join(err, os.RemoveAll(dir))
+	}
+	return s, stop, nil
 }
 
 // SetPods replaces what List answers from now on.

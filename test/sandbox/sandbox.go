@@ -1,0 +1,419 @@
+// Package sandbox runs the whole system on one machine with no cluster and no
+// GPU: a real kube-apiserver and etcd, cert-manager's own controllers and
+// cainjector, both manifest folders applied unchanged with kubectl, the
+// power-webhook binary serving the certificate cert-manager issued, and the
+// power-agent binary on simulated H100s beside a simulated kubelet. The e2e
+// tests, `make demo` and `make up` all run on it.
+//
+// The only overlay on the shipped manifests: both webhook configurations call
+// the webhook at a local URL instead of through the Service, and the serving
+// Certificate also names 127.0.0.1.
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	admissionv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/podmap/podresourcestest"
+	"github.com/dynamo-power/gpu-power/pkg/policy"
+	"github.com/dynamo-power/gpu-power/test/e2e/certmanager"
+	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/testdeploy"
+)
+
+// The sandbox's names: what the shipped manifests create, and its one node.
+const (
+	Namespace      = "dynamo-system"
+	CertificateRef = "power-webhook-serving"
+	SecretName     = "power-webhook-serving-cert"
+	NodeName       = "h100-node"
+	GPUProduct     = "NVIDIA-H100-80GB-HBM3"
+	GPUCount       = 8
+)
+
+// Options configure a sandbox.
+type Options struct {
+	// Dir receives everything the sandbox writes: kubeconfig, certificates,
+	// the simulated GPUs' state, the ledger and the binaries' logs.
+	Dir string
+	// BinDir holds power-webhook and power-agent already built (`make
+	// build`); empty builds them into Dir.
+	BinDir string
+	// Progress gets one line per step; nil discards them.
+	Progress io.Writer
+}
+
+// Sandbox is a running system.
+type Sandbox struct {
+	Dir        string
+	Kubeconfig string
+	Config     *rest.Config
+	Client     client.Client
+	// NVMLState is the simulated GPUs' state file: the agent's --fake-nvml.
+	NVMLState string
+	// CertDir is the webhook's certificate folder, kept in step with the
+	// serving Secret as the kubelet keeps a Secret volume.
+	CertDir string
+	// WebhookURL is where both webhook configurations send admissions.
+	WebhookURL     string
+	Webhook, Agent *Process
+
+	kubelet  *kubelet
+	progress io.Writer
+	cancel   context.CancelFunc
+	cleanups []func() error
+	// failures collects what the background loops (secret volume, kubelet)
+	// could not do; Err reports them.
+	failures chan error
+}
+
+// Start brings everything up and returns once both binaries are ready. On
+// error, what was started is stopped again.
+func Start(ctx context.Context, o Options) (s *Sandbox, err error) {
+	if o.Dir == "" {
+		return nil, errors.New("sandbox: Options.Dir is required")
+	}
+	bg, cancel := context.WithCancel(context.Background())
+	s = &Sandbox{
+		Dir: o.Dir, NVMLState: filepath.Join(o.Dir, "nvml.json"), CertDir: filepath.Join(o.Dir, "webhook-certs"),
+		progress: o.Progress, cancel: cancel, failures: make(chan error, 16),
+	}
+	if s.progress == nil {
+		s.progress = io.Discard
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, s.Stop())
+			s = nil
+		}
+	}()
+	binDir := o.BinDir
+	if binDir == "" {
+		binDir = filepath.Join(o.Dir, "bin")
+		s.step("Building power-webhook and power-agent into %s", binDir)
+		if err := Binaries(ctx, binDir); err != nil {
+			return s, err
+		}
+	}
+	if err := s.startAPIServer(bg); err != nil {
+		return s, err
+	}
+	if err := s.install(ctx); err != nil {
+		return s, err
+	}
+	if err := s.startWebhook(ctx, bg, binDir); err != nil {
+		return s, err
+	}
+	if err := s.startAgent(ctx, bg, binDir); err != nil {
+		return s, err
+	}
+	return s, nil
+}
+
+func (s *Sandbox) step(format string, args ...any) {
+	_, _ = fmt.Fprintf(s.progress, "==> "+format+"\n", args...)
+}
+
+func (s *Sandbox) fail(err error) {
+	select {
+	case s.failures <- err:
+	default:
+	}
+}
+
+// Err returns the first failure of a background loop, if any.
+func (s *Sandbox) Err() error {
+	select {
+	case err := <-s.failures:
+		return err
+	default:
+		return nil
+	}
+}
+
+// Stop stops the binaries (SIGTERM, as on a pod's deletion), cert-manager,
+// the API server and etcd. It keeps Dir.
+func (s *Sandbox) Stop() error {
+	var errs []error
+	for _, p := range []*Process{s.Agent, s.Webhook} {
+		if p != nil {
+			errs = append(errs, p.Stop(time.Minute))
+		}
+	}
+	s.cancel()
+	for i := len(s.cleanups) - 1; i >= 0; i-- {
+		errs = append(errs, s.cleanups[i]())
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Sandbox) startAPIServer(bg context.Context) error {
+	assets, err := envtestenv.AssetsDir()
+	if err != nil {
+		return err
+	}
+	cmCRDs, err := certmanager.CRDDir()
+	if err != nil {
+		return err
+	}
+	s.step("Starting etcd and kube-apiserver v%s (built from Go modules in %s)", envtestenv.K8sVersion, assets)
+	env := &envtest.Environment{
+		BinaryAssetsDirectory: assets,
+		// Only cert-manager's CRDs are preinstalled, as on a cluster that has
+		// cert-manager; ours come with `kubectl apply -f deploy/webhook/`.
+		CRDInstallOptions: envtest.CRDInstallOptions{Paths: []string{cmCRDs}, ErrorIfPathMissing: true},
+	}
+	if s.Config, err = env.Start(); err != nil {
+		return fmt.Errorf("start API server: %w", err)
+	}
+	s.cleanups = append(s.cleanups, env.Stop)
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, cmapi.AddToScheme, powerv1alpha1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			return err
+		}
+	}
+	if s.Client, err = client.New(s.Config, client.Options{Scheme: scheme}); err != nil {
+		return err
+	}
+	if s.Kubeconfig, err = envtestenv.WriteKubeconfig(env, s.Dir, "operator"); err != nil {
+		return err
+	}
+	s.step("Starting cert-manager v1.21.2's controllers and cainjector")
+	return certmanager.Start(bg, s.Kubeconfig, s.Config)
+}
+
+// Kubectl runs kubectl against the sandbox with stdin and returns its
+// combined output.
+func (s *Sandbox) Kubectl(ctx context.Context, stdin string, args ...string) (string, error) {
+	bin, err := envtestenv.Kubectl()
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.CommandContext(ctx, bin, append([]string{"--kubeconfig", s.Kubeconfig}, args...)...)
+	var out bytes.Buffer
+	cmd.Stdin = strings.NewReader(stdin)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return out.String(), fmt.Errorf("kubectl %s: %w\n%s", strings.Join(args, " "), err, out.String())
+	}
+	return out.String(), nil
+}
+
+// install applies both folders as the README says and waits for
+// cert-manager to issue the serving certificate and inject its CA.
+func (s *Sandbox) install(ctx context.Context) error {
+	for _, path := range []string{testdeploy.WebhookDir(), testdeploy.AgentFile()} {
+		s.step("kubectl apply -f %s", strings.TrimPrefix(path, envtestenv.Root()+"/"))
+		out, err := s.Kubectl(ctx, "", "apply", "-f", path)
+		if err != nil {
+			return err
+		}
+		_, _ = io.WriteString(s.progress, indent(out))
+	}
+	s.step("Waiting for cert-manager to issue the serving certificate and inject its CA")
+	if err := s.waitFor(ctx, "the serving Certificate is Ready", s.certificateReady); err != nil {
+		return err
+	}
+	return s.waitFor(ctx, "cainjector put the CA into both webhook configurations", s.caInjected)
+}
+
+func (s *Sandbox) certificateReady(ctx context.Context) (bool, string, error) {
+	var c cmapi.Certificate
+	if err := s.Client.Get(ctx, types.NamespacedName{Namespace: Namespace, Name: CertificateRef}, &c); err != nil {
+		return false, err.Error(), nil
+	}
+	for _, cond := range c.Status.Conditions {
+		if cond.Type == cmapi.CertificateConditionReady {
+			return cond.Status == "True" && cond.ObservedGeneration == c.Generation, cond.Message, nil
+		}
+	}
+	return false, "no Ready condition yet", nil
+}
+
+func (s *Sandbox) caInjected(ctx context.Context) (bool, string, error) {
+	var secret corev1.Secret
+	if err := s.Client.Get(ctx, types.NamespacedName{Namespace: Namespace, Name: SecretName}, &secret); err != nil {
+		return false, err.Error(), nil
+	}
+	var mut admissionv1.MutatingWebhookConfiguration
+	var val admissionv1.ValidatingWebhookConfiguration
+	if err := s.Client.Get(ctx, types.NamespacedName{Name: "power-webhook"}, &mut); err != nil {
+		return false, err.Error(), nil
+	}
+	if err := s.Client.Get(ctx, types.NamespacedName{Name: "power-webhook"}, &val); err != nil {
+		return false, err.Error(), nil
+	}
+	ca := secret.Data["ca.crt"]
+	ok := len(ca) > 0 && bytes.Equal(mut.Webhooks[0].ClientConfig.CABundle, ca) && bytes.Equal(val.Webhooks[0].ClientConfig.CABundle, ca)
+	return ok, fmt.Sprintf("mutating caBundle %d bytes, validating %d bytes, CA %d bytes",
+		len(mut.Webhooks[0].ClientConfig.CABundle), len(val.Webhooks[0].ClientConfig.CABundle), len(ca)), nil
+}
+
+// waitFor polls cond for up to two minutes.
+func (s *Sandbox) waitFor(ctx context.Context, what string, cond func(context.Context) (bool, string, error)) error {
+	var last string
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		ok, why, err := cond(ctx)
+		last = why
+		return ok, err
+	})
+	if err != nil {
+		return fmt.Errorf("%s: never happened (last seen: %s): %w", what, last, err)
+	}
+	return nil
+}
+
+// startWebhook applies the overlay (127.0.0.1 in the Certificate, a local
+// URL in both configurations), keeps the cert folder in step with the
+// Secret, and runs the webhook binary on it.
+func (s *Sandbox) startWebhook(ctx, bg context.Context, binDir string) error {
+	s.step("Overlay: the serving Certificate also names 127.0.0.1; waiting for cert-manager to reissue it")
+	cert := &cmapi.Certificate{ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: CertificateRef}}
+	if err := s.Client.Patch(ctx, cert, client.RawPatch(types.MergePatchType, []byte(`{"spec":{"ipAddresses":["127.0.0.1"]}}`))); err != nil {
+		return fmt.Errorf("overlay the Certificate: %w", err)
+	}
+	if err := s.waitFor(ctx, "a serving certificate for 127.0.0.1", s.servesLoopback); err != nil {
+		return err
+	}
+	vol := &secretVolume{c: s.Client, secret: types.NamespacedName{Namespace: Namespace, Name: SecretName}, dir: s.CertDir}
+	if err := vol.sync(ctx); err != nil {
+		return err
+	}
+	go every(bg, 500*time.Millisecond, vol.sync, s.fail)
+
+	port, err := envtestenv.FreeAddr()
+	if err != nil {
+		return err
+	}
+	port = port[strings.LastIndex(port, ":")+1:]
+	s.WebhookURL = "https://127.0.0.1:" + port
+	if s.Webhook, err = newProcess("webhook", binDir, s.Dir, []string{"KUBECONFIG=" + s.Kubeconfig, "POD_NAMESPACE=" + Namespace},
+		"--cert-dir", s.CertDir, "--webhook-port", port); err != nil {
+		return err
+	}
+	s.step("Starting power-webhook on %s (log: %s)", s.WebhookURL, s.Webhook.Log)
+	if err := s.Webhook.Start(ctx); err != nil {
+		return err
+	}
+	s.step("Overlay: both webhook configurations call %s instead of the Service", s.WebhookURL)
+	for _, w := range []struct {
+		obj  client.Object
+		path string
+	}{
+		{&admissionv1.MutatingWebhookConfiguration{}, "/mutate-pods"},
+		{&admissionv1.ValidatingWebhookConfiguration{}, "/validate-pods"},
+	} {
+		w.obj.SetName("power-webhook")
+		patch := fmt.Sprintf(`[{"op":"remove","path":"/webhooks/0/clientConfig/service"},{"op":"add","path":"/webhooks/0/clientConfig/url","value":%q}]`, s.WebhookURL+w.path)
+		if err := s.Client.Patch(ctx, w.obj, client.RawPatch(types.JSONPatchType, []byte(patch))); err != nil {
+			return fmt.Errorf("point the webhook configuration at %s: %w", s.WebhookURL, err)
+		}
+	}
+	return nil
+}
+
+func (s *Sandbox) servesLoopback(ctx context.Context) (bool, string, error) {
+	var secret corev1.Secret
+	if err := s.Client.Get(ctx, types.NamespacedName{Namespace: Namespace, Name: SecretName}, &secret); err != nil {
+		return false, err.Error(), nil
+	}
+	leaf, err := ParseCertificate(secret.Data["tls.crt"])
+	if err != nil {
+		return false, err.Error(), nil
+	}
+	for _, ip := range leaf.IPAddresses {
+		if ip.String() == "127.0.0.1" {
+			return true, "", nil
+		}
+	}
+	return false, fmt.Sprintf("certificate for %v %v", leaf.DNSNames, leaf.IPAddresses), nil
+}
+
+// startAgent registers the node, creates its simulated GPUs and kubelet, and
+// runs the agent binary on them.
+func (s *Sandbox) startAgent(ctx, bg context.Context, binDir string) error {
+	s.step("Registering node %s with %d simulated %s GPUs (state: %s)", NodeName, GPUCount, GPUProduct, s.NVMLState)
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: NodeName, Labels: map[string]string{
+		policy.LabelGPUProduct: GPUProduct, "nvidia.com/gpu.present": "true",
+	}}}
+	if err := s.Client.Create(ctx, node); err != nil {
+		return fmt.Errorf("register node: %w", err)
+	}
+	node.Status.Capacity = corev1.ResourceList{policy.ResourceGPU: *resourceQuantity(GPUCount)}
+	node.Status.Allocatable = node.Status.Capacity
+	if err := s.Client.Status().Update(ctx, node); err != nil {
+		return fmt.Errorf("node status: %w", err)
+	}
+	gpus := nvmlctl.H100s(GPUCount)
+	if err := nvmlctl.NewFake(gpus...).PersistTo(s.NVMLState); err != nil {
+		return err
+	}
+	server, stop, err := podresourcestest.Serve()
+	if err != nil {
+		return err
+	}
+	s.cleanups = append(s.cleanups, stop)
+	s.kubelet = &kubelet{c: s.Client, node: NodeName, server: server, alloc: map[types.UID]allocation{}}
+	for _, g := range gpus {
+		s.kubelet.gpus = append(s.kubelet.gpus, g.UUID)
+	}
+	go every(bg, 200*time.Millisecond, s.kubelet.sync, s.fail)
+
+	if s.Agent, err = newProcess("agent", binDir, s.Dir, []string{"KUBECONFIG=" + s.Kubeconfig, "POD_NAMESPACE=" + Namespace},
+		"--node-name", NodeName, "--fake-nvml", s.NVMLState, "--state-dir", filepath.Join(s.Dir, "agent-state"),
+		"--pod-resources-socket", server.Socket); err != nil {
+		return err
+	}
+	s.step("Starting power-agent for %s (log: %s)", NodeName, s.Agent.Log)
+	return s.Agent.Start(ctx)
+}
+
+// GPUsOf returns the indexes of the simulated GPUs the kubelet gave a pod.
+func (s *Sandbox) GPUsOf(namespace, name string) []int {
+	return s.kubelet.GPUsOf(types.NamespacedName{Namespace: namespace, Name: name})
+}
+
+// GPUs reads the simulated GPUs' state as the hardware holds it now.
+func (s *Sandbox) GPUs() ([]nvmlctl.FakeGPU, error) {
+	f, err := nvmlctl.NewFakeFromFile(s.NVMLState)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.State()
+	if err != nil {
+		return nil, err
+	}
+	return st.Devices, nil
+}
+
+func indent(s string) string {
+	if s == "" {
+		return ""
+	}
+	return "    " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n    ") + "\n"
+}
+
+func resourceQuantity(n int64) *resource.Quantity { return resource.NewQuantity(n, resource.DecimalSI) }
