@@ -9,11 +9,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/client"
+	"github.com/go-logr/logr"
+	corelisters "k8s.io/client-go/listers/core/v1"
 
 	"github.com/dynamo-power/gpu-power/pkg/agent"
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
@@ -23,7 +20,7 @@ import (
 // runInspect prints every GPU, the pods holding it, and what a reconcile
 // would do. It writes nothing to any GPU, or to the ledger, ever: the
 // enforcer runs in dry-run mode on a ledger read without changes.
-func runInspect(o options, out io.Writer) error {
+func runInspect(log logr.Logger, o options, out io.Writer) error {
 	lib, err := openNVML(o)
 	if err != nil {
 		return err
@@ -36,27 +33,23 @@ func runInspect(o options, out io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	e := &agent.Enforcer{NVML: lib, Ledger: ledger, RequireValidation: o.requireValidation, Log: ctrl.Log.WithName("inspect")}
+	e := &agent.Enforcer{NVML: lib, Ledger: ledger, RequireValidation: o.requireValidation, Log: log}
 	in := agent.Inputs{}
 	if o.nodeName != "" {
-		scheme := runtime.NewScheme()
-		if err := clientgoscheme.AddToScheme(scheme); err != nil {
-			return err
-		}
-		cfg, err := ctrl.GetConfig()
-		if err != nil {
-			return fmt.Errorf("kubeconfig: %w", err)
-		}
-		c, err := client.New(cfg, client.Options{Scheme: scheme})
+		k, err := newKube(o.kubeconfig)
 		if err != nil {
 			return err
+		}
+		pods := k.podInformer(o.nodeName)
+		if !syncPods(ctx, log, pods) {
+			return fmt.Errorf("list the pods of node %s: %w", o.nodeName, ctx.Err())
 		}
 		pr, err := podmap.NewPodResourcesClient(o.podResourcesSocket, podmap.DefaultListTimeout)
 		if err != nil {
 			return err
 		}
 		defer func() { _ = pr.Close() }()
-		r := &agent.Runner{Enforcer: e, Pods: nodePods{c, o.nodeName}, PodResources: pr, Proc: os.DirFS(o.proc), Log: e.Log}
+		r := &agent.Runner{Enforcer: e, Pods: corelisters.NewPodLister(pods.GetIndexer()), PodResources: pr, Proc: os.DirFS(o.proc), Log: e.Log}
 		if in, err = r.Gather(ctx); err != nil {
 			return err
 		}
@@ -68,21 +61,6 @@ func runInspect(o options, out io.Writer) error {
 		fmt.Fprintf(os.Stderr, "warning: %v\n", err)
 	}
 	return printReports(out, lib, reports, ledger)
-}
-
-// nodePods lists this node's pods straight from the API server (one LIST: a
-// one-off command has no cache).
-type nodePods struct {
-	c    client.Client
-	node string
-}
-
-func (n nodePods) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
-	return n.c.Get(ctx, key, obj, opts...)
-}
-
-func (n nodePods) List(ctx context.Context, list client.ObjectList, opts ...client.ListOption) error {
-	return n.c.List(ctx, list, append(opts, client.MatchingFieldsSelector{Selector: fields.OneTermEqualSelector("spec.nodeName", n.node)})...)
 }
 
 func printReports(out io.Writer, lib nvmlctl.Library, reports []agent.GPUReport, ledger *agent.Ledger) error {

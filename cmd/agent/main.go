@@ -8,28 +8,16 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/go-logr/logr"
-	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/discovery"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/client-go/rest"
-	toolscache "k8s.io/client-go/tools/cache"
-	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	"sigs.k8s.io/controller-runtime/pkg/manager"
-	"sigs.k8s.io/controller-runtime/pkg/metrics"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/dynamo-power/gpu-power/pkg/agent"
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
@@ -37,6 +25,7 @@ import (
 )
 
 type options struct {
+	kubeconfig                         string
 	nodeName, namespace, daemonSet     string
 	stateDir, podResourcesSocket, proc string
 	fakeNVML                           string
@@ -48,6 +37,7 @@ type options struct {
 func main() {
 	var o options
 	fs := flag.CommandLine
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Paths to a kubeconfig. Only required if out-of-cluster.")
 	fs.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "This node's name (the DaemonSet sets NODE_NAME from spec.nodeName).")
 	fs.StringVar(&o.namespace, "namespace", envOr("POD_NAMESPACE", "dynamo-system"), "Namespace of the agent's DaemonSet.")
 	fs.StringVar(&o.daemonSet, "daemonset-name", "power-agent", "The agent's DaemonSet: when it is gone at shutdown, every capped GPU is restored.")
@@ -72,12 +62,12 @@ func main() {
 	if err := fs.Parse(args); err != nil {
 		os.Exit(2)
 	}
-	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
-	log := ctrl.Log.WithName("power-agent")
+	root := zap.New(zap.UseFlagOptions(&zapOpts))
+	log := root.WithName("power-agent")
 
 	var err error
 	if inspect {
-		err = runInspect(o, os.Stdout)
+		err = runInspect(root.WithName("inspect"), o, os.Stdout)
 	} else {
 		err = run(log, o)
 	}
@@ -122,86 +112,61 @@ func run(log logr.Logger, o options) error {
 	}
 	defer func() { _ = podResources.Close() }()
 
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+	k, err := newKube(o.kubeconfig)
+	if err != nil {
 		return err
 	}
-	cfg := ctrl.GetConfigOrDie()
-	mgr, err := ctrl.NewManager(cfg, manager.Options{
-		Scheme:                 scheme,
-		Metrics:                metricsserver.Options{BindAddress: o.metricsAddr},
-		HealthProbeBindAddress: o.probeAddr,
-		// Only this node's pods, kept current by a watch: no periodic LIST.
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&corev1.Pod{}: {Field: fields.OneTermEqualSelector("spec.nodeName", o.nodeName)},
-		}},
-	})
-	if err != nil {
-		return fmt.Errorf("create manager: %w", err)
-	}
-	ctx := ctrl.SetupSignalHandler()
-	informer, err := mgr.GetCache().GetInformer(ctx, &corev1.Pod{}, cache.BlockUntilSynced(false))
-	if err != nil {
-		return fmt.Errorf("pod informer: %w", err)
-	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	context.AfterFunc(ctx, stop) // a second signal kills the agent at once
+
+	pods := k.podInformer(o.nodeName)
+	recorder, stopEvents := k.eventRecorder(log, o.nodeName)
+	defer stopEvents()
+	reg := newRegistry()
 	enforcer := &agent.Enforcer{NVML: lib, Ledger: ledger, RequireValidation: o.requireValidation,
-		Recorder: mgr.GetEventRecorder("power-agent"), Log: log, Metrics: agent.NewMetrics(metrics.Registry)}
-	disco, err := discovery.NewDiscoveryClientForConfig(cfg)
-	if err != nil {
-		return err
-	}
-	apiReachable := func(ctx context.Context) error {
-		// One small GET per cycle; the version endpoint is cheap for the API server.
-		_, err := disco.RESTClient().Get().AbsPath("/version").Timeout(5 * time.Second).Do(ctx).Raw()
-		return err
-	}
-	runner := &agent.Runner{Enforcer: enforcer, Pods: mgr.GetCache(), PodsSynced: informer.HasSynced, APIReachable: apiReachable,
-		PodResources: podResources, Proc: os.DirFS(o.proc), Interval: o.interval, Debounce: o.debounce, Log: log}
-	if _, err := informer.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		Recorder: recorder, Log: log, Metrics: agent.NewMetrics(reg)}
+	runner := &agent.Runner{Enforcer: enforcer, Pods: corelisters.NewPodLister(pods.GetIndexer()), PodsSynced: pods.HasSynced,
+		APIReachable: k.apiReachable, PodResources: podResources, Proc: os.DirFS(o.proc), Interval: o.interval, Debounce: o.debounce, Log: log}
+	if _, err := pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { runner.Trigger() },
 		UpdateFunc: func(any, any) { runner.Trigger() },
 		DeleteFunc: func(any) { runner.Trigger() },
 	}); err != nil {
 		return err
 	}
-	if err := mgr.Add(runner); err != nil {
+	if err := serve(ctx, log, "metrics", o.metricsAddr, metricsHandler(reg)); err != nil {
 		return err
 	}
-	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
-		return err
-	}
-	if err := mgr.AddReadyzCheck("reconciled", runner.Ready); err != nil {
+	if err := serve(ctx, log, "probes", o.probeAddr, probesHandler(runner.Ready)); err != nil {
 		return err
 	}
 	log.Info("Starting power agent", "node", o.nodeName, "interval", o.interval, "stateDir", o.stateDir,
 		"requireValidation", o.requireValidation, "ownedGPUs", len(ledger.Owned()))
-	if err := mgr.Start(ctx); err != nil {
-		return err
+	// The first cycle waits for the node's pods, as under controller-runtime's manager.
+	if syncPods(ctx, log, pods) {
+		runner.Run(ctx)
 	}
-	return shutdown(log, cfg, scheme, enforcer, o)
+	return shutdown(log, k, enforcer, o)
 }
 
 // shutdown keeps the caps for the successor on a rolling update, and gives
 // every owned GPU back when the DaemonSet is being deleted (uninstall) or
 // --restore-on-exit is set.
-func shutdown(log logr.Logger, cfg *rest.Config, scheme *runtime.Scheme, e *agent.Enforcer, o options) error {
+func shutdown(log logr.Logger, k *kube, e *agent.Enforcer, o options) error {
 	restore, why := o.restoreOnExit, "--restore-on-exit"
 	if !restore {
-		c, err := client.New(cfg, client.Options{Scheme: scheme})
-		if err == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			var ds appsv1.DaemonSet
-			err = c.Get(ctx, types.NamespacedName{Namespace: o.namespace, Name: o.daemonSet}, &ds)
-			switch {
-			case apierrors.IsNotFound(err), apierrors.IsForbidden(err):
-				// Forbidden too: `kubectl delete -f daemonset.yaml` removes our RBAC with the DaemonSet.
-				restore, why = true, "DaemonSet deleted"
-			case err == nil && ds.DeletionTimestamp != nil:
-				restore, why = true, "DaemonSet being deleted"
-			case err != nil:
-				log.Error(err, "Could not tell an uninstall from a rolling update; keeping caps for the successor")
-			}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		deleting, err := k.daemonSetDeleting(ctx, o.namespace, o.daemonSet)
+		switch {
+		case apierrors.IsNotFound(err), apierrors.IsForbidden(err):
+			// Forbidden too: `kubectl delete -f daemonset.yaml` removes our RBAC with the DaemonSet.
+			restore, why = true, "DaemonSet deleted"
+		case err == nil && deleting:
+			restore, why = true, "DaemonSet being deleted"
+		case err != nil:
+			log.Error(err, "Could not tell an uninstall from a rolling update; keeping caps for the successor")
 		}
 	}
 	if !restore {

@@ -8,24 +8,17 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
 	"github.com/dynamo-power/gpu-power/pkg/podmap"
 )
 
-// podList serves a fixed list of pods, as the node's cache does.
-type podList []corev1.Pod
+// podList serves a fixed list of pods, as the node's informer does.
+type podList []*corev1.Pod
 
-func (p podList) Get(context.Context, client.ObjectKey, client.Object, ...client.GetOption) error {
-	return fmt.Errorf("not used")
-}
-
-func (p podList) List(_ context.Context, list client.ObjectList, _ ...client.ListOption) error {
-	list.(*corev1.PodList).Items = p
-	return nil
-}
+func (p podList) List(labels.Selector) ([]*corev1.Pod, error) { return p, nil }
 
 type allocations []podmap.PodDevices
 
@@ -53,7 +46,7 @@ func BenchmarkReconcileSteadyState(b *testing.B) {
 					"0::/kubepods/burstable/pod" + uid + "/0d59b6ed52311ae2491e8a63eb1cbbd693121198727f0952849828e63b2b586f\n")}
 			}
 		}
-		pods = append(pods, *w.Obj())
+		pods = append(pods, w.Obj())
 	}
 	ledger, err := OpenLedger(b.TempDir())
 	if err != nil {

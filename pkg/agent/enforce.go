@@ -11,7 +11,7 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/tools/record"
 
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
 	"github.com/dynamo-power/gpu-power/pkg/podmap"
@@ -73,7 +73,7 @@ type Enforcer struct {
 	Ledger *Ledger
 	// RequireValidation enforces only limits the webhook stamped.
 	RequireValidation bool
-	Recorder          events.EventRecorder
+	Recorder          record.EventRecorder
 	Log               logr.Logger
 	// Metrics may be nil (inspect, tests).
 	Metrics *Metrics
@@ -341,7 +341,7 @@ func (e *Enforcer) tellOnce(pods []*corev1.Pod, key, reason, note string, args .
 
 func (e *Enforcer) event(p *corev1.Pod, eventType, reason, note string, args ...any) {
 	if e.Recorder != nil {
-		e.Recorder.Eventf(p, nil, eventType, reason, "SetPowerLimit", note, args...)
+		e.Recorder.Eventf(p, eventType, reason, note, args...)
 	}
 }
 

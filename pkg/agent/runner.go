@@ -11,8 +11,8 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
 	"github.com/dynamo-power/gpu-power/pkg/podmap"
@@ -24,13 +24,20 @@ type PodResources interface {
 	List(ctx context.Context) ([]podmap.PodDevices, error)
 }
 
+// PodLister lists this node's pods. client-go's pod lister over the node's
+// informer implements it, and test fakes do. The pods are the cache's own:
+// read them, never change them.
+type PodLister interface {
+	List(selector labels.Selector) ([]*corev1.Pod, error)
+}
+
 // Runner runs the enforcer: on pod events (debounced) and every Interval.
 // It reads pods from a cache restricted to this node, so a cycle costs no
 // API request; while that cache is not synced, or kubelet does not answer,
 // it changes nothing.
 type Runner struct {
 	Enforcer   *Enforcer
-	Pods       client.Reader
+	Pods       PodLister
 	PodsSynced func() bool
 	// APIReachable checks the API server answers. A cache keeps serving its
 	// last state when the API server is gone, and pods deleted meanwhile would
@@ -64,8 +71,8 @@ func (r *Runner) Trigger() {
 	}
 }
 
-// Start implements manager.Runnable.
-func (r *Runner) Start(ctx context.Context) error {
+// Run runs cycles until ctx is done.
+func (r *Runner) Run(ctx context.Context) {
 	r.init()
 	tick := time.NewTicker(r.Interval)
 	defer tick.Stop()
@@ -75,21 +82,17 @@ func (r *Runner) Start(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-tick.C:
 		case <-r.trigger:
 			select { // let the rest of a burst arrive
 			case <-time.After(r.Debounce):
 			case <-ctx.Done():
-				return nil
+				return
 			}
 		}
 	}
 }
-
-// NeedLeaderElection implements manager.LeaderElectionRunnable: every node's
-// agent runs.
-func (r *Runner) NeedLeaderElection() bool { return false }
 
 // Ready passes when a full cycle succeeded within the last three intervals.
 func (r *Runner) Ready(*http.Request) error {
@@ -134,15 +137,13 @@ func (r *Runner) Gather(ctx context.Context) (Inputs, error) {
 			return Inputs{}, fmt.Errorf("API server unreachable: %w; changing nothing", err)
 		}
 	}
-	var list corev1.PodList
-	// Read only: no deep copy of every pod each cycle.
-	if err := r.Pods.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
+	list, err := r.Pods.List(labels.Everything())
+	if err != nil {
 		return Inputs{}, fmt.Errorf("list pods from the cache: %w", err)
 	}
-	pods := make(map[types.UID]*corev1.Pod, len(list.Items))
-	byName := make(map[string]types.UID, len(list.Items))
-	for i := range list.Items {
-		p := &list.Items[i]
+	pods := make(map[types.UID]*corev1.Pod, len(list))
+	byName := make(map[string]types.UID, len(list))
+	for _, p := range list {
 		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 			continue
 		}

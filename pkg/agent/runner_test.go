@@ -32,7 +32,7 @@ func TestFreeze(t *testing.T) {
 			n := newNode(t)
 			p := n.run("decode-0", "250", gpu[0])
 			alloc := allocations{{Namespace: "llm", Name: p.Name, Devices: []podmap.DeviceRef{{Kind: podmap.KindGPU, UUID: gpu[0]}}}}
-			r := &Runner{Enforcer: n.enforcer, Pods: podList{*p}, PodResources: alloc, Interval: time.Minute, Log: testr.New(t)}
+			r := &Runner{Enforcer: n.enforcer, Pods: podList{p}, PodResources: alloc, Interval: time.Minute, Log: testr.New(t)}
 			if err := r.Cycle(t.Context()); err != nil || n.limitW(gpu[0]) != 250 {
 				t.Fatalf("setup: %v, limit %d W", err, n.limitW(gpu[0]))
 			}

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/klog/v2"
+)
+
+// kube is the agent's whole view of the API server: one REST client over a
+// scheme of core/v1 alone. controller-runtime and the typed clientset would
+// link and register every API group's types, and those pages are most of the
+// agent's memory on every GPU node (docs/benchmarks.md).
+type kube struct {
+	scheme *runtime.Scheme
+	rest   *rest.RESTClient
+}
+
+// newKube connects as controller-runtime did: --kubeconfig, then $KUBECONFIG
+// or ~/.kube/config, then the pod's service account.
+func newKube(kubeconfig string) (*kube, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = kubeconfig
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w", err)
+	}
+	// controller-runtime's rate, which the agent ran with: client-go's 5/s
+	// would hold back the API check of a short --interval.
+	cfg.QPS, cfg.Burst = 20, 30
+	scheme := runtime.NewScheme()
+	if err := corev1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	cfg.APIPath, cfg.GroupVersion = "/api", &corev1.SchemeGroupVersion
+	cfg.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
+	cfg.UserAgent = rest.DefaultKubernetesUserAgent()
+	c, err := rest.RESTClientFor(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("API client: %w", err)
+	}
+	return &kube{scheme: scheme, rest: c}, nil
+}
+
+// podInformer keeps this node's pods: an initial list, then a watch, and no
+// resync, so no periodic LIST.
+func (k *kube) podInformer(node string) cache.SharedIndexInformer {
+	lw := cache.NewListWatchFromClient(k.rest, "pods", metav1.NamespaceAll, fields.OneTermEqualSelector("spec.nodeName", node))
+	return cache.NewSharedIndexInformerWithOptions(lw, &corev1.Pod{}, cache.SharedIndexInformerOptions{})
+}
+
+// syncPods runs the pod informer until ctx is done and waits for its first
+// full view of the node; false when ctx ends first.
+func syncPods(ctx context.Context, log logr.Logger, pods cache.SharedIndexInformer) bool {
+	go pods.Run(ctx.Done())
+	return cache.WaitForNamedCacheSyncWithContext(klog.NewContext(ctx, log), pods.HasSynced)
+}
+
+// apiReachable is one small GET per cycle; the version endpoint is cheap for
+// the API server.
+func (k *kube) apiReachable(ctx context.Context) error {
+	_, err := k.rest.Get().AbsPath("/version").Timeout(5 * time.Second).Do(ctx).Raw()
+	return err
+}
+
+// daemonSetDeleting reads the agent's DaemonSet's metadata, the only part
+// shutdown needs: an API error (NotFound, Forbidden) when it cannot.
+func (k *kube) daemonSetDeleting(ctx context.Context, namespace, name string) (bool, error) {
+	raw, err := k.rest.Get().AbsPath("/apis/apps/v1/namespaces", namespace, "daemonsets", name).Do(ctx).Raw()
+	if err != nil {
+		return false, err
+	}
+	var ds metav1.PartialObjectMetadata
+	if err := json.Unmarshal(raw, &ds); err != nil {
+		return false, fmt.Errorf("decode DaemonSet %s/%s: %w", namespace, name, err)
+	}
+	return ds.DeletionTimestamp != nil, nil
+}
+
+// eventRecorder records Events on pods as component power-agent, and logs
+// each at V(1). stop flushes nothing: an Event is best effort.
+func (k *kube) eventRecorder(log logr.Logger, node string) (rec record.EventRecorder, stop func()) {
+	b := record.NewBroadcaster()
+	b.StartRecordingToSink(eventSink{k.rest})
+	b.StartEventWatcher(func(e *corev1.Event) {
+		log.V(1).Info("Recorded event", "pod", klog.KRef(e.InvolvedObject.Namespace, e.InvolvedObject.Name),
+			"type", e.Type, "reason", e.Reason, "message", e.Message)
+	})
+	return b.NewRecorder(k.scheme, corev1.EventSource{Component: "power-agent", Host: node}), b.Shutdown
+}
+
+// eventSink writes core/v1 Events through the agent's REST client, as the
+// typed clientset's sink does.
+type eventSink struct{ c rest.Interface }
+
+func (s eventSink) Create(e *corev1.Event) (*corev1.Event, error) {
+	out := &corev1.Event{}
+	return out, s.c.Post().Namespace(e.Namespace).Resource("events").Body(e).Do(context.TODO()).Into(out)
+}
+
+func (s eventSink) Update(e *corev1.Event) (*corev1.Event, error) {
+	out := &corev1.Event{}
+	return out, s.c.Put().Namespace(e.Namespace).Resource("events").Name(e.Name).Body(e).Do(context.TODO()).Into(out)
+}
+
+func (s eventSink) Patch(e *corev1.Event, data []byte) (*corev1.Event, error) {
+	out := &corev1.Event{}
+	return out, s.c.Patch(types.StrategicMergePatchType).Namespace(e.Namespace).Resource("events").Name(e.Name).
+		Body(data).Do(context.TODO()).Into(out)
+}
