@@ -10,6 +10,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -36,11 +37,11 @@ func (d *defaultRules) Set(s string) error {
 }
 
 type options struct {
-	certDir, metricsAddr, probeAddr, catalogFile, unknown string
-	port                                                  int
-	defaults                                              defaultRules
-	leaderElect                                           bool
-	budgets                                               powerwebhook.BudgetOptions
+	certDir, metricsAddr, probeAddr, catalogFile, unknown, advertise string
+	port                                                             int
+	defaults                                                         defaultRules
+	leaderElect                                                      bool
+	budgets                                                          powerwebhook.BudgetOptions
 }
 
 func main() {
@@ -52,7 +53,8 @@ func main() {
 	flag.StringVar(&o.catalogFile, "catalog-file", "", "CSV of GPU power ranges (gpu_product,min_w,default_w,max_w) whose rows add to or replace the built-in catalog.")
 	flag.StringVar(&o.unknown, "unknown-products", string(policy.UnknownProductsDeny), "What to do when no GPU product a pod can land on is in the catalog: deny, or warn and admit.")
 	flag.Var(&o.defaults, "default-rule", "Default limit for GPU pods without one, as selector=watts (label selector syntax, e.g. role=decode=250); repeatable, first match wins.")
-	flag.BoolVar(&o.leaderElect, "leader-elect", true, "Elect one replica to run the budget reconciler (every replica serves admissions).")
+	flag.BoolVar(&o.leaderElect, "leader-elect", true, "Elect one replica to run the budget reconciler and write budget reservations; the others forward theirs to it (every replica serves admissions).")
+	flag.StringVar(&o.advertise, "advertise-address", "", "host:port where the other replicas reach this one's webhook server to forward budget reservations; default: this pod's IP and --webhook-port.")
 	flag.DurationVar(&o.budgets.ReservationTTL, "reservation-ttl", time.Minute, "How long a budget reservation counts if its pod never appears (e.g. its creation failed after admission).")
 	flag.DurationVar(&o.budgets.Resync, "budget-resync", 30*time.Second, "Longest time between two recomputations of a budget's status.")
 	flag.IntVar(&o.budgets.Attempts, "reservation-attempts", 50, "Status writes tried for one batch of budget reservations before its pods are denied.")
@@ -80,19 +82,24 @@ func run(log logr.Logger, o options) error {
 	if err := powerv1alpha1.AddToScheme(scheme); err != nil {
 		return err
 	}
-	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), manager.Options{
-		Scheme:                 scheme,
-		Metrics:                metricsserver.Options{BindAddress: o.metricsAddr},
-		HealthProbeBindAddress: o.probeAddr,
-		WebhookServer:          webhook.NewServer(powerwebhook.ServerOptions("", o.port, o.certDir)),
-		Cache:                  powerwebhook.CacheOptions(),
-		LeaderElection:         o.leaderElect,
-		LeaderElectionID:       "power-webhook-budget-reconciler",
-		// In the pod, the namespace comes from the service account; elsewhere
-		// (make up, tests) from POD_NAMESPACE or dynamo-system.
-		LeaderElectionNamespace:       leaderElectionNamespace(),
+	cfg := ctrl.GetConfigOrDie()
+	opts := manager.Options{
+		Scheme:                        scheme,
+		Metrics:                       metricsserver.Options{BindAddress: o.metricsAddr},
+		HealthProbeBindAddress:        o.probeAddr,
+		WebhookServer:                 webhook.NewServer(powerwebhook.ServerOptions("", o.port, o.certDir)),
+		Cache:                         powerwebhook.CacheOptions(),
+		LeaderElection:                o.leaderElect,
+		LeaderElectionID:              powerwebhook.LeaderElectionID,
 		LeaderElectionReleaseOnCancel: true,
-	})
+	}
+	if o.leaderElect {
+		o.budgets.Writer = writer(log, o)
+		if opts.LeaderElectionResourceLockInterface, err = o.budgets.Writer.Lock(cfg, 10*time.Second); err != nil {
+			return err
+		}
+	}
+	mgr, err := ctrl.NewManager(cfg, opts)
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
@@ -124,6 +131,25 @@ func newAdmission(o options) (*policy.Admission, error) {
 		return nil, fmt.Errorf("--unknown-products=%q: want %q or %q", o.unknown, policy.UnknownProductsDeny, policy.UnknownProductsWarn)
 	}
 	return &policy.Admission{Catalog: catalog, UnknownProducts: u, Defaults: o.defaults}, nil
+}
+
+// writer is the leader-election Lease and this replica's address in it.
+func writer(log logr.Logger, o options) *powerwebhook.Writer {
+	w := &powerwebhook.Writer{
+		// In the pod, the namespace comes from the service account; elsewhere
+		// (make up, tests) from POD_NAMESPACE or dynamo-system.
+		Lease:   types.NamespacedName{Namespace: leaderElectionNamespace(), Name: powerwebhook.LeaderElectionID},
+		Address: o.advertise, CertDir: o.certDir,
+	}
+	if w.Address == "" {
+		addr, err := powerwebhook.LocalAddress(o.port)
+		if err != nil {
+			// Still correct: the other replicas write their own reservations.
+			log.Error(err, "No address to receive forwarded budget reservations at")
+		}
+		w.Address = addr
+	}
+	return w
 }
 
 func leaderElectionNamespace() string {

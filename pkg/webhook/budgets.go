@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/resourceversion"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -29,8 +30,9 @@ import (
 // resourceVersion-checked update before the pod is admitted, so committed
 // watts never exceed a budget's total, whatever the number of webhook
 // replicas. Within one replica the reservations of each budget are serialised
-// and written in batches, as ResourceQuota admission does, which keeps
-// conflicts rare under load.
+// and written in batches, as ResourceQuota admission does; replicas that do
+// not hold the writer Lease forward their reservations to the one that does,
+// so that batches are large and writes do not conflict.
 type Budgets struct {
 	// Cache reads budgets and namespaces.
 	Cache client.Reader
@@ -47,6 +49,12 @@ type Budgets struct {
 	Attempts int
 	Metrics  *Metrics
 	Now      func() time.Time
+	// Leading reports whether this replica holds the writer Lease (nil:
+	// always). Only the writer prunes reservations: it is also the reconciler,
+	// and it must count from the same cache the pods it pruned.
+	Leading func() bool
+	// Peers forwards reservations to the writer; nil: every replica writes.
+	Peers *Peers
 
 	queues sync.Map // budget name -> *budgetQueue
 }
@@ -68,7 +76,10 @@ type reserveRequest struct {
 	delta int64 // what committed watts grow by (the cost, or a raise)
 	// release undoes a reservation made for a pod another budget then denied.
 	release bool
-	done    chan reserveResult
+	// recompute, when set, rewrites the status from the live pods first
+	// (the reconciler); it reports whether the status changed.
+	recompute func(*powerv1alpha1.GPUPowerBudget) (bool, error)
+	done      chan reserveResult
 }
 
 type reserveResult struct {
@@ -228,8 +239,22 @@ func stateOf(b *powerv1alpha1.GPUPowerBudget) policy.BudgetState {
 	return policy.BudgetState{Name: b.Name, Total: b.Spec.TotalWatts, Committed: b.Status.CommittedWatts}
 }
 
-// reserve queues r on its budget and waits for the batch that carries it.
+// reserve hands r to the writer replica, or, when this replica is the
+// writer or the writer cannot be reached, writes it here: every replica's
+// writes are resourceVersion-checked, so the writer only saves conflicts.
 func (b *Budgets) reserve(ctx context.Context, budget string, r *reserveRequest) reserveResult {
+	if b.Peers != nil && !b.leading() {
+		if res, ok := b.Peers.forward(ctx, budget, r); ok {
+			return res
+		}
+	}
+	return b.enqueue(ctx, budget, r)
+}
+
+func (b *Budgets) leading() bool { return b.Leading == nil || b.Leading() }
+
+// enqueue queues r on its budget and waits for the batch that carries it.
+func (b *Budgets) enqueue(ctx context.Context, budget string, r *reserveRequest) reserveResult {
 	r.done = make(chan reserveResult, 1)
 	v, _ := b.queues.LoadOrStore(budget, &budgetQueue{})
 	q := v.(*budgetQueue)
@@ -274,7 +299,7 @@ func (b *Budgets) drain(ctx context.Context, budget string, q *budgetQueue) {
 func (b *Budgets) commit(ctx context.Context, name string, q *budgetQueue, batch []*reserveRequest) []reserveResult {
 	results := make([]reserveResult, len(batch))
 	for attempt := range b.Attempts {
-		budget, fresh := q.last, false
+		budget, fresh := b.latest(ctx, name, q.last), false
 		if budget == nil || attempt > 0 {
 			fresh = true
 			budget = &powerv1alpha1.GPUPowerBudget{}
@@ -284,18 +309,30 @@ func (b *Budgets) commit(ctx context.Context, name string, q *budgetQueue, batch
 			}
 		}
 		budget = budget.DeepCopy()
+		changed, err := b.recompute(ctx, budget, batch)
+		if err != nil {
+			return fill(results, reserveResult{err: err})
+		}
 		st := &budget.Status
-		changed := b.prune(ctx, budget)
-		denied := false
+		denied, reserved := false, 0
 		now := b.Now()
 		for i, r := range batch {
 			j := slices.IndexFunc(st.Reservations, func(x powerv1alpha1.Reservation) bool { return x.PodUID == r.uid })
-			if r.release {
+			switch {
+			case r.recompute != nil:
+				results[i] = reserveResult{ok: true}
+				continue
+			case r.release:
 				if j >= 0 {
 					st.Reservations = slices.Delete(st.Reservations, j, j+1)
 					st.CommittedWatts -= r.delta
 					changed = true
 				}
+				results[i] = reserveResult{ok: true}
+				continue
+			case j >= 0 && st.Reservations[j].Watts >= r.watts:
+				// Already charged: a forwarded request whose answer was
+				// lost, written again here.
 				results[i] = reserveResult{ok: true}
 				continue
 			}
@@ -313,11 +350,12 @@ func (b *Budgets) commit(ctx context.Context, name string, q *budgetQueue, batch
 			}
 			st.CommittedWatts += r.delta
 			changed = true
+			reserved++
 			results[i] = reserveResult{ok: true}
 		}
 		if denied && !fresh {
-			// Our last write may predate a release by the reconciler:
-			// decide again on what the API server holds before denying.
+			// The base may predate a release by the reconciler: decide
+			// again on what the API server holds before denying.
 			q.last = nil
 			continue
 		}
@@ -325,16 +363,16 @@ func (b *Budgets) commit(ctx context.Context, name string, q *budgetQueue, batch
 			return results
 		}
 		st.AvailableWatts = max(0, budget.Spec.TotalWatts-st.CommittedWatts)
-		err := b.Client.Status().Update(ctx, budget)
+		err = b.Client.Status().Update(ctx, budget)
 		switch {
 		case err == nil:
 			q.last = budget
-			b.Metrics.reservations(name, len(batch), attempt)
+			b.Metrics.reservations(name, reserved, attempt)
 			return results
 		case apierrors.IsConflict(err):
 			b.Metrics.reservationConflict(name)
-			// Another replica or the reconciler wrote first: back off a
-			// little, with jitter, so the writers do not collide again.
+			// Another replica wrote first: back off a little, with
+			// jitter, so the writers do not collide again.
 			select {
 			case <-time.After(conflictBackoff()):
 			case <-ctx.Done():
@@ -348,6 +386,42 @@ func (b *Budgets) commit(ctx context.Context, name string, q *budgetQueue, batch
 	}
 	q.last = nil
 	return fill(results, reserveResult{err: fmt.Errorf("reserve GPU power in budget %s: still conflicting after %d attempts; retry", name, b.Attempts)})
+}
+
+// latest is the newer of the budget as this replica last wrote it and as its
+// cache shows it (which has seen other writers' updates): the base a batch
+// starts from without a GET. Nil when neither is known.
+func (b *Budgets) latest(ctx context.Context, name string, last *powerv1alpha1.GPUPowerBudget) *powerv1alpha1.GPUPowerBudget {
+	var cached powerv1alpha1.GPUPowerBudget
+	if err := b.Cache.Get(ctx, types.NamespacedName{Name: name}, &cached); err != nil {
+		return last
+	}
+	if last != nil {
+		if c, err := resourceversion.CompareResourceVersion(last.ResourceVersion, cached.ResourceVersion); err != nil || c >= 0 {
+			return last
+		}
+	}
+	return &cached
+}
+
+// recompute prepares the base of a batch: the writer prunes the reservations
+// of pods its cache shows, and runs the reconciler's recomputation when the
+// batch carries one, so that it applies to exactly the version written.
+// Other replicas prune nothing: a reservation may only vanish where the
+// reconciler's own cache counts its pod.
+func (b *Budgets) recompute(ctx context.Context, budget *powerv1alpha1.GPUPowerBudget, batch []*reserveRequest) (bool, error) {
+	changed := b.leading() && b.prune(ctx, budget)
+	for _, r := range batch {
+		if r.recompute == nil {
+			continue
+		}
+		c, err := r.recompute(budget)
+		if err != nil {
+			return false, err
+		}
+		changed = changed || c
+	}
+	return changed, nil
 }
 
 // prune drops the reservations of pods this replica's cache already shows at

@@ -18,6 +18,7 @@ type Metrics struct {
 	reserved      *prometheus.CounterVec
 	conflicts     *prometheus.CounterVec
 	retries       *prometheus.CounterVec
+	forwards      *prometheus.CounterVec
 	committed     *prometheus.GaugeVec
 	total         *prometheus.GaugeVec
 }
@@ -48,7 +49,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"budget"}),
 		reserved: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "dynamo_power_webhook_budget_reservations_total",
-			Help: "Reservation requests written to a budget's status (in batches), by budget.",
+			Help: "Reservations written to a budget's status (in batches), by budget.",
 		}, []string{"budget"}),
 		conflicts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "dynamo_power_webhook_budget_reservation_conflicts_total",
@@ -58,6 +59,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "dynamo_power_webhook_budget_reservation_retries_total",
 			Help: "Reservation batches that needed more than one write, by budget.",
 		}, []string{"budget"}),
+		forwards: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dynamo_power_webhook_budget_forwards_total",
+			Help: "Reservations sent to the budget writer replica, by result (forwarded; fallback: written here because the writer did not answer).",
+		}, []string{"result"}),
 		committed: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "dynamo_power_budget_committed_watts",
 			Help: "GPU power committed to live pods and reservations, by budget, as last reconciled.",
@@ -67,7 +72,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "The budget's totalWatts, by budget.",
 		}, []string{"budget"}),
 	}
-	reg.MustRegister(m.decisions, m.latency, m.budgetDenials, m.reserved, m.conflicts, m.retries, m.committed, m.total)
+	reg.MustRegister(m.decisions, m.latency, m.budgetDenials, m.reserved, m.conflicts, m.retries, m.forwards, m.committed, m.total)
 	return m
 }
 
@@ -93,6 +98,18 @@ func (m *Metrics) reservations(budget string, n, attempt int) {
 func (m *Metrics) reservationConflict(budget string) {
 	if m != nil {
 		m.conflicts.WithLabelValues(budget).Inc()
+	}
+}
+
+// Results of a forward, the values of the result label.
+const (
+	forwardOK       = "forwarded"
+	forwardFallback = "fallback"
+)
+
+func (m *Metrics) forwarded(result string) {
+	if m != nil {
+		m.forwards.WithLabelValues(result).Inc()
 	}
 }
 

@@ -29,11 +29,12 @@ import (
 // BudgetReconciler recomputes each budget's status from the live pods it
 // charges plus the reservations of pods not yet seen, so deleted and finished
 // pods release their watts and reservations of pods that were never stored
-// expire. It runs on the leader only. Its status writes are
-// resourceVersion-checked like the webhook's, so it never drops a reservation
-// it did not see.
+// expire. It runs on the leader, which is also the replica the others forward
+// reservations to; its recomputation is a member of the ledger's next batch,
+// applied to the version that batch writes, so the two never conflict.
 type BudgetReconciler struct {
 	Client   client.Client
+	Budgets  *Budgets
 	Catalog  policy.Catalog
 	Cluster  policy.Cluster
 	Recorder events.EventRecorder
@@ -44,17 +45,17 @@ type BudgetReconciler struct {
 	Now    func() time.Time
 }
 
-// settle coalesces a burst of pod events into one recomputation: during a
-// scale-up each pod would otherwise cost a status write that the webhook's
-// reservations then have to retry around.
+// settle coalesces a burst of pod events and of reservation writes into one
+// recomputation: during a scale-up each would otherwise cost a status write
+// and a list of every charged pod.
 const settle = 500 * time.Millisecond
 
-// SetupWithManager registers the reconciler: budget changes trigger it at
-// once, pod and namespace changes after settle.
+// SetupWithManager registers the reconciler: spec changes trigger it at once,
+// status, pod and namespace changes after settle.
 func (r *BudgetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	enqueueAll := func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 		var list powerv1alpha1.GPUPowerBudgetList
-		if err := r.Client.List(ctx, &list); err != nil {
+		if err := r.Client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
 			log.FromContext(ctx).Error(err, "Failed to list budgets")
 			return
 		}
@@ -73,9 +74,28 @@ func (r *BudgetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			enqueueAll(ctx, q)
 		},
 	}
+	self := func(o client.Object) reconcile.Request {
+		return reconcile.Request{NamespacedName: types.NamespacedName{Name: o.GetName()}}
+	}
+	budgets := handler.Funcs{
+		CreateFunc: func(_ context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			q.Add(self(e.Object))
+		},
+		UpdateFunc: func(_ context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			if e.ObjectNew.GetGeneration() != e.ObjectOld.GetGeneration() {
+				q.Add(self(e.ObjectNew))
+				return
+			}
+			// A reservation was written: its expiry must be scheduled.
+			q.AddAfter(self(e.ObjectNew), settle)
+		},
+		DeleteFunc: func(_ context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			q.Add(self(e.Object))
+		},
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("gpupowerbudget").
-		For(&powerv1alpha1.GPUPowerBudget{}).
+		Watches(&powerv1alpha1.GPUPowerBudget{}, budgets).
 		Watches(&corev1.Pod{}, allBudgets).
 		Watches(&corev1.Namespace{}, allBudgets).
 		Complete(r)
@@ -91,56 +111,68 @@ func (r *BudgetReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 		}
 		return reconcile.Result{}, err
 	}
-	live, err := r.charges(ctx, &budget)
-	if err != nil {
-		return reconcile.Result{}, err
+	// Set by the recomputation of the version that was written.
+	var (
+		next          powerv1alpha1.GPUPowerBudgetStatus
+		over, wasOver bool
+		now           time.Time
+		total         int64
+	)
+	res := r.Budgets.enqueue(ctx, budget.Name, &reserveRequest{recompute: func(b *powerv1alpha1.GPUPowerBudget) (bool, error) {
+		live, err := r.charges(ctx, b)
+		if err != nil {
+			return false, err
+		}
+		now, total = r.Now(), b.Spec.TotalWatts
+		before := b.Status.DeepCopy()
+		wasOver = meta.IsStatusConditionTrue(before.Conditions, powerv1alpha1.ConditionOverCommitted)
+		over = r.recompute(b, live, now)
+		next = *b.Status.DeepCopy()
+		return !equality.Semantic.DeepEqual(before, &next), nil
+	}})
+	if res.err != nil {
+		return reconcile.Result{}, fmt.Errorf("update budget %s status: %w", budget.Name, res.err)
 	}
-	now := r.Now()
+	r.Metrics.budgetState(budget.Name, next.CommittedWatts, total)
+	if over && !wasOver && r.Recorder != nil {
+		msg := meta.FindStatusCondition(next.Conditions, powerv1alpha1.ConditionOverCommitted).Message
+		r.Recorder.Eventf(&budget, nil, corev1.EventTypeWarning, "OverCommitted", "Reconcile", msg)
+	}
+	return reconcile.Result{RequeueAfter: r.nextCheck(&next, now)}, nil
+}
+
+// recompute sets b's status from the live pods it charges and its unexpired
+// reservations of pods not yet seen, and reports whether it is over its total.
+func (r *BudgetReconciler) recompute(b *powerv1alpha1.GPUPowerBudget, live []policy.Charge, now time.Time) bool {
+	st := &b.Status
 	var reservations []policy.Reservation
-	for _, res := range budget.Status.Reservations {
+	for _, res := range st.Reservations {
 		reservations = append(reservations, policy.Reservation{UID: res.PodUID, Watts: res.Watts, Expires: res.Expires.Time})
 	}
 	c := policy.Recompute(live, reservations, now)
-
-	next := budget.Status.DeepCopy()
-	next.CommittedWatts = c.Watts
-	next.AvailableWatts = max(0, budget.Spec.TotalWatts-c.Watts)
-	next.Pods, next.GPUs = int32(c.Pods), int32(c.GPUs)
-	next.Reservations = slices.DeleteFunc(next.Reservations, func(x powerv1alpha1.Reservation) bool {
+	st.CommittedWatts = c.Watts
+	st.AvailableWatts = max(0, b.Spec.TotalWatts-c.Watts)
+	st.Pods, st.GPUs = int32(c.Pods), int32(c.GPUs)
+	st.Reservations = slices.DeleteFunc(st.Reservations, func(x powerv1alpha1.Reservation) bool {
 		_, kept := slices.BinarySearch(c.Kept, x.PodUID)
 		return !kept
 	})
-	next.ObservedGeneration = budget.Generation
-	meta.SetStatusCondition(&next.Conditions, metav1.Condition{
+	st.ObservedGeneration = b.Generation
+	meta.SetStatusCondition(&st.Conditions, metav1.Condition{
 		Type: powerv1alpha1.ConditionReady, Status: metav1.ConditionTrue, Reason: "Reconciled",
-		Message: "committed watts recomputed from live pods and reservations", ObservedGeneration: budget.Generation,
+		Message: "committed watts recomputed from live pods and reservations", ObservedGeneration: b.Generation,
 	})
-	over := c.Watts > budget.Spec.TotalWatts
+	over := c.Watts > b.Spec.TotalWatts
 	overCond := metav1.Condition{Type: powerv1alpha1.ConditionOverCommitted, Status: metav1.ConditionFalse,
-		Reason: "WithinBudget", Message: fmt.Sprintf("%d W of %d W committed", c.Watts, budget.Spec.TotalWatts),
-		ObservedGeneration: budget.Generation}
+		Reason: "WithinBudget", Message: fmt.Sprintf("%d W of %d W committed", c.Watts, b.Spec.TotalWatts),
+		ObservedGeneration: b.Generation}
 	if over {
 		overCond.Status, overCond.Reason = metav1.ConditionTrue, "LivePodsExceedTotal"
 		overCond.Message = fmt.Sprintf("live pods commit %d W of %d W (total lowered, or pods admitted before the budget existed); new GPU pods are denied until %d W are released",
-			c.Watts, budget.Spec.TotalWatts, c.Watts-budget.Spec.TotalWatts)
+			c.Watts, b.Spec.TotalWatts, c.Watts-b.Spec.TotalWatts)
 	}
-	wasOver := meta.IsStatusConditionTrue(budget.Status.Conditions, powerv1alpha1.ConditionOverCommitted)
-	meta.SetStatusCondition(&next.Conditions, overCond)
-
-	r.Metrics.budgetState(budget.Name, c.Watts, budget.Spec.TotalWatts)
-	if !equality.Semantic.DeepEqual(&budget.Status, next) {
-		budget.Status = *next
-		if err := r.Client.Status().Update(ctx, &budget); err != nil {
-			if apierrors.IsConflict(err) {
-				return reconcile.Result{RequeueAfter: time.Millisecond}, nil // the webhook wrote in between: recompute
-			}
-			return reconcile.Result{}, fmt.Errorf("update budget %s status: %w", budget.Name, err)
-		}
-		if over && !wasOver && r.Recorder != nil {
-			r.Recorder.Eventf(&budget, nil, corev1.EventTypeWarning, "OverCommitted", "Reconcile", overCond.Message)
-		}
-	}
-	return reconcile.Result{RequeueAfter: r.nextCheck(next, now)}, nil
+	meta.SetStatusCondition(&st.Conditions, overCond)
+	return over
 }
 
 // nextCheck is the resync period, or sooner when a reservation expires.

@@ -31,13 +31,15 @@ func CacheOptions() cache.Options {
 
 // ServerOptions serves TLS 1.2 or newer over HTTP/1.1 only (HTTP/2 is off:
 // CVE-2023-44487, CVE-2023-39325), with certificates from certDir reloaded
-// when they change.
+// when they change. A client certificate is asked for, not required: the
+// API server sends none, a replica forwarding reservations sends its own.
 func ServerOptions(host string, port int, certDir string) webhook.Options {
 	return webhook.Options{
 		Host: host, Port: port, CertDir: certDir,
 		TLSOpts: []func(*tls.Config){func(c *tls.Config) {
 			c.MinVersion = tls.VersionTLS12
 			c.NextProtos = []string{"http/1.1"}
+			c.ClientAuth = tls.RequestClientCert
 		}},
 	}
 }
@@ -50,6 +52,10 @@ type BudgetOptions struct {
 	Resync time.Duration
 	// Attempts bounds the status writes of one reservation batch.
 	Attempts int
+	// Writer, when set, is the leader-election Lease (the manager's lock must
+	// be Writer.Lock) whose holder writes every budget: the other replicas
+	// forward their reservations to it. Nil: every replica writes its own.
+	Writer *Writer
 }
 
 // Setup wires the webhooks into mgr: the informers (nodes, pods, namespaces,
@@ -82,13 +88,30 @@ func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, re
 	budgets := &Budgets{
 		Cache: mgr.GetClient(), API: mgr.GetAPIReader(), Client: mgr.GetClient(), Catalog: admit.Catalog, Cluster: nodes,
 		TTL: o.ReservationTTL, Attempts: o.Attempts, Metrics: m, Now: time.Now,
+		Leading: func() bool {
+			select {
+			case <-mgr.Elected():
+				return true
+			default:
+				return false
+			}
+		},
 	}
 	server := mgr.GetWebhookServer()
 	server.Register(MutatePath, &webhook.Admission{Handler: &Mutator{Policy: admit, Cluster: nodes, Budgets: budgets, Metrics: m}})
 	server.Register(ValidatePath, &webhook.Admission{Handler: &Validator{Policy: admit, Cluster: nodes, Budgets: budgets, Metrics: m}})
+	if o.Writer != nil {
+		if budgets.Peers, err = newPeers(*o.Writer, mgr.GetAPIReader(), budgets, m); err != nil {
+			return err
+		}
+		if err := mgr.Add(budgets.Peers.certs); err != nil {
+			return err
+		}
+		server.Register(ForwardPath, budgets.Peers)
+	}
 
 	reconciler := &BudgetReconciler{
-		Client: mgr.GetClient(), Catalog: admit.Catalog, Cluster: nodes, Metrics: m,
+		Client: mgr.GetClient(), Budgets: budgets, Catalog: admit.Catalog, Cluster: nodes, Metrics: m,
 		Recorder: mgr.GetEventRecorder("power-webhook"), Resync: o.Resync, Now: time.Now,
 	}
 	if err := reconciler.SetupWithManager(mgr); err != nil {

@@ -1,6 +1,7 @@
 package webhook_test
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"sync"
@@ -28,22 +29,34 @@ var benchRun atomic.Int64
 //
 //	go test -run '^$' -bench BudgetedAdmissions -benchtime 2000x ./test/integration/webhook
 func BenchmarkBudgetedAdmissions(b *testing.B) {
-	b.Run("rate=100", func(b *testing.B) { admissionLoad(b, 100) })
-	b.Run("rate=max", func(b *testing.B) { admissionLoad(b, 0) })
+	b.Run("rate=100", func(b *testing.B) { admissionLoad(b, 100, true) })
+	b.Run("rate=max", func(b *testing.B) { admissionLoad(b, 0, true) })
+	// The same loads with no budget selecting the namespace: what the API
+	// server and the webhooks cost without reservations, on the same machine
+	// in the same run.
+	b.Run("rate=100/budget=none", func(b *testing.B) { admissionLoad(b, 100, false) })
+	b.Run("rate=max/budget=none", func(b *testing.B) { admissionLoad(b, 0, false) })
 }
 
-// admissionLoad runs the load at rate creates per second (0: unpaced).
-func admissionLoad(b *testing.B, rate float64) {
+// admissionLoad runs the load at rate creates per second (0: unpaced), into a
+// namespace a budget selects when budgeted.
+func admissionLoad(b *testing.B, rate float64, budgeted bool) {
 	const (
 		clients = 50
 		cost    = 250
 	)
 	name := fmt.Sprintf("bench-%d", benchRun.Add(1))
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{budgetLabel: name}}}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	if budgeted {
+		ns.Labels = map[string]string{budgetLabel: name}
+	}
 	if err := k8s.Create(b.Context(), ns); err != nil {
 		b.Fatal(err)
 	}
-	fit := int64(b.N) * 3 / 4
+	fit := int64(b.N)
+	if budgeted {
+		fit = int64(b.N) * 3 / 4
+	}
 	budget := &powerv1alpha1.GPUPowerBudget{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: powerv1alpha1.GPUPowerBudgetSpec{
@@ -54,6 +67,8 @@ func admissionLoad(b *testing.B, rate float64) {
 	if err := k8s.Create(b.Context(), budget); err != nil {
 		b.Fatal(err)
 	}
+	// The reconciler would otherwise keep recomputing it in later runs.
+	b.Cleanup(func() { _ = k8s.Delete(context.Background(), budget) })
 	// Every replica must know the budget before the clock starts.
 	time.Sleep(time.Second)
 
@@ -67,7 +82,7 @@ func admissionLoad(b *testing.B, rate float64) {
 	var next, admitted, denied atomic.Int64
 	latencies := make([]time.Duration, b.N)
 	var failed sync.Map
-	conflictsBefore, writesBefore := budgetCounters(b)
+	countersBefore := budgetCounters(b)
 	b.ResetTimer()
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -116,17 +131,33 @@ func admissionLoad(b *testing.B, rate float64) {
 	b.ReportMetric(pct(0.90), "p90-ms")
 	b.ReportMetric(pct(0.99), "p99-ms")
 	b.ReportMetric(float64(denied.Load()), "denied")
-	conflicts, writes := budgetCounters(b)
-	b.ReportMetric(conflicts-conflictsBefore, "conflicts")
-	b.ReportMetric(writes-writesBefore, "reserved")
+	for name, v := range budgetCounters(b) {
+		b.ReportMetric(v-countersBefore[name], name)
+	}
 	b.ReportMetric(0, "ns/op")
 }
 
-// budgetCounters sums reservation conflicts and reserved requests over replicas.
-func budgetCounters(b *testing.B) (conflicts, reserved float64) {
+// budgetCounters sums the ledger's counters over the replicas: reservations
+// written, status writes that conflicted, reservations forwarded to the
+// writer replica and those written where they arrived because it did not
+// answer.
+func budgetCounters(b *testing.B) map[string]float64 {
+	c := map[string]float64{}
 	for _, reg := range webhooks.registries() {
-		conflicts += counterSum(b, reg, "dynamo_power_webhook_budget_reservation_conflicts_total")
-		reserved += counterSum(b, reg, "dynamo_power_webhook_budget_reservations_total")
+		c["reserved"] += counterSum(b, reg, "dynamo_power_webhook_budget_reservations_total")
+		c["conflicts"] += counterSum(b, reg, "dynamo_power_webhook_budget_reservation_conflicts_total")
+		families, err := reg.Gather()
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, f := range families {
+			if f.GetName() != "dynamo_power_webhook_budget_forwards_total" {
+				continue
+			}
+			for _, m := range f.GetMetric() {
+				c[m.GetLabel()[0].GetValue()] += counterValue(m)
+			}
+		}
 	}
-	return conflicts, reserved
+	return c
 }

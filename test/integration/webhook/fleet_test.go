@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/config"
@@ -102,6 +103,17 @@ func (f *fleet) start() error {
 	}
 	host, portStr, _ := net.SplitHostPort(webhookAddr)
 	port, _ := strconv.Atoi(portStr)
+	// Short enough for the failover test, long enough that a renewal
+	// survives a busy 2-core machine.
+	const renewDeadline = 4 * time.Second
+	writer := powerwebhook.Writer{
+		Lease:   types.NamespacedName{Namespace: "dynamo-system", Name: powerwebhook.LeaderElectionID},
+		Address: webhookAddr, CertDir: f.wio.LocalServingCertDir,
+	}
+	lock, err := writer.Lock(restConfig, renewDeadline)
+	if err != nil {
+		return err
+	}
 	mgr, err := ctrl.NewManager(restConfig, manager.Options{
 		Scheme:                 f.scheme,
 		Metrics:                metricsserver.Options{BindAddress: "0"},
@@ -109,16 +121,14 @@ func (f *fleet) start() error {
 		WebhookServer:          webhook.NewServer(powerwebhook.ServerOptions(host, port, f.wio.LocalServingCertDir)),
 		Cache:                  powerwebhook.CacheOptions(),
 		// Several replicas live in this process; in production each is alone.
-		Controller:                    config.Controller{SkipNameValidation: &skipNameValidation},
-		LeaderElection:                true,
-		LeaderElectionID:              "power-webhook-budget-reconciler",
-		LeaderElectionNamespace:       "dynamo-system",
-		LeaderElectionReleaseOnCancel: true,
-		// Short enough for the failover test, long enough that a renewal
-		// survives a busy 2-core machine.
-		LeaseDuration: durationPtr(5 * time.Second),
-		RenewDeadline: durationPtr(4 * time.Second),
-		RetryPeriod:   durationPtr(500 * time.Millisecond),
+		Controller:                          config.Controller{SkipNameValidation: &skipNameValidation},
+		LeaderElection:                      true,
+		LeaderElectionID:                    powerwebhook.LeaderElectionID,
+		LeaderElectionResourceLockInterface: lock,
+		LeaderElectionReleaseOnCancel:       true,
+		LeaseDuration:                       durationPtr(5 * time.Second),
+		RenewDeadline:                       durationPtr(renewDeadline),
+		RetryPeriod:                         durationPtr(500 * time.Millisecond),
 	})
 	if err != nil {
 		return err
@@ -129,7 +139,7 @@ func (f *fleet) start() error {
 	}
 	admit := &policy.Admission{Catalog: policy.DefaultCatalog(), UnknownProducts: policy.UnknownProductsDeny, Defaults: []policy.DefaultRule{decode}}
 	r := &replica{addr: webhookAddr, mgr: mgr, registry: prometheus.NewRegistry(), stopped: make(chan error, 1), exited: make(chan struct{})}
-	opts := powerwebhook.BudgetOptions{ReservationTTL: reservationTTL, Resync: 30 * time.Second, Attempts: 50}
+	opts := powerwebhook.BudgetOptions{ReservationTTL: reservationTTL, Resync: 30 * time.Second, Attempts: 50, Writer: &writer}
 	ctx, cancel := context.WithCancel(f.ctx)
 	r.cancel = cancel
 	if err := powerwebhook.Setup(ctx, mgr, admit, r.registry, opts); err != nil {
