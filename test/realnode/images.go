@@ -47,18 +47,23 @@ func ShippedImage(manifest string) (string, error) {
 // buildBinaries builds the two shipped binaries as their Dockerfiles do, and
 // the pause binary, into dir.
 func buildBinaries(root, dir string, logf func(string, ...any)) error {
+	// The shipped binaries are built as `make build` and the Dockerfiles
+	// build them (-trimpath); the harness's own as tests are, sharing their
+	// build cache.
 	builds := []struct {
 		out, pkg string
 		env      []string
+		flags    []string
 	}{
-		{"power-webhook", "./cmd/webhook", []string{"CGO_ENABLED=0"}},
-		{"power-agent", "./cmd/agent", []string{"CGO_ENABLED=1", "CGO_CFLAGS=-Wno-deprecated-declarations"}},
-		{"pause", "./test/realnode/cmd/pause", []string{"CGO_ENABLED=0"}},
-		{"realnode", "./test/realnode/cmd/realnode", []string{"CGO_ENABLED=0"}},
+		{"power-webhook", "./cmd/webhook", []string{"CGO_ENABLED=0"}, []string{"-trimpath", "-ldflags=-s -w"}},
+		{"power-agent", "./cmd/agent", []string{"CGO_ENABLED=1", "CGO_CFLAGS=-Wno-deprecated-declarations"}, []string{"-trimpath", "-ldflags=-s -w"}},
+		{"pause", "./test/realnode/cmd/pause", []string{"CGO_ENABLED=0"}, nil},
+		{"realnode", "./test/realnode/cmd/realnode", nil, nil},
 	}
 	for _, b := range builds {
 		start := time.Now()
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(dir, b.out), b.pkg)
+		args := append(append([]string{"build"}, b.flags...), "-o", filepath.Join(dir, b.out), b.pkg)
+		cmd := exec.Command("go", args...)
 		cmd.Dir = root
 		cmd.Env = append(os.Environ(), b.env...)
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -164,6 +169,48 @@ func writeImage(img Image, path string) error {
 		return err
 	}
 	return tarball.WriteToFile(path, tag, oci)
+}
+
+// imagePath is where the node's image tarball of ref is kept.
+func imagePath(ref string) string {
+	return filepath.Join(Dir, "images", strings.NewReplacer("/", "_", ":", "_").Replace(ref)+".tar")
+}
+
+// ImageFiles lists the files of an image the running node imported.
+func ImageFiles(ref string) ([]string, error) {
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		return nil, err
+	}
+	img, err := tarball.ImageFromPath(imagePath(ref), &tag)
+	if err != nil {
+		return nil, err
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		return nil, err
+	}
+	var files []string
+	for _, l := range layers {
+		rc, err := l.Uncompressed()
+		if err != nil {
+			return nil, err
+		}
+		tr := tar.NewReader(rc)
+		for {
+			h, err := tr.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				_ = rc.Close()
+				return nil, err
+			}
+			files = append(files, "/"+h.Name)
+		}
+		_ = rc.Close()
+	}
+	return files, nil
 }
 
 // images are the node's images: both shipped binaries and the pause binary

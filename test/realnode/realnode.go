@@ -288,6 +288,8 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 		"--authorization-mode", "Node,RBAC", "--enable-admission-plugins", "NodeRestriction",
 		"--kubelet-client-certificate", p.path("apiserver-kubelet-client.crt"),
 		"--kubelet-client-key", p.path("apiserver-kubelet-client.key"),
+		// The node's name resolves nowhere: logs and exec go to its address.
+		"--kubelet-preferred-address-types", "InternalIP",
 		// Webhooks are reached at their Service's endpoints: no kube-proxy.
 		"--enable-aggregator-routing=true",
 		"--allow-privileged=true",
@@ -359,8 +361,8 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
-	for i, img := range imgs {
-		path := filepath.Join(Dir, "images", fmt.Sprintf("%d.tar", i))
+	for _, img := range imgs {
+		path := imagePath(img.Ref)
 		if err := writeImage(img, path); err != nil {
 			return nil, fmt.Errorf("image %s: %w", img.Ref, err)
 		}

@@ -26,11 +26,12 @@ import (
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
 const (
 	// ResourceName is what GPU pods request.
-	ResourceName = "nvidia.com/gpu"
+	ResourceName = policy.ResourceGPU
 	// kubeletSocket is hard-coded in the kubelet (it ignores --root-dir).
 	kubeletSocket  = pluginapi.KubeletSocket
 	pluginSocket   = "gpu-power-fake.sock"

@@ -1,6 +1,7 @@
 // Command realnode starts (`up`) and stops (`down`) a real one-node cluster
-// on this machine for tests and demos; `addons` is the process it starts for
-// cert-manager's controllers and the simulated GPUs. Run it as root.
+// on this machine for tests and demos, and prints the agent manifest for it
+// (`agent-manifest`); `addons` is the process it starts for cert-manager's
+// controllers and the simulated GPUs. Run it as root.
 package main
 
 import (
@@ -24,7 +25,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: realnode up|down|addons [flags]")
+		fmt.Fprintln(os.Stderr, "usage: realnode up|down|agent-manifest|addons [flags]")
 		os.Exit(2)
 	}
 	logf := func(format string, args ...any) { fmt.Printf("realnode: "+format+"\n", args...) }
@@ -38,8 +39,10 @@ func main() {
 		err = realnode.Down(logf)
 	case "addons":
 		err = addons(ctx, args, logf)
+	case "agent-manifest":
+		err = agentManifest(args)
 	default:
-		err = fmt.Errorf("unknown command %q (want up, down or addons)", cmd)
+		err = fmt.Errorf("unknown command %q (want up, down, agent-manifest or addons)", cmd)
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "realnode: %v\n", err)
@@ -66,6 +69,22 @@ func up(ctx context.Context, args []string, logf func(string, ...any)) error {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
 	defer cancel()
 	_, err = realnode.Up(ctx, realnode.Options{Root: absRoot, K8sBin: absBin, GPUs: *gpus, Owner: "make cluster-up", Logf: logf})
+	return err
+}
+
+// agentManifest prints the shipped agent DaemonSet with the one change a
+// node with simulated GPUs needs (docs/cluster.md).
+func agentManifest(args []string) error {
+	fs := flag.NewFlagSet("agent-manifest", flag.ExitOnError)
+	file := fs.String("f", "deploy/agent/daemonset.yaml", "The shipped agent manifest.")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	out, err := realnode.AgentManifest(*file)
+	if err != nil {
+		return err
+	}
+	_, err = os.Stdout.Write(out)
 	return err
 }
 

@@ -1,0 +1,139 @@
+// Package cluster_test installs both manifests with kubectl onto a real node
+// (test/realnode: real kubelet, containerd, controllers and scheduler, only
+// the GPUs simulated) and checks what an operator would: the pods become
+// Ready through their own probes, GPU pods are capped before their workload
+// starts, limits follow patches, deletion restores, the budget denies, and
+// teardown leaves the machine as it was. It needs root.
+package cluster_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/realnode"
+	"github.com/dynamo-power/gpu-power/test/testdeploy"
+)
+
+var cluster *realnode.Cluster
+
+func TestMain(m *testing.M) { envtestenv.Main(m, "cluster", setup) }
+
+func logf(format string, args ...any) { fmt.Printf("realnode: "+format+"\n", args...) }
+
+func setup(m *testing.M) (int, error) {
+	if os.Geteuid() != 0 {
+		return 0, fmt.Errorf("a real node needs root (kubelet, containerd, mounts, cgroups)")
+	}
+	assets, err := envtestenv.AssetsDir()
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	c, err := realnode.Up(ctx, realnode.Options{Root: envtestenv.Root(), K8sBin: assets, GPUs: 2, Owner: "test", Logf: logf})
+	if err != nil {
+		return 0, err
+	}
+	cluster = c
+	code := m.Run()
+
+	// Teardown must put the machine back: compared here, after every test.
+	if err := realnode.Down(logf); err != nil {
+		return 0, fmt.Errorf("teardown: %w", err)
+	}
+	after, err := realnode.SnapshotHost()
+	if err != nil {
+		return 0, err
+	}
+	if diff := c.State.Before.Diff(after); len(diff) > 0 {
+		fmt.Printf("--- FAIL: teardown left the host changed:\n  %s\n", strings.Join(diff, "\n  "))
+		return 1, nil
+	}
+	fmt.Println("--- PASS: teardown restored the host (processes, mounts, kubepods cgroups, sysctls, interfaces, state folders)")
+	return code, nil
+}
+
+func kubectl(t *testing.T, stdin string, args ...string) string {
+	t.Helper()
+	out, err := cluster.Kubectl(t.Context(), stdin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func eventually(t *testing.T, what string, cond func() (bool, string)) {
+	t.Helper()
+	envtestenv.Eventually(t, 4*time.Minute, what, cond)
+}
+
+var (
+	installOnce sync.Once
+	installErr  error
+)
+
+// install applies both manifests once for every test that needs them, and
+// waits until the webhook replicas and the agent pod are Ready.
+func install(t *testing.T) {
+	t.Helper()
+	installOnce.Do(func() { installErr = doInstall(t) })
+	if installErr != nil {
+		t.Fatalf("install: %v", installErr)
+	}
+}
+
+func doInstall(t *testing.T) error {
+	ctx := t.Context()
+	if _, err := cluster.Kubectl(ctx, "", "apply", "-f", testdeploy.WebhookDir()); err != nil {
+		return err
+	}
+	agent, err := realnode.AgentManifest(testdeploy.AgentFile())
+	if err != nil {
+		return err
+	}
+	if _, err := cluster.Kubectl(ctx, string(agent), "apply", "-f", "-"); err != nil {
+		return err
+	}
+	for _, w := range [][]string{
+		{"rollout", "status", "-n", "dynamo-system", "deployment/power-webhook", "--timeout=5m"},
+		{"rollout", "status", "-n", "dynamo-system", "daemonset/power-agent", "--timeout=5m"},
+	} {
+		if out, err := cluster.Kubectl(ctx, "", w...); err != nil {
+			pods, _ := cluster.Kubectl(ctx, "", "get", "pods", "-A", "-o", "wide")
+			ev, _ := cluster.Kubectl(ctx, "", "get", "events", "-A", "--sort-by=.lastTimestamp")
+			return fmt.Errorf("%w\n%s\npods:\n%s\nevents:\n%s", err, out, pods, ev)
+		}
+	}
+	return nil
+}
+
+// gpus reads the simulated GPUs' state.
+func gpus(t *testing.T) []nvmlctl.FakeGPU {
+	t.Helper()
+	f, err := nvmlctl.NewFakeFromFile(realnode.FakeNVMLFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := f.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Devices
+}
+
+// limits returns each GPU's current limit in watts, by UUID.
+func limits(t *testing.T) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	for _, g := range gpus(t) {
+		out[g.UUID] = int(g.Limit / 1000)
+	}
+	return out
+}
