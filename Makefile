@@ -66,6 +66,26 @@ up: envtest build ## Start the same environment and keep it running until Ctrl-C
 	@go build -o bin/power-sandbox ./test/sandbox/cmd/sandbox
 	bin/power-sandbox --bin-dir bin $(if $(SANDBOX_DIR),--dir $(SANDBOX_DIR)) up
 
+##@ Real node (Linux, as root; docs/cluster.md)
+
+GPUS ?= 2
+
+.PHONY: cluster-binaries
+cluster-binaries: ## Build etcd, kube-apiserver, kubectl, kubelet, kube-controller-manager, kube-scheduler from Go modules (skipped when built).
+	K8S_BIN_DIR=$(KUBEBUILDER_ASSETS) hack/build-k8s.sh etcd kube-apiserver kubectl kubelet kube-controller-manager kube-scheduler
+
+.PHONY: cluster-up
+cluster-up: cluster-binaries ## Start a real one-node cluster here (containerd, kubelet, controllers; GPUs simulated); prints the KUBECONFIG.
+	go run ./test/realnode/cmd/realnode up --k8s-bin $(KUBEBUILDER_ASSETS) --gpus $(GPUS)
+
+.PHONY: cluster-down
+cluster-down: ## Stop the real node and put the machine back as it was.
+	go run ./test/realnode/cmd/realnode down
+
+.PHONY: test-cluster
+test-cluster: cluster-binaries ## Both manifests as real pods on a real kubelet; teardown restores the host.
+	go test -count=1 -timeout 40m -v ./test/cluster/...
+
 ##@ Test
 
 .PHONY: test
