@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -13,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/resourceversion"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -43,6 +45,10 @@ type BudgetReconciler struct {
 	// can last.
 	Resync time.Duration
 	Now    func() time.Time
+	// PodsSeen is the resourceVersion the pod cache has caught up to.
+	PodsSeen func() string
+
+	caughtUp sync.Map // budget name -> true once PodsSeen passed a base
 }
 
 // settle coalesces a burst of pod events and of reservation writes into one
@@ -113,10 +119,10 @@ func (r *BudgetReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 	}
 	// Set by the recomputation of the version that was written.
 	var (
-		next          powerv1alpha1.GPUPowerBudgetStatus
-		over, wasOver bool
-		now           time.Time
-		total         int64
+		next                  powerv1alpha1.GPUPowerBudgetStatus
+		over, wasOver, behind bool
+		now                   time.Time
+		total                 int64
 	)
 	res := r.Budgets.enqueue(ctx, budget.Name, &reserveRequest{recompute: func(b *powerv1alpha1.GPUPowerBudget) (bool, error) {
 		live, err := r.charges(ctx, b)
@@ -127,11 +133,20 @@ func (r *BudgetReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 		before := b.Status.DeepCopy()
 		wasOver = meta.IsStatusConditionTrue(before.Conditions, powerv1alpha1.ConditionOverCommitted)
 		over = r.recompute(b, live, now)
+		if behind = b.Status.CommittedWatts < before.CommittedWatts && !r.hasCaughtUp(b); behind {
+			b.Status = *before
+			return false, nil
+		}
 		next = *b.Status.DeepCopy()
 		return !equality.Semantic.DeepEqual(before, &next), nil
 	}})
 	if res.err != nil {
 		return reconcile.Result{}, fmt.Errorf("update budget %s status: %w", budget.Name, res.err)
+	}
+	if behind {
+		log.FromContext(ctx).V(1).Info("Waiting for the pod cache to catch up with the budget before releasing watts",
+			"budget", budget.Name, "budgetVersion", budget.ResourceVersion, "podsVersion", r.PodsSeen())
+		return reconcile.Result{RequeueAfter: settle}, nil
 	}
 	r.Metrics.budgetState(budget.Name, next.CommittedWatts, total)
 	if over && !wasOver && r.Recorder != nil {
@@ -139,6 +154,27 @@ func (r *BudgetReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 		r.Recorder.Eventf(&budget, nil, corev1.EventTypeWarning, "OverCommitted", "Reconcile", msg)
 	}
 	return reconcile.Result{RequeueAfter: r.nextCheck(&next, now)}, nil
+}
+
+// hasCaughtUp reports whether the pod cache has seen every pod the budget's
+// status may rely on, before a recomputation releases watts. Until this
+// replica has recomputed a budget once, a previous writer may have pruned
+// reservations of pods its cache showed and this one has not received yet:
+// counting without them would release watts in use. Once the pod cache has
+// passed a version of the budget, every later pruning is this replica's own,
+// from this cache.
+func (r *BudgetReconciler) hasCaughtUp(b *powerv1alpha1.GPUPowerBudget) bool {
+	if _, ok := r.caughtUp.Load(b.Name); ok {
+		return true
+	}
+	c, err := resourceversion.CompareResourceVersion(r.PodsSeen(), b.ResourceVersion)
+	if err == nil && c < 0 {
+		return false
+	}
+	// An unreadable version (client-go's AtomicFIFO gate off) cannot be
+	// waited for: the reconciler then trusts its cache, as releases must go on.
+	r.caughtUp.Store(b.Name, true)
+	return true
 }
 
 // recompute sets b's status from the live pods it charges and its unexpired

@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
+	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -76,12 +77,21 @@ func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, re
 		return fmt.Errorf("node informer: %w", err)
 	}
 	synced := []interface{ HasSynced() bool }{indexed}
+	var podStore toolscache.Store
 	for _, obj := range []client.Object{&corev1.Pod{}, &corev1.Namespace{}, &powerv1alpha1.GPUPowerBudget{}} {
 		inf, err := mgr.GetCache().GetInformer(ctx, obj, cache.BlockUntilSynced(false))
 		if err != nil {
 			return fmt.Errorf("informer for %T: %w", obj, err)
 		}
 		synced = append(synced, inf)
+		if _, pods := obj.(*corev1.Pod); pods {
+			if s, ok := inf.(interface{ GetStore() toolscache.Store }); ok {
+				podStore = s.GetStore()
+			}
+		}
+	}
+	if podStore == nil {
+		return errors.New("pod informer has no store to read its resourceVersion from")
 	}
 
 	m := NewMetrics(reg)
@@ -113,6 +123,7 @@ func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, re
 	reconciler := &BudgetReconciler{
 		Client: mgr.GetClient(), Budgets: budgets, Catalog: admit.Catalog, Cluster: nodes, Metrics: m,
 		Recorder: mgr.GetEventRecorder("power-webhook"), Resync: o.Resync, Now: time.Now,
+		PodsSeen: podStore.LastStoreSyncResourceVersion,
 	}
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("budget reconciler: %w", err)

@@ -1,10 +1,23 @@
 package webhook_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"io"
+	"math/big"
 	"net"
+	"net/http"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
+	"time"
+
+	powerwebhook "github.com/dynamo-power/gpu-power/pkg/webhook"
 )
 
 // TestServingTLS checks what the webhook server offers the API server:
@@ -27,4 +40,64 @@ func TestServingTLS(t *testing.T) {
 	if v := conn.ConnectionState().Version; v < tls.VersionTLS12 {
 		t.Errorf("negotiated TLS version %x; want 1.2 or newer", v)
 	}
+}
+
+// TestForwardedReservationsNeedTheServingKey checks that only a replica, a
+// client holding the webhook's serving key, can reserve or release watts
+// through the endpoint the replicas forward reservations to.
+func TestForwardedReservationsNeedTheServingKey(t *testing.T) {
+	ns := budgetNamespace(t, "forward", map[string]string{budgetLabel: "forward"})
+	createBudget(t, "forward", 1000, budgetLabel, "forward")
+	if err := createPod(t, gpuPod("a", ns, 2, "250")); err != nil {
+		t.Fatal(err)
+	}
+	committedBecomes(t, "forward", 500)
+	serving, err := tls.LoadX509KeyPair(filepath.Join(webhooks.wio.LocalServingCertDir, "tls.crt"), filepath.Join(webhooks.wio.LocalServingCertDir, "tls.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leader := webhooks.leader()
+	if leader == nil {
+		t.Fatal("no replica is leading")
+	}
+	forward := func(certs []tls.Certificate, body string) (int, string) {
+		c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, Certificates: certs}}} //nolint:gosec // the client, not the server, is under test
+		resp, err := c.Post("https://"+leader.addr+powerwebhook.ForwardPath, "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = resp.Body.Close() }()
+		out, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, strings.TrimSpace(string(out))
+	}
+	grab := `{"budget":"forward","uid":"forged","pod":"forward/forged","watts":400,"delta":400}`
+	for name, certs := range map[string][]tls.Certificate{"no client certificate": nil, "another key": {otherKey(t)}} {
+		if code, out := forward(certs, grab); code != http.StatusForbidden {
+			t.Errorf("%s: %d %s; want 403", name, code, out)
+		}
+	}
+	if st := getBudget(t, "forward").Status; st.CommittedWatts != 500 || len(st.Reservations) != 0 {
+		t.Errorf("refused requests changed the budget: committed %d, reservations %+v", st.CommittedWatts, st.Reservations)
+	}
+	// A replica is answered; this one asks for more than is left.
+	tooMuch := `{"budget":"forward","uid":"forged","pod":"forward/forged","watts":600,"delta":600}`
+	if code, out := forward([]tls.Certificate{serving}, tooMuch); code != http.StatusOK || out != `{"ok":false,"committed":500,"total":1000}` {
+		t.Errorf("with the serving key: %d %s; want 200 and a denial", code, out)
+	}
+}
+
+// otherKey is a self-signed certificate with a key of its own.
+func otherKey(t *testing.T) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "power-webhook"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
