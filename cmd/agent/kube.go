@@ -12,11 +12,9 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 )
 
@@ -88,36 +86,4 @@ func (k *kube) daemonSetDeleting(ctx context.Context, namespace, name string) (b
 		return false, fmt.Errorf("decode DaemonSet %s/%s: %w", namespace, name, err)
 	}
 	return ds.DeletionTimestamp != nil, nil
-}
-
-// eventRecorder records Events on pods as component power-agent, and logs
-// each at V(1). stop flushes nothing: an Event is best effort.
-func (k *kube) eventRecorder(log logr.Logger, node string) (rec record.EventRecorder, stop func()) {
-	b := record.NewBroadcaster()
-	b.StartRecordingToSink(eventSink{k.rest})
-	b.StartEventWatcher(func(e *corev1.Event) {
-		log.V(1).Info("Recorded event", "pod", klog.KRef(e.InvolvedObject.Namespace, e.InvolvedObject.Name),
-			"type", e.Type, "reason", e.Reason, "message", e.Message)
-	})
-	return b.NewRecorder(k.scheme, corev1.EventSource{Component: "power-agent", Host: node}), b.Shutdown
-}
-
-// eventSink writes core/v1 Events through the agent's REST client, as the
-// typed clientset's sink does.
-type eventSink struct{ c rest.Interface }
-
-func (s eventSink) Create(e *corev1.Event) (*corev1.Event, error) {
-	out := &corev1.Event{}
-	return out, s.c.Post().Namespace(e.Namespace).Resource("events").Body(e).Do(context.TODO()).Into(out)
-}
-
-func (s eventSink) Update(e *corev1.Event) (*corev1.Event, error) {
-	out := &corev1.Event{}
-	return out, s.c.Put().Namespace(e.Namespace).Resource("events").Name(e.Name).Body(e).Do(context.TODO()).Into(out)
-}
-
-func (s eventSink) Patch(e *corev1.Event, data []byte) (*corev1.Event, error) {
-	out := &corev1.Event{}
-	return out, s.c.Patch(types.StrategicMergePatchType).Namespace(e.Namespace).Resource("events").Name(e.Name).
-		Body(data).Do(context.TODO()).Into(out)
 }

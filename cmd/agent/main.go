@@ -121,8 +121,10 @@ func run(log logr.Logger, o options) error {
 	context.AfterFunc(ctx, stop) // a second signal kills the agent at once
 
 	pods := k.podInformer(o.nodeName)
-	recorder, stopEvents := k.eventRecorder(log, o.nodeName)
+	// Events queued before SIGTERM still go out while the agent shuts down.
+	eventsCtx, stopEvents := context.WithCancel(context.Background())
 	defer stopEvents()
+	recorder := newEventRecorder(eventsCtx, k, log)
 	reg := newRegistry()
 	enforcer := &agent.Enforcer{NVML: lib, Ledger: ledger, RequireValidation: o.requireValidation,
 		Recorder: recorder, Log: log, Metrics: agent.NewMetrics(reg)}

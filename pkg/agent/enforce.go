@@ -10,8 +10,8 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/tools/record"
 
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
 	"github.com/dynamo-power/gpu-power/pkg/podmap"
@@ -67,13 +67,20 @@ type Inputs struct {
 	Pods map[types.UID]*corev1.Pod
 }
 
+// EventRecorder records an Event on a pod, with the signature of client-go's
+// events.k8s.io recorder: cmd/agent's recorder and client-go's
+// events.FakeRecorder (tests) implement it.
+type EventRecorder interface {
+	Eventf(regarding, related runtime.Object, eventtype, reason, action, note string, args ...any)
+}
+
 // Enforcer applies the pods' limits to the node's GPUs.
 type Enforcer struct {
 	NVML   nvmlctl.Library
 	Ledger *Ledger
 	// RequireValidation enforces only limits the webhook stamped.
 	RequireValidation bool
-	Recorder          record.EventRecorder
+	Recorder          EventRecorder
 	Log               logr.Logger
 	// Metrics may be nil (inspect, tests).
 	Metrics *Metrics
@@ -341,7 +348,7 @@ func (e *Enforcer) tellOnce(pods []*corev1.Pod, key, reason, note string, args .
 
 func (e *Enforcer) event(p *corev1.Pod, eventType, reason, note string, args ...any) {
 	if e.Recorder != nil {
-		e.Recorder.Eventf(p, eventType, reason, note, args...)
+		e.Recorder.Eventf(p, nil, eventType, reason, "SetPowerLimit", note, args...)
 	}
 }
 

@@ -13,7 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/sets"
-	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/tools/events"
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
@@ -28,7 +28,7 @@ type node struct {
 	nvml     *nvmlctl.Fake
 	dir      string
 	enforcer *Enforcer
-	events   *record.FakeRecorder
+	events   *events.FakeRecorder
 	metrics  *Metrics
 	pods     map[types.UID]*corev1.Pod
 	holders  podmap.Holders
@@ -47,7 +47,7 @@ func (n *node) restartAgent() {
 	if err != nil {
 		n.t.Fatal(err)
 	}
-	n.events = record.NewFakeRecorder(100)
+	n.events = events.NewFakeRecorder(100)
 	n.metrics = NewMetrics(prometheus.NewRegistry())
 	n.enforcer = &Enforcer{NVML: n.nvml, Ledger: ledger, RequireValidation: true, Recorder: n.events, Log: testr.New(n.t), Metrics: n.metrics}
 }

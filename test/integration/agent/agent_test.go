@@ -216,7 +216,8 @@ func TestAgentEnforcesAdmittedLimits(t *testing.T) {
 			return false, err.Error()
 		}
 		for _, e := range list.Items {
-			if e.Regarding.Name == "decode-0" && e.Reason == "PowerLimitApplied" && strings.Contains(e.Note, "to 250 W (was 700 W)") {
+			if e.Regarding.Name == "decode-0" && e.Reason == "PowerLimitApplied" && strings.Contains(e.Note, "to 250 W (was 700 W)") &&
+				e.ReportingController == "power-agent" && e.Action == "SetPowerLimit" {
 				return true, ""
 			}
 		}
