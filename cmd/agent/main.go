@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -35,6 +36,11 @@ type options struct {
 }
 
 func main() {
+	if os.Getenv("GOGC") == "" {
+		// The live heap is about 4 MiB: collecting at 1.5x it rather than 2x
+		// keeps 2 MiB off every node, for a millisecond's GC now and then.
+		debug.SetGCPercent(50)
+	}
 	var o options
 	fs := flag.CommandLine
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Paths to a kubeconfig. Only required if out-of-cluster.")
