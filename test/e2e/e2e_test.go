@@ -1,141 +1,68 @@
-// Package e2e_test installs both manifest folders, unchanged, with kubectl
-// onto a real API server where cert-manager's own controllers and cainjector
-// run, and checks what an operator would check after `kubectl apply`.
+// Package e2e_test runs the whole system in the sandbox (test/sandbox): both
+// manifest folders applied unchanged with kubectl to a real API server where
+// cert-manager's own controllers and cainjector run, the webhook binary
+// serving the certificate cert-manager issued, the agent binary on simulated
+// H100s. It checks what an operator checks after `kubectl apply`, then plays
+// the planner scenario of `make demo`, step by step.
 package e2e_test
 
 import (
 	"bytes"
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"os"
-	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	"github.com/dynamo-power/gpu-power/test/e2e/certmanager"
 	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/sandbox"
 	"github.com/dynamo-power/gpu-power/test/testdeploy"
 )
 
-var (
-	k8s        client.Client
-	kubeconfig string
-)
+var sb *sandbox.Sandbox
 
 func TestMain(m *testing.M) { envtestenv.Main(m, "e2e", setup) }
 
-func setup(m *testing.M) (int, error) {
-	assets, err := envtestenv.AssetsDir()
-	if err != nil {
-		return 0, err
-	}
-	cmCRDs, err := certmanager.CRDDir()
-	if err != nil {
-		return 0, err
-	}
-	env := &envtest.Environment{
-		BinaryAssetsDirectory: assets,
-		// Only cert-manager's CRDs are preinstalled, as on a cluster that has
-		// cert-manager; ours come with `kubectl apply -f deploy/webhook/`.
-		CRDInstallOptions: envtest.CRDInstallOptions{Paths: []string{cmCRDs}, ErrorIfPathMissing: true},
-	}
-	cfg, err := env.Start()
-	if err != nil {
-		return 0, fmt.Errorf("start API server: %w", err)
-	}
-	defer func() { _ = env.Stop() }()
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		return 0, err
-	}
-	if k8s, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
-		return 0, err
-	}
+func setup(m *testing.M) (code int, err error) {
 	dir, err := os.MkdirTemp("", "power-e2e-")
 	if err != nil {
 		return 0, err
 	}
-	defer func() { _ = os.RemoveAll(dir) }()
-	if kubeconfig, err = envtestenv.WriteKubeconfig(env, dir, "operator"); err != nil {
-		return 0, err
+	var progress bytes.Buffer
+	if sb, err = sandbox.Start(context.Background(), sandbox.Options{Dir: dir, Progress: &progress}); err != nil {
+		return 0, fmt.Errorf("%w\n%s(files kept in %s)", err, progress.String(), dir)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if err := certmanager.Start(ctx, kubeconfig, cfg); err != nil {
-		return 0, err
+	code = m.Run()
+	if err := sb.Stop(); err != nil {
+		return code, err
 	}
-	return m.Run(), nil
+	if code != 0 {
+		fmt.Fprintf(os.Stderr, "e2e: logs of both binaries and cert-manager kept in %s\n", dir)
+		return code, nil
+	}
+	return code, os.RemoveAll(dir)
 }
 
-func kubectl(t *testing.T, stdin string, args ...string) string {
-	t.Helper()
-	bin, err := envtestenv.Kubectl()
+// TestInstall checks what `kubectl apply` of both folders produced:
+// cert-manager issued the serving certificate from the CA chain (a leaf, not
+// self-signed) for the Service's name, and the shipped example budget applies.
+func TestInstall(t *testing.T) {
+	var secret corev1.Secret
+	if err := sb.Client.Get(t.Context(), types.NamespacedName{Namespace: sandbox.Namespace, Name: sandbox.SecretName}, &secret); err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := sandbox.ParseCertificate(secret.Data["tls.crt"])
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.CommandContext(t.Context(), bin, append([]string{"--kubeconfig", kubeconfig}, args...)...)
-	var out bytes.Buffer
-	cmd.Stdin = strings.NewReader(stdin)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("kubectl %v: %v\n%s", args, err, out.String())
-	}
-	return out.String()
-}
-
-func eventually(t *testing.T, what string, cond func() (bool, string)) {
-	t.Helper()
-	envtestenv.Eventually(t, 2*time.Minute, what, cond)
-}
-
-// TestInstallWithKubectl applies both folders as the README says and checks
-// that cert-manager issued the serving certificate from the CA chain and
-// injected the CA into both webhook configurations.
-func TestInstallWithKubectl(t *testing.T) { install(t) }
-
-// install applies both folders (idempotent, as kubectl apply is) and waits
-// until cert-manager has done its part.
-func install(t *testing.T) {
-	t.Helper()
-	kubectl(t, "", "apply", "-f", testdeploy.WebhookDir())
-	kubectl(t, "", "apply", "-f", testdeploy.AgentFile())
-
-	eventually(t, "the serving Certificate is Ready", func() (bool, string) {
-		c := &unstructured.Unstructured{}
-		c.SetAPIVersion("cert-manager.io/v1")
-		c.SetKind("Certificate")
-		if err := k8s.Get(t.Context(), types.NamespacedName{Namespace: "dynamo-system", Name: "power-webhook-serving"}, c); err != nil {
-			return false, err.Error()
-		}
-		conds, _, _ := unstructured.NestedSlice(c.Object, "status", "conditions")
-		for _, x := range conds {
-			if m, ok := x.(map[string]any); ok && m["type"] == "Ready" && m["status"] == "True" {
-				return true, ""
-			}
-		}
-		return false, fmt.Sprintf("conditions %v", conds)
-	})
-
-	var secret corev1.Secret
-	if err := k8s.Get(t.Context(), types.NamespacedName{Namespace: "dynamo-system", Name: "power-webhook-serving-cert"}, &secret); err != nil {
-		t.Fatal(err)
-	}
-	ca := secret.Data["ca.crt"]
-	leaf := parseCert(t, secret.Data["tls.crt"])
 	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(ca) {
+	if !pool.AppendCertsFromPEM(secret.Data["ca.crt"]) {
 		t.Fatal("ca.crt holds no certificate")
 	}
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: "power-webhook.dynamo-system.svc"}); err != nil {
@@ -144,42 +71,118 @@ func install(t *testing.T) {
 	if leaf.IsCA || bytes.Equal(leaf.RawIssuer, leaf.RawSubject) {
 		t.Error("the serving certificate must be a leaf issued by the CA, not self-signed")
 	}
+	served, err := sb.ServedCertificate(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !served.Equal(leaf) {
+		t.Errorf("the webhook serves serial %s; the Secret holds %s", served.SerialNumber, leaf.SerialNumber)
+	}
 
-	eventually(t, "cainjector put the CA into both webhook configurations", func() (bool, string) {
-		var mut admissionv1.MutatingWebhookConfiguration
-		var val admissionv1.ValidatingWebhookConfiguration
-		if err := k8s.Get(t.Context(), types.NamespacedName{Name: "power-webhook"}, &mut); err != nil {
-			return false, err.Error()
-		}
-		if err := k8s.Get(t.Context(), types.NamespacedName{Name: "power-webhook"}, &val); err != nil {
-			return false, err.Error()
-		}
-		ok := bytes.Equal(mut.Webhooks[0].ClientConfig.CABundle, ca) && bytes.Equal(val.Webhooks[0].ClientConfig.CABundle, ca)
-		return ok, fmt.Sprintf("mutating caBundle %d bytes, validating %d bytes, CA %d bytes",
-			len(mut.Webhooks[0].ClientConfig.CABundle), len(val.Webhooks[0].ClientConfig.CABundle), len(ca))
-	})
-
-	// The operator's next step: a budget from the shipped example.
 	example, err := testdeploy.ExampleBudget()
 	if err != nil {
 		t.Fatal(err)
 	}
-	kubectl(t, string(example), "apply", "-f", "-")
-	out := kubectl(t, "", "get", "gpupowerbudgets")
-	if !bytes.Contains([]byte(out), []byte("TOTAL")) || !bytes.Contains([]byte(out), []byte("example")) {
-		t.Errorf("kubectl get gpupowerbudgets:\n%s", out)
+	if out, err := sb.Kubectl(t.Context(), string(example), "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	} else if !strings.Contains(out, "gpupowerbudget.power.dynamo.nvidia.com/example") {
+		t.Errorf("kubectl apply of the example budget: %s", out)
+	}
+	out, err := sb.Kubectl(t.Context(), "", "get", "gpupowerbudgets", "example")
+	if err != nil || !strings.Contains(out, "TOTAL") {
+		t.Errorf("kubectl get gpupowerbudgets example: %v\n%s", err, out)
+	}
+	if _, err := sb.Kubectl(t.Context(), "", "delete", "gpupowerbudgets", "example"); err != nil {
+		t.Error(err)
 	}
 }
 
-func parseCert(t *testing.T, data []byte) *x509.Certificate {
-	t.Helper()
-	block, _ := pem.Decode(data)
-	if block == nil {
-		t.Fatal("no PEM certificate")
+// TestPlannerScenario plays `make demo`'s scenario, one subtest per step;
+// a step builds on the ones before, so the first failure ends the test.
+func TestPlannerScenario(t *testing.T) {
+	steps := (&sandbox.Planner{S: sb}).Steps()
+	for i, st := range steps {
+		ok := t.Run(st.Title, func(t *testing.T) {
+			p := &sandbox.Planner{S: sb, Out: logWriter{t}}
+			if err := p.Steps()[i].Run(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if err := sb.Err(); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if !ok {
+			t.Fatalf("step %d failed; the later steps depend on it", i+1)
+		}
 	}
-	c, err := x509.ParseCertificate(block.Bytes)
+}
+
+// logWriter sends the planner's narrative to the test log.
+type logWriter struct{ t *testing.T }
+
+func (w logWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
+
+// TestUninstall runs the uninstall commands of docs/install.md: the webhook
+// goes without taking the agent (they share the namespace), then the agent
+// gives every GPU it capped its limit back before it exits.
+func TestUninstall(t *testing.T) {
+	ctx := t.Context()
+	pod := sandbox.WorkerPod("uninstall-probe", "default", "probe", 1, "300")
+	if _, err := sb.Kubectl(ctx, pod, "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	envtestenv.Eventually(t, 2*time.Minute, "uninstall-probe's GPU capped", func() (bool, string) {
+		idx := sb.GPUsOf("default", "uninstall-probe")
+		gpus, err := sb.GPUs()
+		if err != nil || len(idx) != 1 {
+			return false, fmt.Sprintf("GPUs %v: %v", idx, err)
+		}
+		return gpus[idx[0]].Limit == 300_000, fmt.Sprintf("GPU %d at %d mW", idx[0], gpus[idx[0]].Limit)
+	})
+
+	// The webhook: every file but the namespace.
+	files, err := filepath.Glob(filepath.Join(testdeploy.WebhookDir(), "[1-9]*.yaml"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("webhook manifests: %v %v", files, err)
+	}
+	args := []string{"delete", "--ignore-not-found"}
+	for _, f := range files {
+		args = append(args, "-f", f)
+	}
+	if _, err := sb.Kubectl(ctx, "", args...); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.Webhook.Stop(time.Minute); err != nil { // as the kubelet would
+		t.Fatal(err)
+	}
+	if out, err := sb.Kubectl(ctx, "", "get", "namespace/dynamo-system", "daemonset/power-agent", "-n", "dynamo-system"); err != nil {
+		t.Fatalf("the webhook's uninstall took the agent with it: %v\n%s", err, out)
+	}
+	if _, err := sb.Kubectl(ctx, sandbox.WorkerPod("unchecked", "default", "probe", 1, "900"), "apply", "-f", "-"); err != nil {
+		t.Errorf("with the webhook uninstalled, GPU pods are admitted unchecked: %v", err)
+	}
+
+	// The agent: the kubelet stops its pod once the DaemonSet is gone.
+	if _, err := sb.Kubectl(ctx, "", "delete", "-f", testdeploy.AgentFile()); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.Agent.Stop(time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	gpus, err := sb.GPUs()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return c
+	for _, g := range gpus {
+		if g.Limit != g.Default {
+			t.Errorf("GPU %d left at %d mW after the agent's uninstall; want its default %d mW", g.Index, g.Limit, g.Default)
+		}
+	}
+	// No namespace controller runs here to finish the deletion: do not wait for it.
+	if _, err := sb.Kubectl(ctx, "", "delete", "namespace", "dynamo-system", "--wait=false"); err != nil {
+		t.Error(err)
+	}
 }

@@ -141,8 +141,9 @@ spec:
 	return err
 }
 
-// worker is a Dynamo worker pod asking gpus GPUs at limit watts each.
-func worker(name, role string, gpus int, limit string) string {
+// WorkerPod is a Dynamo worker pod on the sandbox's node, as YAML for
+// kubectl, asking gpus GPUs at limit watts each.
+func WorkerPod(name, namespace, role string, gpus int, limit string) string {
 	return fmt.Sprintf(`apiVersion: v1
 kind: Pod
 metadata:
@@ -161,7 +162,7 @@ spec:
     resources:
       limits:
         nvidia.com/gpu: %d
-`, name, WorkNamespace, role, policy.AnnotationPowerLimit, limit, NodeName, gpus)
+`, name, namespace, role, policy.AnnotationPowerLimit, limit, NodeName, gpus)
 }
 
 func (p *Planner) startWorkers(ctx context.Context) error {
@@ -178,7 +179,7 @@ func (p *Planner) startWorkers(ctx context.Context) error {
 	committed := int64(0)
 	for _, w := range workers {
 		p.say("The planner asks for %s: %d GPUs at %d W each.", w.name, w.gpus, w.watts)
-		if _, err := p.kubectl(ctx, worker(w.name, w.role, w.gpus, strconv.FormatInt(w.watts, 10)), "apply", "-f", "-"); err != nil {
+		if _, err := p.kubectl(ctx, WorkerPod(w.name, WorkNamespace, w.role, w.gpus, strconv.FormatInt(w.watts, 10)), "apply", "-f", "-"); err != nil {
 			return err
 		}
 		if err := p.stamped(ctx, w.name, w.watts); err != nil {
@@ -324,13 +325,13 @@ func (p *Planner) agentMetric(ctx context.Context, pod string, watts int64) erro
 
 func (p *Planner) overBoardLimit(ctx context.Context) error {
 	return p.refused(ctx, "above the 700 W maximum of NVIDIA-H100-80GB-HBM3; set 200 to 700 W",
-		worker("decode-2", "decode", 2, "900"), "apply", "-f", "-")
+		WorkerPod("decode-2", WorkNamespace, "decode", 2, "900"), "apply", "-f", "-")
 }
 
 func (p *Planner) overBudget(ctx context.Context) error {
 	if err := p.refused(ctx,
 		`exceeded GPU power budget "cluster": requested 800 W (2 GPUs x 400 W), committed 1700 W of 2400 W, available 700 W`,
-		worker("decode-2", "decode", 2, "400"), "apply", "-f", "-"); err != nil {
+		WorkerPod("decode-2", WorkNamespace, "decode", 2, "400"), "apply", "-f", "-"); err != nil {
 		return err
 	}
 	p.say("Nothing was reserved for the denied pod:")
@@ -424,7 +425,7 @@ func (p *Planner) renewCertificate(ctx context.Context) error {
 		after.SerialNumber, after.NotAfter.Format(time.RFC3339))
 	p.say("Admissions during the renewal: %d admitted, %d failed.", load.ok.Load(), load.failed.Load())
 	if load.failed.Load() != 0 || load.ok.Load() == 0 {
-		return fmt.Errorf("%d admissions failed, %d passed; want none failed: first failure: %v", load.failed.Load(), load.ok.Load(), load.firstErr())
+		return fmt.Errorf("%d admissions failed, %d passed; want none failed: first failure: %w", load.failed.Load(), load.ok.Load(), load.firstErr())
 	}
 	return nil
 }
@@ -468,7 +469,7 @@ func (p *Planner) admitContinuously(ctx context.Context) *admissions {
 					a.failed.Add(1)
 					a.mu.Lock()
 					if a.first == nil {
-						a.first = fmt.Errorf("%s: %v (stamp %q)", pod.Name, err, pod.Annotations[policy.AnnotationPowerLimitValidated])
+						a.first = fmt.Errorf("%s: %w (stamp %q)", pod.Name, err, pod.Annotations[policy.AnnotationPowerLimitValidated])
 					}
 					a.mu.Unlock()
 				}
@@ -496,11 +497,11 @@ func gpuPod(name, namespace string, gpus int64, limit string) *corev1.Pod {
 }
 
 func (p *Planner) webhookDown(ctx context.Context) error {
-	p.say("The webhook process is killed (node failure, OOM). failurePolicy is Fail:")
+	p.say("The webhook process is killed (node failure, OOM). failurePolicy is Fail, so GPU pods wait for it:")
 	if err := p.S.Webhook.Kill(); err != nil {
 		return err
 	}
-	if err := p.refused(ctx, "failed calling webhook", worker("decode-2", "decode", 1, "250"), "apply", "-f", "-"); err != nil {
+	if err := p.refused(ctx, "failed calling webhook", WorkerPod("decode-2", WorkNamespace, "decode", 1, "250"), "apply", "-f", "-"); err != nil {
 		return err
 	}
 	p.say("Pods without GPUs never reach the webhook, and kube-system is never intercepted:")
@@ -512,11 +513,11 @@ func (p *Planner) webhookDown(ctx context.Context) error {
 		}
 		p.say("  created %s/%s", pod.Namespace, pod.Name)
 	}
-	p.say("The webhook starts again (same certificate folder, same port):")
+	p.say("(docs/install.md, break-glass, says what to do when it cannot come back.) The webhook starts again:")
 	if err := p.S.Webhook.Start(ctx); err != nil {
 		return err
 	}
-	if _, err := p.kubectl(ctx, worker("decode-2", "decode", 1, "250"), "apply", "-f", "-"); err != nil {
+	if _, err := p.kubectl(ctx, WorkerPod("decode-2", WorkNamespace, "decode", 1, "250"), "apply", "-f", "-"); err != nil {
 		return err
 	}
 	if err := p.stamped(ctx, "decode-2", 250); err != nil {

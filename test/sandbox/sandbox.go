@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -31,8 +32,10 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
@@ -201,7 +204,17 @@ func (s *Sandbox) startAPIServer(bg context.Context) error {
 	if s.Kubeconfig, err = envtestenv.WriteKubeconfig(env, s.Dir, "operator"); err != nil {
 		return err
 	}
-	s.step("Starting cert-manager v1.21.2's controllers and cainjector")
+	// cert-manager's controllers run in this process and log through klog and
+	// controller-runtime: to a file, so the narrative stays readable.
+	logFile, err := os.Create(filepath.Join(s.Dir, "cert-manager.log"))
+	if err != nil {
+		return err
+	}
+	s.cleanups = append(s.cleanups, logFile.Close)
+	klog.LogToStderr(false)
+	klog.SetOutput(logFile)
+	ctrllog.SetLogger(klog.NewKlogr())
+	s.step("Starting cert-manager v1.21.2's controllers and cainjector (log: %s)", logFile.Name())
 	return certmanager.Start(bg, s.Kubeconfig, s.Config)
 }
 

@@ -25,7 +25,7 @@ func main() {
 	binDir := fs.String("bin-dir", "", "Folder with power-webhook and power-agent already built (`make build`); empty builds them.")
 	dir := fs.String("dir", "", "Folder for the sandbox's files (kubeconfig, GPU state, logs); empty makes a temporary one.")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: sandbox [flags] demo|up\n\n"+
+		_, _ = fmt.Fprintf(fs.Output(), "usage: sandbox [flags] demo|up\n\n"+
 			"  demo  play the planner scenario with a narrative; exit 0 only if every step behaved\n"+
 			"  up    start the sandbox and keep it running until interrupted\n\nflags:\n")
 		fs.PrintDefaults()
@@ -36,8 +36,9 @@ func main() {
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, fs.Arg(0), *binDir, *dir); err != nil {
+	err := run(ctx, fs.Arg(0), *binDir, *dir)
+	stop()
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "\n%s FAILED: %v\n", fs.Arg(0), err)
 		os.Exit(1)
 	}
