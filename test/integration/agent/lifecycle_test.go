@@ -143,7 +143,9 @@ func TestSoakNoListAfterSync(t *testing.T) {
 		t.Errorf("the agent LISTed pods %v times during %d cycles; want 0 after the initial sync", after-before, cycles)
 	}
 	// Memory is reported, not asserted: docs/benchmarks.md tracks it.
-	t.Logf("after %d cycles: RSS %.1f MiB", cycles, float64(n.rssBytes())/(1<<20))
+	mem := n.memory()
+	t.Logf("after %d cycles: RSS %.1f MiB (anonymous %.1f MiB, file-backed %.1f MiB)", cycles,
+		mib(mem["VmRSS"]), mib(mem["RssAnon"]), mib(mem["RssFile"]))
 }
 
 // cycles reads the agent's reconcile count from its metrics endpoint.
@@ -151,21 +153,24 @@ func (n *node) cycles() int {
 	return int(scrape(n.t, "http://"+n.metrics+"/metrics", "dynamo_power_agent_reconcile_duration_seconds_count", nil))
 }
 
-func (n *node) rssBytes() int64 {
+// memory reads the agent's memory lines from /proc/<pid>/status, in bytes.
+func (n *node) memory() map[string]int64 {
 	n.t.Helper()
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", n.agent.Process.Pid))
 	if err != nil {
 		n.t.Fatal(err)
 	}
+	mem := map[string]int64{}
 	for _, line := range strings.Split(string(status), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+		if f := strings.Fields(line); len(f) == 3 && f[2] == "kB" {
 			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
+			mem[strings.TrimSuffix(f[0], ":")] = kb << 10
 		}
 	}
-	n.t.Fatal("no VmRSS")
-	return 0
+	return mem
 }
+
+func mib(bytes int64) float64 { return float64(bytes) / (1 << 20) }
 
 // podLists is the API server's count of pod LIST requests.
 func podLists(t *testing.T) float64 {
