@@ -78,12 +78,17 @@ cluster-binaries: ## Build etcd, kube-apiserver, kubectl, kubelet, kube-controll
 cluster-up: cluster-binaries ## Start a real one-node cluster here (containerd, kubelet, controllers; GPUs simulated); prints the KUBECONFIG.
 	go run ./test/realnode/cmd/realnode up --k8s-bin $(KUBEBUILDER_ASSETS) --gpus $(GPUS)
 
+.PHONY: up-real-node
+up-real-node: cluster-binaries ## `make up` on a real node: cluster-up, then both manifests applied and Ready (Linux, root).
+	go run ./test/realnode/cmd/realnode up --install --k8s-bin $(KUBEBUILDER_ASSETS) --gpus $(GPUS)
+
 .PHONY: cluster-down
 cluster-down: ## Stop the real node and put the machine back as it was.
 	go run ./test/realnode/cmd/realnode down
 
 .PHONY: test-cluster
 test-cluster: cluster-binaries ## Both manifests as real pods on a real kubelet; teardown restores the host.
+	go test -count=1 ./test/realnode/...
 	go test -count=1 -timeout 40m -v ./test/cluster/...
 
 ##@ Test

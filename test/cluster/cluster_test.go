@@ -1,17 +1,21 @@
 package cluster_test
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/yaml"
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
@@ -73,8 +77,10 @@ func podReady(p *corev1.Pod) bool {
 
 // gpuPod is a 1-GPU pod whose init container and main container run the
 // pause image: the init container waits until the test signals it.
-func gpuPod(name, watts string) *corev1.Pod {
-	p := testpod.MakePod(name, "default").GPU(1).Limit(watts).Obj()
+func gpuPod(name, watts string) *corev1.Pod { return gpuPodIn("default", name, watts) }
+
+func gpuPodIn(namespace, name, watts string) *corev1.Pod {
+	p := testpod.MakePod(name, namespace).GPU(1).Limit(watts).Obj()
 	p.Spec.Containers[0].Image = realnode.PauseImage
 	p.Spec.InitContainers = []corev1.Container{{Name: "warmup", Image: realnode.PauseImage}}
 	grace := int64(5)
@@ -91,16 +97,23 @@ func createPod(t *testing.T, p *corev1.Pod) *corev1.Pod {
 	return created
 }
 
-func deletePod(t *testing.T, name string) {
+// deletePod deletes a pod and waits until it is gone. It runs in
+// t.Cleanup too, where t.Context() has ended: it has its own deadline.
+func deletePod(t *testing.T, p *corev1.Pod) {
 	t.Helper()
-	err := cluster.Client.CoreV1().Pods("default").Delete(t.Context(), name, metav1.DeleteOptions{})
-	if err != nil && !apierrors.IsNotFound(err) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	pods := cluster.Client.CoreV1().Pods(p.Namespace)
+	if err := pods.Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		t.Fatal(err)
 	}
-	eventually(t, "pod "+name+" gone", func() (bool, string) {
-		_, err := cluster.Client.CoreV1().Pods("default").Get(t.Context(), name, metav1.GetOptions{})
-		return apierrors.IsNotFound(err), fmt.Sprint(err)
+	err := wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		_, err := pods.Get(ctx, p.Name, metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
 	})
+	if err != nil {
+		t.Fatalf("pod %s/%s not gone: %v", p.Namespace, p.Name, err)
+	}
 }
 
 func getPod(t *testing.T, name string) *corev1.Pod {
@@ -162,7 +175,7 @@ func gpuAt(t *testing.T, watts int) (string, bool) {
 func TestGPUPodCappedBeforeInitContainerEnds(t *testing.T) {
 	install(t)
 	pod := createPod(t, gpuPod("capped-early", "300"))
-	t.Cleanup(func() { deletePod(t, pod.Name) })
+	t.Cleanup(func() { deletePod(t, pod) })
 	if got := pod.Annotations[policy.AnnotationPowerLimitValidated]; got != "300" {
 		t.Fatalf("the webhook stamped %q, want 300", got)
 	}
@@ -217,7 +230,7 @@ func TestLimitPatchedDownAndUpThenRestoredOnDelete(t *testing.T) {
 	install(t)
 	before := limits(t)
 	pod := createPod(t, gpuPod("patched", "350"))
-	t.Cleanup(func() { deletePod(t, pod.Name) })
+	t.Cleanup(func() { deletePod(t, pod) })
 	var uuid string
 	eventually(t, "capped at 350 W", func() (bool, string) {
 		var ok bool
@@ -234,7 +247,7 @@ func TestLimitPatchedDownAndUpThenRestoredOnDelete(t *testing.T) {
 			return limits(t)[uuid] == want, fmt.Sprint(limits(t))
 		})
 	}
-	deletePod(t, pod.Name)
+	deletePod(t, pod)
 	eventually(t, "the GPU restored after the pod is gone", func() (bool, string) {
 		return limits(t)[uuid] == before[uuid], fmt.Sprintf("%d W, want %d W", limits(t)[uuid], before[uuid])
 	})
@@ -245,38 +258,47 @@ func TestLimitPatchedDownAndUpThenRestoredOnDelete(t *testing.T) {
 // its watts.
 func TestBudget(t *testing.T) {
 	install(t)
+	ns := "budgeted"
+	kubectl(t, "", "create", "namespace", ns)
+	kubectl(t, "", "label", "namespace", ns, "power.dynamo.nvidia.com/budget=realnode")
+	t.Cleanup(func() { _, _ = cluster.Kubectl(context.Background(), "", "delete", "namespace", ns, "--wait=false") })
 	budget := map[string]any{
 		"apiVersion": "power.dynamo.nvidia.com/v1alpha1", "kind": "GPUPowerBudget",
 		"metadata": map[string]any{"name": "realnode"},
-		"spec":     map[string]any{"totalWatts": 1000},
+		"spec": map[string]any{
+			"totalWatts":        1000,
+			"namespaceSelector": map[string]any{"matchLabels": map[string]any{"power.dynamo.nvidia.com/budget": "realnode"}},
+		},
 	}
 	y, err := yaml.Marshal(budget)
 	if err != nil {
 		t.Fatal(err)
 	}
 	kubectl(t, string(y), "apply", "-f", "-")
-	t.Cleanup(func() { kubectl(t, "", "delete", "gpupowerbudget", "realnode", "--ignore-not-found") })
-
-	a := createPod(t, gpuPod("budget-a", "600"))
-	t.Cleanup(func() { deletePod(t, a.Name) })
+	t.Cleanup(func() {
+		_, _ = cluster.Kubectl(context.Background(), "", "delete", "gpupowerbudget", "realnode", "--ignore-not-found")
+	})
 	committed := func() int {
 		out := kubectl(t, "", "get", "gpupowerbudget", "realnode", "-o", "jsonpath={.status.committedWatts}")
 		n, _ := strconv.Atoi(strings.TrimSpace(out))
 		return n
 	}
+
+	a := createPod(t, gpuPodIn(ns, "budget-a", "600"))
+	t.Cleanup(func() { deletePod(t, a) })
 	eventually(t, "600 W committed", func() (bool, string) { return committed() == 600, fmt.Sprint(committed()) })
 
-	_, err = cluster.Client.CoreV1().Pods("default").Create(t.Context(), gpuPod("budget-b", "500"), metav1.CreateOptions{})
+	_, err = cluster.Client.CoreV1().Pods(ns).Create(t.Context(), gpuPodIn(ns, "budget-b", "500"), metav1.CreateOptions{})
 	want := `exceeded GPU power budget "realnode": requested 500 W`
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("over-budget pod: got %v, want a denial containing %q", err, want)
 	}
 	t.Logf("denied as planned: %v", err)
 
-	deletePod(t, a.Name)
+	deletePod(t, a)
 	eventually(t, "the budget released the deleted pod's watts", func() (bool, string) { return committed() == 0, fmt.Sprint(committed()) })
-	b := createPod(t, gpuPod("budget-b", "500"))
-	deletePod(t, b.Name)
+	b := createPod(t, gpuPodIn(ns, "budget-b", "500"))
+	deletePod(t, b)
 }
 
 // TestAgentImageCarriesNoNVML: the agent image holds the binary and the C
@@ -299,4 +321,48 @@ func TestAgentImageCarriesNoNVML(t *testing.T) {
 	if !libc {
 		t.Errorf("the agent image lacks the C library its cgo binary needs: %v", files)
 	}
+}
+
+// TestEnforcementLatency measures, for a few GPU pods one after another, the
+// time from the pod's binding to the node (seen by a watch) to the cap being
+// written to the GPU. The numbers are logged for docs/benchmarks.md; nothing
+// is asserted about them (the machine is shared).
+func TestEnforcementLatency(t *testing.T) {
+	install(t)
+	var latencies []time.Duration
+	for i := range 5 {
+		watts := 271 + i
+		name := fmt.Sprintf("latency-%d", i)
+		w, err := cluster.Client.CoreV1().Pods("default").Watch(t.Context(), metav1.ListOptions{FieldSelector: "metadata.name=" + name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pod := createPod(t, gpuPod(name, strconv.Itoa(watts)))
+		var bound time.Time
+		for ev := range w.ResultChan() {
+			if p, ok := ev.Object.(*corev1.Pod); ok && p.Spec.NodeName != "" {
+				bound = time.Now()
+				break
+			}
+		}
+		w.Stop()
+		for {
+			if _, ok := gpuAt(t, watts); ok {
+				break
+			}
+			if time.Since(bound) > 4*time.Minute {
+				t.Fatalf("pod %s bound but its GPU never capped: %v", name, limits(t))
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		latencies = append(latencies, time.Since(bound))
+		deletePod(t, pod)
+		eventually(t, "GPUs restored", func() (bool, string) {
+			_, capped := gpuAt(t, watts)
+			return !capped, fmt.Sprint(limits(t))
+		})
+	}
+	slices.Sort(latencies)
+	t.Logf("pod bound -> cap written, %d pods: min %s, median %s, max %s", len(latencies),
+		latencies[0].Round(time.Millisecond), latencies[len(latencies)/2].Round(time.Millisecond), latencies[len(latencies)-1].Round(time.Millisecond))
 }

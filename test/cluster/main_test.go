@@ -18,7 +18,6 @@ import (
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
 	"github.com/dynamo-power/gpu-power/test/envtestenv"
 	"github.com/dynamo-power/gpu-power/test/realnode"
-	"github.com/dynamo-power/gpu-power/test/testdeploy"
 )
 
 var cluster *realnode.Cluster
@@ -89,30 +88,7 @@ func install(t *testing.T) {
 	}
 }
 
-func doInstall(t *testing.T) error {
-	ctx := t.Context()
-	if _, err := cluster.Kubectl(ctx, "", "apply", "-f", testdeploy.WebhookDir()); err != nil {
-		return err
-	}
-	agent, err := realnode.AgentManifest(testdeploy.AgentFile())
-	if err != nil {
-		return err
-	}
-	if _, err := cluster.Kubectl(ctx, string(agent), "apply", "-f", "-"); err != nil {
-		return err
-	}
-	for _, w := range [][]string{
-		{"rollout", "status", "-n", "dynamo-system", "deployment/power-webhook", "--timeout=5m"},
-		{"rollout", "status", "-n", "dynamo-system", "daemonset/power-agent", "--timeout=5m"},
-	} {
-		if out, err := cluster.Kubectl(ctx, "", w...); err != nil {
-			pods, _ := cluster.Kubectl(ctx, "", "get", "pods", "-A", "-o", "wide")
-			ev, _ := cluster.Kubectl(ctx, "", "get", "events", "-A", "--sort-by=.lastTimestamp")
-			return fmt.Errorf("%w\n%s\npods:\n%s\nevents:\n%s", err, out, pods, ev)
-		}
-	}
-	return nil
-}
+func doInstall(t *testing.T) error { return cluster.Install(t.Context(), envtestenv.Root()) }
 
 // gpus reads the simulated GPUs' state.
 func gpus(t *testing.T) []nvmlctl.FakeGPU {

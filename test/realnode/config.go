@@ -100,6 +100,8 @@ evictionHard:
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
+# Secret volumes (the webhook's certificate) are refreshed on each pod sync.
+syncFrequency: 10s
 `, ContainerdSocket, NodeIP, p.path("ca.crt"))
 }
 

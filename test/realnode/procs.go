@@ -18,6 +18,9 @@ type Proc struct {
 	Name      string `json:"name"`
 	PID       int    `json:"pid"`
 	StartTime uint64 `json:"startTime"` // field 22 of /proc/<pid>/stat
+	// Bin and Args start it again.
+	Bin  string   `json:"bin"`
+	Args []string `json:"args"`
 }
 
 // start runs bin detached (own session, so a make or test that ends does not
@@ -42,7 +45,7 @@ func start(logDir, name, bin string, args []string, env []string) (Proc, error) 
 	if err != nil {
 		return Proc{}, fmt.Errorf("start %s: %w", name, err)
 	}
-	return Proc{Name: name, PID: cmd.Process.Pid, StartTime: st}, nil
+	return Proc{Name: name, PID: cmd.Process.Pid, StartTime: st, Bin: bin, Args: args}, nil
 }
 
 // startTime reads the start time of pid in clock ticks since boot.

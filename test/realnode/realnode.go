@@ -431,6 +431,37 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 	return c, nil
 }
 
+// RestartKubelet stops the kubelet (SIGTERM, as a service manager would)
+// and starts it again with the same arguments; pods keep running.
+func (c *Cluster) RestartKubelet(logf func(string, ...any)) error {
+	unlock, err := lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	st, err := readState()
+	if err != nil || st == nil {
+		return fmt.Errorf("no cluster recorded: %w", err)
+	}
+	for i, p := range st.Procs {
+		if p.Name != "kubelet" {
+			continue
+		}
+		if err := p.Stop(30 * time.Second); err != nil {
+			return err
+		}
+		logf("kubelet (pid %d) stopped", p.PID)
+		np, err := start(filepath.Join(Dir, "logs"), p.Name, p.Bin, p.Args, nil)
+		if err != nil {
+			return err
+		}
+		st.Procs[i] = np
+		logf("kubelet started again (pid %d)", np.PID)
+		return st.write()
+	}
+	return errors.New("no kubelet recorded")
+}
+
 // Down tears the cluster down and puts the host back. It does nothing when
 // no cluster is recorded.
 func Down(logf func(string, ...any)) error {
@@ -522,7 +553,10 @@ func waitFor(ctx context.Context, timeout time.Duration, what string, cond func(
 		return ok, nil
 	})
 	if err != nil {
-		return fmt.Errorf("%s: not within %s (last error: %v)", what, timeout, last)
+		if last != nil {
+			return fmt.Errorf("%s: not within %s: %w", what, timeout, last)
+		}
+		return fmt.Errorf("%s: not within %s", what, timeout)
 	}
 	return nil
 }

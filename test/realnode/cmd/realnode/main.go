@@ -16,6 +16,8 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
 
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
 	"github.com/dynamo-power/gpu-power/test/e2e/certmanager"
@@ -28,11 +30,18 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: realnode up|down|agent-manifest|addons [flags]")
 		os.Exit(2)
 	}
+	if err := run(os.Args[1], os.Args[2:]); err != nil {
+		fmt.Fprintf(os.Stderr, "realnode: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(cmd string, args []string) error {
 	logf := func(format string, args ...any) { fmt.Printf("realnode: "+format+"\n", args...) }
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	var err error
-	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
+	switch cmd {
 	case "up":
 		err = up(ctx, args, logf)
 	case "down":
@@ -44,10 +53,7 @@ func main() {
 	default:
 		err = fmt.Errorf("unknown command %q (want up, down, agent-manifest or addons)", cmd)
 	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "realnode: %v\n", err)
-		os.Exit(1)
-	}
+	return err
 }
 
 func up(ctx context.Context, args []string, logf func(string, ...any)) error {
@@ -55,6 +61,7 @@ func up(ctx context.Context, args []string, logf func(string, ...any)) error {
 	root := fs.String("root", ".", "Repository root.")
 	k8sBin := fs.String("k8s-bin", "bin/k8s/1.37.2", "Folder of the Kubernetes binaries (hack/build-k8s.sh).")
 	gpus := fs.Int("gpus", 2, "Simulated H100s.")
+	install := fs.Bool("install", false, "Also apply both manifests (deploy/webhook/, deploy/agent/daemonset.yaml) and wait until they are Ready.")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -68,8 +75,16 @@ func up(ctx context.Context, args []string, logf func(string, ...any)) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
 	defer cancel()
-	_, err = realnode.Up(ctx, realnode.Options{Root: absRoot, K8sBin: absBin, GPUs: *gpus, Owner: "make cluster-up", Logf: logf})
-	return err
+	c, err := realnode.Up(ctx, realnode.Options{Root: absRoot, K8sBin: absBin, GPUs: *gpus, Owner: "make cluster-up", Logf: logf})
+	if err != nil || !*install {
+		return err
+	}
+	logf("installing: kubectl apply -f deploy/webhook/, then the agent DaemonSet")
+	if err := c.Install(ctx, absRoot); err != nil {
+		return err
+	}
+	logf("installed; try: KUBECONFIG=%s kubectl get pods -A", realnode.Kubeconfig)
+	return nil
 }
 
 // agentManifest prints the shipped agent DaemonSet with the one change a
@@ -96,6 +111,9 @@ func addons(ctx context.Context, args []string, logf func(string, ...any)) error
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	// cert-manager's cainjector runs on controller-runtime, which logs
+	// through klog like the rest of this process.
+	ctrl.SetLogger(klog.NewKlogr())
 	kubeconfig := filepath.Join(realnode.Dir, "pki", "addons.kubeconfig")
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
@@ -118,13 +136,14 @@ func addons(ctx context.Context, args []string, logf func(string, ...any)) error
 	}()
 	// cert-manager needs its CRDs, which `up` installs after this starts.
 	for {
-		if err := certmanager.Start(ctx, kubeconfig, cfg); err == nil {
+		err := certmanager.Start(ctx, kubeconfig, cfg)
+		if err == nil {
 			break
-		} else if ctx.Err() != nil {
-			return nil
-		} else {
-			logf("cert-manager not started yet: %v", err)
 		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		logf("cert-manager not started yet: %v", err)
 		time.Sleep(time.Second)
 	}
 	logf("cert-manager controllers and cainjector started")

@@ -1,0 +1,235 @@
+package cluster_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"maps"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/testdeploy"
+)
+
+// agentPod returns the running agent pod, if there is exactly one.
+func agentPod(t *testing.T) (*corev1.Pod, bool) {
+	t.Helper()
+	pods, err := cluster.Client.CoreV1().Pods("dynamo-system").List(t.Context(), metav1.ListOptions{LabelSelector: "app=power-agent"})
+	if err != nil || len(pods.Items) != 1 {
+		return nil, false
+	}
+	return &pods.Items[0], true
+}
+
+// watchLimits samples every GPU's limit until stop is called, and returns
+// every change it saw.
+func watchLimits(t *testing.T) (stop func() []string) {
+	t.Helper()
+	first := limits(t)
+	var changes []string
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			now := limits(t)
+			if !maps.Equal(now, first) {
+				changes = append(changes, fmt.Sprintf("%s: %v (was %v)", time.Now().Format(time.TimeOnly), now, first))
+				first = now
+			}
+		}
+	}()
+	return func() []string { close(done); <-finished; return changes }
+}
+
+// TestAgentRollingUpdateKeepsCaps: replacing the agent pod through the
+// DaemonSet's rolling update changes no GPU limit, and the new pod adopts
+// the caps.
+func TestAgentRollingUpdateKeepsCaps(t *testing.T) {
+	install(t)
+	pod := createPod(t, gpuPod("rolling", "330"))
+	t.Cleanup(func() { deletePod(t, pod) })
+	eventually(t, "capped at 330 W", func() (bool, string) {
+		_, ok := gpuAt(t, 330)
+		return ok, fmt.Sprint(limits(t))
+	})
+	old, ok := agentPod(t)
+	if !ok {
+		t.Fatal("no single agent pod")
+	}
+	stop := watchLimits(t)
+	kubectl(t, "", "rollout", "restart", "-n", "dynamo-system", "daemonset/power-agent")
+	kubectl(t, "", "rollout", "status", "-n", "dynamo-system", "daemonset/power-agent", "--timeout=5m")
+	eventually(t, "a new agent pod Ready", func() (bool, string) {
+		p, ok := agentPod(t)
+		return ok && p.UID != old.UID && podReady(p), "old pod still there or new one not Ready"
+	})
+	// A full reconcile of the new agent has passed once it is Ready.
+	if changes := stop(); len(changes) > 0 {
+		t.Errorf("GPU limits changed during the rolling update:\n%v", changes)
+	}
+	if _, ok := gpuAt(t, 330); !ok {
+		t.Errorf("the cap is gone after the rolling update: %v", limits(t))
+	}
+}
+
+// TestUninstallRestoresThenKubeletRestart: `kubectl delete -f
+// deploy/agent/daemonset.yaml` restores every capped GPU before the agent
+// pod is gone; installing again caps again. The kubelet restarts after, and
+// enforcement resumes.
+func TestUninstallRestoresThenKubeletRestart(t *testing.T) {
+	install(t)
+	pod := createPod(t, gpuPod("uninstall", "340"))
+	t.Cleanup(func() { deletePod(t, pod) })
+	var uuid string
+	eventually(t, "capped at 340 W", func() (bool, string) {
+		var ok bool
+		uuid, ok = gpuAt(t, 340)
+		return ok, fmt.Sprint(limits(t))
+	})
+	kubectl(t, "", "delete", "-f", testdeploy.AgentFile(), "--wait=false")
+	eventually(t, "the agent pod is gone", func() (bool, string) {
+		pods, err := cluster.Client.CoreV1().Pods("dynamo-system").List(t.Context(), metav1.ListOptions{LabelSelector: "app=power-agent"})
+		return err == nil && len(pods.Items) == 0, fmt.Sprint(err)
+	})
+	if w := limits(t)[uuid]; w != 700 {
+		t.Errorf("GPU %s at %d W once the agent pod is gone, want its original 700 W", uuid, w)
+	}
+
+	// Install again: the new agent caps the running pod again.
+	reinstallAgent(t)
+	eventually(t, "capped again after reinstall", func() (bool, string) {
+		return limits(t)[uuid] == 340, fmt.Sprint(limits(t))
+	})
+
+	if err := cluster.RestartKubelet(logf); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the node advertises its GPUs again", func() (bool, string) {
+		n, err := cluster.Client.CoreV1().Nodes().Get(t.Context(), "gpu-node-0", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		q := n.Status.Allocatable["nvidia.com/gpu"]
+		return q.Value() == 2, q.String()
+	})
+	after := createPod(t, gpuPod("after-kubelet-restart", "360"))
+	t.Cleanup(func() { deletePod(t, after) })
+	eventually(t, "a new pod is capped after the kubelet restart", func() (bool, string) {
+		_, ok := gpuAt(t, 360)
+		return ok, fmt.Sprint(limits(t))
+	})
+	if w := limits(t)[uuid]; w != 340 {
+		t.Errorf("the first pod's GPU is at %d W after the kubelet restart, want 340", w)
+	}
+}
+
+func reinstallAgent(t *testing.T) {
+	t.Helper()
+	if err := cluster.InstallAgent(t.Context(), envtestenv.Root()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCertificateRenewalUnderLoad: cert-manager renews the serving
+// certificate, the kubelet refreshes the Secret volume of every webhook
+// replica and each replica serves the new certificate, while admissions go
+// on without a single failure.
+func TestCertificateRenewalUnderLoad(t *testing.T) {
+	install(t)
+	oldSerial := secretSerial(t)
+
+	ctx, cancel := context.WithCancel(t.Context())
+	var admitted, failed atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ctx.Err() == nil && i < 100000; i++ {
+			p := gpuPod(fmt.Sprintf("renewal-%d", i), "300")
+			_, err := cluster.Client.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+			switch {
+			case ctx.Err() != nil:
+			case err != nil:
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err.Error())
+			default:
+				admitted.Add(1)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+
+	// What `cmctl renew` does.
+	now := time.Now().UTC().Format(time.RFC3339)
+	kubectl(t, "", "patch", "certificate", "-n", "dynamo-system", "power-webhook-serving", "--subresource=status", "--type=json", "-p",
+		`[{"op":"add","path":"/status/conditions/-","value":{"type":"Issuing","status":"True","reason":"ManuallyTriggered","message":"renewal test","lastTransitionTime":"`+now+`"}}]`)
+	var newSerial string
+	eventually(t, "cert-manager issued a new certificate", func() (bool, string) {
+		newSerial = secretSerial(t)
+		return newSerial != oldSerial, "serial " + newSerial
+	})
+	pods, err := cluster.Client.CoreV1().Pods("dynamo-system").List(t.Context(), metav1.ListOptions{LabelSelector: "app=power-webhook"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		envtestenv.Eventually(t, 4*time.Minute, "replica "+p.Name+" serves the new certificate", func() (bool, string) {
+			s := servedSerial(p.Status.PodIP)
+			return s == newSerial, "serves " + s
+		})
+	}
+	cancel()
+	wg.Wait()
+	if failed.Load() > 0 {
+		t.Errorf("%d of %d admissions failed during the renewal; first: %v", failed.Load(), failed.Load()+admitted.Load(), firstErr.Load())
+	}
+	if admitted.Load() == 0 {
+		t.Error("no admission ran during the renewal")
+	}
+	t.Logf("%d admissions during the renewal, none failed", admitted.Load())
+}
+
+func secretSerial(t *testing.T) string {
+	t.Helper()
+	s, err := cluster.Client.CoreV1().Secrets("dynamo-system").Get(t.Context(), "power-webhook-serving-cert", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(s.Data["tls.crt"])
+	if block == nil {
+		t.Fatal("no certificate in the Secret")
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.SerialNumber.String()
+}
+
+// servedSerial is the serial of the certificate a replica serves now.
+func servedSerial(podIP string) string {
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", net.JoinHostPort(podIP, "9443"),
+		&tls.Config{InsecureSkipVerify: true}) //nolint:gosec // reads the served certificate, trusts nothing
+	if err != nil {
+		return err.Error()
+	}
+	defer func() { _ = conn.Close() }()
+	return conn.ConnectionState().PeerCertificates[0].SerialNumber.String()
+}
