@@ -2,11 +2,14 @@ package agent_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -213,4 +216,56 @@ func sumMetric(r io.Reader, name string, labels []string) float64 {
 		}
 	}
 	return sum
+}
+
+// TestInspectShowsWhatTheAgentDoesAndWritesNothing runs `power-agent inspect`
+// on a node whose agent capped two GPUs for a pod.
+func TestInspectShowsWhatTheAgentDoesAndWritesNothing(t *testing.T) {
+	daemonSet(t) // so the stopped agent keeps its caps
+	n := newNode(t)
+	n.start("2s")
+	cappedPod(t, n, "inspected")
+	n.stop()
+	ledger := filepath.Join(n.dir, "state", "ledger.json")
+	files := map[string][]byte{}
+	for _, f := range []string{n.nvml, ledger} {
+		files[f] = readFile(t, f)
+	}
+
+	cmd := exec.Command(agentBin, "inspect", "--node-name", nodeName, "--fake-nvml", n.nvml,
+		"--state-dir", filepath.Dir(ledger), "--pod-resources-socket", n.kubelet.Socket)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("inspect: %v\n%s", err, out)
+	}
+	rows := map[string][]string{}
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) > 1 {
+			rows[f[1]] = f
+		}
+	}
+	for gpu, want := range map[int]string{
+		0: "yes (was 700W) llm/inspected 250W none",
+		1: "yes (was 700W) llm/inspected 250W none",
+		2: "no - - none",
+	} {
+		if got := strings.Join(rows[nvmlctl.FakeUUID(gpu)], " "); !strings.HasSuffix(got, want) {
+			t.Errorf("GPU %d: inspect shows %q; want it to end in %q\n%s", gpu, got, want, out)
+		}
+	}
+	for f, before := range files {
+		if !bytes.Equal(readFile(t, f), before) {
+			t.Errorf("inspect changed %s", f)
+		}
+	}
+}
+
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
