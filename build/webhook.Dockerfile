@@ -1,5 +1,5 @@
 # power-webhook: a static binary on distroless, running as non-root.
-FROM golang:1.26 AS build
+FROM golang:1.26-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download

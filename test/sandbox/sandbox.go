@@ -70,12 +70,17 @@ type Options struct {
 
 // Sandbox is a running system.
 type Sandbox struct {
-	Dir        string
+	Dir string
+	// BinDir holds the power-webhook and power-agent binaries it runs.
+	BinDir     string
 	Kubeconfig string
 	Config     *rest.Config
 	Client     client.Client
 	// NVMLState is the simulated GPUs' state file: the agent's --fake-nvml.
 	NVMLState string
+	// AgentStateDir is the agent's --state-dir (its ownership ledger), and
+	// PodResourcesSocket the simulated kubelet's PodResources socket.
+	AgentStateDir, PodResourcesSocket string
 	// CertDir is the webhook's certificate folder, kept in step with the
 	// serving Secret as the kubelet keeps a Secret volume.
 	CertDir string
@@ -101,7 +106,8 @@ func Start(ctx context.Context, o Options) (s *Sandbox, err error) {
 	bg, cancel := context.WithCancel(context.Background())
 	s = &Sandbox{
 		Dir: o.Dir, NVMLState: filepath.Join(o.Dir, "nvml.json"), CertDir: filepath.Join(o.Dir, "webhook-certs"),
-		progress: o.Progress, cancel: cancel, failures: make(chan error, 16),
+		AgentStateDir: filepath.Join(o.Dir, "agent-state"),
+		progress:      o.Progress, cancel: cancel, failures: make(chan error, 16),
 	}
 	if s.progress == nil {
 		s.progress = io.Discard
@@ -112,11 +118,11 @@ func Start(ctx context.Context, o Options) (s *Sandbox, err error) {
 			s = nil
 		}
 	}()
-	binDir := o.BinDir
-	if binDir == "" {
-		binDir = filepath.Join(o.Dir, "bin")
-		s.step("Building power-webhook and power-agent into %s", binDir)
-		if err := Binaries(ctx, binDir); err != nil {
+	s.BinDir = o.BinDir
+	if s.BinDir == "" {
+		s.BinDir = filepath.Join(o.Dir, "bin")
+		s.step("Building power-webhook and power-agent into %s", s.BinDir)
+		if err := Binaries(ctx, s.BinDir); err != nil {
 			return s, err
 		}
 	}
@@ -126,10 +132,10 @@ func Start(ctx context.Context, o Options) (s *Sandbox, err error) {
 	if err := s.install(ctx); err != nil {
 		return s, err
 	}
-	if err := s.startWebhook(ctx, bg, binDir); err != nil {
+	if err := s.startWebhook(ctx, bg); err != nil {
 		return s, err
 	}
-	if err := s.startAgent(ctx, bg, binDir); err != nil {
+	if err := s.startAgent(ctx, bg); err != nil {
 		return s, err
 	}
 	return s, nil
@@ -302,7 +308,7 @@ func (s *Sandbox) waitFor(ctx context.Context, what string, cond func(context.Co
 // startWebhook applies the overlay (127.0.0.1 in the Certificate, a local
 // URL in both configurations), keeps the cert folder in step with the
 // Secret, and runs the webhook binary on it.
-func (s *Sandbox) startWebhook(ctx, bg context.Context, binDir string) error {
+func (s *Sandbox) startWebhook(ctx, bg context.Context) error {
 	s.step("Overlay: the serving Certificate also names 127.0.0.1; waiting for cert-manager to reissue it")
 	cert := &cmapi.Certificate{ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: CertificateRef}}
 	if err := s.Client.Patch(ctx, cert, client.RawPatch(types.MergePatchType, []byte(`{"spec":{"ipAddresses":["127.0.0.1"]}}`))); err != nil {
@@ -323,7 +329,7 @@ func (s *Sandbox) startWebhook(ctx, bg context.Context, binDir string) error {
 	}
 	port = port[strings.LastIndex(port, ":")+1:]
 	s.WebhookURL = "https://127.0.0.1:" + port
-	if s.Webhook, err = newProcess("webhook", binDir, s.Dir, []string{"KUBECONFIG=" + s.Kubeconfig, "POD_NAMESPACE=" + Namespace},
+	if s.Webhook, err = newProcess("webhook", s.BinDir, s.Dir, []string{"KUBECONFIG=" + s.Kubeconfig, "POD_NAMESPACE=" + Namespace},
 		"--cert-dir", s.CertDir, "--webhook-port", port); err != nil {
 		return err
 	}
@@ -367,7 +373,7 @@ func (s *Sandbox) servesLoopback(ctx context.Context) (bool, string, error) {
 
 // startAgent registers the node, creates its simulated GPUs and kubelet, and
 // runs the agent binary on them.
-func (s *Sandbox) startAgent(ctx, bg context.Context, binDir string) error {
+func (s *Sandbox) startAgent(ctx, bg context.Context) error {
 	s.step("Registering node %s with %d simulated %s GPUs (state: %s)", NodeName, GPUCount, GPUProduct, s.NVMLState)
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: NodeName, Labels: map[string]string{
 		policy.LabelGPUProduct: GPUProduct, "nvidia.com/gpu.present": "true",
@@ -389,14 +395,15 @@ func (s *Sandbox) startAgent(ctx, bg context.Context, binDir string) error {
 		return err
 	}
 	s.cleanups = append(s.cleanups, stop)
+	s.PodResourcesSocket = server.Socket
 	s.kubelet = &kubelet{c: s.Client, node: NodeName, server: server, alloc: map[types.UID]allocation{}}
 	for _, g := range gpus {
 		s.kubelet.gpus = append(s.kubelet.gpus, g.UUID)
 	}
 	go every(bg, 200*time.Millisecond, s.kubelet.sync, s.fail)
 
-	if s.Agent, err = newProcess("agent", binDir, s.Dir, []string{"KUBECONFIG=" + s.Kubeconfig, "POD_NAMESPACE=" + Namespace},
-		"--node-name", NodeName, "--fake-nvml", s.NVMLState, "--state-dir", filepath.Join(s.Dir, "agent-state"),
+	if s.Agent, err = newProcess("agent", s.BinDir, s.Dir, []string{"KUBECONFIG=" + s.Kubeconfig, "POD_NAMESPACE=" + Namespace},
+		"--node-name", NodeName, "--fake-nvml", s.NVMLState, "--state-dir", s.AgentStateDir,
 		"--pod-resources-socket", server.Socket); err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/dynamo-power/gpu-power/test/envtestenv"
 	"github.com/dynamo-power/gpu-power/test/sandbox"
 )
 
@@ -82,19 +83,26 @@ func run(ctx context.Context, mode, binDir, dir string) (err error) {
 }
 
 func up(ctx context.Context, s *sandbox.Sandbox) error {
+	kubectl, err := envtestenv.Kubectl()
+	if err != nil {
+		return err
+	}
 	fmt.Printf(`
 The sandbox is up: a real API server with cert-manager, both manifest folders
 applied, power-webhook at %s and power-agent on node %s with %d simulated
 %s GPUs. Pods bound to %s get GPUs from a simulated kubelet.
 
   export KUBECONFIG=%s
+  alias kubectl=%s      # or your own
   kubectl get gpupowerbudgets,pods -A
-  cat %s        # what each simulated GPU is set to
+  %s/power-agent inspect --node-name %s --fake-nvml %s \
+      --state-dir %s --pod-resources-socket %s
   tail -f %s %s
 
 Ctrl-C stops everything.
 `, s.WebhookURL, sandbox.NodeName, sandbox.GPUCount, sandbox.GPUProduct, sandbox.NodeName,
-		s.Kubeconfig, s.NVMLState, s.Webhook.Log, s.Agent.Log)
+		s.Kubeconfig, kubectl, s.BinDir, sandbox.NodeName, s.NVMLState, s.AgentStateDir, s.PodResourcesSocket,
+		s.Webhook.Log, s.Agent.Log)
 	<-ctx.Done()
 	return s.Err()
 }
