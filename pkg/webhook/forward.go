@@ -148,6 +148,10 @@ func newPeers(w Writer, api client.Reader, budgets *Budgets, m *Metrics) (*Peers
 				return p.sameKey(cs.PeerCertificates)
 			},
 		},
+		// A writer that is gone must cost a fallback, not the admission's
+		// whole timeout.
+		DialContext:         (&net.Dialer{Timeout: time.Second}).DialContext,
+		TLSHandshakeTimeout: time.Second,
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     time.Minute,
 	}}
