@@ -30,8 +30,8 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-// requestResult counts the agent's API requests: a steady node shows one
-// GET per cycle and nothing else.
+// requestResult counts the agent's API requests: on a steady node, about one
+// GET per cycle (no LIST).
 type requestResult struct{ *prometheus.CounterVec }
 
 func (r requestResult) Increment(_ context.Context, code, method, host string) {
