@@ -133,11 +133,16 @@ func (f *Fake) addFault(ft fault) {
 	f.faults = append(f.faults, ft)
 }
 
-// Calls returns every Library call received so far, in order.
+// maxRecordedCalls bounds the call record, so a Fake behind an agent that
+// runs for days (make up) does not grow without end.
+const maxRecordedCalls = 4096
+
+// Calls returns the Library calls received so far, in order: the most recent
+// maxRecordedCalls of them.
 func (f *Fake) Calls() []Call {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return slices.Clone(f.calls)
+	return slices.Clone(f.calls[max(0, len(f.calls)-maxRecordedCalls):])
 }
 
 // State returns the current state: what the "hardware" is set to.
@@ -326,6 +331,9 @@ func (f *Fake) Shutdown() error {
 // begin records a call and fails it the way NVML would when the library is
 // shut down or its state cannot be read. f.mu is held.
 func (f *Fake) begin(c Call) error {
+	if len(f.calls) == 2*maxRecordedCalls {
+		f.calls = append(f.calls[:0], f.calls[maxRecordedCalls:]...)
+	}
 	f.calls = append(f.calls, c)
 	if f.shutdown {
 		return &Error{Op: nvmlOps[c.Op], UUID: c.UUID, Code: CodeUninitialized}

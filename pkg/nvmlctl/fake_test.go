@@ -435,3 +435,21 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+func TestFakeCallRecordIsBounded(t *testing.T) {
+	f := nvmlctl.NewFake(nvmlctl.H100s(1)...)
+	const n = 10_000
+	for w := range n {
+		_ = f.SetPowerLimit(nvmlctl.FakeUUID(0), nvmlctl.Milliwatts(200000+w%500*1000))
+	}
+	calls := f.Calls()
+	if len(calls) != 4096 {
+		t.Fatalf("%d calls recorded; want the last 4096", len(calls))
+	}
+	if last, want := calls[len(calls)-1].Limit, nvmlctl.Milliwatts(200000+(n-1)%500*1000); last != want {
+		t.Errorf("last recorded call set %d mW; want the last one made, %d mW", last, want)
+	}
+	if first, want := calls[0].Limit, nvmlctl.Milliwatts(200000+(n-4096)%500*1000); first != want {
+		t.Errorf("first recorded call set %d mW; want call %d's %d mW", first, n-4096, want)
+	}
+}
