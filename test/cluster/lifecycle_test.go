@@ -167,7 +167,7 @@ func TestCertificateRenewalUnderLoad(t *testing.T) {
 			case ctx.Err() != nil:
 			case err != nil:
 				failed.Add(1)
-				firstErr.CompareAndSwap(nil, err.Error())
+				firstErr.CompareAndSwap(nil, time.Now().Format(time.StampMilli)+" "+err.Error())
 			default:
 				admitted.Add(1)
 			}
@@ -177,6 +177,7 @@ func TestCertificateRenewalUnderLoad(t *testing.T) {
 	t.Cleanup(func() { cancel(); wg.Wait() })
 
 	// What `cmctl renew` does.
+	t.Logf("renewal triggered at %s", time.Now().Format(time.StampMilli))
 	now := time.Now().UTC().Format(time.RFC3339)
 	kubectl(t, "", "patch", "certificate", "-n", "dynamo-system", "power-webhook-serving", "--subresource=status", "--type=json", "-p",
 		`[{"op":"add","path":"/status/conditions/-","value":{"type":"Issuing","status":"True","reason":"ManuallyTriggered","message":"renewal test","lastTransitionTime":"`+now+`"}}]`)
@@ -199,6 +200,10 @@ func TestCertificateRenewalUnderLoad(t *testing.T) {
 	wg.Wait()
 	if failed.Load() > 0 {
 		t.Errorf("%d of %d admissions failed during the renewal; first: %v", failed.Load(), failed.Load()+admitted.Load(), firstErr.Load())
+		pods, _ := cluster.Kubectl(context.Background(), "", "get", "pods", "-n", "dynamo-system", "-o", "wide")
+		eps, _ := cluster.Kubectl(context.Background(), "", "get", "endpointslices", "-n", "dynamo-system", "-o", "wide")
+		ev, _ := cluster.Kubectl(context.Background(), "", "get", "events", "-n", "dynamo-system", "--sort-by=.lastTimestamp")
+		t.Logf("pods:\n%s\nendpoint slices:\n%s\nevents:\n%s", pods, eps, ev)
 	}
 	if admitted.Load() == 0 {
 		t.Error("no admission ran during the renewal")

@@ -10,6 +10,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -34,6 +36,13 @@ func setup(m *testing.M) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	if os.Getenv("REALNODE_ATTACH") != "" {
+		// Against the cluster `make cluster-up` started; it stays up.
+		if cluster, err = realnode.Attach(assets); err != nil {
+			return 0, err
+		}
+		return m.Run(), nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	c, err := realnode.Up(ctx, realnode.Options{Root: envtestenv.Root(), K8sBin: assets, GPUs: 2, Owner: "test", Logf: logf})
@@ -42,6 +51,9 @@ func setup(m *testing.M) (int, error) {
 	}
 	cluster = c
 	code := m.Run()
+	if code != 0 {
+		keepLogs()
+	}
 
 	// Teardown must put the machine back: compared here, after every test.
 	if err := realnode.Down(logf); err != nil {
@@ -112,4 +124,16 @@ func limits(t *testing.T) map[string]int {
 		out[g.UUID] = int(g.Limit / 1000)
 	}
 	return out
+}
+
+// keepLogs copies the cluster's logs out of its folder, which teardown
+// removes, so a failed run can be read.
+func keepLogs() {
+	dir, err := os.MkdirTemp("", "gpu-power-realnode-logs-")
+	if err != nil {
+		return
+	}
+	if err := exec.Command("cp", "-r", filepath.Join(realnode.Dir, "logs"), dir).Run(); err == nil {
+		fmt.Printf("realnode: the cluster's logs are kept in %s/logs\n", dir)
+	}
 }

@@ -431,6 +431,27 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 	return c, nil
 }
 
+// Attach returns the cluster that is up now (started by `make cluster-up`),
+// for running tests against it without starting another.
+func Attach(k8sBin string) (*Cluster, error) {
+	st, err := readState()
+	if err != nil {
+		return nil, err
+	}
+	if st == nil || !st.running() {
+		return nil, errors.New("no cluster is up: `make cluster-up` starts one")
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", Kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Cluster{State: *st, Config: cfg, Client: client, K8sBin: k8sBin}, nil
+}
+
 // RestartKubelet stops the kubelet (SIGTERM, as a service manager would)
 // and starts it again with the same arguments; pods keep running.
 func (c *Cluster) RestartKubelet(logf func(string, ...any)) error {
