@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -136,6 +137,43 @@ func TestUninstallRestoresThenKubeletRestart(t *testing.T) {
 	if w := limits(t)[uuid]; w != 340 {
 		t.Errorf("the first pod's GPU is at %d W after the kubelet restart, want 340", w)
 	}
+	// The next test starts from a settled node: every replica Ready again.
+	allReady(t)
+}
+
+// allReady waits until the webhook's replicas and the agent pod are Ready
+// and the Service's endpoints list every replica as ready.
+func allReady(t *testing.T) {
+	t.Helper()
+	eventually(t, "every pod in dynamo-system Ready and in the Service's endpoints", func() (bool, string) {
+		pods, err := cluster.Client.CoreV1().Pods("dynamo-system").List(t.Context(), metav1.ListOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		webhooks := 0
+		for _, p := range pods.Items {
+			if !podReady(&p) {
+				return false, p.Name + " not Ready"
+			}
+			if p.Labels["app"] == "power-webhook" {
+				webhooks++
+			}
+		}
+		slices, err := cluster.Client.DiscoveryV1().EndpointSlices("dynamo-system").List(t.Context(),
+			metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=power-webhook"})
+		if err != nil {
+			return false, err.Error()
+		}
+		ready := 0
+		for _, s := range slices.Items {
+			for _, e := range s.Endpoints {
+				if e.Conditions.Ready != nil && *e.Conditions.Ready {
+					ready++
+				}
+			}
+		}
+		return ready == webhooks && webhooks == 3, fmt.Sprintf("%d ready endpoints, %d replicas", ready, webhooks)
+	})
 }
 
 func reinstallAgent(t *testing.T) {
@@ -151,11 +189,13 @@ func reinstallAgent(t *testing.T) {
 // on without a single failure.
 func TestCertificateRenewalUnderLoad(t *testing.T) {
 	install(t)
+	allReady(t)
 	oldSerial := secretSerial(t)
 
 	ctx, cancel := context.WithCancel(t.Context())
 	var admitted, failed atomic.Int64
-	var firstErr atomic.Value
+	var errsMu sync.Mutex
+	var errs []string // the first few, with their time
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -167,7 +207,11 @@ func TestCertificateRenewalUnderLoad(t *testing.T) {
 			case ctx.Err() != nil:
 			case err != nil:
 				failed.Add(1)
-				firstErr.CompareAndSwap(nil, time.Now().Format(time.StampMilli)+" "+err.Error())
+				errsMu.Lock()
+				if len(errs) < 5 {
+					errs = append(errs, time.Now().Format(time.StampMilli)+" "+err.Error())
+				}
+				errsMu.Unlock()
 			default:
 				admitted.Add(1)
 			}
@@ -199,7 +243,7 @@ func TestCertificateRenewalUnderLoad(t *testing.T) {
 	cancel()
 	wg.Wait()
 	if failed.Load() > 0 {
-		t.Errorf("%d of %d admissions failed during the renewal; first: %v", failed.Load(), failed.Load()+admitted.Load(), firstErr.Load())
+		t.Errorf("%d of %d admissions failed during the renewal; the first ones:\n%s", failed.Load(), failed.Load()+admitted.Load(), strings.Join(errs, "\n"))
 		pods, _ := cluster.Kubectl(context.Background(), "", "get", "pods", "-n", "dynamo-system", "-o", "wide")
 		eps, _ := cluster.Kubectl(context.Background(), "", "get", "endpointslices", "-n", "dynamo-system", "-o", "wide")
 		ev, _ := cluster.Kubectl(context.Background(), "", "get", "events", "-n", "dynamo-system", "--sort-by=.lastTimestamp")

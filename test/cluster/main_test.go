@@ -133,6 +133,8 @@ func keepLogs() {
 	if err != nil {
 		return
 	}
+	// The pods' logs too: their folder goes with teardown.
+	_ = exec.Command("cp", "-r", "/var/log/pods", filepath.Join(realnode.Dir, "logs", "pods")).Run()
 	if err := exec.Command("cp", "-r", filepath.Join(realnode.Dir, "logs"), dir).Run(); err == nil {
 		fmt.Printf("realnode: the cluster's logs are kept in %s/logs\n", dir)
 	}
