@@ -47,6 +47,12 @@ var (
 	// systemDirs are listed before and after to catch anything else left.
 	systemDirs = []string{"/var/lib", "/var/log", "/run", "/etc", "/opt"}
 	cgroupRoot = "/sys/fs/cgroup"
+	// controlPlaneCgroup holds the harness's own processes (etcd, the API
+	// server, controllers, containerd, kubelet, addons) as one group in the
+	// CPU hierarchy. In the root group every thread of theirs would weigh as
+	// much as the whole kubepods group, and a busy API server would starve
+	// the pods whose probes have a 1 s timeout.
+	controlPlaneCgroup = cgroupRoot + "/cpu/gpu-power-realnode"
 )
 
 // SnapshotHost records the host state a node changes.
@@ -59,7 +65,7 @@ func SnapshotHost() (HostState, error) {
 		}
 		s.Sysctls[k] = strings.TrimSpace(string(v))
 	}
-	for _, p := range nodePaths {
+	for _, p := range append(slices.Clone(nodePaths), controlPlaneCgroup) {
 		_, err := os.Lstat(p)
 		s.Existed[p] = err == nil
 	}
@@ -229,6 +235,11 @@ func restoreHost(before HostState, logf func(string, ...any)) error {
 			errs = append(errs, err)
 		}
 	}
+	if !before.Existed[controlPlaneCgroup] {
+		if err := removeCgroupTree(controlPlaneCgroup); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, k := range sortedKeys(before.Sysctls) {
 		cur, err := os.ReadFile(sysctlPath(k))
 		if err == nil && strings.TrimSpace(string(cur)) == before.Sysctls[k] {
@@ -316,4 +327,16 @@ func removeCgroupTree(root string) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return last
+}
+
+// joinControlPlaneCgroup moves pid into controlPlaneCgroup, creating it;
+// best effort: a host without a cgroup v1 cpu hierarchy runs it where it is.
+func joinControlPlaneCgroup(pid int) {
+	if _, err := os.Stat(filepath.Dir(controlPlaneCgroup) + "/cpu.shares"); err != nil {
+		return
+	}
+	if err := os.Mkdir(controlPlaneCgroup, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return
+	}
+	_ = os.WriteFile(controlPlaneCgroup+"/cgroup.procs", []byte(strconv.Itoa(pid)), 0o644)
 }

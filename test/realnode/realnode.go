@@ -232,6 +232,7 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 		if err != nil {
 			return err
 		}
+		joinControlPlaneCgroup(p.PID)
 		st.Procs = append(st.Procs, p)
 		return st.write()
 	}
@@ -476,6 +477,7 @@ func (c *Cluster) RestartKubelet(logf func(string, ...any)) error {
 		if err != nil {
 			return err
 		}
+		joinControlPlaneCgroup(np.PID)
 		st.Procs[i] = np
 		logf("kubelet started again (pid %d)", np.PID)
 		return st.write()
