@@ -94,7 +94,7 @@ test-cluster: cluster-binaries ## Both manifests as real pods on a real kubelet;
 ##@ Test
 
 .PHONY: test
-test: test-unit test-integration test-e2e ## Run every test: unit, integration and end to end on a real API server.
+test: test-unit test-integration test-e2e test-cluster ## Run every test: unit, integration, end to end on a real API server, and both manifests on a real node (root).
 
 .PHONY: test-unit
 test-unit: ## Unit tests, fuzz seeds, manifest golden tests and formatting/vet checks; no API server.
