@@ -228,6 +228,8 @@ func TestWebhookDeploymentIsLockedDown(t *testing.T) {
 	}
 	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz" || c.LivenessProbe == nil || c.LivenessProbe.HTTPGet.Path != "/healthz" {
 		t.Error("readiness (/readyz) and liveness (/healthz) probes are required")
+	} else if c.LivenessProbe.TimeoutSeconds < 5 {
+		t.Errorf("liveness timeout %ds: a replica starved of CPU for a few seconds would be restarted, refusing GPU pods meanwhile; want at least 5s", c.LivenessProbe.TimeoutSeconds)
 	}
 	if c.Lifecycle == nil || c.Lifecycle.PreStop == nil || c.Lifecycle.PreStop.Sleep == nil {
 		t.Error("a preStop delay is required so endpoints drop the replica before it stops")
