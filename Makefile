@@ -61,10 +61,15 @@ demo: envtest build ## Play the planner scenario here (real API server + cert-ma
 	bin/power-sandbox --bin-dir bin demo
 
 .PHONY: up
-up: envtest build ## Start the same environment and keep it running until Ctrl-C; prints the KUBECONFIG to use.
+up: ## Start the same environment and keep it running until Ctrl-C (prints the KUBECONFIG). REAL_NODE=1: both manifests as real pods on a real kubelet here (Linux, root).
+ifeq ($(REAL_NODE),1)
+	$(MAKE) up-real-node
+else
+	$(MAKE) envtest build
 	@echo "go build -o bin/power-sandbox ./test/sandbox/cmd/sandbox"
 	@go build -o bin/power-sandbox ./test/sandbox/cmd/sandbox
 	bin/power-sandbox --bin-dir bin $(if $(SANDBOX_DIR),--dir $(SANDBOX_DIR)) up
+endif
 
 ##@ Real node (Linux, as root; docs/cluster.md)
 
