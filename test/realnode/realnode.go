@@ -297,11 +297,7 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 	); err != nil {
 		return nil, err
 	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", Kubeconfig)
-	if err != nil {
-		return nil, err
-	}
-	client, err := kubernetes.NewForConfig(cfg)
+	cfg, client, err := adminClient()
 	if err != nil {
 		return nil, err
 	}
@@ -442,11 +438,7 @@ func Attach(k8sBin string) (*Cluster, error) {
 	if st == nil || !st.running() {
 		return nil, errors.New("no cluster is up: `make cluster-up` starts one")
 	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", Kubeconfig)
-	if err != nil {
-		return nil, err
-	}
-	client, err := kubernetes.NewForConfig(cfg)
+	cfg, client, err := adminClient()
 	if err != nil {
 		return nil, err
 	}
@@ -644,4 +636,14 @@ func freePorts() (int, int, error) {
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports[0], ports[1], nil
+}
+
+// adminClient connects with the cluster's admin kubeconfig.
+func adminClient() (*rest.Config, *kubernetes.Clientset, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", Kubeconfig)
+	if err != nil {
+		return nil, nil, err
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	return cfg, client, err
 }
