@@ -50,6 +50,15 @@ func run(ctx context.Context, mode, binDir, dir string) (err error) {
 		if dir, err = os.MkdirTemp("", "power-"+mode+"-"); err != nil {
 			return err
 		}
+		// A temporary folder goes after a clean run; after a failure its logs
+		// are what the user reads next.
+		defer func() {
+			if err == nil {
+				err = os.RemoveAll(dir)
+			} else {
+				fmt.Fprintf(os.Stderr, "Logs kept in %s\n", dir)
+			}
+		}()
 	} else if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
