@@ -8,6 +8,10 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/realnode"
 	"github.com/dynamo-power/gpu-power/test/testdeploy"
 )
 
@@ -192,7 +197,9 @@ func TestCertificateRenewalUnderLoad(t *testing.T) {
 	allReady(t)
 	oldSerial := secretSerial(t)
 
-	ctx, cancel := context.WithCancel(t.Context())
+	// The load runs until stopped, and a request in flight then still
+	// counts: cancelling it would hide its outcome.
+	var stop atomic.Bool
 	var admitted, failed atomic.Int64
 	var errsMu sync.Mutex
 	var errs []string // the first few, with their time
@@ -200,25 +207,32 @@ func TestCertificateRenewalUnderLoad(t *testing.T) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		for i := 0; ctx.Err() == nil && i < 100000; i++ {
+		for i := 0; !stop.Load() && i < 100000; i++ {
 			p := gpuPod(fmt.Sprintf("renewal-%d", i), "300")
-			_, err := cluster.Client.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
-			switch {
-			case ctx.Err() != nil:
-			case err != nil:
+			_, err := cluster.Client.CoreV1().Pods("default").Create(context.Background(), p, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+			if err != nil {
 				failed.Add(1)
 				errsMu.Lock()
 				if len(errs) < 5 {
 					errs = append(errs, time.Now().Format(time.StampMilli)+" "+err.Error())
 				}
 				errsMu.Unlock()
-			default:
+			} else {
 				admitted.Add(1)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
 	}()
-	t.Cleanup(func() { cancel(); wg.Wait() })
+	stopLoad := func() { stop.Store(true); wg.Wait() }
+	t.Cleanup(stopLoad)
+	// admittedBeyond waits until n more admissions than now have passed.
+	admittedBeyond := func(what string, n int64) {
+		target := admitted.Load() + n
+		eventually(t, what, func() (bool, string) {
+			return admitted.Load() >= target, fmt.Sprintf("%d admitted, %d failed", admitted.Load(), failed.Load())
+		})
+	}
+	admittedBeyond("admissions flow before the renewal", 10)
 
 	// What `cmctl renew` does.
 	t.Logf("renewal triggered at %s", time.Now().Format(time.StampMilli))
@@ -240,19 +254,17 @@ func TestCertificateRenewalUnderLoad(t *testing.T) {
 			return s == newSerial, "serves " + s
 		})
 	}
-	cancel()
-	wg.Wait()
+	admittedBeyond("admissions flow after the renewal", 10)
+	stopLoad()
 	if failed.Load() > 0 {
 		t.Errorf("%d of %d admissions failed during the renewal; the first ones:\n%s", failed.Load(), failed.Load()+admitted.Load(), strings.Join(errs, "\n"))
 		pods, _ := cluster.Kubectl(context.Background(), "", "get", "pods", "-n", "dynamo-system", "-o", "wide")
 		eps, _ := cluster.Kubectl(context.Background(), "", "get", "endpointslices", "-n", "dynamo-system", "-o", "wide")
 		ev, _ := cluster.Kubectl(context.Background(), "", "get", "events", "-n", "dynamo-system", "--sort-by=.lastTimestamp")
 		t.Logf("pods:\n%s\nendpoint slices:\n%s\nevents:\n%s", pods, eps, ev)
+		return
 	}
-	if admitted.Load() == 0 {
-		t.Error("no admission ran during the renewal")
-	}
-	t.Logf("%d admissions during the renewal, none failed", admitted.Load())
+	t.Logf("%d admissions before, during and after the renewal, none failed", admitted.Load())
 }
 
 func secretSerial(t *testing.T) string {
@@ -281,4 +293,61 @@ func servedSerial(podIP string) string {
 	}
 	defer func() { _ = conn.Close() }()
 	return conn.ConnectionState().PeerCertificates[0].SerialNumber.String()
+}
+
+// TestBridgeAddressSurvivesPodChurn: a pod's veth with a lower MAC joining
+// the node's bridge, and leaving it, does not change the bridge's address.
+// If it did, every pod would keep a stale ARP entry for the node and the API
+// server for tens of seconds: probes time out and the webhook Service loses
+// all its endpoints at once.
+func TestBridgeAddressSurvivesPodChurn(t *testing.T) {
+	install(t)
+	before := bridgeAddress(t)
+	ports := bridgePorts(t)
+	pod := createPod(t, gpuPod("churn", "320"))
+	var veth string
+	eventually(t, "the pod's veth joined the bridge", func() (bool, string) {
+		for _, p := range bridgePorts(t) {
+			if !slices.Contains(ports, p) {
+				veth = p
+				return true, p
+			}
+		}
+		return false, fmt.Sprint(bridgePorts(t))
+	})
+	// The lowest unicast address there is: a bridge that follows its ports
+	// takes it.
+	if err := exec.CommandContext(t.Context(), "ip", "link", "set", "dev", veth, "address", "00:00:00:00:00:01").Run(); err != nil {
+		t.Fatalf("set the address of %s: %v", veth, err)
+	}
+	if got := bridgeAddress(t); got != before {
+		t.Errorf("bridge address %s after a port with a lower MAC joined, was %s", got, before)
+	}
+	deletePod(t, pod)
+	if got := bridgeAddress(t); got != before {
+		t.Errorf("bridge address %s after the pod left, was %s", got, before)
+	}
+	allReady(t)
+}
+
+func bridgeAddress(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("/sys/class/net", realnode.Bridge, "address"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func bridgePorts(t *testing.T) []string {
+	t.Helper()
+	entries, err := os.ReadDir(filepath.Join("/sys/class/net", realnode.Bridge, "brif"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
 }

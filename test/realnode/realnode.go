@@ -45,6 +45,7 @@ const (
 	ServiceSubnet = "10.225.1.0/24"
 	APIServerIP   = "10.225.1.1"
 	APIServerURL  = "https://" + APIServerIP + ":443"
+	bridgeMAC     = "02:25:00:00:00:01" // locally administered
 	NodeName      = "gpu-node-0"
 	// PauseImage is the sandbox image, and the workload image of test pods.
 	PauseImage       = "gpu-power.local/pause:dev"
@@ -242,7 +243,11 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 		return nil, fmt.Errorf("certificates: %w", err)
 	}
 	for _, args := range [][]string{
-		{"link", "add", Bridge, "type", "bridge"},
+		// A bridge without an address of its own takes the lowest MAC of
+		// its ports, so adding or removing a pod's veth could change it and
+		// leave every pod's ARP entry for the node and the API server
+		// stale for tens of seconds: probes time out, endpoints empty.
+		{"link", "add", Bridge, "address", bridgeMAC, "type", "bridge"},
 		{"addr", "add", NodeIP + "/24", "dev", Bridge},
 		{"addr", "add", APIServerIP + "/32", "dev", Bridge},
 		{"link", "set", Bridge, "up"},
