@@ -3,8 +3,10 @@ package nvmlctl
 import (
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
+	"syscall"
 )
 
 // Op names a Library method, for fault injection and the call record.
@@ -176,6 +178,11 @@ func (f *Fake) GPU(uuid string) (FakeGPU, error) {
 func (f *Fake) Update(uuid string, change func(*FakeGPU)) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	unlock, err := f.lockStateFile()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	if err := f.load(); err != nil {
 		return err
 	}
@@ -273,6 +280,11 @@ func (f *Fake) Processes(uuid string) ([]Process, error) {
 func (f *Fake) SetPowerLimit(uuid string, limit Milliwatts) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	unlock, err := f.lockStateFile()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	g, err := f.device(Call{Op: OpSetPowerLimit, UUID: uuid, Limit: limit})
 	if err != nil {
 		return err
@@ -399,6 +411,26 @@ func (f *Fake) load() error {
 	}
 	f.state = s
 	return nil
+}
+
+// lockStateFile holds an exclusive flock on the state file's lock file for a
+// read-modify-write: the agent and a test's GPU feeder change one file from
+// two processes, and a change made between another's read and write would
+// otherwise be lost. Reads need no lock: writes replace the file whole.
+// f.mu is held.
+func (f *Fake) lockStateFile() (unlock func(), err error) {
+	if f.path == "" {
+		return func() {}, nil
+	}
+	lf, err := os.OpenFile(f.path+".lock", os.O_CREATE|os.O_RDONLY, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock fake state %s: %w", f.path, err)
+	}
+	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
+		_ = lf.Close()
+		return nil, fmt.Errorf("lock fake state %s: %w", f.path, err)
+	}
+	return func() { _ = lf.Close() }, nil // closing releases the lock
 }
 
 // commit adopts next and writes it to the state file. f.mu is held.

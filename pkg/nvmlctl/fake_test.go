@@ -302,6 +302,50 @@ func TestFakeStateFileIsSharedWithAnotherProcess(t *testing.T) {
 	}
 }
 
+// TestFakeStateFileLosesNoConcurrentChange: two processes (two Fakes on one
+// file) change the GPUs at once, as the agent and a test's GPU feeder do;
+// every change of both is kept.
+func TestFakeStateFileLosesNoConcurrentChange(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "gpus.json")
+	agent := nvmlctl.NewFake(twoH100s()...)
+	must(t, agent.PersistTo(path))
+	world, err := nvmlctl.NewFakeFromFile(path)
+	must(t, err)
+
+	const each = 50
+	addProcess := func(f *nvmlctl.Fake, pid int) error {
+		return f.Update(gpu0, func(g *nvmlctl.FakeGPU) {
+			g.Processes = append(g.Processes, nvmlctl.Process{Kind: nvmlctl.Compute, PID: pid})
+		})
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 3*each)
+	wg.Go(func() {
+		for i := range each {
+			errs <- addProcess(agent, 1+i)
+			errs <- agent.SetPowerLimit(gpu1, nvmlctl.Milliwatts(200000+i*1000))
+		}
+	})
+	wg.Go(func() {
+		for i := range each {
+			errs <- addProcess(world, 1+each+i)
+		}
+	})
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		must(t, err)
+	}
+	g, err := world.GPU(gpu0)
+	must(t, err)
+	if len(g.Processes) != 2*each {
+		t.Errorf("GPU 0 has %d processes, want all %d added by both processes", len(g.Processes), 2*each)
+	}
+	if g, _ := world.GPU(gpu1); g.Limit != nvmlctl.Milliwatts(200000+(each-1)*1000) {
+		t.Errorf("GPU 1 limit = %d, want the agent's last write %d", g.Limit, 200000+(each-1)*1000)
+	}
+}
+
 func TestFakeStateFileBrokenByAnotherProcess(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "gpus.json")
 	f := nvmlctl.NewFake(nvmlctl.H100s(1)...)
