@@ -176,9 +176,7 @@ func (f *Fake) GPU(uuid string) (FakeGPU, error) {
 // The result must still satisfy FakeState's rules. Update is not a Library
 // call: no fault applies and nothing is recorded.
 func (f *Fake) Update(uuid string, change func(*FakeGPU)) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	unlock, err := f.lockStateFile()
+	unlock, err := f.lockForChange()
 	if err != nil {
 		return err
 	}
@@ -278,9 +276,7 @@ func (f *Fake) Processes(uuid string) ([]Process, error) {
 
 // SetPowerLimit implements Library.
 func (f *Fake) SetPowerLimit(uuid string, limit Milliwatts) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	unlock, err := f.lockStateFile()
+	unlock, err := f.lockForChange()
 	if err != nil {
 		return err
 	}
@@ -413,24 +409,30 @@ func (f *Fake) load() error {
 	return nil
 }
 
-// lockStateFile holds an exclusive flock on the state file's lock file for a
-// read-modify-write: the agent and a test's GPU feeder change one file from
-// two processes, and a change made between another's read and write would
-// otherwise be lost. Reads need no lock: writes replace the file whole.
-// f.mu is held.
-func (f *Fake) lockStateFile() (unlock func(), err error) {
+// lockForChange locks f.mu and, for a read-modify-write, an exclusive flock
+// on the state file's lock file: the agent and a test's GPU feeder change one
+// file from two processes, and a change made between another's read and
+// write would otherwise be lost. Reads need no flock: writes replace the
+// file whole.
+func (f *Fake) lockForChange() (unlock func(), err error) {
+	f.mu.Lock()
 	if f.path == "" {
-		return func() {}, nil
+		return f.mu.Unlock, nil
 	}
 	lf, err := os.OpenFile(f.path+".lock", os.O_CREATE|os.O_RDONLY, 0o644)
+	if err == nil {
+		if err = syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
+			_ = lf.Close()
+		}
+	}
 	if err != nil {
+		f.mu.Unlock()
 		return nil, fmt.Errorf("lock fake state %s: %w", f.path, err)
 	}
-	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
-		_ = lf.Close()
-		return nil, fmt.Errorf("lock fake state %s: %w", f.path, err)
-	}
-	return func() { _ = lf.Close() }, nil // closing releases the lock
+	return func() {
+		_ = lf.Close() // releases the flock
+		f.mu.Unlock()
+	}, nil
 }
 
 // commit adopts next and writes it to the state file. f.mu is held.
