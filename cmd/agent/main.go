@@ -130,7 +130,8 @@ func run(log logr.Logger, o options) error {
 	// Events queued before SIGTERM still go out while the agent shuts down.
 	eventsCtx, stopEvents := context.WithCancel(context.Background())
 	defer stopEvents()
-	recorder := newEventRecorder(eventsCtx, k, log)
+	recorder := newEventRecorder(k, log)
+	go recorder.post(eventsCtx)
 	reg := newRegistry()
 	enforcer := &agent.Enforcer{NVML: lib, Ledger: ledger, RequireValidation: o.requireValidation,
 		Recorder: recorder, Log: log, Metrics: agent.NewMetrics(reg)}

@@ -1,0 +1,287 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/tools/cache"
+)
+
+// apiServer stands in for the API server, over TLS: client-go sends a
+// kubeconfig's token to no other. The agent's client of it is built from a
+// kubeconfig, as the agent builds it.
+func apiServer(t *testing.T, h http.HandlerFunc) (*kube, *httptest.Server) {
+	t.Helper()
+	srv := httptest.NewTLSServer(h)
+	t.Cleanup(srv.Close)
+	k, err := newKube(kubeconfig(t, srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k, srv
+}
+
+// kubeconfig writes a kubeconfig for srv, with the token "agent-token".
+func kubeconfig(t *testing.T, srv *httptest.Server) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	ca := base64.StdEncoding.EncodeToString(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}))
+	cfg := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters: [{name: test, cluster: {server: %q, certificate-authority-data: %s}}]
+users: [{name: agent, user: {token: agent-token}}]
+contexts: [{name: test, context: {cluster: test, user: agent}}]
+current-context: test
+`, srv.URL, ca)
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// writeStatus answers as the API server answers a failed request: a Status
+// with the code and its usual reason.
+func writeStatus(w http.ResponseWriter, code int) {
+	s := apierrors.NewGenericServerResponse(code, "create", schema.GroupResource{}, "", "", 0, false).ErrStatus
+	s.Kind, s.APIVersion = "Status", "v1"
+	writeJSON(w, code, s)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func TestNewKube(t *testing.T) {
+	var mu sync.Mutex
+	var auth string
+	_, srv := apiServer(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		auth = r.Header.Get("Authorization")
+		mu.Unlock()
+		writeJSON(w, http.StatusOK, map[string]string{"major": "1"})
+	})
+	good := kubeconfig(t, srv)
+	other := httptest.NewTLSServer(http.NotFoundHandler())
+	other.Close()
+	elsewhere := kubeconfig(t, other)
+	missing := filepath.Join(t.TempDir(), "missing")
+	for _, tc := range []struct {
+		name, flag, env string
+		wantErr         string
+	}{
+		{name: "--kubeconfig", flag: good},
+		{name: "$KUBECONFIG when no --kubeconfig", env: good},
+		{name: "--kubeconfig wins over $KUBECONFIG", flag: good, env: elsewhere},
+		{name: "--kubeconfig names a missing file", flag: missing, wantErr: "kubeconfig: "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("KUBECONFIG", tc.env)
+			mu.Lock()
+			auth = ""
+			mu.Unlock()
+			k, err := newKube(tc.flag)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("newKube: %v, want an error with %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := k.apiReachable(t.Context()); err != nil {
+				t.Fatalf("API check: %v", err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if auth != "Bearer agent-token" {
+				t.Errorf("Authorization %q, want the kubeconfig's token", auth)
+			}
+		})
+	}
+}
+
+func TestAPIReachable(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		code    int // 0: nothing listens
+		wantErr bool
+	}{
+		{name: "version answered", code: http.StatusOK},
+		{name: "API server failing", code: http.StatusInternalServerError, wantErr: true},
+		{name: "API server down", wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			k, srv := apiServer(t, func(w http.ResponseWriter, r *http.Request) {
+				if r.Method != http.MethodGet || r.URL.Path != "/version" {
+					t.Errorf("%s %s, want GET /version", r.Method, r.URL.Path)
+				}
+				if tc.code != http.StatusOK {
+					writeStatus(w, tc.code)
+					return
+				}
+				writeJSON(w, tc.code, map[string]string{"major": "1", "minor": "34"})
+			})
+			if tc.code == 0 {
+				srv.Close()
+			}
+			if err := k.apiReachable(t.Context()); (err != nil) != tc.wantErr {
+				t.Errorf("apiReachable: %v, want error %t", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestDaemonSetDeleting(t *testing.T) {
+	deleted := metav1.NewTime(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+	for _, tc := range []struct {
+		name         string
+		code         int
+		body         any
+		wantDeleting bool
+		wantErr      func(error) bool
+	}{
+		{name: "rolling update: DaemonSet present", code: http.StatusOK, body: daemonSet(nil)},
+		{name: "uninstall: DaemonSet being deleted", code: http.StatusOK, body: daemonSet(&deleted), wantDeleting: true},
+		{name: "uninstall: DaemonSet gone", code: http.StatusNotFound, wantErr: apierrors.IsNotFound},
+		{name: "uninstall: RBAC gone with it", code: http.StatusForbidden, wantErr: apierrors.IsForbidden},
+		{name: "answer that is not JSON", code: http.StatusOK, body: "<html>",
+			wantErr: func(err error) bool {
+				return strings.Contains(err.Error(), "decode DaemonSet dynamo-system/power-agent")
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			k, _ := apiServer(t, func(w http.ResponseWriter, r *http.Request) {
+				if want := "/apis/apps/v1/namespaces/dynamo-system/daemonsets/power-agent"; r.Method != http.MethodGet || r.URL.Path != want {
+					t.Errorf("%s %s, want GET %s", r.Method, r.URL.Path, want)
+				}
+				switch body := tc.body.(type) {
+				case nil:
+					writeStatus(w, tc.code)
+				case string:
+					w.WriteHeader(tc.code)
+					_, _ = w.Write([]byte(body))
+				default:
+					writeJSON(w, tc.code, body)
+				}
+			})
+			deleting, err := k.daemonSetDeleting(t.Context(), "dynamo-system", "power-agent")
+			switch {
+			case tc.wantErr == nil && err != nil:
+				t.Fatalf("daemonSetDeleting: %v", err)
+			case tc.wantErr != nil && (err == nil || !tc.wantErr(err)):
+				t.Fatalf("daemonSetDeleting: error %v, not the one expected", err)
+			}
+			if deleting != tc.wantDeleting {
+				t.Errorf("deleting %t, want %t", deleting, tc.wantDeleting)
+			}
+		})
+	}
+}
+
+func daemonSet(deleted *metav1.Time) map[string]any {
+	return map[string]any{"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": metav1.ObjectMeta{
+		Name: "power-agent", Namespace: "dynamo-system", UID: "ds-1", DeletionTimestamp: deleted,
+	}, "spec": map[string]any{"template": map[string]any{}}}
+}
+
+// podsServer serves one pod of node gpu-1 to a list, or to a watch that
+// sends initial events (client-go's WatchListClient), and keeps a watch open
+// until the agent ends it. It fails a request for any other node's pods.
+func podsServer(t *testing.T) http.HandlerFunc {
+	pod := corev1.Pod{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+		ObjectMeta: metav1.ObjectMeta{Name: "decode-0", Namespace: "llm", UID: types.UID("pod-1"), ResourceVersion: "1"},
+		Spec:       corev1.PodSpec{NodeName: "gpu-1"},
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		if r.URL.Path != "/api/v1/pods" || q.Get("fieldSelector") != "spec.nodeName=gpu-1" {
+			t.Errorf("GET %s, want the pods of node gpu-1 alone", r.URL)
+			writeStatus(w, http.StatusBadRequest)
+			return
+		}
+		if q.Get("watch") != "true" {
+			writeJSON(w, http.StatusOK, corev1.PodList{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "PodList"},
+				ListMeta: metav1.ListMeta{ResourceVersion: "1"}, Items: []corev1.Pod{pod}})
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		if q.Get("sendInitialEvents") == "true" {
+			end := corev1.Pod{TypeMeta: pod.TypeMeta, ObjectMeta: metav1.ObjectMeta{ResourceVersion: "1",
+				Annotations: map[string]string{metav1.InitialEventsAnnotationKey: "true"}}}
+			enc := json.NewEncoder(w)
+			_ = enc.Encode(map[string]any{"type": "ADDED", "object": pod})
+			_ = enc.Encode(map[string]any{"type": "BOOKMARK", "object": end})
+		}
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	}
+}
+
+func TestSyncPods(t *testing.T) {
+	t.Run("the node's pods listed", func(t *testing.T) {
+		k, _ := apiServer(t, podsServer(t))
+		pods := k.podInformer("gpu-1")
+		if !syncPods(stopAtEnd(t.Context(), t, pods), newLog(t).logger, pods) {
+			t.Fatal("the pod cache did not sync")
+		}
+		if _, ok, err := pods.GetIndexer().GetByKey("llm/decode-0"); !ok || err != nil {
+			t.Errorf("pod llm/decode-0 not in the cache (%v); cache holds %v", err, pods.GetIndexer().ListKeys())
+		}
+	})
+	t.Run("API server failing: gives up when ctx ends", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		k, _ := apiServer(t, func(w http.ResponseWriter, _ *http.Request) {
+			cancel() // the agent is stopped while it waits
+			writeStatus(w, http.StatusServiceUnavailable)
+		})
+		pods := k.podInformer("gpu-1")
+		if syncPods(stopAtEnd(ctx, t, pods), newLog(t).logger, pods) {
+			t.Error("synced without an answer")
+		}
+	})
+}
+
+// stopAtEnd is a ctx for the informer that ends with parent or the test,
+// which then waits for the informer to stop: its requests end with the test.
+func stopAtEnd(parent context.Context, t *testing.T, informer cache.SharedIndexInformer) context.Context {
+	ctx, cancel := context.WithCancel(parent)
+	t.Cleanup(func() {
+		cancel()
+		if !eventually(informer.IsStopped) {
+			t.Error("the pod informer went on after ctx ended")
+		}
+	})
+	return ctx
+}
+
+// eventually polls cond until it holds, and is false if it has not held
+// after 10 s.
+func eventually(cond func() bool) bool {
+	return wait.PollUntilContextTimeout(context.Background(), time.Millisecond, 10*time.Second, true,
+		func(context.Context) (bool, error) { return cond(), nil }) == nil
+}
