@@ -54,12 +54,14 @@ func daemonSet(t *testing.T) *appsv1.DaemonSet {
 func cappedPod(t *testing.T, n *node, name string) *corev1.Pod {
 	t.Helper()
 	p := testpod.MakePod(name, "llm").GPU(2).NodeName(nodeName).Limit("250").Stamp("250").Obj()
+	// The kubelet's allocation is in place when the pod's event reaches the
+	// agent, so the cap comes from that event and never waits for --interval.
+	n.kubelet.SetPods(podresourcestest.Pod("llm", name, podresourcestest.Container("worker",
+		podresourcestest.Devices(policy.ResourceGPU, nvmlctl.FakeUUID(0), nvmlctl.FakeUUID(1)))))
 	if err := k8s.Create(t.Context(), p); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = k8s.Delete(context.Background(), p, client.GracePeriodSeconds(0)) })
-	n.kubelet.SetPods(podresourcestest.Pod("llm", name, podresourcestest.Container("worker",
-		podresourcestest.Devices(policy.ResourceGPU, nvmlctl.FakeUUID(0), nvmlctl.FakeUUID(1)))))
 	n.limitBecomes(0, 250)
 	n.limitBecomes(1, 250)
 	return p
@@ -103,11 +105,13 @@ func TestUninstallRestoresEveryCappedGPU(t *testing.T) {
 	}
 }
 
-// TestEnforcementLatency measures, for repeated annotation changes, the time
-// from the API write to the new limit on the GPU, and reports the p99.
+// TestEnforcementLatency: annotation changes reach the GPU from the pod
+// event alone (with an hour-long interval nothing else could apply them in
+// time). It logs the time from the API write to the new limit for
+// docs/benchmarks.md and asserts nothing about it: the machine is shared.
 func TestEnforcementLatency(t *testing.T) {
 	n := newNode(t)
-	n.start("15s") // the production interval: changes must not wait for it
+	n.start("1h")
 	p := cappedPod(t, n, "latency")
 	var samples []time.Duration
 	for i := range 20 {
@@ -124,9 +128,6 @@ func TestEnforcementLatency(t *testing.T) {
 	slices.Sort(samples)
 	p99 := samples[len(samples)*99/100]
 	t.Logf("annotation change -> NVML write: p50 %s, p99 %s over %d changes", samples[len(samples)/2], p99, len(samples))
-	if p99 > 5*time.Second { // a loose bound: the target (1 s) is a benchmark number, not a test
-		t.Errorf("p99 enforcement latency %s: changes are waiting for the interval", p99)
-	}
 }
 
 // TestSoakNoListAfterSync runs an hour's worth of cycles at a short interval
