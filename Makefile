@@ -117,7 +117,7 @@ test-e2e: envtest ## End to end: both manifest folders applied with kubectl, cer
 	go test -count=1 ./test/e2e/...
 
 .PHONY: envtest
-envtest: ## Build etcd, kube-apiserver and kubectl from Go modules (~15 min cold, skipped when built).
+envtest: ## Build etcd, kube-apiserver and kubectl from Go modules (~12 min cold, skipped when built).
 	K8S_BIN_DIR=$(KUBEBUILDER_ASSETS) hack/build-k8s.sh
 
 .PHONY: fuzz
