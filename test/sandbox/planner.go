@@ -390,6 +390,10 @@ func (p *Planner) renewCertificate(ctx context.Context) error {
 	}
 	p.say("The webhook serves certificate serial %s (expires %s).", before.SerialNumber, before.NotAfter.Format(time.RFC3339))
 	load := p.admitContinuously(ctx)
+	if err := p.admittedBeyond(ctx, load, "admissions flowing before the renewal"); err != nil {
+		load.stop()
+		return err
+	}
 	var cert cmapi.Certificate
 	key := types.NamespacedName{Namespace: Namespace, Name: CertificateRef}
 	if err := p.S.Client.Get(ctx, key, &cert); err != nil {
@@ -415,8 +419,9 @@ func (p *Planner) renewCertificate(ctx context.Context) error {
 		after = c
 		return c.SerialNumber.Cmp(before.SerialNumber) != 0, "serial " + c.SerialNumber.String(), nil
 	})
-	// A second more of admissions on the new certificate.
-	time.Sleep(time.Second)
+	if err == nil {
+		err = p.admittedBeyond(ctx, load, "admissions flowing on the new certificate")
+	}
 	load.stop()
 	if err != nil {
 		return err
@@ -430,11 +435,20 @@ func (p *Planner) renewCertificate(ctx context.Context) error {
 	return nil
 }
 
+// admittedBeyond waits until 10 more admissions than now have passed.
+func (p *Planner) admittedBeyond(ctx context.Context, load *admissions, what string) error {
+	target := load.ok.Load() + 10
+	return p.S.waitFor(ctx, what, func(context.Context) (bool, string, error) {
+		return load.ok.Load() >= target, fmt.Sprintf("%d admitted, %d failed", load.ok.Load(), load.failed.Load()), nil
+	})
+}
+
 // admissions is a stream of GPU pod admissions (server-side dry runs: the
-// webhook decides, nothing is stored or reserved).
+// webhook decides, nothing is stored or reserved). Stopping it lets the
+// requests in flight finish: cancelling them would hide their outcome.
 type admissions struct {
 	ok, failed atomic.Int64
-	cancel     context.CancelFunc
+	stopped    atomic.Bool
 	wg         sync.WaitGroup
 	mu         sync.Mutex
 	first      error
@@ -447,22 +461,21 @@ func (a *admissions) firstErr() error {
 }
 
 func (a *admissions) stop() {
-	a.cancel()
+	a.stopped.Store(true)
 	a.wg.Wait()
 }
 
 func (p *Planner) admitContinuously(ctx context.Context) *admissions {
-	ctx, cancel := context.WithCancel(ctx)
-	a := &admissions{cancel: cancel}
+	a := &admissions{}
 	for w := range 2 {
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
-			for i := 0; ctx.Err() == nil; i++ {
+			for i := 0; !a.stopped.Load() && ctx.Err() == nil; i++ {
 				pod := gpuPod(fmt.Sprintf("probe-%d-%d", w, i), WorkNamespace, 1, "250")
 				err := p.S.Client.Create(ctx, pod, client.DryRunAll)
 				switch {
-				case ctx.Err() != nil:
+				case ctx.Err() != nil: // the whole run is ending
 				case err == nil && pod.Annotations[policy.AnnotationPowerLimitValidated] == "250":
 					a.ok.Add(1)
 				default:
