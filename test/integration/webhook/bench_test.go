@@ -72,7 +72,9 @@ func admissionLoad(b *testing.B, rate float64, budgeted bool) {
 	// The reconciler would otherwise keep recomputing it in later runs.
 	b.Cleanup(func() { _ = k8s.Delete(context.Background(), budget) })
 	// Every replica must know the budget before the clock starts.
-	time.Sleep(time.Second)
+	if err := webhooks.waitUntilEverySees(b.Context(), budget); err != nil {
+		b.Fatal(err)
+	}
 
 	// Creates are released at the offered rate; up to 50 are in flight.
 	var tick <-chan time.Time

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
@@ -209,6 +211,27 @@ func (f *fleet) leader() *replica {
 		}
 	}
 	return nil
+}
+
+// waitUntilEverySees waits until the cache of every running replica holds
+// obj: until then a replica would admit without it.
+func (f *fleet) waitUntilEverySees(ctx context.Context, obj client.Object) error {
+	f.mu.Lock()
+	replicas := slices.Clone(f.replicas)
+	f.mu.Unlock()
+	return wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		for _, r := range replicas {
+			select {
+			case <-r.exited:
+				continue
+			default:
+			}
+			if err := r.mgr.GetCache().Get(ctx, client.ObjectKeyFromObject(obj), obj.DeepCopyObject().(client.Object)); err != nil {
+				return false, nil //nolint:nilerr // not there yet
+			}
+		}
+		return true, nil
+	})
 }
 
 func (f *fleet) registries() []*prometheus.Registry {
