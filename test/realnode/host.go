@@ -30,6 +30,9 @@ type HostState struct {
 	Links []string `json:"links"`
 	// Entries are the names in the system folders a node writes into.
 	Entries map[string][]string `json:"entries"`
+	// FirstUse is the kind of file at each first-use artefact's path
+	// (firstuse.go): what may appear in Entries and stay.
+	FirstUse map[string]string `json:"firstUse"`
 }
 
 var (
@@ -57,7 +60,7 @@ var (
 
 // SnapshotHost records the host state a node changes.
 func SnapshotHost() (HostState, error) {
-	s := HostState{Sysctls: map[string]string{}, Existed: map[string]bool{}, Entries: map[string][]string{}}
+	s := HostState{Sysctls: map[string]string{}, Existed: map[string]bool{}, Entries: map[string][]string{}, FirstUse: firstUseKinds()}
 	for _, k := range kubeletSysctls {
 		v, err := os.ReadFile(sysctlPath(k))
 		if err != nil {
@@ -94,6 +97,7 @@ func SnapshotHost() (HostState, error) {
 }
 
 // Diff lists what differs from before, in words; empty when the host is back.
+// A first-use artefact that appeared is no difference (firstuse.go).
 func (before HostState) Diff(after HostState) []string {
 	var d []string
 	for _, k := range sortedKeys(before.Sysctls) {
@@ -110,9 +114,26 @@ func (before HostState) Diff(after HostState) []string {
 	d = append(d, setDiff("cgroup", before.Cgroups, after.Cgroups)...)
 	d = append(d, setDiff("network interface", before.Links, after.Links)...)
 	for _, dir := range sortedKeys(before.Entries) {
-		d = append(d, setDiff("entry of "+dir, before.Entries[dir], after.Entries[dir])...)
+		entries := slices.DeleteFunc(slices.Clone(after.Entries[dir]), func(name string) bool {
+			return !slices.Contains(before.Entries[dir], name) && keptFirstUse(dir, name, after.FirstUse)
+		})
+		d = append(d, setDiff("entry of "+dir, before.Entries[dir], entries)...)
 	}
 	return d
+}
+
+// KeptFirstUse lists the first-use artefacts that appeared since before,
+// with the tool that made each, for the log.
+func (before HostState) KeptFirstUse(after HostState) []string {
+	var kept []string
+	for _, a := range firstUseArtefacts {
+		dir, name := filepath.Split(a.Path)
+		dir = filepath.Clean(dir)
+		if !slices.Contains(before.Entries[dir], name) && slices.Contains(after.Entries[dir], name) && keptFirstUse(dir, name, after.FirstUse) {
+			kept = append(kept, a.Path+" ("+a.Why+")")
+		}
+	}
+	return kept
 }
 
 func setDiff(what string, before, after []string) []string {

@@ -75,6 +75,9 @@ type Options struct {
 	Owner string
 	// Logf prints progress.
 	Logf func(format string, args ...any)
+	// ForgetFirstUse removes the first-use artefacts (firstuse.go) before
+	// the host is recorded, as on a machine the node's tools never ran on.
+	ForgetFirstUse bool
 }
 
 // State is what a running cluster records in Dir, so that teardown (maybe
@@ -201,6 +204,13 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 		if err := down(old, logf); err != nil {
 			return nil, fmt.Errorf("clean up the previous cluster: %w", err)
 		}
+	}
+	if o.ForgetFirstUse {
+		removed, err := ForgetFirstUse()
+		if err != nil {
+			return nil, fmt.Errorf("meet the host as a fresh machine: %w", err)
+		}
+		step("fresh host: removed the first-use artefacts %v (of %d known)", removed, len(firstUseArtefacts))
 	}
 	before, err := SnapshotHost()
 	if err != nil {
