@@ -49,7 +49,8 @@ func runInspect(log logr.Logger, o options, out io.Writer) error {
 			return err
 		}
 		defer func() { _ = pr.Close() }()
-		r := &agent.Runner{Enforcer: e, Pods: corelisters.NewPodLister(pods.GetIndexer()), PodResources: pr, Proc: os.DirFS(o.proc), Log: e.Log}
+		r := &agent.Runner{Enforcer: e, Pods: corelisters.NewPodLister(pods.GetIndexer()), PodResources: pr,
+			RequirePodResources: o.requirePodResources, Proc: os.DirFS(o.proc), Log: e.Log}
 		if in, err = r.Gather(ctx); err != nil {
 			return err
 		}

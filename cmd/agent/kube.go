@@ -16,6 +16,8 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
+
+	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
 // kube is the agent's whole view of the API server: one REST client over a
@@ -54,10 +56,50 @@ func newKube(kubeconfig string) (*kube, error) {
 }
 
 // podInformer keeps this node's pods: an initial list, then a watch, and no
-// resync, so no periodic LIST.
+// resync, so no periodic LIST. It keeps each pod trimmed to what the agent
+// reads (trimPod).
 func (k *kube) podInformer(node string) cache.SharedIndexInformer {
 	lw := cache.NewListWatchFromClient(k.rest, "pods", metav1.NamespaceAll, fields.OneTermEqualSelector("spec.nodeName", node))
-	return cache.NewSharedIndexInformerWithOptions(lw, &corev1.Pod{}, cache.SharedIndexInformerOptions{})
+	informer := cache.NewSharedIndexInformerWithOptions(lw, &corev1.Pod{}, cache.SharedIndexInformerOptions{})
+	if err := informer.SetTransform(trimPod); err != nil {
+		panic(err) // only fails on a started informer
+	}
+	return informer
+}
+
+// maxKeptAnnotation bounds a power annotation's value in the cache. A limit
+// has at most 6 digits (policy.ParseLimit), so a longer value is invalid
+// whatever follows, and the agent quotes it in Events.
+const maxKeptAnnotation = 64
+
+// trimPod keeps of a pod exactly what the agent reads: its name, namespace,
+// UID and resourceVersion (Events' reference), its two power annotations,
+// its phase and start time (the field selector already says its node). A pod on a GPU node can be a megabyte
+// of env and annotations, and a node holds a hundred of them; the agent would
+// otherwise keep them all. TestTrimPodKeepsWhatTheAgentReads fails when the
+// agent starts reading something dropped here.
+func trimPod(obj any) (any, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil // a tombstone holds a pod already trimmed
+	}
+	var annotations map[string]string
+	for _, key := range []string{policy.AnnotationPowerLimit, policy.AnnotationPowerLimitValidated} {
+		if v, ok := p.Annotations[key]; ok {
+			if len(v) > maxKeptAnnotation {
+				v = v[:maxKeptAnnotation] + "..."
+			}
+			if annotations == nil {
+				annotations = map[string]string{}
+			}
+			annotations[key] = v
+		}
+	}
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID,
+			ResourceVersion: p.ResourceVersion, Annotations: annotations},
+		Status: corev1.PodStatus{Phase: p.Status.Phase, StartTime: p.Status.StartTime},
+	}, nil
 }
 
 // syncPods runs the pod informer until ctx is done and waits for its first

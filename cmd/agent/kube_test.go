@@ -248,8 +248,12 @@ func TestSyncPods(t *testing.T) {
 		if !syncPods(stopAtEnd(t.Context(), t, pods), newLog(t).logger, pods) {
 			t.Fatal("the pod cache did not sync")
 		}
-		if _, ok, err := pods.GetIndexer().GetByKey("llm/decode-0"); !ok || err != nil {
-			t.Errorf("pod llm/decode-0 not in the cache (%v); cache holds %v", err, pods.GetIndexer().ListKeys())
+		obj, ok, err := pods.GetIndexer().GetByKey("llm/decode-0")
+		if !ok || err != nil {
+			t.Fatalf("pod llm/decode-0 not in the cache (%v); cache holds %v", err, pods.GetIndexer().ListKeys())
+		}
+		if p := obj.(*corev1.Pod); p.UID != "pod-1" || p.Spec.NodeName != "" {
+			t.Errorf("the cache holds %+v; want the pod trimmed to what the agent reads", p)
 		}
 	})
 	t.Run("API server failing: gives up when ctx ends", func(t *testing.T) {

@@ -33,6 +33,7 @@ type options struct {
 	metricsAddr, probeAddr             string
 	interval, debounce                 time.Duration
 	requireValidation, restoreOnExit   bool
+	requirePodResources                bool
 }
 
 func main() {
@@ -56,6 +57,8 @@ func main() {
 	fs.DurationVar(&o.interval, "interval", 15*time.Second, "Period of the full reconcile that repairs drift.")
 	fs.DurationVar(&o.debounce, "debounce", 200*time.Millisecond, "How long a burst of pod events is gathered before a reconcile.")
 	fs.BoolVar(&o.requireValidation, "require-validation", true, "Enforce only limits the power webhook stamped (stamp == limit).")
+	fs.BoolVar(&o.requirePodResources, "require-pod-resources", false,
+		"Refuse to attribute GPUs by their processes when kubelet has no PodResources: enforce nothing (not ready) instead.")
 	fs.BoolVar(&o.restoreOnExit, "restore-on-exit", false, "Restore every capped GPU on shutdown, even on a rolling update.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
@@ -105,12 +108,15 @@ func run(log logr.Logger, o options) error {
 		return err // NVML is never called again after a failed init; kubelet restarts us with backoff
 	}
 	defer func() { _ = lib.Shutdown() }()
+	reg := newRegistry()
+	metrics := agent.NewMetrics(reg)
 	ledger, err := agent.OpenLedger(o.stateDir)
 	if err != nil {
-		if ledger == nil {
+		if !errors.Is(err, agent.ErrCorruptLedger) {
 			return err
 		}
-		log.Error(err, "Starting with an empty ownership ledger")
+		metrics.LedgerCorrupt()
+		log.Error(err, "Refused the ownership ledger; starting with an empty one")
 	}
 	podResources, err := podmap.NewPodResourcesClient(o.podResourcesSocket, podmap.DefaultListTimeout)
 	if err != nil {
@@ -132,11 +138,11 @@ func run(log logr.Logger, o options) error {
 	defer stopEvents()
 	recorder := newEventRecorder(k, log)
 	go recorder.post(eventsCtx)
-	reg := newRegistry()
 	enforcer := &agent.Enforcer{NVML: lib, Ledger: ledger, RequireValidation: o.requireValidation,
-		Recorder: recorder, Log: log, Metrics: agent.NewMetrics(reg)}
+		Recorder: recorder, Log: log, Metrics: metrics}
 	runner := &agent.Runner{Enforcer: enforcer, Pods: corelisters.NewPodLister(pods.GetIndexer()), PodsSynced: pods.HasSynced,
-		APIReachable: k.apiReachable, PodResources: podResources, Proc: os.DirFS(o.proc), Interval: o.interval, Debounce: o.debounce, Log: log}
+		APIReachable: k.apiReachable, PodResources: podResources, RequirePodResources: o.requirePodResources,
+		Proc: os.DirFS(o.proc), Interval: o.interval, Debounce: o.debounce, Log: log}
 	if _, err := pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { runner.Trigger() },
 		UpdateFunc: func(any, any) { runner.Trigger() },
@@ -151,7 +157,7 @@ func run(log logr.Logger, o options) error {
 		return err
 	}
 	log.Info("Starting power agent", "node", o.nodeName, "interval", o.interval, "stateDir", o.stateDir,
-		"requireValidation", o.requireValidation, "ownedGPUs", len(ledger.Owned()))
+		"requireValidation", o.requireValidation, "requirePodResources", o.requirePodResources, "ownedGPUs", len(ledger.Owned()))
 	// The first cycle waits for the node's pods, as under controller-runtime's manager.
 	if syncPods(ctx, log, pods) {
 		runner.Run(ctx)

@@ -12,6 +12,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/klog/v2"
 
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
 	"github.com/dynamo-power/gpu-power/pkg/podmap"
@@ -25,6 +27,7 @@ const (
 	ReasonConflict     = "PowerLimitConflict"
 	ReasonFailed       = "PowerLimitFailed"
 	ReasonNotValidated = "PowerLimitNotValidated"
+	ReasonUnallocated  = "UnallocatedGPUProcess"
 )
 
 // Action is what a reconcile does, or would do, to one GPU.
@@ -38,6 +41,7 @@ const (
 	ActionRepair  Action = "repair"  // someone else changed the agent's limit
 	ActionRestore Action = "restore" // no limited pod holds it: give the original back
 	ActionForget  Action = "forget"  // no limited pod holds it, original unknown: leave it
+	ActionAdopt   Action = "adopt"   // no ledger on record, at a limit recognised as the agent's: own it
 	ActionError   Action = "error"   // NVML failed on this GPU
 )
 
@@ -65,6 +69,9 @@ type Inputs struct {
 	Holders podmap.Holders
 	// Pods are this node's non-terminal pods by UID.
 	Pods map[types.UID]*corev1.Pod
+	// Strays are processes on GPUs their pods were not allocated
+	// (podmap.Build): reported, never obeyed.
+	Strays []podmap.Stray
 }
 
 // EventRecorder records an Event on a pod, with the signature of client-go's
@@ -80,6 +87,11 @@ type Enforcer struct {
 	Ledger *Ledger
 	// RequireValidation enforces only limits the webhook stamped.
 	RequireValidation bool
+	// SkippedNamespaces are the namespaces the webhook does not intercept
+	// (policy.SkippedNamespaces unless configured otherwise). A stamp there
+	// is not the webhook's, so with RequireValidation a limit there counts
+	// as not validated.
+	SkippedNamespaces sets.Set[string]
 	Recorder          EventRecorder
 	Log               logr.Logger
 	// Metrics may be nil (inspect, tests).
@@ -89,6 +101,8 @@ type Enforcer struct {
 	// told remembers what each pod was already told, so events come once
 	// per change, not every cycle. Pods that left are dropped each cycle.
 	told map[types.UID]map[string]bool
+	// strays are the last reconcile's, so each is counted once.
+	strays sets.Set[podmap.Stray]
 }
 
 // Reconcile brings every GPU to its desired limit. With dryRun it only
@@ -120,7 +134,15 @@ func (e *Enforcer) Reconcile(ctx context.Context, in Inputs, dryRun bool) ([]GPU
 			delete(e.told, uid)
 		}
 	}
+	if !dryRun {
+		e.strays = sets.New(in.Strays...)
+	}
 	e.mu.Unlock()
+	if !dryRun && len(devices) > 0 {
+		if err := e.Ledger.Settle(); err != nil {
+			failed = append(failed, fmt.Errorf("write the ledger after recovery: %w", err))
+		}
+	}
 	return reports, errors.Join(append(failed, listErr)...)
 }
 
@@ -138,6 +160,9 @@ func (e *Enforcer) reconcileGPU(dev nvmlctl.Device, in Inputs, dryRun bool) GPUR
 		return r
 	}
 	r.Limits = limits
+	if !dryRun {
+		e.reportStrays(dev, in)
+	}
 	d := policy.ResolveGPU(holders, e.RequireValidation)
 	r.Conflict = d.Conflict
 	e.explain(dev, d, pods)
@@ -165,7 +190,22 @@ func (e *Enforcer) reconcileGPU(dev nvmlctl.Device, in Inputs, dryRun bool) GPUR
 
 	target, clamped := policy.Clamp(d.Cap.MW(), limits.Min, limits.Max)
 	r.Desired, r.Clamped = target, clamped
+	ours := false
+	if !owned {
+		own.Original, ours = originalLimit(limits, askedLimits(d, limits), e.Ledger.Recovering())
+		if ours && !dryRun {
+			e.Log.Info("Took the GPU's limit for a cap of this agent's: no ledger on record, and a pod holding it asks this limit; "+
+				"its default comes back when its pods go", "gpu", dev.Index, "uuid", dev.UUID,
+				"limitWatts", limits.Current/1000, "defaultWatts", limits.Default/1000)
+		}
+	}
 	if limits.Current == target {
+		if ours {
+			r.Action = ActionAdopt
+			if !dryRun {
+				r.Err = e.Ledger.Put(dev.UUID, Ownership{Original: own.Original, Applied: limits.Current})
+			}
+		}
 		return r
 	}
 	switch {
@@ -215,13 +255,38 @@ func (e *Enforcer) record(r GPUReport) {
 	e.Metrics.observe(r, applied, draw, r.Conflict)
 }
 
+// originalLimit is the limit an unowned GPU is to get back when the pods
+// that cap it go, and whether its limit is taken for a cap of the agent's own.
+// A GPU's limit is the administrator's, kept and given back, except while the
+// ledger is recovering (missing or corrupt, before the first reconcile) and
+// the limit is off the default and equal to what an admitted pod holding the
+// GPU asks (asked, clamped): that is a cap this agent's predecessor set and
+// lost the record of, and the default is what it gets back.
+func originalLimit(limits nvmlctl.PowerLimits, asked []policy.Milliwatts, recovering bool) (policy.Milliwatts, bool) {
+	if recovering && limits.Default > 0 && limits.Current != limits.Default && slices.Contains(asked, limits.Current) {
+		return limits.Default, true
+	}
+	return limits.Current, false
+}
+
+// askedLimits are the limits the deciding holders ask, clamped as the agent
+// would write them.
+func askedLimits(d policy.GPUDecision, limits nvmlctl.PowerLimits) []policy.Milliwatts {
+	out := make([]policy.Milliwatts, 0, len(d.Deciding))
+	for _, h := range d.Deciding {
+		if w, ok := policy.ParseLimit(h.Limit); ok {
+			mw, _ := policy.Clamp(w.MW(), limits.Min, limits.Max)
+			out = append(out, mw)
+		}
+	}
+	return out
+}
+
 // set writes a limit, recording the intent in the ledger first and the
-// read-back value after, so a crash in between is recoverable.
+// read-back value after, so a crash in between is recoverable. For a GPU the
+// agent did not own, own holds the original limit alone.
 func (e *Enforcer) set(dev nvmlctl.Device, own Ownership, owned bool, target policy.Milliwatts,
 	limits nvmlctl.PowerLimits, action Action, pods []string) error {
-	if !owned {
-		own = Ownership{Original: limits.Current}
-	}
 	own.Pending = target
 	if err := e.Ledger.Put(dev.UUID, own); err != nil {
 		return fmt.Errorf("record intent before writing: %w", err) // no write we could not account for
@@ -271,6 +336,33 @@ func (e *Enforcer) restore(dev nvmlctl.Device, own Ownership, limits nvmlctl.Pow
 	return e.Ledger.Forget(dev.UUID)
 }
 
+// reportStrays tells each pod with a process on dev that kubelet did not
+// allocate it, once, and counts each such process once.
+func (e *Enforcer) reportStrays(dev nvmlctl.Device, in Inputs) {
+	for _, s := range in.Strays {
+		if s.GPU != dev.UUID {
+			continue
+		}
+		e.mu.Lock()
+		known := e.strays.Has(s)
+		e.mu.Unlock()
+		p, cached := in.Pods[s.Pod]
+		if !known {
+			e.Metrics.strayFound(dev.UUID)
+			log := e.Log.WithValues("gpu", dev.Index, "uuid", dev.UUID, "pid", s.PID, "podUID", s.Pod)
+			if cached {
+				log = log.WithValues("pod", klog.KObj(p))
+			}
+			log.Info("Found a process on a GPU kubelet did not allocate to its pod; it does not count for the GPU's limit")
+		}
+		if cached {
+			e.tellOnce([]*corev1.Pod{p}, "unallocated/"+dev.UUID, ReasonUnallocated,
+				"A process of this pod runs on GPU %d (%s), which kubelet did not allocate to it; its power limit does not count there",
+				dev.Index, dev.UUID)
+		}
+	}
+}
+
 // holders turns the pod UIDs holding a GPU into policy holders, sorted.
 func (e *Enforcer) holders(uuid string, in Inputs) ([]policy.Holder, []*corev1.Pod) {
 	var hs []policy.Holder
@@ -282,6 +374,9 @@ func (e *Enforcer) holders(uuid string, in Inputs) ([]policy.Holder, []*corev1.P
 		}
 		limit, hasLimit := p.Annotations[policy.AnnotationPowerLimit]
 		stamp, hasStamp := p.Annotations[policy.AnnotationPowerLimitValidated]
+		if e.SkippedNamespaces.Has(p.Namespace) {
+			stamp, hasStamp = "", false // the webhook never saw this pod: whoever wrote the stamp, it was not the webhook
+		}
 		hs = append(hs, policy.Holder{Pod: p.Namespace + "/" + p.Name, UID: p.UID, Limit: limit, Stamp: stamp, HasLimit: hasLimit, HasStamp: hasStamp})
 		pods = append(pods, p)
 	}
@@ -304,6 +399,12 @@ func (e *Enforcer) explain(dev nvmlctl.Device, d policy.GPUDecision, pods []*cor
 		return out
 	}
 	for _, p := range byUID(d.NotValidated) {
+		if e.SkippedNamespaces.Has(p.Namespace) {
+			e.tellOnce([]*corev1.Pod{p}, "unvalidated/"+p.Annotations[policy.AnnotationPowerLimit], ReasonNotValidated,
+				"Power limit %q is not enforced on GPU %d: the power webhook does not intercept namespace %s, so no stamp there is its own",
+				p.Annotations[policy.AnnotationPowerLimit], dev.Index, p.Namespace)
+			continue
+		}
 		e.tellOnce([]*corev1.Pod{p}, "unvalidated/"+p.Annotations[policy.AnnotationPowerLimit], ReasonNotValidated,
 			"Power limit %q is not enforced on GPU %d: the power webhook did not validate it (%s is %q)",
 			p.Annotations[policy.AnnotationPowerLimit], dev.Index, policy.AnnotationPowerLimitValidated, p.Annotations[policy.AnnotationPowerLimitValidated])

@@ -1,10 +1,13 @@
 package agent
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 const gpuA = "GPU-04efd212-9e79-ab41-d439-40c9b52a0202"
@@ -86,4 +89,101 @@ func FuzzOpenLedger(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestLedgerRefusesWhatIsNotARegularFile: whatever sits at the ledger's path
+// on the host, opening it neither blocks nor reads without bound; anything but
+// a regular file of sane size is a corrupt ledger, moved aside, owning nothing.
+func TestLedgerRefusesWhatIsNotARegularFile(t *testing.T) {
+	tests := []struct {
+		name    string
+		make    func(t *testing.T, path string)
+		wantErr string
+	}{
+		{"FIFO with no writer", func(t *testing.T, path string) {
+			if err := syscall.Mkfifo(path, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, "not a regular file"},
+		{"symlink to a valid ledger", func(t *testing.T, path string) {
+			target := filepath.Join(t.TempDir(), "elsewhere.json")
+			if err := os.WriteFile(target, []byte(`{"version": 1, "gpus": {}}`), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(target, path); err != nil {
+				t.Fatal(err)
+			}
+		}, "is a symlink"},
+		{"symlink to /dev/zero", func(t *testing.T, path string) {
+			if err := os.Symlink("/dev/zero", path); err != nil {
+				t.Fatal(err)
+			}
+		}, "is a symlink"},
+		{"directory", func(t *testing.T, path string) {
+			if err := os.Mkdir(path, 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}, "not a regular file"},
+		{"character device like /dev/zero", func(t *testing.T, path string) {
+			// /dev/zero is character device 1,5.
+			if err := syscall.Mknod(path, syscall.S_IFCHR|0o600, 1<<8|5); err != nil {
+				t.Skipf("mknod needs root: %v", err)
+			}
+		}, "not a regular file"},
+		{"file larger than any ledger", func(t *testing.T, path string) {
+			big := `{"version": 1, "gpus": {}, "pad": "` + strings.Repeat("x", maxLedgerFile) + `"}`
+			if err := os.WriteFile(path, []byte(big), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, "larger than 1048576 bytes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, LedgerFile)
+			tt.make(t, path)
+			done := make(chan struct{})
+			var l *Ledger
+			var err error
+			go func() { l, err = OpenLedger(dir); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("OpenLedger blocked")
+			}
+			if !errors.Is(err, ErrCorruptLedger) || !strings.Contains(err.Error(), tt.wantErr) || !strings.Contains(err.Error(), path) {
+				t.Fatalf("OpenLedger error %v; want a corrupt-ledger error with %q naming %s", err, tt.wantErr, path)
+			}
+			if l == nil || len(l.Owned()) != 0 || !l.Recovering() {
+				t.Fatalf("a refused ledger must give an empty ledger in recovery; got %+v", l)
+			}
+			if matches, _ := filepath.Glob(path + ".corrupt-*"); len(matches) != 1 {
+				t.Errorf("the refused ledger was not moved aside: %v", matches)
+			}
+			if err := l.Put(gpuA, Ownership{Original: 700_000, Applied: 300_000}); err != nil {
+				t.Errorf("the agent cannot record caps after a refused ledger: %v", err)
+			}
+			if fi, err := os.Lstat(path); err != nil || !fi.Mode().IsRegular() {
+				t.Errorf("the new ledger is not a regular file: %v, %v", fi, err)
+			}
+		})
+	}
+}
+
+func TestLedgerRecovery(t *testing.T) {
+	dir := t.TempDir()
+	l, err := OpenLedger(dir)
+	if err != nil || !l.Recovering() {
+		t.Fatalf("a missing ledger: %v, recovering %v; want recovering", err, l.Recovering())
+	}
+	if err := l.Settle(); err != nil || l.Recovering() {
+		t.Fatalf("Settle: %v, recovering %v", err, l.Recovering())
+	}
+	if _, err := os.Stat(filepath.Join(dir, LedgerFile)); err != nil {
+		t.Errorf("Settle did not write the (empty) ledger: %v", err)
+	}
+	again, err := OpenLedger(dir)
+	if err != nil || again.Recovering() {
+		t.Errorf("the next agent finds a ledger and does not recover: %v, recovering %v", err, again.Recovering())
+	}
 }

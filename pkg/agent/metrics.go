@@ -11,9 +11,10 @@ import (
 type Metrics struct {
 	requested, applied, enforced, current, defaults, minimum, maximum, draw *prometheus.GaugeVec
 
-	writes, failures, clamps, conflicts, repairs, restores *prometheus.CounterVec
+	writes, failures, clamps, conflicts, repairs, restores, adoptions, unallocated *prometheus.CounterVec
 
-	duration prometheus.Histogram
+	ledgerCorrupt prometheus.Counter
+	duration      prometheus.Histogram
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -39,6 +40,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		conflicts: counter("power_limit_conflicts", "Reconciles that found pods asking different limits on one GPU, by GPU."),
 		repairs:   counter("drift_repairs", "Limits changed by something else and set back, by GPU."),
 		restores:  counter("power_limit_restores", "GPUs given back their original limit, by GPU."),
+		adoptions: counter("power_limit_adoptions", "GPUs found, with no ledger on record, at a limit the agent recognised as its own, by GPU."),
+		unallocated: counter("unallocated_processes",
+			"Processes found on a GPU that kubelet did not allocate to their pod (they never set its cap), counted once each, by GPU."),
+		ledgerCorrupt: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "dynamo_power_agent_ledger_corrupt_total",
+			Help: "Ledgers refused at start (not a regular file, too large, unreadable, or invalid): the agent then owned no GPU.",
+		}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "dynamo_power_agent_reconcile_duration_seconds",
 			Help:    "Time one full reconcile of the node took.",
@@ -46,7 +54,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	reg.MustRegister(m.requested, m.applied, m.current, m.enforced, m.defaults, m.minimum, m.maximum, m.draw,
-		m.writes, m.failures, m.clamps, m.conflicts, m.repairs, m.restores, m.duration)
+		m.writes, m.failures, m.clamps, m.conflicts, m.repairs, m.restores, m.adoptions, m.unallocated, m.ledgerCorrupt, m.duration)
 	return m
 }
 
@@ -86,12 +94,28 @@ func (m *Metrics) observe(r GPUReport, applied, draw float64, conflict bool) {
 	case ActionRestore:
 		m.writes.WithLabelValues(g).Inc()
 		m.restores.WithLabelValues(g).Inc()
+	case ActionAdopt:
+		m.adoptions.WithLabelValues(g).Inc()
 	}
 	if r.Clamped && r.Action != ActionNone {
 		m.clamps.WithLabelValues(g).Inc()
 	}
 	if conflict {
 		m.conflicts.WithLabelValues(g).Inc()
+	}
+}
+
+// LedgerCorrupt counts a ledger refused at start (OpenLedger's
+// ErrCorruptLedger).
+func (m *Metrics) LedgerCorrupt() {
+	if m != nil {
+		m.ledgerCorrupt.Inc()
+	}
+}
+
+func (m *Metrics) strayFound(gpu string) {
+	if m != nil {
+		m.unallocated.WithLabelValues(gpu).Inc()
 	}
 }
 

@@ -45,6 +45,9 @@ type Runner struct {
 	// freezes instead.
 	APIReachable func(context.Context) error
 	PodResources PodResources
+	// RequirePodResources refuses the NVML-only fallback: a kubelet without
+	// PodResources then freezes every GPU instead.
+	RequirePodResources bool
 	// Proc is the host's /proc (the agent runs with hostPID).
 	Proc     fs.FS
 	Interval time.Duration
@@ -55,6 +58,13 @@ type Runner struct {
 	trigger chan struct{}
 	once    sync.Once
 	pids    podmap.PIDCache
+	names   podmap.Identities
+	// allocated is set once kubelet's PodResources answered: a kubelet that
+	// has it does not lose it, so a missing socket later is a kubelet
+	// restarting, not one without PodResources.
+	allocated bool
+	// nvmlOnly is the mode of the last cycle, to log each change once.
+	nvmlOnly bool
 
 	mu     sync.Mutex
 	lastOK time.Time
@@ -142,17 +152,17 @@ func (r *Runner) Gather(ctx context.Context) (Inputs, error) {
 		return Inputs{}, fmt.Errorf("list pods from the cache: %w", err)
 	}
 	pods := make(map[types.UID]*corev1.Pod, len(list))
-	byName := make(map[string]types.UID, len(list))
+	cached := make([]podmap.CachedPod, 0, len(list))
 	for _, p := range list {
 		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 			continue
 		}
 		pods[p.UID] = p
-		byName[p.Namespace+"/"+p.Name] = p.UID
+		cached = append(cached, podmap.CachedPod{Namespace: p.Namespace, Name: p.Name, UID: p.UID, Started: p.Status.StartTime != nil})
 	}
-	allocated, err := r.PodResources.List(ctx)
+	allocated, nvmlOnly, err := r.allocation(ctx)
 	if err != nil {
-		return Inputs{}, fmt.Errorf("kubelet PodResources: %w; changing nothing", err)
+		return Inputs{}, err
 	}
 
 	nv := r.Enforcer.NVML
@@ -173,12 +183,12 @@ func (r *Runner) Gather(ctx context.Context) (Inputs, error) {
 			procs = append(procs, podmap.Process{GPU: d.UUID, PID: p.PID})
 		}
 	}
-	holders, skipped := podmap.Build(podmap.Sources{
-		Pods: allocated,
-		UIDOf: func(ns, name string) (types.UID, bool) {
-			uid, ok := byName[ns+"/"+name]
-			return uid, ok
-		},
+	owners, withheld := r.names.Join(cached, allocated)
+	res := podmap.Build(podmap.Sources{
+		Pods:     allocated,
+		Owners:   owners,
+		Withheld: withheld,
+		NVMLOnly: nvmlOnly,
 		Resolver: podmap.Resolver{
 			MIGParent: nv.MIGParent,
 			GPUByIndex: func(i int) (string, error) {
@@ -192,10 +202,37 @@ func (r *Runner) Gather(ctx context.Context) (Inputs, error) {
 		Proc:      r.Proc,
 		Cache:     &r.pids,
 	})
-	for _, err := range skipped {
+	for _, err := range res.Skipped {
 		r.Log.V(2).Info("Skipped a device or process while mapping GPUs to pods", "err", err.Error())
 	}
-	return Inputs{Holders: holders, Pods: pods}, nil
+	return Inputs{Holders: res.Holders, Pods: pods, Strays: res.Strays}, nil
+}
+
+// allocation reads kubelet's PodResources. A kubelet without it (never
+// answered since the agent started, and no socket or no List) means NVML-only
+// attribution, unless RequirePodResources refuses that; any other failure
+// freezes the GPUs.
+func (r *Runner) allocation(ctx context.Context) (allocated []podmap.PodDevices, nvmlOnly bool, err error) {
+	allocated, err = r.PodResources.List(ctx)
+	switch {
+	case err == nil:
+		r.allocated = true
+	case !errors.Is(err, podmap.ErrPodResourcesUnavailable) || r.allocated:
+		return nil, false, fmt.Errorf("kubelet PodResources: %w; changing nothing", err)
+	case r.RequirePodResources:
+		return nil, false, fmt.Errorf("kubelet PodResources: %w, and --require-pod-resources refuses attributing GPUs by their processes; changing nothing", err)
+	default:
+		nvmlOnly = true
+	}
+	if nvmlOnly != r.nvmlOnly {
+		if nvmlOnly {
+			r.Log.Info("Attributing GPUs by their processes alone: kubelet has no PodResources (set --require-pod-resources to refuse)", "err", err.Error())
+		} else {
+			r.Log.Info("Attributing GPUs by kubelet's allocation: PodResources answered")
+		}
+		r.nvmlOnly = nvmlOnly
+	}
+	return allocated, nvmlOnly, nil
 }
 
 // RestoreAll gives every GPU the agent owns its original limit back: on

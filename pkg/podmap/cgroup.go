@@ -66,7 +66,11 @@ func PodOfPID(proc fs.FS, pid int) (types.UID, bool, error) {
 //   - cgroupfs driver: "pod<uid>" (/kubepods/burstable/pod<uid>/<cid>;
 //     Guaranteed pods have no QoS segment);
 //   - systemd driver: "<parent>-pod<uid>.slice" with the UID's '-' written as
-//     '_' (kubepods-besteffort-pod<uid>.slice).
+//     '_' (kubepods-besteffort-pod<uid>.slice);
+//   - systemd driver under cgroup v1 with containerd, in hierarchies systemd
+//     does not manage: "<pod slice>:<prefix>:<container id>", the cgroupsPath
+//     kubelet hands the runtime, as a single segment
+//     (kubepods-burstable-pod<uid>.slice:cri-containerd:<64 hex>).
 //
 // Segments before it are not checked, so nested kubelet roots
 // (/kubelet.slice/kubelet-kubepods.slice/..., /prefix/kubepods/...) and paths
@@ -118,8 +122,31 @@ func podUIDFromPath(path string) (types.UID, bool) {
 		if uid, ok := systemdPodUID(seg); ok {
 			return uid, true
 		}
+		if uid, ok := runtimePodUID(seg); ok {
+			return uid, true
+		}
 	}
 	return "", false
+}
+
+// containerIDLen is the length of a CRI container ID (containerd, CRI-O and
+// docker all use 64 lowercase hex).
+const containerIDLen = 64
+
+// runtimePodUID reads "<pod slice>:<prefix>:<container id>", a systemd
+// cgroupsPath written as one segment. Only that shape counts: a pod slice, a
+// prefix without a colon, and a full container ID.
+func runtimePodUID(seg string) (types.UID, bool) {
+	slice, rest, ok := strings.Cut(seg, ":")
+	if !ok {
+		return "", false
+	}
+	prefix, id, ok := strings.Cut(rest, ":")
+	id = strings.TrimSuffix(id, " (deleted)") // the cgroup was removed under the process
+	if !ok || prefix == "" || len(id) != containerIDLen || strings.Trim(id, "0123456789abcdef") != "" {
+		return "", false
+	}
+	return systemdPodUID(slice)
 }
 
 // systemdPodUID reads a systemd slice "<parent>-pod<uid>.slice", in which '-'

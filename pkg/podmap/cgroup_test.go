@@ -22,6 +22,7 @@ const (
 	uidB = "d0511cd2-29d2-4215-be0f-f77bc0609d99"
 	uidC = "7922aa99-d4aa-4885-a953-82976860b23a"
 	uidD = "d8259892-8372-41e6-a3ca-595e7e9a7d82"
+	uidE = "5f0c0d3e-9a8b-4c1d-8e2f-3a4b5c6d7e8f"
 	cid  = "0d59b6ed52311ae2491e8a63eb1cbbd693121198727f0952849828e63b2b586f"
 )
 
@@ -110,12 +111,66 @@ var cgroupTests = []struct {
 	{"slice with more in front of pod", "0::/kubepods.slice/kubepodspod" + underscored(uidA) + ".slice/x\n", ""},
 	{"slice without .slice", "0::/kubepods.slice/kubepods-pod" + underscored(uidA) + ".scope/x\n", ""},
 
+	// cgroup v1, systemd driver, containerd: "<slice>:<prefix>:<id>" as one segment.
+	{"v1, systemd, containerd, cgroupsPath as one segment",
+		"1:name=systemd:/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" + underscored(uidB) + ".slice:cri-containerd:" + cid + "\n" +
+			"4:memory:/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" + underscored(uidB) + ".slice:cri-containerd:" + cid + "\n" +
+			"0::/\n", uidB},
+	{"v1, systemd, containerd, Guaranteed",
+		"3:devices:/kubepods.slice/kubepods-pod" + underscored(uidC) + ".slice:cri-containerd:" + cid + "\n", uidC},
+	{"v1, systemd, containerd, cgroup removed under the process",
+		"3:devices:/kubepods.slice/kubepods-pod" + underscored(uidC) + ".slice:cri-containerd:" + cid + " (deleted)\n", uidC},
+	{"the runtime form and the scope form of one pod agree",
+		"4:memory:/kubepods.slice/kubepods-pod" + underscored(uidC) + ".slice:cri-containerd:" + cid + "\n" +
+			"0::/kubepods.slice/kubepods-pod" + underscored(uidC) + ".slice/cri-containerd-" + cid + ".scope\n", uidC},
+	{"the runtime form naming another pod than the other lines is ambiguous",
+		"4:memory:/kubepods.slice/kubepods-pod" + underscored(uidA) + ".slice:cri-containerd:" + cid + "\n" +
+			"0::/kubepods.slice/kubepods-pod" + underscored(uidC) + ".slice/cri-containerd-" + cid + ".scope\n", ""},
+	{"runtime form below the kubelet's segment does not win",
+		"0::/kubepods/pod" + uidA + "/" + cid + "/kubepods-pod" + underscored(uidB) + ".slice:cri-containerd:" + cid + "\n", uidA},
+	{"runtime form without a prefix", "3:devices:/kubepods.slice/kubepods-pod" + underscored(uidC) + ".slice::" + cid + "\n", ""},
+	{"runtime form with a short container ID", "3:devices:/kubepods.slice/kubepods-pod" + underscored(uidC) + ".slice:cri-containerd:" + cid[1:] + "\n", ""},
+	{"runtime form with an uppercase container ID", "3:devices:/kubepods.slice/kubepods-pod" + underscored(uidC) + ".slice:cri-containerd:" + strings.ToUpper(cid) + "\n", ""},
+	{"runtime form with a fourth part", "3:devices:/kubepods.slice/kubepods-pod" + underscored(uidC) + ".slice:cri-containerd:" + cid + ":x\n", ""},
+	{"runtime form whose slice is not a pod's", "3:devices:/kubepods.slice/kubepods-burstable.slice:cri-containerd:" + cid + "\n", ""},
+	{"runtime form with a dashed UID", "3:devices:/kubepods.slice/kubepods-pod" + uidC + ".slice:cri-containerd:" + cid + "\n", ""},
+
 	// Not lines the kernel writes.
 	{"empty", "", ""},
 	{"path without hierarchy fields", "/kubepods/pod" + uidA + "/" + cid + "\n", ""},
 	{"one colon only", "0:/kubepods/pod" + uidA + "/" + cid + "\n", ""},
 	{"hierarchy ID not a number", "x::/kubepods/pod" + uidA + "/" + cid + "\n", ""},
 	{"relative path", "0::kubepods/pod" + uidA + "/" + cid + "\n", ""},
+}
+
+// TestCgroupSamples reads every sample of testdata/cgroup-samples.txt, the
+// shapes seen on real nodes.
+func TestCgroupSamples(t *testing.T) {
+	data, err := os.ReadFile("testdata/cgroup-samples.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fill := strings.NewReplacer("<uid>", uidA, "<uid_with_underscores>", underscored(uidA), "<cid>", cid)
+	uidIn := regexp.MustCompile(`[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}`)
+	samples := 0
+	for line := range strings.SplitSeq(string(data), "\n") {
+		kind, sample, ok := strings.Cut(line, " ")
+		if !ok || strings.HasPrefix(line, "#") {
+			continue
+		}
+		samples++
+		sample = fill.Replace(sample)
+		var want types.UID
+		if kind == "pod" {
+			want = types.UID(strings.ReplaceAll(uidIn.FindString(sample), "_", "-"))
+		}
+		if uid, ok := podmap.PodUIDFromCgroup([]byte(sample + "\n")); uid != want || ok != (want != "") {
+			t.Errorf("%s: PodUIDFromCgroup = %q, %v; want %q", sample, uid, ok, want)
+		}
+	}
+	if samples < 15 {
+		t.Errorf("read %d samples; the file holds more", samples)
+	}
 }
 
 func TestPodUIDFromCgroup(t *testing.T) {

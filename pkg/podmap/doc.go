@@ -1,15 +1,23 @@
-// Package podmap decides which pods hold which GPU on this node. It unites two
-// witnesses: kubelet's PodResources listing (devices allocated to a pod, known
-// before the workload's first CUDA call) and the GPU processes NVML reports,
-// mapped to their pods through /proc/<pid>/cgroup (a pod that reached a GPU
-// without asking the device plugin). A process only ever adds a pod to a GPU;
-// it never takes away what PodResources said.
+// Package podmap decides which pods hold which GPU on this node.
+//
+// Allocation is the truth: where kubelet's PodResources answers, a GPU's
+// holders are the pods it lists the GPU for (devices allocated to a pod,
+// known before the workload's first CUDA call). The GPU processes NVML
+// reports, mapped to their pods through /proc/<pid>/cgroup, never add a pod
+// to a GPU then: a process on a GPU its pod was not allocated (a pod that
+// asked for no GPU and sees them all) is a Stray, for the caller to report.
+// Only for a kubelet without PodResources (Sources.NVMLOnly) do processes
+// attribute GPUs, the documented fallback.
 //
 // Pods are keyed by UID: a cgroup names a pod by UID only, and a UID, unlike a
 // namespace/name, is never reused by the pod's successor. PodResources names
-// pods by namespace/name, so the caller hands in a lookup from its pod cache;
-// the same lookup drops pods that left the node or reached a terminal phase,
-// which PodResources cannot tell.
+// pods by namespace/name; Identities joins those names to the caller's pod
+// cache cycle after cycle, so that a pod re-created under its predecessor's
+// name never inherits the predecessor's devices.
+//
+// What it holds: Build (the holders of each GPU, the strays), Identities
+// (namespace/name to UID), the cgroup parser (PodOfPID, PodUIDFromCgroup),
+// the PodResources client and the device ID parser with its Resolver.
 //
 // It never talks to NVML (the caller hands in NVML's processes and the lookups
 // only NVML can answer: a MIG device's parent, a GPU index's UUID), never reads

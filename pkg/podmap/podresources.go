@@ -2,13 +2,18 @@ package podmap
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"slices"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 )
 
@@ -21,6 +26,11 @@ const (
 	// gRPC's default 4 MiB.
 	maxListMessage = 16 << 20
 )
+
+// ErrPodResourcesUnavailable is a kubelet without PodResources: no socket at
+// the path, or a kubelet that does not serve List. Any other failure is a
+// kubelet that does not answer now.
+var ErrPodResourcesUnavailable = errors.New("kubelet PodResources not available")
 
 // PodDevices is what PodResources says one pod holds of NVIDIA GPUs.
 type PodDevices struct {
@@ -76,10 +86,27 @@ func (c *PodResourcesClient) Close() error {
 // nvidia.com/mig-*), in kubelet's order; other resources are ignored. Kubelet
 // may still list pods that have finished, and names them by namespace/name
 // only: telling those apart is the caller's, from its pod cache.
+//
+// The socket must be a unix socket itself, not a symlink to one: what answers
+// on it decides which pods' limits cap which GPUs. No socket at the path, or
+// a kubelet that does not implement List, is ErrPodResourcesUnavailable. The
+// whole call, connecting included, is bounded by the client's timeout.
 func (c *PodResourcesClient) List(ctx context.Context) ([]PodDevices, error) {
+	fi, err := os.Lstat(c.socket)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("%w: no socket at %s", ErrPodResourcesUnavailable, c.socket)
+	case err != nil:
+		return nil, fmt.Errorf("pod resources socket %s: %w", c.socket, err)
+	case fi.Mode().Type() != fs.ModeSocket:
+		return nil, fmt.Errorf("pod resources socket %s: is a %s, not a unix socket; refusing it", c.socket, fileType(fi.Mode()))
+	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	resp, err := c.lister.List(ctx, &podresourcesv1.ListPodResourcesRequest{})
+	if status.Code(err) == codes.Unimplemented {
+		err = fmt.Errorf("%w: %w", ErrPodResourcesUnavailable, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("list pod resources from %s: %w", c.socket, err)
 	}
@@ -111,4 +138,23 @@ func gpuDevices(pr *podresourcesv1.PodResources) PodDevices {
 		}
 	}
 	return p
+}
+
+// fileType names a file's type for an error.
+func fileType(m fs.FileMode) string {
+	switch m.Type() {
+	case 0:
+		return "regular file"
+	case fs.ModeDir:
+		return "directory"
+	case fs.ModeSymlink:
+		return "symlink"
+	case fs.ModeNamedPipe:
+		return "named pipe"
+	case fs.ModeDevice:
+		return "block device"
+	case fs.ModeDevice | fs.ModeCharDevice:
+		return "character device"
+	}
+	return m.Type().String()
 }

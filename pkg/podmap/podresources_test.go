@@ -2,12 +2,17 @@ package podmap_test
 
 import (
 	"context"
+	"errors"
+	"net"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -90,13 +95,84 @@ func TestListGPUDevicesPerPod(t *testing.T) {
 	}
 }
 
-func TestListKubeletDown(t *testing.T) {
+// TestListBadSocket: whatever sits at the socket's path, List ends with an
+// error that says what it found, and tells a kubelet without PodResources
+// (ErrPodResourcesUnavailable) from one that does not answer now.
+func TestListBadSocket(t *testing.T) {
 	t.Parallel()
-	socket := filepath.Join(t.TempDir(), "kubelet.sock")
-	c := newClient(t, socket, 0)
-	_, err := c.List(t.Context())
-	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "list pod resources from "+socket) {
-		t.Errorf("List error = %v; want Unavailable naming %s", err, socket)
+	live := prt.Start(t).Socket
+	tests := []struct {
+		name        string
+		make        func(t *testing.T, path string)
+		unavailable bool
+		code        codes.Code // of the gRPC call, when it was made
+		wantErr     string
+	}{
+		{"no socket: a kubelet without PodResources", func(*testing.T, string) {}, true, codes.OK, "no socket at"},
+		{"stale socket nobody listens on: kubelet down", func(t *testing.T, path string) {
+			l, err := net.Listen("unix", path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l.(*net.UnixListener).SetUnlinkOnClose(false)
+			_ = l.Close()
+		}, false, codes.Unavailable, "list pod resources from"},
+		{"kubelet that does not serve List", func(t *testing.T, path string) {
+			l, err := net.Listen("unix", path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := grpc.NewServer()
+			go func() { _ = srv.Serve(l) }()
+			t.Cleanup(srv.Stop)
+		}, true, codes.Unimplemented, "list pod resources from"},
+		{"regular file", func(t *testing.T, path string) {
+			if err := os.WriteFile(path, []byte("x"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, false, codes.OK, "is a regular file, not a unix socket"},
+		{"named pipe", func(t *testing.T, path string) {
+			if err := syscall.Mkfifo(path, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, false, codes.OK, "is a named pipe, not a unix socket"},
+		{"directory", func(t *testing.T, path string) {
+			if err := os.Mkdir(path, 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}, false, codes.OK, "is a directory, not a unix socket"},
+		{"symlink to a live socket", func(t *testing.T, path string) {
+			if err := os.Symlink(live, path); err != nil {
+				t.Fatal(err)
+			}
+		}, false, codes.OK, "is a symlink, not a unix socket"},
+		{"symlink to /dev/zero", func(t *testing.T, path string) {
+			if err := os.Symlink("/dev/zero", path); err != nil {
+				t.Fatal(err)
+			}
+		}, false, codes.OK, "is a symlink, not a unix socket"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			dir, err := os.MkdirTemp("", "podres") // a short path: unix socket addresses hold 108 bytes
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = os.RemoveAll(dir) })
+			socket := filepath.Join(dir, "kubelet.sock")
+			tt.make(t, socket)
+			_, err = newClient(t, socket, 5*time.Second).List(t.Context())
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.Contains(err.Error(), socket) {
+				t.Fatalf("List error = %v; want one with %q naming %s", err, tt.wantErr, socket)
+			}
+			if got := errors.Is(err, podmap.ErrPodResourcesUnavailable); got != tt.unavailable {
+				t.Errorf("List error %v: unavailable = %v, want %v", err, got, tt.unavailable)
+			}
+			if tt.code != codes.OK && status.Code(err) != tt.code {
+				t.Errorf("List error %v: code %s, want %s", err, status.Code(err), tt.code)
+			}
+		})
 	}
 }
 

@@ -33,10 +33,18 @@ type Process struct {
 type Sources struct {
 	// Pods is PodResourcesClient.List's answer.
 	Pods []PodDevices
-	// UIDOf looks a pod up in the caller's pod cache. False drops the pod's
-	// devices: it left the node, or reached a terminal phase and its devices
-	// are free even though kubelet still lists them. Required with Pods.
-	UIDOf func(namespace, name string) (types.UID, bool)
+	// Owners maps a listed namespace/name to the UID of the pod its devices
+	// belong to (Identities.Join). A name without an owner holds nothing: it
+	// left the node, reached a terminal phase (its devices are free though
+	// kubelet still lists them), or its entry cannot be told to be this pod's.
+	Owners map[string]types.UID
+	// Withheld are pods whose allocation is unknown this cycle
+	// (Identities.Join): their processes are not reported as unallocated.
+	Withheld sets.Set[types.UID]
+	// NVMLOnly is the fallback for a kubelet without PodResources: a process
+	// then adds its pod to the GPU it runs on. Otherwise allocation is the
+	// truth, and a process on a GPU its pod was not allocated is a Stray.
+	NVMLOnly bool
 	// Resolver resolves MIG and index device IDs to GPU UUIDs.
 	Resolver Resolver
 	// Processes are NVML's running processes on this node's GPUs.
@@ -47,6 +55,25 @@ type Sources struct {
 	// Cache, when set, carries the pods of the last call's processes over to
 	// the next call.
 	Cache *PIDCache
+}
+
+// Stray is a process of a pod running on a GPU that kubelet did not
+// allocate to the pod (it asked for no GPU and sees them all, say): it never
+// sets the GPU's cap, and the caller reports it.
+type Stray struct {
+	GPU string
+	PID int
+	Pod types.UID
+}
+
+// Result is what Build found.
+type Result struct {
+	Holders Holders
+	// Strays are processes on GPUs their pods were not allocated, in NVML's
+	// order; always empty with NVMLOnly.
+	Strays []Stray
+	// Skipped has one error for each device or process Build had to skip.
+	Skipped []error
 }
 
 // PIDCache remembers which pod each GPU process was in, from one Build to
@@ -64,33 +91,34 @@ type pidPod struct {
 }
 
 // Build returns which pods hold which GPU: every device PodResources lists
-// for a pod the cache knows, plus the pod of every NVML process that runs in
-// one. It never fails as a whole: what it had to skip (a device it could not
-// resolve, a process whose cgroup it could not read) is in skipped, one error
-// each, and the rest is in the map. A PID that is out of range or whose
+// for a pod with an owner, and, with NVMLOnly alone, the pod of every NVML
+// process that runs in one. It never fails as a whole: what it had to skip (a
+// device it could not resolve, a process whose cgroup it could not read) is
+// in Skipped, and the rest is in Holders. A PID that is out of range or whose
 // process has exited is skipped silently: NVML's list is stale by the time it
 // arrives. Pods found through a process are not looked up in the cache: the
 // caller looks every holder up anyway, for its limit and phase.
-func Build(src Sources) (holders Holders, skipped []error) {
-	holders = Holders{}
+func Build(src Sources) Result {
+	res := Result{Holders: Holders{}}
 	for _, p := range src.Pods {
-		uid, ok := src.UIDOf(p.Namespace, p.Name)
+		uid, ok := src.Owners[p.Namespace+"/"+p.Name]
 		if !ok {
 			continue
 		}
 		for _, ref := range p.Devices {
 			gpu, err := src.Resolver.GPU(ref)
 			if err != nil {
-				skipped = append(skipped, fmt.Errorf("pod %s/%s: %w", p.Namespace, p.Name, err))
+				res.Skipped = append(res.Skipped, fmt.Errorf("pod %s/%s: %w", p.Namespace, p.Name, err))
 				continue
 			}
-			holders.add(gpu, uid)
+			res.Holders.add(gpu, uid)
 		}
 	}
 
 	// One process often runs on several GPUs; its cgroup is read once.
 	podOf := make(map[int]pidPod, len(src.Processes))
 	var unreadable []int
+	strays := sets.New[Stray]() // a process both compute and graphics is listed twice
 	for _, proc := range src.Processes {
 		if proc.PID <= 0 || proc.PID > maxPID {
 			continue
@@ -105,7 +133,7 @@ func Build(src Sources) (holders Holders, skipped []error) {
 		if !seen {
 			uid, ok, err := PodOfPID(src.Proc, proc.PID)
 			if err != nil && !errors.Is(err, fs.ErrNotExist) {
-				skipped = append(skipped, fmt.Errorf("process on %s: %w", proc.GPU, err))
+				res.Skipped = append(res.Skipped, fmt.Errorf("process on %s: %w", proc.GPU, err))
 			}
 			p = pidPod{uid, ok}
 			podOf[proc.PID] = p
@@ -113,8 +141,15 @@ func Build(src Sources) (holders Holders, skipped []error) {
 				unreadable = append(unreadable, proc.PID)
 			}
 		}
-		if p.ok {
-			holders.add(proc.GPU, p.uid)
+		switch {
+		case !p.ok:
+		case src.NVMLOnly:
+			res.Holders.add(proc.GPU, p.uid)
+		case !res.Holders[proc.GPU].Has(p.uid) && !src.Withheld.Has(p.uid):
+			if s := (Stray{GPU: proc.GPU, PID: proc.PID, Pod: p.uid}); !strays.Has(s) {
+				strays.Insert(s)
+				res.Strays = append(res.Strays, s)
+			}
 		}
 	}
 	if src.Cache != nil {
@@ -123,5 +158,5 @@ func Build(src Sources) (holders Holders, skipped []error) {
 		}
 		src.Cache.last = podOf
 	}
-	return holders, skipped
+	return res
 }
