@@ -78,10 +78,10 @@ type GPUPowerBudgetStatus struct {
 	AvailableWatts int64 `json:"availableWatts"`
 	// Pods is the number of live GPU pods charged to the budget.
 	// +optional
-	Pods int32 `json:"pods"`
-	// GPUs is the number of GPUs those pods hold.
+	Pods int64 `json:"pods"`
+	// GPUs is the number of GPUs those pods hold (saturating, never wrapping).
 	// +optional
-	GPUs int32 `json:"gpus"`
+	GPUs int64 `json:"gpus"`
 	// Reservations are admissions not yet seen as pods.
 	// +optional
 	// +listType=map

@@ -33,7 +33,11 @@ func runInspect(log logr.Logger, o options, out io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	e := &agent.Enforcer{NVML: lib, Ledger: ledger, RequireValidation: o.requireValidation, Log: log}
+	skipped, err := parseNamespaces(o.skippedNamespaces)
+	if err != nil {
+		return err
+	}
+	e := &agent.Enforcer{NVML: lib, Ledger: ledger, RequireValidation: o.requireValidation, SkippedNamespaces: skipped, Log: log}
 	in := agent.Inputs{}
 	if o.nodeName != "" {
 		k, err := newKube(o.kubeconfig)

@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
+	"github.com/dynamo-power/gpu-power/pkg/agent"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
@@ -116,16 +117,34 @@ func (k *kube) apiReachable(ctx context.Context) error {
 	return err
 }
 
-// daemonSetDeleting reads the agent's DaemonSet's metadata, the only part
-// shutdown needs: an API error (NotFound, Forbidden) when it cannot.
-func (k *kube) daemonSetDeleting(ctx context.Context, namespace, name string) (bool, error) {
+// daemonSet reads what of the agent's DaemonSet says where it runs pods:
+// an API error (NotFound, Forbidden) when it cannot. It decodes into
+// agent.DaemonSet's fields, so the agent links no apps/v1 types.
+func (k *kube) daemonSet(ctx context.Context, namespace, name string) (*agent.DaemonSet, error) {
 	raw, err := k.rest.Get().AbsPath("/apis/apps/v1/namespaces", namespace, "daemonsets", name).Do(ctx).Raw()
 	if err != nil {
-		return false, err
+		return nil, err
 	}
-	var ds metav1.PartialObjectMetadata
+	var ds struct {
+		Metadata metav1.ObjectMeta `json:"metadata"`
+		Spec     struct {
+			Template struct {
+				Spec corev1.PodSpec `json:"spec"`
+			} `json:"template"`
+		} `json:"spec"`
+	}
 	if err := json.Unmarshal(raw, &ds); err != nil {
-		return false, fmt.Errorf("decode DaemonSet %s/%s: %w", namespace, name, err)
+		return nil, fmt.Errorf("decode the answer: %w", err)
 	}
-	return ds.DeletionTimestamp != nil, nil
+	return &agent.DaemonSet{Deleting: ds.Metadata.DeletionTimestamp != nil, Pod: ds.Spec.Template.Spec}, nil
+}
+
+// node reads the agent's node (its labels and taints decide whether the
+// DaemonSet runs a successor there).
+func (k *kube) node(ctx context.Context, name string) (*corev1.Node, error) {
+	var n corev1.Node
+	if err := k.rest.Get().Resource("nodes").Name(name).Do(ctx).Into(&n); err != nil {
+		return nil, err
+	}
+	return &n, nil
 }

@@ -152,58 +152,85 @@ func TestAPIReachable(t *testing.T) {
 	}
 }
 
-func TestDaemonSetDeleting(t *testing.T) {
+// TestSuccessor: what shutdown reads (the DaemonSet, then the node) and
+// decides, answer by answer of the API server.
+func TestSuccessor(t *testing.T) {
 	deleted := metav1.NewTime(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+	labelled := node(map[string]string{"nvidia.com/gpu.present": "true"})
 	for _, tc := range []struct {
-		name         string
-		code         int
-		body         any
-		wantDeleting bool
-		wantErr      func(error) bool
+		name        string
+		ds, node    any // a body, an HTTP status code, or a string that is not JSON
+		wantKeep    bool
+		wantWhy     string
+		wantErr     string
+		wantNodeGET bool
 	}{
-		{name: "rolling update: DaemonSet present", code: http.StatusOK, body: daemonSet(nil)},
-		{name: "uninstall: DaemonSet being deleted", code: http.StatusOK, body: daemonSet(&deleted), wantDeleting: true},
-		{name: "uninstall: DaemonSet gone", code: http.StatusNotFound, wantErr: apierrors.IsNotFound},
-		{name: "uninstall: RBAC gone with it", code: http.StatusForbidden, wantErr: apierrors.IsForbidden},
-		{name: "answer that is not JSON", code: http.StatusOK, body: "<html>",
-			wantErr: func(err error) bool {
-				return strings.Contains(err.Error(), "decode DaemonSet dynamo-system/power-agent")
-			}},
+		{name: "rolling update: DaemonSet there, node still selected", ds: daemonSet(nil), node: labelled, wantKeep: true, wantNodeGET: true},
+		{name: "node left the DaemonSet: lost its label", ds: daemonSet(nil), node: node(nil), wantWhy: "nodeSelector", wantNodeGET: true},
+		{name: "node deleted", ds: daemonSet(nil), node: http.StatusNotFound, wantWhy: "node deleted", wantNodeGET: true},
+		{name: "node unreadable: cannot tell", ds: daemonSet(nil), node: http.StatusForbidden, wantErr: "read node gpu-1", wantNodeGET: true},
+		{name: "uninstall: DaemonSet being deleted, node not read", ds: daemonSet(&deleted), wantWhy: "being deleted"},
+		{name: "uninstall: DaemonSet gone", ds: http.StatusNotFound, wantWhy: "DaemonSet deleted"},
+		{name: "uninstall: RBAC gone with it", ds: http.StatusForbidden, wantWhy: "DaemonSet deleted"},
+		{name: "API server failing: cannot tell", ds: http.StatusServiceUnavailable, wantErr: "read DaemonSet dynamo-system/power-agent: the server is currently unable"},
+		{name: "answer that is not JSON", ds: "<html>", wantErr: "read DaemonSet dynamo-system/power-agent: decode the answer"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
+			var nodeGET bool
 			k, _ := apiServer(t, func(w http.ResponseWriter, r *http.Request) {
-				if want := "/apis/apps/v1/namespaces/dynamo-system/daemonsets/power-agent"; r.Method != http.MethodGet || r.URL.Path != want {
-					t.Errorf("%s %s, want GET %s", r.Method, r.URL.Path, want)
+				var answer any
+				switch r.URL.Path {
+				case "/apis/apps/v1/namespaces/dynamo-system/daemonsets/power-agent":
+					answer = tc.ds
+				case "/api/v1/nodes/gpu-1":
+					answer, nodeGET = tc.node, true
+				default:
+					t.Errorf("%s %s: not a request shutdown makes", r.Method, r.URL.Path)
 				}
-				switch body := tc.body.(type) {
-				case nil:
-					writeStatus(w, tc.code)
+				if r.Method != http.MethodGet {
+					t.Errorf("%s %s, want GET", r.Method, r.URL.Path)
+				}
+				switch body := answer.(type) {
+				case int:
+					writeStatus(w, body)
 				case string:
-					w.WriteHeader(tc.code)
+					w.WriteHeader(http.StatusOK)
 					_, _ = w.Write([]byte(body))
 				default:
-					writeJSON(w, tc.code, body)
+					writeJSON(w, http.StatusOK, body)
 				}
 			})
-			deleting, err := k.daemonSetDeleting(t.Context(), "dynamo-system", "power-agent")
+			keep, why, err := successor(t.Context(), k, options{namespace: "dynamo-system", daemonSet: "power-agent", nodeName: "gpu-1"})
 			switch {
-			case tc.wantErr == nil && err != nil:
-				t.Fatalf("daemonSetDeleting: %v", err)
-			case tc.wantErr != nil && (err == nil || !tc.wantErr(err)):
-				t.Fatalf("daemonSetDeleting: error %v, not the one expected", err)
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("successor: %v", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Fatalf("successor: error %v, want one containing %q", err, tc.wantErr)
 			}
-			if deleting != tc.wantDeleting {
-				t.Errorf("deleting %t, want %t", deleting, tc.wantDeleting)
+			if err == nil && (keep != tc.wantKeep || !strings.Contains(why, tc.wantWhy)) {
+				t.Errorf("successor = %v, %q; want %v, %q", keep, why, tc.wantKeep, tc.wantWhy)
+			}
+			if nodeGET != tc.wantNodeGET {
+				t.Errorf("node read: %v, want %v", nodeGET, tc.wantNodeGET)
 			}
 		})
 	}
 }
 
+// daemonSet is the shipped DaemonSet as the API server returns it.
 func daemonSet(deleted *metav1.Time) map[string]any {
 	return map[string]any{"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": metav1.ObjectMeta{
 		Name: "power-agent", Namespace: "dynamo-system", UID: "ds-1", DeletionTimestamp: deleted,
-	}, "spec": map[string]any{"template": map[string]any{}}}
+	}, "spec": map[string]any{"template": map[string]any{"spec": corev1.PodSpec{
+		NodeSelector: map[string]string{"nvidia.com/gpu.present": "true"},
+		Tolerations:  []corev1.Toleration{{Key: "nvidia.com/gpu", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule}},
+		Containers:   []corev1.Container{{Name: "agent", Image: "ghcr.io/dynamo-power/power-agent:v0.1.0"}},
+	}}}}
+}
+
+func node(labels map[string]string) corev1.Node {
+	return corev1.Node{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Node"}, ObjectMeta: metav1.ObjectMeta{Name: "gpu-1", Labels: labels}}
 }
 
 // podsServer serves one pod of node gpu-1 to a list, or to a watch that

@@ -10,12 +10,16 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/apimachinery/pkg/util/validation"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -23,6 +27,7 @@ import (
 	"github.com/dynamo-power/gpu-power/pkg/agent"
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
 	"github.com/dynamo-power/gpu-power/pkg/podmap"
+	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
 type options struct {
@@ -34,6 +39,7 @@ type options struct {
 	interval, debounce                 time.Duration
 	requireValidation, restoreOnExit   bool
 	requirePodResources                bool
+	skippedNamespaces                  string
 }
 
 func main() {
@@ -59,6 +65,8 @@ func main() {
 	fs.BoolVar(&o.requireValidation, "require-validation", true, "Enforce only limits the power webhook stamped (stamp == limit).")
 	fs.BoolVar(&o.requirePodResources, "require-pod-resources", false,
 		"Refuse to attribute GPUs by their processes when kubelet has no PodResources: enforce nothing (not ready) instead.")
+	fs.StringVar(&o.skippedNamespaces, "webhook-skipped-namespaces", strings.Join(policy.SkippedNamespaces, ","),
+		"Comma-separated namespaces the power webhook does not intercept (its namespaceSelector's NotIn values): limits there are not enforced.")
 	fs.BoolVar(&o.restoreOnExit, "restore-on-exit", false, "Restore every capped GPU on shutdown, even on a rolling update.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
@@ -103,6 +111,10 @@ func run(log logr.Logger, o options) error {
 	if o.nodeName == "" {
 		return errors.New("--node-name (or NODE_NAME) is required")
 	}
+	skipped, err := parseNamespaces(o.skippedNamespaces)
+	if err != nil {
+		return err
+	}
 	lib, err := openNVML(o)
 	if err != nil {
 		return err // NVML is never called again after a failed init; kubelet restarts us with backoff
@@ -138,7 +150,7 @@ func run(log logr.Logger, o options) error {
 	defer stopEvents()
 	recorder := newEventRecorder(k, log)
 	go recorder.post(eventsCtx)
-	enforcer := &agent.Enforcer{NVML: lib, Ledger: ledger, RequireValidation: o.requireValidation,
+	enforcer := &agent.Enforcer{NVML: lib, Ledger: ledger, RequireValidation: o.requireValidation, SkippedNamespaces: skipped,
 		Recorder: recorder, Log: log, Metrics: metrics}
 	runner := &agent.Runner{Enforcer: enforcer, Pods: corelisters.NewPodLister(pods.GetIndexer()), PodsSynced: pods.HasSynced,
 		APIReachable: k.apiReachable, PodResources: podResources, RequirePodResources: o.requirePodResources,
@@ -157,7 +169,8 @@ func run(log logr.Logger, o options) error {
 		return err
 	}
 	log.Info("Starting power agent", "node", o.nodeName, "interval", o.interval, "stateDir", o.stateDir,
-		"requireValidation", o.requireValidation, "requirePodResources", o.requirePodResources, "ownedGPUs", len(ledger.Owned()))
+		"requireValidation", o.requireValidation, "requirePodResources", o.requirePodResources,
+		"webhookSkippedNamespaces", sets.List(skipped), "ownedGPUs", len(ledger.Owned()))
 	// The first cycle waits for the node's pods, as under controller-runtime's manager.
 	if syncPods(ctx, log, pods) {
 		runner.Run(ctx)
@@ -165,23 +178,21 @@ func run(log logr.Logger, o options) error {
 	return shutdown(log, k, enforcer, o)
 }
 
-// shutdown keeps the caps for the successor on a rolling update, and gives
-// every owned GPU back when the DaemonSet is being deleted (uninstall) or
-// --restore-on-exit is set.
+// shutdown keeps the caps only for a successor: when the DaemonSet will run
+// a new agent pod on this node (a rolling update, a deleted or evicted agent
+// pod). An uninstall, a node that left the DaemonSet (it lost the label its
+// nodeSelector asks, or took a taint it does not tolerate), or
+// --restore-on-exit gives every owned GPU back: no agent would come to do it.
 func shutdown(log logr.Logger, k *kube, e *agent.Enforcer, o options) error {
 	restore, why := o.restoreOnExit, "--restore-on-exit"
 	if !restore {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		deleting, err := k.daemonSetDeleting(ctx, o.namespace, o.daemonSet)
-		switch {
-		case apierrors.IsNotFound(err), apierrors.IsForbidden(err):
-			// Forbidden too: `kubectl delete -f daemonset.yaml` removes our RBAC with the DaemonSet.
-			restore, why = true, "DaemonSet deleted"
-		case err == nil && deleting:
-			restore, why = true, "DaemonSet being deleted"
-		case err != nil:
-			log.Error(err, "Could not tell an uninstall from a rolling update; keeping caps for the successor")
+		keep, reason, err := successor(ctx, k, o)
+		if err != nil {
+			log.Error(err, "Could not tell whether another agent will run on this node; keeping caps for it")
+		} else if !keep {
+			restore, why = true, reason
 		}
 	}
 	if !restore {
@@ -190,6 +201,49 @@ func shutdown(log logr.Logger, k *kube, e *agent.Enforcer, o options) error {
 	}
 	log.Info("Restoring every capped GPU before exit", "reason", why, "ownedGPUs", len(e.Ledger.Owned()))
 	return e.RestoreAll()
+}
+
+// successor reads the DaemonSet and this node and decides
+// (agent.SuccessorWillRun) whether another agent will run here. It fails
+// only when it cannot tell.
+func successor(ctx context.Context, k *kube, o options) (bool, string, error) {
+	ds, err := k.daemonSet(ctx, o.namespace, o.daemonSet)
+	switch {
+	case apierrors.IsNotFound(err), apierrors.IsForbidden(err):
+		// Forbidden too: `kubectl delete -f daemonset.yaml` removes our RBAC with the DaemonSet.
+		ds = nil
+	case err != nil:
+		return false, "", fmt.Errorf("read DaemonSet %s/%s: %w", o.namespace, o.daemonSet, err)
+	}
+	var node *corev1.Node
+	if ds != nil && !ds.Deleting {
+		node, err = k.node(ctx, o.nodeName)
+		switch {
+		case apierrors.IsNotFound(err):
+			node = nil // a deleted node: nothing schedules to it until its kubelet registers it again
+		case err != nil:
+			return false, "", fmt.Errorf("read node %s: %w", o.nodeName, err)
+		}
+	}
+	keep, why := agent.SuccessorWillRun(ds, node)
+	return keep, why, nil
+}
+
+// parseNamespaces reads --webhook-skipped-namespaces: names separated by
+// commas; empty means the webhook intercepts every namespace.
+func parseNamespaces(list string) (sets.Set[string], error) {
+	out := sets.New[string]()
+	for _, ns := range strings.Split(list, ",") {
+		ns = strings.TrimSpace(ns)
+		if ns == "" {
+			continue
+		}
+		if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+			return nil, fmt.Errorf("--webhook-skipped-namespaces: %q is not a namespace name: %s", ns, strings.Join(errs, "; "))
+		}
+		out.Insert(ns)
+	}
+	return out, nil
 }
 
 func envOr(key, def string) string {

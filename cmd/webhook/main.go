@@ -3,6 +3,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -17,7 +18,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
@@ -37,11 +37,13 @@ func (d *defaultRules) Set(s string) error {
 }
 
 type options struct {
-	certDir, metricsAddr, probeAddr, catalogFile, unknown, advertise string
-	port                                                             int
-	defaults                                                         defaultRules
-	leaderElect                                                      bool
-	budgets                                                          powerwebhook.BudgetOptions
+	certDir, metricsAddr, probeAddr, catalogFile, unknown, advertise, timeSliced string
+	port                                                                         int
+	maxGPUs                                                                      int64
+	defaults                                                                     defaultRules
+	leaderElect                                                                  bool
+	budgets                                                                      powerwebhook.BudgetOptions
+	clientAuth                                                                   powerwebhook.ClientAuth
 }
 
 func main() {
@@ -52,10 +54,20 @@ func main() {
 	flag.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "Address of the /healthz and /readyz endpoints.")
 	flag.StringVar(&o.catalogFile, "catalog-file", "", "CSV of GPU power ranges (gpu_product,min_w,default_w,max_w) whose rows add to or replace the built-in catalog.")
 	flag.StringVar(&o.unknown, "unknown-products", string(policy.UnknownProductsDeny), "What to do when no GPU product a pod can land on is in the catalog: deny, or warn and admit.")
+	flag.Int64Var(&o.maxGPUs, "max-gpus-per-pod", policy.DefaultMaxGPUsPerPod, "Most GPUs a new pod may request (nvidia.com/gpu and nvidia.com/gpu.shared together); more is denied: no node holds that many.")
+	flag.StringVar(&o.timeSliced, "time-sliced-gpus", string(policy.TimeSlicedGPUsDeny), "What a power limit on a time-sliced GPU gets: deny, or lowest-wins (admitted with a warning; the board is capped at the lowest limit among the pods sharing it).")
 	flag.Var(&o.defaults, "default-rule", "Default limit for GPU pods without one, as selector=watts (label selector syntax, e.g. role=decode=250); repeatable, first match wins.")
 	flag.BoolVar(&o.leaderElect, "leader-elect", true, "Elect one replica to run the budget reconciler and write budget reservations; the others forward theirs to it (every replica serves admissions).")
 	flag.StringVar(&o.advertise, "advertise-address", "", "host:port where the other replicas reach this one's webhook server to forward budget reservations; default: this pod's IP and --webhook-port.")
-	flag.DurationVar(&o.budgets.ReservationTTL, "reservation-ttl", time.Minute, "How long a budget reservation counts if its pod never appears (e.g. its creation failed after admission).")
+	flag.StringVar(&o.clientAuth.CAFile, "client-ca-file", "", "PEM bundle of the CAs that sign the API server's client certificate (re-read when it changes); set: the webhook port refuses, in the TLS handshake, any caller without a certificate from them other than a replica holding the serving key. Needs the API server's AdmissionConfiguration to present one (docs/install.md).")
+	flag.Func("client-name", "With --client-ca-file: a common name or DNS name the API server's client certificate may carry; repeatable; unset: any certificate those CAs signed for client authentication.", func(s string) error {
+		if s == "" {
+			return errors.New("empty name")
+		}
+		o.clientAuth.Names = append(o.clientAuth.Names, s)
+		return nil
+	})
+	flag.DurationVar(&o.budgets.ReservationTTL, "reservation-ttl", 35*time.Second, "How long a budget reservation counts while its pod has not appeared (a failed or forged admission): the longest the API server may still take to store an admitted pod (30 s, the most any validating webhook may wait, plus storage); a pod the API server holds keeps counting past it (docs/budgets.md).")
 	flag.DurationVar(&o.budgets.Resync, "budget-resync", 30*time.Second, "Longest time between two recomputations of a budget's status.")
 	flag.IntVar(&o.budgets.Attempts, "reservation-attempts", 50, "Status writes tried for one batch of budget reservations before its pods are denied.")
 	zapOpts := zap.Options{}
@@ -82,12 +94,19 @@ func run(log logr.Logger, o options) error {
 	if err := powerv1alpha1.AddToScheme(scheme); err != nil {
 		return err
 	}
+	if len(o.clientAuth.Names) > 0 && o.clientAuth.CAFile == "" {
+		return errors.New("--client-name needs --client-ca-file")
+	}
+	server, err := powerwebhook.NewServer(powerwebhook.ServerOptions("", o.port, o.certDir), o.clientAuth)
+	if err != nil {
+		return err
+	}
 	cfg := ctrl.GetConfigOrDie()
 	opts := manager.Options{
 		Scheme:                        scheme,
 		Metrics:                       metricsserver.Options{BindAddress: o.metricsAddr},
 		HealthProbeBindAddress:        o.probeAddr,
-		WebhookServer:                 webhook.NewServer(powerwebhook.ServerOptions("", o.port, o.certDir)),
+		WebhookServer:                 server,
 		Cache:                         powerwebhook.CacheOptions(),
 		LeaderElection:                o.leaderElect,
 		LeaderElectionID:              powerwebhook.LeaderElectionID,
@@ -107,7 +126,7 @@ func run(log logr.Logger, o options) error {
 	if err := powerwebhook.Setup(ctx, mgr, admit, metrics.Registry, o.budgets); err != nil {
 		return err
 	}
-	log.Info("Starting power webhook", "port", o.port, "certDir", o.certDir, "products", len(admit.Catalog),
+	log.Info("Starting power webhook", "port", o.port, "certDir", o.certDir, "clientCAFile", o.clientAuth.CAFile, "clientNames", o.clientAuth.Names, "products", len(admit.Catalog),
 		"unknownProducts", admit.UnknownProducts, "defaultRules", len(admit.Defaults))
 	return mgr.Start(ctx)
 }
@@ -130,7 +149,14 @@ func newAdmission(o options) (*policy.Admission, error) {
 	if u != policy.UnknownProductsDeny && u != policy.UnknownProductsWarn {
 		return nil, fmt.Errorf("--unknown-products=%q: want %q or %q", o.unknown, policy.UnknownProductsDeny, policy.UnknownProductsWarn)
 	}
-	return &policy.Admission{Catalog: catalog, UnknownProducts: u, Defaults: o.defaults}, nil
+	ts := policy.TimeSlicedGPUs(o.timeSliced)
+	if ts != policy.TimeSlicedGPUsDeny && ts != policy.TimeSlicedGPUsLowestWins {
+		return nil, fmt.Errorf("--time-sliced-gpus=%q: want %q or %q", o.timeSliced, policy.TimeSlicedGPUsDeny, policy.TimeSlicedGPUsLowestWins)
+	}
+	if o.maxGPUs < 1 {
+		return nil, fmt.Errorf("--max-gpus-per-pod=%d: want at least 1", o.maxGPUs)
+	}
+	return &policy.Admission{Catalog: catalog, UnknownProducts: u, Defaults: o.defaults, MaxGPUsPerPod: o.maxGPUs, TimeSlicedGPUs: ts}, nil
 }
 
 // writer is the leader-election Lease and this replica's address in it.

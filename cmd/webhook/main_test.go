@@ -18,7 +18,7 @@ func TestNewAdmissionFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	a, err := newAdmission(options{catalogFile: good, unknown: "warn"})
+	a, err := newAdmission(options{catalogFile: good, unknown: "warn", timeSliced: "deny", maxGPUs: 256})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,6 +37,8 @@ func TestNewAdmissionFlags(t *testing.T) {
 		{"bad catalog", options{catalogFile: bad, unknown: "deny"}, "catalog " + bad + ": line 2: ACME-X1: want 0 < min <= default <= max"},
 		{"missing catalog", options{catalogFile: filepath.Join(dir, "nope.csv"), unknown: "deny"}, "open catalog"},
 		{"unknown-products typo", options{unknown: "allow"}, `--unknown-products="allow": want "deny" or "warn"`},
+		{"time-sliced-gpus typo", options{unknown: "deny", timeSliced: "lowest"}, `--time-sliced-gpus="lowest": want "deny" or "lowest-wins"`},
+		{"no GPUs per pod", options{unknown: "deny", timeSliced: "deny"}, `--max-gpus-per-pod=0: want at least 1`},
 	} {
 		if _, err := newAdmission(tt.o); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: error %v; want it to contain %q", tt.name, err, tt.want)

@@ -42,6 +42,15 @@ func (w *Wrapper) Resource(i int, name corev1.ResourceName, n int64) *Wrapper {
 	return w
 }
 
+// Quantity requests a resource in the i-th app container as the quantity
+// string q (requests = limits): "20e15", "1e30", "-1", "0.5".
+func (w *Wrapper) Quantity(i int, name corev1.ResourceName, q string) *Wrapper {
+	r := &w.Spec.Containers[i].Resources
+	setResource(r, name, 0)
+	r.Requests[name], r.Limits[name] = resource.MustParse(q), resource.MustParse(q)
+	return w
+}
+
 // GPULimitOnly sets nvidia.com/gpu as a limit without a request in the first
 // container, as users write it (the API server defaults the request).
 func (w *Wrapper) GPULimitOnly(n int64) *Wrapper {

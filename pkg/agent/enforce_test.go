@@ -18,6 +18,7 @@ import (
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
 	"github.com/dynamo-power/gpu-power/pkg/podmap"
+	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
 var gpu = []string{nvmlctl.FakeUUID(0), nvmlctl.FakeUUID(1), nvmlctl.FakeUUID(2), nvmlctl.FakeUUID(3)}
@@ -49,12 +50,18 @@ func (n *node) restartAgent() {
 	}
 	n.events = events.NewFakeRecorder(100)
 	n.metrics = NewMetrics(prometheus.NewRegistry())
-	n.enforcer = &Enforcer{NVML: n.nvml, Ledger: ledger, RequireValidation: true, Recorder: n.events, Log: testr.New(n.t), Metrics: n.metrics}
+	n.enforcer = &Enforcer{NVML: n.nvml, Ledger: ledger, RequireValidation: true, SkippedNamespaces: sets.New(policy.SkippedNamespaces...),
+		Recorder: n.events, Log: testr.New(n.t), Metrics: n.metrics}
 }
 
 // run places a pod on GPUs with a validated limit ("" for none).
 func (n *node) run(name, limit string, gpus ...string) *corev1.Pod {
-	w := testpod.MakePod(name, "llm").UID("uid-" + name).GPU(int64(len(gpus)))
+	return n.runIn("llm", name, limit, gpus...)
+}
+
+// runIn is run in another namespace.
+func (n *node) runIn(namespace, name, limit string, gpus ...string) *corev1.Pod {
+	w := testpod.MakePod(name, namespace).UID("uid-" + name).GPU(int64(len(gpus)))
 	if limit != "" {
 		w.Limit(limit).Stamp(limit)
 	}

@@ -52,9 +52,10 @@ const (
 )
 
 // isGPUResource reports whether a PodResources resource name allocates
-// NVIDIA GPUs: whole GPUs, or MIG devices of one profile.
+// NVIDIA GPUs: whole GPUs, their time-sliced replicas under
+// renameByDefault, or MIG devices of one profile.
 func isGPUResource(resource string) bool {
-	return resource == policy.ResourceGPU ||
+	return resource == policy.ResourceGPU || resource == policy.ResourceGPUShared ||
 		len(resource) > len(policy.ResourceMIGPrefix) && strings.HasPrefix(resource, policy.ResourceMIGPrefix)
 }
 

@@ -29,6 +29,7 @@ var deviceTests = []struct {
 	{"whole GPU by UUID", policy.ResourceGPU, gpuH100, podmap.DeviceRef{Kind: podmap.KindGPU, UUID: gpuH100}, ""},
 	{"what a real kubelet reported", policy.ResourceGPU, gpuFake, podmap.DeviceRef{Kind: podmap.KindGPU, UUID: gpuFake}, ""},
 	{"time-sliced replica is its GPU", policy.ResourceGPU, gpuH100 + "::3", podmap.DeviceRef{Kind: podmap.KindGPU, UUID: gpuH100}, ""},
+	{"renamed time-sliced replica is its GPU", policy.ResourceGPUShared, gpuH100 + "::3", podmap.DeviceRef{Kind: podmap.KindGPU, UUID: gpuH100}, ""},
 	{"MIG device of a MIG resource", mig1g, migH100, podmap.DeviceRef{Kind: podmap.KindMIG, UUID: migH100}, ""},
 	{"MIG device as nvidia.com/gpu (single strategy)", policy.ResourceGPU, migH100, podmap.DeviceRef{Kind: podmap.KindMIG, UUID: migH100}, ""},
 	{"shared MIG device", mig1g, migH100 + "::0", podmap.DeviceRef{Kind: podmap.KindMIG, UUID: migH100}, ""},

@@ -2,6 +2,8 @@ package policy
 
 import (
 	"fmt"
+	"math"
+	"strconv"
 	"strings"
 
 	admissionv1 "k8s.io/api/admission/v1"
@@ -21,12 +23,29 @@ const (
 	UnknownProductsWarn UnknownProducts = "warn"
 )
 
+// TimeSlicedGPUs says what admission does with a limit on a time-sliced GPU,
+// whose one board every replica's pod shares.
+type TimeSlicedGPUs string
+
+const (
+	// TimeSlicedGPUsDeny denies the limit: it would cap other tenants' pods.
+	TimeSlicedGPUsDeny TimeSlicedGPUs = "deny"
+	// TimeSlicedGPUsLowestWins admits it with a Warning: the agent caps the
+	// board at the lowest limit among the pods sharing it.
+	TimeSlicedGPUsLowestWins TimeSlicedGPUs = "lowest-wins"
+)
+
 // Admission decides on pods at admission time.
 type Admission struct {
 	Catalog         Catalog
 	UnknownProducts UnknownProducts
 	// Defaults are tried in order for GPU pods created without a limit.
 	Defaults []DefaultRule
+	// MaxGPUsPerPod bounds the GPUs a new pod may request; 0 means
+	// DefaultMaxGPUsPerPod.
+	MaxGPUsPerPod int64
+	// TimeSlicedGPUs is what a limit on a time-sliced GPU gets ("" = deny).
+	TimeSlicedGPUs TimeSlicedGPUs
 }
 
 // Verdict is the decision on one pod.
@@ -46,6 +65,9 @@ type Verdict struct {
 // An update that leaves the limit as it was keeps the stamp the pod had.
 func (a *Admission) Mutate(op admissionv1.Operation, pod, old *corev1.Pod, cluster Cluster, budgetDefaults []DefaultRule) Verdict {
 	limit, hasLimit := pod.Annotations[AnnotationPowerLimit]
+	if err := a.checkGPUCount(op, pod); err != nil {
+		return Verdict{Errors: field.ErrorList{err}}
+	}
 	if limitUnchanged(op, pod, old) {
 		return Verdict{Limit: limit, Stamp: old.Annotations[AnnotationPowerLimitValidated]}
 	}
@@ -63,8 +85,18 @@ func (a *Admission) Mutate(op admissionv1.Operation, pod, old *corev1.Pod, clust
 		return Verdict{}
 	}
 	v := a.check(pod, limit, rule, cluster)
-	v.Limit, v.Stamp = limit, limit
+	v.Limit, v.Stamp = limit, stampFor(pod, limit)
 	return v
+}
+
+// stampFor is the stamp a pod with an admitted limit carries: the limit, or
+// none on a pod that requests no GPU. Such a limit was checked against no
+// GPU, so nothing may enforce it if the pod reaches one some other way.
+func stampFor(pod *corev1.Pod, limit string) string {
+	if DemandOf(&pod.Spec).GPUs == 0 {
+		return ""
+	}
+	return limit
 }
 
 // Validate re-checks the final object, whatever mutating webhooks did to it:
@@ -74,6 +106,9 @@ func (a *Admission) Validate(op admissionv1.Operation, pod, old *corev1.Pod, clu
 	limit, hasLimit := pod.Annotations[AnnotationPowerLimit]
 	stamp, hasStamp := pod.Annotations[AnnotationPowerLimitValidated]
 	var v Verdict
+	if err := a.checkGPUCount(op, pod); err != nil {
+		v.Errors = append(v.Errors, err)
+	}
 	switch {
 	case limitUnchanged(op, pod, old):
 		if want, had := old.Annotations[AnnotationPowerLimitValidated]; stamp != want || hasStamp != had {
@@ -86,14 +121,48 @@ func (a *Admission) Validate(op admissionv1.Operation, pod, old *corev1.Pod, clu
 				fmt.Sprintf("must be absent when %s is absent; only the power webhook sets it", AnnotationPowerLimit)))
 		}
 	default:
-		v.Errors = a.check(pod, limit, nil, cluster).Errors
-		if len(v.Errors) == 0 && stamp != limit {
+		v.Errors = append(v.Errors, a.check(pod, limit, nil, cluster).Errors...)
+		switch want := stampFor(pod, limit); {
+		case len(v.Errors) > 0:
+		case want == "" && hasStamp:
+			v.Errors = append(v.Errors, invalidValue(StampPath, stamp,
+				fmt.Sprintf("must be absent on a pod that requests no %s: its limit was checked against no GPU; only the power webhook sets it", ResourceGPU)))
+		case want != "" && stamp != want:
 			v.Errors = append(v.Errors, invalidValue(StampPath, stamp,
 				fmt.Sprintf("must equal the admitted %s %q; only the power webhook sets it (was the pod changed by another mutating webhook?)", AnnotationPowerLimit, limit)))
 		}
 	}
 	v.Limit, v.Stamp = limit, stamp
 	return v
+}
+
+// checkGPUCount denies a new pod that requests more GPUs than any node can
+// hold: it could never run, and its cost would dwarf every budget. Only at
+// creation: container resources cannot change afterwards, and an update of a
+// pod admitted before the bound (removing a finalizer) must not get stuck.
+func (a *Admission) checkGPUCount(op admissionv1.Operation, pod *corev1.Pod) *field.Error {
+	bound := a.MaxGPUsPerPod
+	if bound <= 0 {
+		bound = DefaultMaxGPUsPerPod
+	}
+	if op != admissionv1.Create {
+		return nil
+	}
+	n := DemandOf(&pod.Spec).GPUs
+	if n <= bound {
+		return nil
+	}
+	detail := fmt.Sprintf("the pod requests %s GPUs, more than the %d a pod may request (no node holds that many); request at most %d",
+		countString(n), bound, bound)
+	return field.Forbidden(field.NewPath("spec").Child("containers").Key("*").Child("resources", "requests").Key(ResourceGPU), detail)
+}
+
+// countString renders a saturated count as what it is: too large to say.
+func countString(n int64) string {
+	if n == math.MaxInt64 {
+		return "more than 9223372036854775806"
+	}
+	return strconv.FormatInt(n, 10)
 }
 
 // limitUnchanged reports an update that keeps the limit the pod already had:
@@ -138,11 +207,14 @@ func (a *Admission) check(pod *corev1.Pod, limit string, rule *DefaultRule, clus
 		return deny(fmt.Sprintf("the pod gets devices through resourceClaims (dynamic resource allocation), which power limits do not support yet; "+
 			"remove the annotation or request %s", ResourceGPU))
 	case demand.GPUs == 0:
-		v.Warnings = append(v.Warnings, fmt.Sprintf("%s: %q has no effect: the pod requests no %s", AnnotationPowerLimit, limit, ResourceGPU))
+		v.Warnings = append(v.Warnings, fmt.Sprintf("%s: %q has no effect: the pod requests no %s, so it is not stamped and no GPU is capped for it", AnnotationPowerLimit, limit, ResourceGPU))
 		return v
 	}
 
 	cands := CandidatesOf(pod, cluster)
+	if detail := a.sharedBoard(demand, cands, &v); detail != "" {
+		return deny(detail)
+	}
 	b := a.Catalog.BoundsOf(cands.Labels)
 	if len(b.Known) == 0 {
 		msg := unknownProductsMessage(cands)
@@ -166,6 +238,42 @@ func (a *Admission) check(pod *corev1.Pod, limit string, rule *DefaultRule, clus
 		return deny(fmt.Sprintf("above the %d W maximum of %s; set %d to %d W", b.Max, b.ofWhich(b.MaxOf, "lowest maximum"), b.Min, b.Max))
 	}
 	return v
+}
+
+// sharedBoard returns why a limit cannot be admitted on the boards the pod
+// can land on, "" when it can. A power limit applies to a whole board: on a
+// board split into MIG slices (the single strategy's "-MIG-" product label)
+// or time-sliced between pods ("-SHARED", or the nvidia.com/gpu.shared
+// resource) one tenant's limit would cap every other tenant on it. Time-
+// sliced boards may be opened by the operator (lowest limit wins); MIG ones
+// never, as for MIG slice resources.
+func (a *Admission) sharedBoard(d GPUDemand, cands Candidates, v *Verdict) string {
+	for _, label := range cands.Labels {
+		if strings.Contains(label, "-MIG-") {
+			return fmt.Sprintf("the pod can land on MIG slices (%s=%q, from %s), and a power limit applies to a whole board shared by every slice on it; "+
+				"remove the annotation or pin the pod to whole GPUs with a nodeSelector on %s", LabelGPUProduct, label, cands.From, LabelGPUProduct)
+		}
+	}
+	var why string
+	if d.Shared {
+		why = fmt.Sprintf("the pod requests %s", ResourceGPUShared)
+	} else {
+		for _, label := range cands.Labels {
+			if strings.HasSuffix(label, "-SHARED") {
+				why = fmt.Sprintf("the pod can land on time-sliced GPUs (%s=%q, from %s)", LabelGPUProduct, label, cands.From)
+				break
+			}
+		}
+	}
+	if why == "" {
+		return ""
+	}
+	if a.TimeSlicedGPUs == TimeSlicedGPUsLowestWins {
+		v.Warnings = append(v.Warnings, fmt.Sprintf("%s: %s: every pod sharing the board is capped at the lowest limit among them", AnnotationPowerLimit, why))
+		return ""
+	}
+	return why + ", and a power limit on a time-sliced board caps every pod that shares it; remove the annotation or pin the pod to GPUs that are not shared " +
+		"(the cluster operator can allow it with the webhook's --time-sliced-gpus=lowest-wins)"
 }
 
 func unknownProductsMessage(c Candidates) string {

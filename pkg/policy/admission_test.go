@@ -37,18 +37,47 @@ func newAdmission(t *testing.T, defaults ...string) *policy.Admission {
 func pod() *testpod.Wrapper { return testpod.MakePod("decode-0", "llm") }
 
 func TestMutateCreate(t *testing.T) {
-	h100Cluster := fakeCluster{"h100-0": h100, "h100-1": h100 + "-SHARED", "cpu-0": ""}
+	h100Cluster := fakeCluster{"h100-0": h100, "h100-1": h100, "cpu-0": ""}
 	mixed := fakeCluster{"h100-0": h100, "l4-0": l4}
+	timeSliced := fakeCluster{"h100-0": h100, "ts-0": h100 + "-SHARED"}
+	migSingle := fakeCluster{"h100-0": h100, "mig-0": h100 + "-MIG-1g.10gb"}
+	tooMany := `spec.containers[*].resources.requests[nvidia.com/gpu]: Forbidden: the pod requests `
 	tests := []struct {
-		name     string
-		cluster  fakeCluster
-		defaults []string
-		pod      *corev1.Pod
-		errs     []string // exact denials
-		warnings []string // substrings, one per warning
-		limit    string
-		stamp    string
+		name       string
+		cluster    fakeCluster
+		defaults   []string
+		timeSliced policy.TimeSlicedGPUs
+		pod        *corev1.Pod
+		errs       []string // exact denials
+		warnings   []string // substrings, one per warning
+		limit      string
+		stamp      string
 	}{
+		{name: "GPU count past int64 when multiplied by watts", cluster: h100Cluster, pod: pod().Quantity(0, policy.ResourceGPU, "20e15").Limit("250").Obj(),
+			errs: []string{tooMany + `20000000000000000 GPUs, more than the 256 a pod may request (no node holds that many); request at most 256`}},
+		{name: "GPU count past int64 itself", cluster: h100Cluster, pod: pod().Quantity(0, policy.ResourceGPU, "1e30").Obj(),
+			errs: []string{tooMany + `more than 9223372036854775806 GPUs, more than the 256 a pod may request (no node holds that many); request at most 256`}},
+		{name: "containers that add up past the bound, without a limit", cluster: h100Cluster,
+			pod:  pod().Quantity(0, policy.ResourceGPU, "9e18").Container("b", 0).Quantity(1, policy.ResourceGPU, "9e18").Obj(),
+			errs: []string{tooMany + `more than 9223372036854775806 GPUs, more than the 256 a pod may request (no node holds that many); request at most 256`}},
+		{name: "the bound itself is admitted", cluster: h100Cluster, pod: pod().GPU(256).Limit("250").Obj(), limit: "250", stamp: "250"},
+		{name: "a negative count before validation counts as none", cluster: h100Cluster,
+			pod:  pod().Quantity(0, policy.ResourceGPU, "-300").Container("b", 300).Limit("250").Obj(),
+			errs: []string{tooMany + `300 GPUs, more than the 256 a pod may request (no node holds that many); request at most 256`}},
+		{name: "time-sliced replicas renamed to nvidia.com/gpu.shared count as GPUs", cluster: h100Cluster,
+			pod:  pod().Resource(0, policy.ResourceGPUShared, 2).Limit("250").Obj(),
+			errs: []string{limitInvalid + `"250": the pod requests nvidia.com/gpu.shared, and a power limit on a time-sliced board caps every pod that shares it; remove the annotation or pin the pod to GPUs that are not shared (the cluster operator can allow it with the webhook's --time-sliced-gpus=lowest-wins)`}},
+		{name: "time-sliced boards in the cluster deny an unpinned limit", cluster: timeSliced, pod: pod().GPU(1).Limit("250").Obj(),
+			errs: []string{limitInvalid + `"250": the pod can land on time-sliced GPUs (nvidia.com/gpu.product="NVIDIA-H100-80GB-HBM3-SHARED", from the cluster's GPU nodes), and a power limit on a time-sliced board caps every pod that shares it; remove the annotation or pin the pod to GPUs that are not shared (the cluster operator can allow it with the webhook's --time-sliced-gpus=lowest-wins)`}},
+		{name: "pinned away from time-sliced boards", cluster: timeSliced, pod: pod().GPU(1).Product(h100).Limit("250").Obj(), limit: "250", stamp: "250"},
+		{name: "time-sliced boards opened by the operator: lowest wins", cluster: timeSliced, timeSliced: policy.TimeSlicedGPUsLowestWins,
+			pod: pod().GPU(1).Limit("250").Obj(), limit: "250", stamp: "250",
+			warnings: []string{`every pod sharing the board is capped at the lowest limit among them`}},
+		{name: "the opt-in does not open MIG boards", cluster: migSingle, timeSliced: policy.TimeSlicedGPUsLowestWins, pod: pod().GPU(1).NodeName("mig-0").Limit("250").Obj(),
+			errs: []string{limitInvalid + `"250": the pod can land on MIG slices (nvidia.com/gpu.product="NVIDIA-H100-80GB-HBM3-MIG-1g.10gb", from node "mig-0"), and a power limit applies to a whole board shared by every slice on it; remove the annotation or pin the pod to whole GPUs with a nodeSelector on nvidia.com/gpu.product`}},
+		{name: "single MIG strategy: slices as nvidia.com/gpu, unpinned", cluster: migSingle, pod: pod().GPU(1).Limit("250").Obj(),
+			errs: []string{limitInvalid + `"250": the pod can land on MIG slices (nvidia.com/gpu.product="NVIDIA-H100-80GB-HBM3-MIG-1g.10gb", from the cluster's GPU nodes), and a power limit applies to a whole board shared by every slice on it; remove the annotation or pin the pod to whole GPUs with a nodeSelector on nvidia.com/gpu.product`}},
+		{name: "single MIG strategy without a limit passes", cluster: migSingle, pod: pod().GPU(1).Obj()},
 		{name: "valid limit is stamped", cluster: h100Cluster, pod: pod().GPU(4).Limit("250").Obj(), limit: "250", stamp: "250"},
 		{name: "bounds are inclusive: minimum", cluster: h100Cluster, pod: pod().GPU(1).Limit("200").Obj(), limit: "200", stamp: "200"},
 		{name: "bounds are inclusive: maximum", cluster: h100Cluster, pod: pod().GPU(1).Limit("700").Obj(), limit: "700", stamp: "700"},
@@ -61,8 +90,8 @@ func TestMutateCreate(t *testing.T) {
 		{name: "user-written stamp is replaced", cluster: h100Cluster, pod: pod().GPU(1).Limit("300").Stamp("700").Obj(), limit: "300", stamp: "300"},
 		{name: "user-written stamp without a limit is removed", cluster: h100Cluster, pod: pod().GPU(1).Stamp("700").Obj()},
 		{name: "pod without GPUs or limit is left alone", cluster: h100Cluster, pod: pod().Obj()},
-		{name: "limit on a pod without GPUs: warning", cluster: h100Cluster, pod: pod().Limit("250").Obj(), limit: "250", stamp: "250",
-			warnings: []string{`dynamo.nvidia.com/gpu-power-limit: "250" has no effect: the pod requests no nvidia.com/gpu`}},
+		{name: "limit on a pod without GPUs: warning, and no stamp", cluster: h100Cluster, pod: pod().Limit("250").Obj(), limit: "250", stamp: "",
+			warnings: []string{`dynamo.nvidia.com/gpu-power-limit: "250" has no effect: the pod requests no nvidia.com/gpu, so it is not stamped and no GPU is capped for it`}},
 		{name: "MIG slices with a limit", cluster: h100Cluster, pod: pod().Resource(0, "nvidia.com/mig-1g.10gb", 1).Limit("250").Obj(),
 			errs: []string{limitInvalid + `"250": the pod requests MIG slices (nvidia.com/mig-1g.10gb), and a power limit applies to a whole board shared by every slice on it; remove the annotation or request whole nvidia.com/gpu`}},
 		{name: "MIG slices without a limit pass", cluster: h100Cluster, pod: pod().Resource(0, "nvidia.com/mig-1g.10gb", 1).Obj()},
@@ -97,7 +126,9 @@ func TestMutateCreate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			v := newAdmission(t, tt.defaults...).Mutate(admissionv1.Create, tt.pod, nil, tt.cluster, nil)
+			a := newAdmission(t, tt.defaults...)
+			a.TimeSlicedGPUs = tt.timeSliced
+			v := a.Mutate(admissionv1.Create, tt.pod, nil, tt.cluster, nil)
 			assertVerdict(t, v, tt.errs, tt.warnings)
 			if len(tt.errs) == 0 && (v.Limit != tt.limit || v.Stamp != tt.stamp) {
 				t.Errorf("limit %q stamp %q; want %q and %q", v.Limit, v.Stamp, tt.limit, tt.stamp)

@@ -32,7 +32,7 @@ func (c Catalog) CostOf(pod *corev1.Pod, cluster Cluster, countUnlimited bool) C
 		return Cost{}
 	}
 	if w, ok := ParseLimit(pod.Annotations[AnnotationPowerLimit]); ok {
-		return Cost{Watts: int64(w) * gpus, GPUs: gpus, PerGPU: w}
+		return Cost{Watts: SatMul(int64(w), gpus), GPUs: gpus, PerGPU: w}
 	}
 	if !countUnlimited {
 		return Cost{GPUs: gpus, Unlimited: true}
@@ -43,7 +43,7 @@ func (c Catalog) CostOf(pod *corev1.Pod, cluster Cluster, countUnlimited bool) C
 			perGPU = max(perGPU, r.DefaultWatts())
 		}
 	}
-	return Cost{Watts: int64(perGPU) * gpus, GPUs: gpus, PerGPU: perGPU, Unlimited: true}
+	return Cost{Watts: SatMul(int64(perGPU), gpus), GPUs: gpus, PerGPU: perGPU, Unlimited: true}
 }
 
 // String renders the cost the way denials show it: "1000 W (4 GPUs x 250 W)".
@@ -66,10 +66,13 @@ type BudgetState struct {
 }
 
 // Available is what is left, never negative.
-func (b BudgetState) Available() int64 { return max(0, b.Total-b.Committed) }
+func (b BudgetState) Available() int64 { return SatSub(b.Total, b.Committed) }
 
-// Fits reports whether adding watts keeps committed within the total.
-func (b BudgetState) Fits(watts int64) bool { return b.Committed+watts <= b.Total }
+// Fits reports whether adding watts keeps committed within the total. A
+// committed sum below zero (a status someone else wrote) fits nothing.
+func (b BudgetState) Fits(watts int64) bool {
+	return b.Committed >= 0 && SatAdd(b.Committed, watts) <= b.Total
+}
 
 // BudgetDenial is the message for a pod that does not fit one or more budgets,
 // worded like ResourceQuota's "exceeded quota" so operators recognise it.
@@ -118,7 +121,7 @@ func Recompute(live []Charge, reservations []Reservation, now time.Time) Committ
 	for i, p := range live {
 		byUID[p.UID] = i
 		c.Pods++
-		c.GPUs += p.GPUs
+		c.GPUs = SatAdd(c.GPUs, p.GPUs)
 	}
 	extra := make(map[types.UID]int64)
 	for _, r := range reservations {
@@ -129,17 +132,17 @@ func Recompute(live []Charge, reservations []Reservation, now time.Time) Committ
 		case !now.Before(r.Expires):
 			continue // never appeared (or never raised) in time
 		case seen:
-			extra[r.UID] = r.Watts - live[i].Watts
+			extra[r.UID] = SatSub(r.Watts, live[i].Watts)
 		default:
-			extra[r.UID] = r.Watts
+			extra[r.UID] = max(r.Watts, 0)
 		}
 		c.Kept = append(c.Kept, r.UID)
 	}
 	for _, p := range live {
-		c.Watts += p.Watts
+		c.Watts = SatAdd(c.Watts, p.Watts)
 	}
 	for _, w := range extra {
-		c.Watts += w
+		c.Watts = SatAdd(c.Watts, w)
 	}
 	slices.Sort(c.Kept)
 	return c

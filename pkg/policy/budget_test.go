@@ -1,6 +1,9 @@
 package policy_test
 
 import (
+	"math"
+	"math/big"
+	"strconv"
 	"testing"
 	"time"
 
@@ -115,4 +118,56 @@ func TestBudgetDefaultsComeBeforeFlagDefaults(t *testing.T) {
 	if v := a.Mutate("CREATE", testpod.MakePod("p", "ns").GPU(1).Label("role", "prefill").Obj(), nil, cluster, []policy.DefaultRule{budgetRule}); v.Limit != "450" {
 		t.Errorf("flag default when no budget rule matches: limit %q; want 450", v.Limit)
 	}
+}
+
+// FuzzCostArithmetic: whatever GPU count and limit a pod carries, its cost
+// is never negative, grows with GPUs and with watts, and a budget's Fits and
+// Recompute agree with exact arithmetic: nothing wraps.
+func FuzzCostArithmetic(f *testing.F) {
+	f.Add(int64(4), int64(250), int64(1), int64(1400), int64(0))
+	f.Add(int64(20e15), int64(700), int64(1), int64(5600), int64(5600))
+	f.Add(int64(math.MaxInt64), int64(999999), int64(math.MaxInt64), int64(1e9), int64(math.MaxInt64))
+	f.Add(int64(-5), int64(1), int64(-1), int64(1), int64(-1))
+	catalog := policy.DefaultCatalog()
+	cluster := fakeCluster{"h100-0": h100}
+	costOf := func(gpus, watts int64) policy.Cost {
+		p := pod().Quantity(0, policy.ResourceGPU, strconv.FormatInt(gpus, 10)).NodeName("h100-0")
+		if watts > 0 {
+			p.Limit(strconv.FormatInt(watts, 10))
+		}
+		return catalog.CostOf(p.Obj(), cluster, true)
+	}
+	f.Fuzz(func(t *testing.T, gpus, watts, more, total, committed int64) {
+		watts = 1 + (max(watts, 0) % 999999) // the annotation's range
+		c := costOf(gpus, watts)
+		if c.Watts < 0 || c.GPUs < 0 {
+			t.Fatalf("cost of %d GPUs x %d W is negative: %+v", gpus, watts, c)
+		}
+		if exact := new(big.Int).Mul(big.NewInt(max(gpus, 0)), big.NewInt(watts)); exact.IsInt64() && exact.Int64() != c.Watts {
+			t.Fatalf("cost of %d GPUs x %d W = %d, want %s", gpus, watts, c.Watts, exact)
+		}
+		if bigger := costOf(policy.SatAdd(gpus, more), watts); bigger.Watts < c.Watts {
+			t.Fatalf("more GPUs cost less: %d GPUs %d W, %d GPUs %d W", gpus, c.Watts, policy.SatAdd(gpus, more), bigger.Watts)
+		}
+		if watts < 999999 {
+			if bigger := costOf(gpus, watts+1); bigger.Watts < c.Watts {
+				t.Fatalf("more watts cost less: %d W -> %d, %d W -> %d", watts, c.Watts, watts+1, bigger.Watts)
+			}
+		}
+		b := policy.BudgetState{Name: "b", Total: total, Committed: committed}
+		exactFits := committed >= 0 && new(big.Int).Add(big.NewInt(committed), big.NewInt(c.Watts)).Cmp(big.NewInt(total)) <= 0
+		if b.Fits(c.Watts) != exactFits {
+			t.Fatalf("Fits(%d) on %d of %d = %v, exact arithmetic says %v", c.Watts, committed, total, b.Fits(c.Watts), exactFits)
+		}
+		if b.Available() < 0 {
+			t.Fatalf("available %d", b.Available())
+		}
+		now := time.Unix(0, 0)
+		r := policy.Recompute(
+			[]policy.Charge{{UID: "a", Watts: c.Watts, GPUs: c.GPUs}, {UID: "b", Watts: c.Watts, GPUs: c.GPUs}},
+			[]policy.Reservation{{UID: "c", Watts: committed, Expires: now.Add(time.Hour)}, {UID: "a", Watts: total, Expires: now.Add(time.Hour)}}, now)
+		if r.Watts < c.Watts || r.Watts < 0 || r.GPUs < c.GPUs || r.GPUs < 0 {
+			t.Fatalf("recomputed %+v from two pods of %+v: a sum below a part", r, c)
+		}
+	})
 }

@@ -1,16 +1,31 @@
 package policy
 
 import (
+	"math"
 	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 )
+
+// DefaultMaxGPUsPerPod is the most GPUs a pod may request unless the
+// operator sets another bound: far above the 8 or 16 GPUs of the largest
+// nodes (and their time-sliced replicas), so it denies only pods that could
+// never be scheduled, while keeping every cost far from overflow. It is a
+// fixed number rather than the largest node's capacity so that a pod that
+// waits for an autoscaler to bring its first GPU node is still admitted.
+const DefaultMaxGPUsPerPod = 256
 
 // GPUDemand is what a pod asks of NVIDIA GPUs.
 type GPUDemand struct {
-	// GPUs is the effective nvidia.com/gpu request: what the scheduler reserves.
+	// GPUs is the effective whole-GPU request (nvidia.com/gpu and the
+	// time-sliced nvidia.com/gpu.shared): what the scheduler reserves. It
+	// saturates at math.MaxInt64 and is never negative.
 	GPUs int64
+	// Shared is set when the pod requests nvidia.com/gpu.shared: replicas of
+	// time-sliced boards that other pods share.
+	Shared bool
 	// MIG lists the MIG slice resources the pod requests, sorted.
 	MIG []corev1.ResourceName
 	// Claims is set when the pod gets devices through DRA resourceClaims.
@@ -28,19 +43,19 @@ func DemandOf(spec *corev1.PodSpec) GPUDemand {
 	for i := range spec.InitContainers {
 		c := &spec.InitContainers[i]
 		d.addMIG(c)
-		n := containerGPUs(c)
+		n := d.containerGPUs(c)
 		if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
-			sidecars += n
+			sidecars = SatAdd(sidecars, n)
 			initPeak = max(initPeak, sidecars)
 			continue
 		}
-		initPeak = max(initPeak, sidecars+n)
+		initPeak = max(initPeak, SatAdd(sidecars, n))
 	}
 	apps := sidecars
 	for i := range spec.Containers {
 		c := &spec.Containers[i]
 		d.addMIG(c)
-		apps += containerGPUs(c)
+		apps = SatAdd(apps, d.containerGPUs(c))
 	}
 	d.GPUs = max(apps, initPeak)
 	d.Claims = len(spec.ResourceClaims) > 0
@@ -49,14 +64,39 @@ func DemandOf(spec *corev1.PodSpec) GPUDemand {
 	return d
 }
 
-func containerGPUs(c *corev1.Container) int64 {
-	if q, ok := c.Resources.Requests[ResourceGPU]; ok {
-		return q.Value()
+// containerGPUs adds up a container's whole-GPU resources.
+func (d *GPUDemand) containerGPUs(c *corev1.Container) int64 {
+	var n int64
+	for _, name := range []corev1.ResourceName{ResourceGPU, ResourceGPUShared} {
+		if g := resourceCount(c, name); g > 0 {
+			n = SatAdd(n, g)
+			d.Shared = d.Shared || name == ResourceGPUShared
+		}
 	}
-	if q, ok := c.Resources.Limits[ResourceGPU]; ok {
-		return q.Value()
+	return n
+}
+
+// resourceCount is a container's request of a resource, or its limit where
+// it has no request, as a count: rounded up, negative as zero, saturating
+// where the quantity does not fit an int64 (the mutating webhook sees
+// objects before the API server validates them).
+func resourceCount(c *corev1.Container, name corev1.ResourceName) int64 {
+	q, ok := c.Resources.Requests[name]
+	if !ok {
+		if q, ok = c.Resources.Limits[name]; !ok {
+			return 0
+		}
 	}
-	return 0
+	if q.Sign() <= 0 {
+		return 0
+	}
+	if n, exact := q.AsInt64(); exact {
+		return n
+	}
+	if q.Cmp(*resource.NewQuantity(math.MaxInt64, resource.DecimalSI)) >= 0 {
+		return math.MaxInt64
+	}
+	return q.Value() // a fraction, rounded up
 }
 
 func (d *GPUDemand) addMIG(c *corev1.Container) {

@@ -16,6 +16,9 @@ const (
 
 	// ResourceGPU is the extended resource of whole GPUs.
 	ResourceGPU = "nvidia.com/gpu"
+	// ResourceGPUShared is the resource of time-sliced GPU replicas when the
+	// device plugin renames them (sharing.timeSlicing.renameByDefault).
+	ResourceGPUShared = "nvidia.com/gpu.shared"
 	// ResourceMIGPrefix starts the extended resources of MIG slices
 	// (nvidia.com/mig-1g.10gb and the like).
 	ResourceMIGPrefix = "nvidia.com/mig-"
@@ -28,3 +31,12 @@ var (
 	// StampPath is where denials of the validation stamp point.
 	StampPath = annotationsPath.Key(AnnotationPowerLimitValidated)
 )
+
+// SkippedNamespaces are the namespaces the webhook's pod webhooks never see:
+// each of them in deploy/webhook/60-* and 61-* has the namespaceSelector
+// kubernetes.io/metadata.name NotIn exactly these. A stamp on a pod there
+// was typed by someone, not set by the webhook, so the agent does not enforce
+// it (its --webhook-skipped-namespaces defaults to this list).
+// TestSkippedNamespacesAgree (test/manifests) fails when the manifests and
+// this list differ: changing one means changing the other.
+var SkippedNamespaces = []string{"kube-system", "dynamo-system"}

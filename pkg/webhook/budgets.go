@@ -74,8 +74,11 @@ type reserveRequest struct {
 	pod   string
 	watts int64 // the pod's whole cost, recorded in the reservation
 	delta int64 // what committed watts grow by (the cost, or a raise)
-	// release undoes a reservation made for a pod another budget then denied.
+	// release undoes a reservation made for a pod another budget then denied:
+	// the pod's reservation of watts goes back to prior (nil: none), so a
+	// reservation the pod held before this admission keeps counting.
 	release bool
+	prior   *powerv1alpha1.Reservation
 	// recompute, when set, rewrites the status from the live pods first
 	// (the reconciler); it reports whether the status changed.
 	recompute func(*powerv1alpha1.GPUPowerBudget) (bool, error)
@@ -85,10 +88,19 @@ type reserveRequest struct {
 type reserveResult struct {
 	ok    bool
 	state policy.BudgetState // when !ok: the budget as the decision saw it
+	// wrote is set when this request changed the pod's reservation (not
+	// when the budget already held it): only then is there something for a
+	// release to undo. prior is the reservation it replaced (nil: none).
+	wrote bool
+	prior *powerv1alpha1.Reservation
 	err   error
 }
 
-// Selecting returns the budgets that charge pods of a namespace, by name.
+// Selecting returns the budgets that charge pods of a namespace, by name. A
+// budget whose namespaceSelector cannot be evaluated selects nothing: it can
+// only have been written before validation of budgets existed, its status
+// says why (the reconciler), and pods in other namespaces must not fail
+// because of it.
 func (b *Budgets) Selecting(ctx context.Context, namespace string) ([]powerv1alpha1.GPUPowerBudget, error) {
 	var list powerv1alpha1.GPUPowerBudgetList
 	if err := b.Cache.List(ctx, &list); err != nil {
@@ -97,25 +109,45 @@ func (b *Budgets) Selecting(ctx context.Context, namespace string) ([]powerv1alp
 	if len(list.Items) == 0 {
 		return nil, nil
 	}
-	var ns corev1.Namespace
-	if err := b.Cache.Get(ctx, types.NamespacedName{Name: namespace}, &ns); err != nil {
-		return nil, fmt.Errorf("get namespace %s: %w", namespace, err)
+	ns, err := b.namespace(ctx, namespace)
+	if err != nil {
+		return nil, err
 	}
 	var out []powerv1alpha1.GPUPowerBudget
 	for _, budget := range list.Items {
-		sel, err := metav1.LabelSelectorAsSelector(budget.Spec.NamespaceSelector)
-		if err != nil {
-			return nil, fmt.Errorf("budget %s: namespaceSelector: %w", budget.Name, err)
-		}
-		if budget.Spec.NamespaceSelector == nil {
-			sel = labels.Everything()
-		}
-		if sel.Matches(labels.Set(ns.Labels)) {
+		if sel, err := namespaceSelector(&budget); err == nil && sel.Matches(labels.Set(ns.Labels)) {
 			out = append(out, budget)
 		}
 	}
 	slices.SortFunc(out, func(a, b powerv1alpha1.GPUPowerBudget) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
+}
+
+// namespace reads a namespace from the cache, or from the API server when
+// the cache has not seen it yet (a pod created right after its namespace).
+func (b *Budgets) namespace(ctx context.Context, name string) (*corev1.Namespace, error) {
+	var ns corev1.Namespace
+	err := b.Cache.Get(ctx, types.NamespacedName{Name: name}, &ns)
+	if apierrors.IsNotFound(err) {
+		err = b.API.Get(ctx, types.NamespacedName{Name: name}, &ns)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get namespace %s: %w", name, err)
+	}
+	return &ns, nil
+}
+
+// namespaceSelector is a budget's namespaceSelector as a selector;
+// absent selects every namespace.
+func namespaceSelector(b *powerv1alpha1.GPUPowerBudget) (labels.Selector, error) {
+	if b.Spec.NamespaceSelector == nil {
+		return labels.Everything(), nil
+	}
+	sel, err := metav1.LabelSelectorAsSelector(b.Spec.NamespaceSelector)
+	if err != nil {
+		return nil, fmt.Errorf("budget %s: namespaceSelector: %w", b.Name, err)
+	}
+	return sel, nil
 }
 
 // DefaultRules returns the default limits of the budgets that select the
@@ -131,7 +163,7 @@ func (b *Budgets) DefaultRules(ctx context.Context, namespace string) ([]policy.
 			sel := labels.Everything()
 			if d.PodSelector != nil {
 				if sel, err = metav1.LabelSelectorAsSelector(d.PodSelector); err != nil {
-					return nil, fmt.Errorf("budget %s: defaults[%d].podSelector: %w", budget.Name, i, err)
+					continue // reported on the budget's status, as in Selecting
 				}
 			}
 			rules = append(rules, policy.DefaultRule{Selector: sel, Watts: policy.Watts(d.Watts),
@@ -187,17 +219,28 @@ func (b *Budgets) Admit(ctx context.Context, op admissionv1.Operation, pod, old 
 	if pod.UID == "" {
 		return "", errors.New("pod has no UID to key its budget reservation by")
 	}
+	if op == admissionv1.Create {
+		if taken, err := b.nameTaken(ctx, pod); err != nil || taken != "" {
+			return taken, err
+		}
+	}
 
 	logger := log.FromContext(ctx)
+	written := make([]reserveResult, len(charges))
 	for i, c := range charges {
 		res := b.reserve(ctx, c.budget, &reserveRequest{
 			uid: pod.UID, pod: pod.Namespace + "/" + pod.Name, watts: c.cost.Watts, delta: c.delta,
 		})
 		if res.ok {
+			written[i] = res
 			continue
 		}
-		for _, done := range charges[:i] {
-			if r := b.reserve(ctx, done.budget, &reserveRequest{uid: pod.UID, delta: done.delta, release: true}); !r.ok {
+		for j, done := range charges[:i] {
+			if !written[j].wrote {
+				continue // the budget held it already: nothing of ours to undo
+			}
+			release := &reserveRequest{uid: pod.UID, watts: done.cost.Watts, delta: done.delta, release: true, prior: written[j].prior}
+			if r := b.reserve(ctx, done.budget, release); !r.ok {
 				// The reservation expires by itself after TTL.
 				logger.Error(r.err, "Failed to release reservation", "budget", done.budget, "pod", klog.KObj(pod))
 			}
@@ -215,6 +258,34 @@ func (b *Budgets) Admit(ctx context.Context, op admissionv1.Operation, pod, old 
 		return b.denial(c.cost, c.delta, short), nil
 	}
 	return "", nil
+}
+
+// nameTaken denies the create of a pod whose name a live pod of another UID
+// holds: the API server refuses it after admission, and a reservation made
+// for it would hold watts for nothing until it expires; repeated, a tenant
+// could keep a shared budget full. The cache is asked first (a pod created
+// moments ago may be missing, which only costs a reservation), the API
+// server confirms, so a pod deleted since is not refused.
+func (b *Budgets) nameTaken(ctx context.Context, pod *corev1.Pod) (string, error) {
+	key := types.NamespacedName{Namespace: pod.Namespace, Name: pod.Name}
+	if pod.Name == "" {
+		return "", nil // generateName: the API server picks a free name
+	}
+	var cached corev1.Pod
+	if err := b.Cache.Get(ctx, key, &cached); err != nil || cached.UID == pod.UID {
+		return "", client.IgnoreNotFound(err)
+	}
+	var live corev1.Pod
+	err := b.API.Get(ctx, key, &live)
+	switch {
+	case apierrors.IsNotFound(err):
+		return "", nil
+	case err != nil:
+		return "", fmt.Errorf("get pod %s: %w", key, err)
+	case live.UID == pod.UID:
+		return "", nil
+	}
+	return fmt.Sprintf("pods %q already exists in namespace %q: no GPU power is reserved for a create the API server will refuse", pod.Name, pod.Namespace), nil
 }
 
 func (b *Budgets) denial(cost policy.Cost, delta int64, short []policy.BudgetState) string {
@@ -323,9 +394,15 @@ func (b *Budgets) commit(ctx context.Context, name string, q *budgetQueue, batch
 				results[i] = reserveResult{ok: true}
 				continue
 			case r.release:
-				if j >= 0 {
-					st.Reservations = slices.Delete(st.Reservations, j, j+1)
-					st.CommittedWatts -= r.delta
+				// Only the reservation this admission made is undone; a
+				// newer one of the same pod stays, counted in full.
+				if j >= 0 && st.Reservations[j].Watts == r.watts {
+					if r.prior != nil {
+						st.Reservations[j] = *r.prior
+					} else {
+						st.Reservations = slices.Delete(st.Reservations, j, j+1)
+					}
+					st.CommittedWatts = policy.SatSub(st.CommittedWatts, r.delta)
 					changed = true
 				}
 				results[i] = reserveResult{ok: true}
@@ -343,15 +420,17 @@ func (b *Budgets) commit(ctx context.Context, name string, q *budgetQueue, batch
 				continue
 			}
 			res := powerv1alpha1.Reservation{PodUID: r.uid, Pod: r.pod, Watts: r.watts, Expires: metav1.NewTime(now.Add(b.TTL))}
+			var prior *powerv1alpha1.Reservation
 			if j >= 0 {
+				prior = st.Reservations[j].DeepCopy()
 				st.Reservations[j] = res
 			} else {
 				st.Reservations = append(st.Reservations, res)
 			}
-			st.CommittedWatts += r.delta
+			st.CommittedWatts = policy.SatAdd(st.CommittedWatts, r.delta)
 			changed = true
 			reserved++
-			results[i] = reserveResult{ok: true}
+			results[i] = reserveResult{ok: true, wrote: true, prior: prior}
 		}
 		if denied && !fresh {
 			// The base may predate a release by the reconciler: decide
@@ -362,7 +441,7 @@ func (b *Budgets) commit(ctx context.Context, name string, q *budgetQueue, batch
 		if !changed {
 			return results
 		}
-		st.AvailableWatts = max(0, budget.Spec.TotalWatts-st.CommittedWatts)
+		st.AvailableWatts = policy.SatSub(budget.Spec.TotalWatts, st.CommittedWatts)
 		err = b.Client.Status().Update(ctx, budget)
 		switch {
 		case err == nil:

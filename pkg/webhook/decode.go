@@ -147,6 +147,11 @@ func decodeContainers(d *jsontext.Decoder) ([]corev1.Container, error) {
 	return out, err
 }
 
+// maxQuantityLen bounds a quantity string before it is parsed: the longest
+// an integer count the API server accepts can usefully be is 19 digits, and
+// a hostile caller's megabyte of digits is refused before any arithmetic.
+const maxQuantityLen = 64
+
 // decodeNVIDIAResources keeps the nvidia.com/ entries of a resource list: the
 // only resources power policy reads.
 func decodeNVIDIAResources(d *jsontext.Decoder) (corev1.ResourceList, error) {
@@ -160,13 +165,13 @@ func decodeNVIDIAResources(d *jsontext.Decoder) (corev1.ResourceList, error) {
 			return err
 		}
 		var q resource.Quantity
-		switch tok.Kind() {
-		case '"':
-			q, err = resource.ParseQuantity(tok.String())
-		case '0':
-			q, err = resource.ParseQuantity(tok.String())
-		default:
+		switch kind, text := tok.Kind(), tok.String(); {
+		case kind != '"' && kind != '0':
 			err = errors.New("not a quantity")
+		case len(text) > maxQuantityLen:
+			err = fmt.Errorf("a quantity of %d characters; at most %d are read", len(text), maxQuantityLen)
+		default:
+			q, err = resource.ParseQuantity(text)
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)

@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
+	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
@@ -98,6 +99,8 @@ type forwardRequest struct {
 	Watts   int64     `json:"watts"`
 	Delta   int64     `json:"delta"`
 	Release bool      `json:"release,omitempty"`
+	// Prior is, on a release, the reservation to put back.
+	Prior *powerv1alpha1.Reservation `json:"prior,omitempty"`
 }
 
 type forwardResponse struct {
@@ -106,6 +109,10 @@ type forwardResponse struct {
 	Committed int64  `json:"committed,omitempty"`
 	Total     int64  `json:"total,omitempty"`
 	Error     string `json:"error,omitempty"`
+	// Wrote and Prior: whether a charge changed the reservation, and the one
+	// it replaced.
+	Wrote bool                       `json:"wrote,omitempty"`
+	Prior *powerv1alpha1.Reservation `json:"prior,omitempty"`
 }
 
 // Peers forwards reservations to the writer and serves those forwarded to
@@ -184,7 +191,7 @@ func (p *Peers) forward(ctx context.Context, budget string, r *reserveRequest) (
 	if addr == "" || addr == p.writer.Address {
 		return reserveResult{}, false
 	}
-	body, err := json.Marshal(forwardRequest{Budget: budget, UID: r.uid, Pod: r.pod, Watts: r.watts, Delta: r.delta, Release: r.release})
+	body, err := json.Marshal(forwardRequest{Budget: budget, UID: r.uid, Pod: r.pod, Watts: r.watts, Delta: r.delta, Release: r.release, Prior: r.prior})
 	if err != nil {
 		return reserveResult{err: err}, true
 	}
@@ -202,7 +209,7 @@ func (p *Peers) forward(ctx context.Context, budget string, r *reserveRequest) (
 	if resp.Error != "" {
 		return reserveResult{err: errors.New(resp.Error)}, true
 	}
-	return reserveResult{ok: resp.OK, state: policy.BudgetState{Name: budget, Total: resp.Total, Committed: resp.Committed}}, true
+	return reserveResult{ok: resp.OK, state: policy.BudgetState{Name: budget, Total: resp.Total, Committed: resp.Committed}, wrote: resp.Wrote, prior: resp.Prior}, true
 }
 
 func (p *Peers) post(ctx context.Context, addr string, body []byte) (*forwardResponse, error) {
@@ -277,9 +284,9 @@ func (p *Peers) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res := p.budgets.enqueue(r.Context(), req.Budget, &reserveRequest{
-		uid: req.UID, pod: req.Pod, watts: req.Watts, delta: req.Delta, release: req.Release,
+		uid: req.UID, pod: req.Pod, watts: req.Watts, delta: req.Delta, release: req.Release, prior: req.Prior,
 	})
-	out := forwardResponse{OK: res.ok, Committed: res.state.Committed, Total: res.state.Total}
+	out := forwardResponse{OK: res.ok, Committed: res.state.Committed, Total: res.state.Total, Wrote: res.wrote, Prior: res.prior}
 	if res.err != nil {
 		out.Error = res.err.Error()
 	}

@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
@@ -141,7 +142,10 @@ func logDecision(ctx context.Context, webhook string, req admission.Request, res
 var errDecode = errors.New("decode")
 
 func decodeAndDecide(req admission.Request, decide func(pod, old *corev1.Pod) (admission.Response, error)) (admission.Response, error) {
-	if req.Kind.Kind != "Pod" || req.SubResource != "" {
+	if req.SubResource != "" || req.Kind.Kind == "Binding" {
+		return guardSubresource(req)
+	}
+	if req.Kind.Kind != "Pod" {
 		return admission.Allowed("not a pod"), nil
 	}
 	if req.Operation != admissionv1.Create && req.Operation != admissionv1.Update {
@@ -162,6 +166,65 @@ func decodeAndDecide(req admission.Request, decide func(pod, old *corev1.Pod) (a
 	}
 	return decide(pod, old)
 }
+
+// guardSubresource denies a write that changes a pod's power annotations
+// other than an update of the pod itself. Three paths can: pods/status keeps
+// the annotations it is sent, and a Binding, created as pods/binding or
+// through the top-level bindings resource, has its annotations merged into
+// the pod; each skips the checks of a pod update, so the limit and the stamp
+// may change only there. (pods/resize and pods/ephemeralcontainers reset the
+// metadata; pods/eviction and the connect subresources change no pod.)
+func guardSubresource(req admission.Request) (admission.Response, error) {
+	var changed []string
+	switch {
+	case req.SubResource == "status" && req.Operation == admissionv1.Update:
+		pod, err := decodePod(req.Object.Raw)
+		if err != nil {
+			return admission.Response{}, fmt.Errorf("%w pod: %w", errDecode, err)
+		}
+		old, err := decodePod(req.OldObject.Raw)
+		if err != nil {
+			return admission.Response{}, fmt.Errorf("%w old pod: %w", errDecode, err)
+		}
+		for _, key := range powerAnnotationKeys {
+			v, has := pod.Annotations[key]
+			was, had := old.Annotations[key]
+			if has != had || v != was {
+				changed = append(changed, key)
+			}
+		}
+	case (req.SubResource == "binding" || req.Kind.Kind == "Binding") && req.Operation == admissionv1.Create:
+		binding, err := decodePod(req.Object.Raw) // a Binding's metadata reads as a pod's
+		if err != nil {
+			return admission.Response{}, fmt.Errorf("%w binding: %w", errDecode, err)
+		}
+		for _, key := range powerAnnotationKeys {
+			if _, has := binding.Annotations[key]; has {
+				changed = append(changed, key)
+			}
+		}
+	default:
+		return admission.Allowed("subresource changes no power annotation"), nil
+	}
+	if len(changed) == 0 {
+		return admission.Allowed(""), nil
+	}
+	var errs field.ErrorList
+	path := "pods/" + req.SubResource
+	if req.SubResource == "" {
+		path = req.Resource.Resource
+	}
+	for _, key := range changed {
+		errs = append(errs, field.Forbidden(field.NewPath("metadata", "annotations").Key(key),
+			fmt.Sprintf("may not be set or changed through %s; change it on the pod itself, where the power webhook checks it", path)))
+	}
+	name := req.Name
+	status := apierrors.NewInvalid(podKind, name, errs).ErrStatus
+	return admission.Response{AdmissionResponse: admissionv1.AdmissionResponse{Allowed: false, Result: &status}}, nil
+}
+
+// powerAnnotationKeys are the annotations only admission of the pod may set.
+var powerAnnotationKeys = [...]string{policy.AnnotationPowerLimit, policy.AnnotationPowerLimitValidated}
 
 // deny answers 422 Invalid with one cause per field error, the way the API
 // server's own validation answers.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -35,7 +36,10 @@ import (
 // reservations to; its recomputation is a member of the ledger's next batch,
 // applied to the version that batch writes, so the two never conflict.
 type BudgetReconciler struct {
-	Client   client.Client
+	Client client.Client
+	// API reads the pod of an expiring reservation that the cache does not
+	// show, so a pod the cache is late for keeps counting.
+	API      client.Reader
 	Budgets  *Budgets
 	Catalog  policy.Catalog
 	Cluster  policy.Cluster
@@ -125,12 +129,18 @@ func (r *BudgetReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 		total                 int64
 	)
 	res := r.Budgets.enqueue(ctx, budget.Name, &reserveRequest{recompute: func(b *powerv1alpha1.GPUPowerBudget) (bool, error) {
+		now, total = r.Now(), b.Spec.TotalWatts
+		if errs := validateBudgetSpec(&b.Spec); len(errs) > 0 {
+			return r.markInvalid(b, errs.ToAggregate().Error()), nil
+		}
 		live, err := r.charges(ctx, b)
 		if err != nil {
 			return false, err
 		}
-		now, total = r.Now(), b.Spec.TotalWatts
 		before := b.Status.DeepCopy()
+		if err := r.extendLate(ctx, b, live, now); err != nil {
+			return false, err
+		}
 		wasOver = meta.IsStatusConditionTrue(before.Conditions, powerv1alpha1.ConditionOverCommitted)
 		over = r.recompute(b, live, now)
 		if behind = b.Status.CommittedWatts < before.CommittedWatts && !r.hasCaughtUp(b); behind {
@@ -154,6 +164,64 @@ func (r *BudgetReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 		r.Recorder.Eventf(&budget, nil, corev1.EventTypeWarning, "OverCommitted", "Reconcile", msg)
 	}
 	return reconcile.Result{RequeueAfter: r.nextCheck(&next, now)}, nil
+}
+
+// markInvalid reports a budget whose selectors cannot be evaluated on its
+// Ready condition: it charges no pod (Selecting skips it) until it is fixed.
+func (r *BudgetReconciler) markInvalid(b *powerv1alpha1.GPUPowerBudget, why string) bool {
+	before := b.Status.DeepCopy()
+	b.Status.ObservedGeneration = b.Generation
+	meta.SetStatusCondition(&b.Status.Conditions, metav1.Condition{
+		Type: powerv1alpha1.ConditionReady, Status: metav1.ConditionFalse, Reason: "InvalidSpec",
+		Message: "the budget selects and charges no pod until this is fixed: " + why, ObservedGeneration: b.Generation,
+	})
+	return !equality.Semantic.DeepEqual(before, &b.Status)
+}
+
+// extendLate renews the expired reservations whose pod the API server holds
+// but the cache does not show yet. A reservation's TTL only bounds how long
+// a pod that never appears (a forged or failed admission) counts; it never
+// releases the watts of a pod the cache is merely late for. Only a pod this
+// budget charges renews it, and for no more than the pod costs: a forged
+// reservation naming a real pod without GPUs, or in a namespace the budget
+// does not select, lapses.
+func (r *BudgetReconciler) extendLate(ctx context.Context, b *powerv1alpha1.GPUPowerBudget, live []policy.Charge, now time.Time) error {
+	sel, err := namespaceSelector(b)
+	if err != nil {
+		return err
+	}
+	count := b.Spec.UnlimitedPods != powerv1alpha1.UnlimitedPodsIgnore
+	for i := range b.Status.Reservations {
+		res := &b.Status.Reservations[i]
+		if now.Before(res.Expires.Time) || slices.ContainsFunc(live, func(c policy.Charge) bool { return c.UID == res.PodUID }) {
+			continue
+		}
+		ns, name, ok := strings.Cut(res.Pod, "/")
+		if !ok {
+			continue
+		}
+		var pod corev1.Pod
+		err := r.API.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &pod)
+		switch {
+		case apierrors.IsNotFound(err):
+			continue
+		case err != nil:
+			return fmt.Errorf("read pod %s of an expired reservation: %w", res.Pod, err)
+		case pod.UID != res.PodUID || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed:
+			continue
+		}
+		podNS, err := r.Budgets.namespace(ctx, pod.Namespace)
+		if err != nil {
+			return err
+		}
+		cost := r.Catalog.CostOf(&pod, r.Cluster, count)
+		if cost.GPUs == 0 || cost.Watts == 0 || !sel.Matches(labels.Set(podNS.Labels)) {
+			continue
+		}
+		res.Watts = min(res.Watts, cost.Watts)
+		res.Expires = metav1.NewTime(now.Add(r.Budgets.TTL))
+	}
+	return nil
 }
 
 // hasCaughtUp reports whether the pod cache has seen every pod the budget's
@@ -187,8 +255,8 @@ func (r *BudgetReconciler) recompute(b *powerv1alpha1.GPUPowerBudget, live []pol
 	}
 	c := policy.Recompute(live, reservations, now)
 	st.CommittedWatts = c.Watts
-	st.AvailableWatts = max(0, b.Spec.TotalWatts-c.Watts)
-	st.Pods, st.GPUs = int32(c.Pods), int32(c.GPUs)
+	st.AvailableWatts = policy.SatSub(b.Spec.TotalWatts, c.Watts)
+	st.Pods, st.GPUs = c.Pods, c.GPUs
 	st.Reservations = slices.DeleteFunc(st.Reservations, func(x powerv1alpha1.Reservation) bool {
 		_, kept := slices.BinarySearch(c.Kept, x.PodUID)
 		return !kept
@@ -225,12 +293,9 @@ func (r *BudgetReconciler) nextCheck(st *powerv1alpha1.GPUPowerBudgetStatus, now
 // charges lists the live GPU pods a budget charges: non-terminal pods in the
 // namespaces it selects, at their cost.
 func (r *BudgetReconciler) charges(ctx context.Context, budget *powerv1alpha1.GPUPowerBudget) ([]policy.Charge, error) {
-	sel := labels.Everything()
-	if budget.Spec.NamespaceSelector != nil {
-		var err error
-		if sel, err = metav1.LabelSelectorAsSelector(budget.Spec.NamespaceSelector); err != nil {
-			return nil, fmt.Errorf("budget %s: namespaceSelector: %w", budget.Name, err)
-		}
+	sel, err := namespaceSelector(budget)
+	if err != nil {
+		return nil, err
 	}
 	// The lists are read, never modified: skipping the cache's deep copies
 	// keeps a recomputation cheap with tens of thousands of pods.

@@ -33,7 +33,8 @@ func CacheOptions() cache.Options {
 // ServerOptions serves TLS 1.2 or newer over HTTP/1.1 only (HTTP/2 is off:
 // CVE-2023-44487, CVE-2023-39325), with certificates from certDir reloaded
 // when they change. A client certificate is asked for, not required: the
-// API server sends none, a replica forwarding reservations sends its own.
+// API server may send none, a replica forwarding reservations sends its
+// own. NewServer with a ClientAuth CA requires one.
 func ServerOptions(host string, port int, certDir string) webhook.Options {
 	return webhook.Options{
 		Host: host, Port: port, CertDir: certDir,
@@ -110,6 +111,7 @@ func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, re
 	server := mgr.GetWebhookServer()
 	server.Register(MutatePath, &webhook.Admission{Handler: &Mutator{Policy: admit, Cluster: nodes, Budgets: budgets, Metrics: m}})
 	server.Register(ValidatePath, &webhook.Admission{Handler: &Validator{Policy: admit, Cluster: nodes, Budgets: budgets, Metrics: m}})
+	server.Register(BudgetValidatePath, &webhook.Admission{Handler: BudgetValidator{}})
 	if o.Writer != nil {
 		if budgets.Peers, err = newPeers(*o.Writer, mgr.GetAPIReader(), budgets, m); err != nil {
 			return err
@@ -121,7 +123,7 @@ func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, re
 	}
 
 	reconciler := &BudgetReconciler{
-		Client: mgr.GetClient(), Budgets: budgets, Catalog: admit.Catalog, Cluster: nodes, Metrics: m,
+		Client: mgr.GetClient(), API: mgr.GetAPIReader(), Budgets: budgets, Catalog: admit.Catalog, Cluster: nodes, Metrics: m,
 		Recorder: mgr.GetEventRecorder("power-webhook"), Resync: o.Resync, Now: time.Now,
 		PodsSeen: podStore.LastStoreSyncResourceVersion,
 	}

@@ -3,8 +3,6 @@ package webhook
 import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
 // TrimNode keeps what admission reads of a node (its name and labels), so the
@@ -58,7 +56,7 @@ func TrimPod(obj any) (any, error) {
 
 func powerAnnotations(all map[string]string) map[string]string {
 	var out map[string]string
-	for _, k := range []string{policy.AnnotationPowerLimit, policy.AnnotationPowerLimitValidated} {
+	for _, k := range powerAnnotationKeys {
 		if v, ok := all[k]; ok {
 			if out == nil {
 				out = make(map[string]string, 2)

@@ -284,10 +284,16 @@ func secretSerial(t *testing.T) string {
 	return c.SerialNumber.String()
 }
 
-// servedSerial is the serial of the certificate a replica serves now.
+// servedSerial is the serial of the certificate a replica serves now, read
+// with the API server's client certificate (the webhook takes no other).
 func servedSerial(podIP string) string {
+	auth := realnode.APIServerAuth()
+	client, err := tls.LoadX509KeyPair(auth.Cert, auth.Key)
+	if err != nil {
+		return err.Error()
+	}
 	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", net.JoinHostPort(podIP, "9443"),
-		&tls.Config{InsecureSkipVerify: true}) //nolint:gosec // reads the served certificate, trusts nothing
+		&tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{client}}) //nolint:gosec // reads the served certificate, trusts nothing
 	if err != nil {
 		return err.Error()
 	}

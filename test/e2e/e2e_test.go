@@ -11,11 +11,11 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"os"
-	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -35,8 +35,19 @@ func setup(m *testing.M) (code int, err error) {
 		return 0, err
 	}
 	var progress bytes.Buffer
-	if sb, err = sandbox.Start(context.Background(), sandbox.Options{Dir: dir, Progress: &progress}); err != nil {
+	stopCapture, err := captureStderr()
+	if err != nil {
+		return 0, err
+	}
+	sb, err = sandbox.Start(context.Background(), sandbox.Options{Dir: dir, Progress: &progress})
+	printed := stopCapture()
+	if err != nil {
 		return 0, fmt.Errorf("%w\n%s(files kept in %s)", err, progress.String(), dir)
+	}
+	// What `make up` shows a newcomer: a healthy start prints no error line
+	// (cert-manager's, while the certificate is being issued, go to its log).
+	if errs := errorLines(progress.String() + printed); len(errs) > 0 {
+		return 0, fmt.Errorf("a healthy start printed error lines:\n%s\n(files kept in %s)", strings.Join(errs, "\n"), dir)
 	}
 	code = m.Run()
 	if err := sb.Stop(); err != nil {
@@ -125,64 +136,40 @@ func (w logWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// TestUninstall runs the uninstall commands of docs/install.md: the webhook
-// goes without taking the agent (they share the namespace), then the agent
-// gives every GPU it capped its limit back before it exits.
-func TestUninstall(t *testing.T) {
-	ctx := t.Context()
-	pod := sandbox.WorkerPod("uninstall-probe", "default", "probe", 1, "300")
-	if _, err := sb.Kubectl(ctx, pod, "apply", "-f", "-"); err != nil {
-		t.Fatal(err)
-	}
-	envtestenv.Eventually(t, 2*time.Minute, "uninstall-probe's GPU capped", func() (bool, string) {
-		idx := sb.GPUsOf("default", "uninstall-probe")
-		gpus, err := sb.GPUs()
-		if err != nil || len(idx) != 1 {
-			return false, fmt.Sprintf("GPUs %v: %v", idx, err)
-		}
-		return gpus[idx[0]].Limit == 300_000, fmt.Sprintf("GPU %d at %d mW", idx[0], gpus[idx[0]].Limit)
-	})
-
-	// The webhook: every file but the namespace.
-	files, err := filepath.Glob(filepath.Join(testdeploy.WebhookDir(), "[1-9]*.yaml"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("webhook manifests: %v %v", files, err)
-	}
-	args := []string{"delete", "--ignore-not-found"}
-	for _, f := range files {
-		args = append(args, "-f", f)
-	}
-	if _, err := sb.Kubectl(ctx, "", args...); err != nil {
-		t.Fatal(err)
-	}
-	if err := sb.Webhook.Stop(time.Minute); err != nil { // as the kubelet would
-		t.Fatal(err)
-	}
-	if out, err := sb.Kubectl(ctx, "", "get", "namespace/dynamo-system", "daemonset/power-agent", "-n", "dynamo-system"); err != nil {
-		t.Fatalf("the webhook's uninstall took the agent with it: %v\n%s", err, out)
-	}
-	if _, err := sb.Kubectl(ctx, sandbox.WorkerPod("unchecked", "default", "probe", 1, "900"), "apply", "-f", "-"); err != nil {
-		t.Errorf("with the webhook uninstalled, GPU pods are admitted unchecked: %v", err)
-	}
-
-	// The agent: the kubelet stops its pod once the DaemonSet is gone.
-	if _, err := sb.Kubectl(ctx, "", "delete", "-f", testdeploy.AgentFile()); err != nil {
-		t.Fatal(err)
-	}
-	if err := sb.Agent.Stop(time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	gpus, err := sb.GPUs()
+// captureStderr sends what the process writes to stderr into a pipe, still
+// copied to the real stderr, until the returned function stops it and
+// returns everything written.
+func captureStderr() (stop func() string, err error) {
+	r, w, err := os.Pipe()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	for _, g := range gpus {
-		if g.Limit != g.Default {
-			t.Errorf("GPU %d left at %d mW after the agent's uninstall; want its default %d mW", g.Index, g.Limit, g.Default)
+	real := os.Stderr
+	os.Stderr = w
+	var out bytes.Buffer
+	done := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(io.MultiWriter(&out, real), r)
+		close(done)
+	}()
+	return func() string {
+		os.Stderr = real
+		_ = w.Close()
+		<-done
+		return out.String()
+	}, nil
+}
+
+// errorLines are the lines in klog's error format ("E1201 13:44:02...") or
+// that start with "error".
+func errorLines(s string) []string {
+	var out []string
+	for _, line := range strings.Split(s, "\n") {
+		if klogError.MatchString(line) || strings.HasPrefix(strings.ToLower(strings.TrimSpace(line)), "error") {
+			out = append(out, line)
 		}
 	}
-	// No namespace controller runs here to finish the deletion: do not wait for it.
-	if _, err := sb.Kubectl(ctx, "", "delete", "namespace", "dynamo-system", "--wait=false"); err != nil {
-		t.Error(err)
-	}
+	return out
 }
+
+var klogError = regexp.MustCompile(`^E[0-9]{4} `)

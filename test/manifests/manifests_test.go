@@ -89,7 +89,10 @@ func webhookFiles(t *testing.T) []string {
 	}
 	var files []string
 	for _, e := range entries {
-		files = append(files, filepath.Join(dir, e.Name()))
+		// kubectl apply -f deploy/webhook/ does not descend into optional/.
+		if !e.IsDir() {
+			files = append(files, filepath.Join(dir, e.Name()))
+		}
 	}
 	return files
 }
@@ -154,10 +157,6 @@ func TestWebhookConfigurations(t *testing.T) {
 		if !reflect.DeepEqual(c.rules, wantRules) {
 			t.Errorf("%s: rules %+v; want CREATE and UPDATE of pods only", c.name, c.rules)
 		}
-		if c.ns == nil || len(c.ns.MatchExpressions) != 1 || c.ns.MatchExpressions[0].Key != "kubernetes.io/metadata.name" ||
-			c.ns.MatchExpressions[0].Operator != "NotIn" || !slices.Equal(c.ns.MatchExpressions[0].Values, []string{"kube-system", "dynamo-system"}) {
-			t.Errorf("%s: namespaceSelector %+v; want kubernetes.io/metadata.name NotIn [kube-system, dynamo-system]", c.name, c.ns)
-		}
 		if len(c.conds) != 1 || !strings.Contains(c.conds[0].Expression, policy.AnnotationPowerLimit) ||
 			!strings.Contains(c.conds[0].Expression, policy.AnnotationPowerLimitValidated) || !strings.Contains(c.conds[0].Expression, policy.ResourceGPU) {
 			t.Errorf("%s: matchConditions must let through only pods with a power annotation or a GPU request", c.name)
@@ -165,6 +164,73 @@ func TestWebhookConfigurations(t *testing.T) {
 	}
 	if m.ReinvocationPolicy == nil || *m.ReinvocationPolicy != admissionv1.IfNeededReinvocationPolicy {
 		t.Error("mutating webhook: reinvocationPolicy must be IfNeeded so the stamp follows later mutations")
+	}
+}
+
+// TestSkippedNamespacesAgree: the namespaces the webhook never sees are
+// listed in three places that must say the same: the namespaceSelector of
+// every pod webhook (deploy/webhook/60-*, 61-*), policy.SkippedNamespaces
+// (the agent's --webhook-skipped-namespaces default), and the agent
+// DaemonSet's args if they set the flag. If they differed, the agent would
+// enforce stamps the webhook never checked, or ignore ones it did.
+func TestSkippedNamespacesAgree(t *testing.T) {
+	objs := load(t, webhookFiles(t)...)
+	mut := find[admissionv1.MutatingWebhookConfiguration](t, objs, "MutatingWebhookConfiguration", "power-webhook")
+	val := find[admissionv1.ValidatingWebhookConfiguration](t, objs, "ValidatingWebhookConfiguration", "power-webhook")
+	type hook struct {
+		name  string
+		rules []admissionv1.RuleWithOperations
+		ns    *metav1.LabelSelector
+	}
+	var hooks []hook
+	for _, w := range mut.Webhooks {
+		hooks = append(hooks, hook{w.Name, w.Rules, w.NamespaceSelector})
+	}
+	for _, w := range val.Webhooks {
+		hooks = append(hooks, hook{w.Name, w.Rules, w.NamespaceSelector})
+	}
+	want := slices.Sorted(slices.Values(policy.SkippedNamespaces))
+	podHooks := 0
+	for _, h := range hooks {
+		pods := slices.ContainsFunc(h.rules, func(r admissionv1.RuleWithOperations) bool {
+			return slices.ContainsFunc(r.Resources, func(res string) bool { return res == "pods" || strings.HasPrefix(res, "pods/") })
+		})
+		if !pods {
+			continue // cluster-scoped objects (GPUPowerBudget): no namespace to skip
+		}
+		podHooks++
+		if h.ns == nil || len(h.ns.MatchLabels) != 0 || len(h.ns.MatchExpressions) != 1 || h.ns.MatchExpressions[0].Key != corev1.LabelMetadataName ||
+			h.ns.MatchExpressions[0].Operator != metav1.LabelSelectorOpNotIn {
+			t.Errorf("%s: namespaceSelector %+v; want only %s NotIn %v (policy.SkippedNamespaces)", h.name, h.ns, corev1.LabelMetadataName, want)
+			continue
+		}
+		if got := slices.Sorted(slices.Values(h.ns.MatchExpressions[0].Values)); !slices.Equal(got, want) {
+			t.Errorf("%s skips namespaces %v, policy.SkippedNamespaces (the agent's default) is %v: change both", h.name, got, want)
+		}
+	}
+	if podHooks != 4 {
+		t.Errorf("%d pod webhooks; want 4 (mutate, validate, pods/status, pods/binding): a new one must be checked here", podHooks)
+	}
+	ds := find[appsv1.DaemonSet](t, load(t, agentFile()), "DaemonSet", "power-agent")
+	for _, c := range ds.Spec.Template.Spec.Containers {
+		for _, a := range c.Args {
+			v, ok := strings.CutPrefix(a, "--webhook-skipped-namespaces=")
+			if !ok {
+				if strings.HasPrefix(a, "--webhook-skipped-namespaces") {
+					t.Errorf("container %s: write %q as --webhook-skipped-namespaces=LIST, one argument", c.Name, a)
+				}
+				continue
+			}
+			var got []string
+			for _, ns := range strings.Split(v, ",") {
+				if ns = strings.TrimSpace(ns); ns != "" {
+					got = append(got, ns)
+				}
+			}
+			if slices.Sort(got); !slices.Equal(got, want) {
+				t.Errorf("the agent DaemonSet sets --webhook-skipped-namespaces=%s, the webhook skips %v: change both", v, want)
+			}
+		}
 	}
 }
 
@@ -187,6 +253,7 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
 			{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 			{APIGroups: []string{"apps"}, Resources: []string{"daemonsets"}, Verbs: []string{"get"}},
+			{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get"}},
 		}},
 	}
 	for _, tt := range tests {
@@ -324,6 +391,9 @@ func TestAgentDaemonSet(t *testing.T) {
 	}
 	if c.SecurityContext == nil || c.SecurityContext.Privileged == nil || !*c.SecurityContext.Privileged {
 		t.Error("NVML power-limit writes need a privileged container")
+	}
+	if !slices.Contains(c.Args, "--require-pod-resources") {
+		t.Error("the agent must refuse the NVML-only fallback (--require-pod-resources): allocation is the truth of who holds a GPU")
 	}
 	if c.ReadinessProbe == nil || !slices.ContainsFunc(c.Ports, func(p corev1.ContainerPort) bool { return p.Name == "metrics" }) {
 		t.Error("a readiness probe and a metrics port are required")

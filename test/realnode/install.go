@@ -3,14 +3,24 @@ package realnode
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 )
 
 // Install applies both shipped manifests with kubectl, as the install guide
-// says (the agent's with its one change, AgentManifest), and waits until the
-// webhook's replicas and the agent pod are Ready through their own probes.
+// says (the webhook's with the API server's client CA, WebhookManifests; the
+// agent's with its one change, AgentManifest), and waits until the webhook's
+// replicas and the agent pod are Ready through their own probes.
 func (c *Cluster) Install(ctx context.Context, root string) error {
-	if _, err := c.Kubectl(ctx, "", "apply", "-f", filepath.Join(root, "deploy", "webhook")); err != nil {
+	ca, err := os.ReadFile(APIServerAuth().CA)
+	if err != nil {
+		return err
+	}
+	webhook, err := WebhookManifests(filepath.Join(root, "deploy", "webhook"), ca)
+	if err != nil {
+		return err
+	}
+	if _, err := c.Kubectl(ctx, string(webhook), "apply", "-f", "-"); err != nil {
 		return err
 	}
 	if err := c.rollout(ctx, "deployment/power-webhook"); err != nil {

@@ -31,6 +31,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/test/admissionauth"
 )
 
 // The cluster's fixed places and addresses. Pods live on a bridge of their
@@ -252,6 +253,11 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 	if err := p.write(); err != nil {
 		return nil, fmt.Errorf("certificates: %w", err)
 	}
+	// The API server authenticates to the webhook with a client certificate.
+	webhookAuth, err := admissionauth.Write(filepath.Dir(APIServerAuth().CA), admissionauth.ServiceHost)
+	if err != nil {
+		return nil, fmt.Errorf("webhook client certificate: %w", err)
+	}
 	for _, args := range [][]string{
 		// A bridge without an address of its own takes the lowest MAC of
 		// its ports, so adding or removing a pod's veth could change it and
@@ -309,6 +315,7 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 		// Webhooks are reached at their Service's endpoints: no kube-proxy.
 		"--enable-aggregator-routing=true",
 		"--allow-privileged=true",
+		"--admission-control-config-file", webhookAuth.AdmissionConfig,
 	); err != nil {
 		return nil, err
 	}

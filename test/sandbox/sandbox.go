@@ -7,7 +7,9 @@
 //
 // The only overlay on the shipped manifests: both webhook configurations call
 // the webhook at a local URL instead of through the Service, and the serving
-// Certificate also names 127.0.0.1.
+// Certificate also names 127.0.0.1. The API server authenticates to the
+// webhook with a client certificate (docs/install.md, "Authenticating the API
+// server"): the webhook runs with --client-ca-file and --client-name.
 package sandbox
 
 import (
@@ -33,6 +35,7 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
+	"k8s.io/klog/v2/textlogger"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
@@ -41,6 +44,7 @@ import (
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
 	"github.com/dynamo-power/gpu-power/pkg/podmap/podresourcestest"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
+	"github.com/dynamo-power/gpu-power/test/admissionauth"
 	"github.com/dynamo-power/gpu-power/test/e2e/certmanager"
 	"github.com/dynamo-power/gpu-power/test/envtestenv"
 	"github.com/dynamo-power/gpu-power/test/testdeploy"
@@ -85,13 +89,18 @@ type Sandbox struct {
 	// serving Secret as the kubelet keeps a Secret volume.
 	CertDir string
 	// WebhookURL is where both webhook configurations send admissions.
-	WebhookURL     string
+	WebhookURL string
+	// APIServerAuth is the API server's client certificate for the webhook,
+	// its CA (the webhook's --client-ca-file) and admission configuration.
+	APIServerAuth  admissionauth.Files
 	Webhook, Agent *Process
 
-	kubelet  *kubelet
-	progress io.Writer
-	cancel   context.CancelFunc
-	cleanups []func() error
+	kubelet *kubelet
+	// certManagerLog is the file cert-manager's controllers log to.
+	certManagerLog string
+	progress       io.Writer
+	cancel         context.CancelFunc
+	cleanups       []func() error
 	// failures collects what the background loops (secret volume, kubelet)
 	// could not do; Err reports them.
 	failures chan error
@@ -125,6 +134,16 @@ func Start(ctx context.Context, o Options) (s *Sandbox, err error) {
 		if err := Binaries(ctx, s.BinDir); err != nil {
 			return s, err
 		}
+	}
+	// The webhook's URL is fixed first: the API server's admission
+	// kubeconfig names it.
+	addr, err := envtestenv.FreeAddr()
+	if err != nil {
+		return s, err
+	}
+	s.WebhookURL = "https://" + addr
+	if s.APIServerAuth, err = admissionauth.Write(filepath.Join(s.Dir, "apiserver-webhook-client"), addr, admissionauth.ServiceHost); err != nil {
+		return s, err
 	}
 	if err := s.startAPIServer(bg); err != nil {
 		return s, err
@@ -194,6 +213,7 @@ func (s *Sandbox) startAPIServer(bg context.Context) error {
 		// cert-manager; ours come with `kubectl apply -f deploy/webhook/`.
 		CRDInstallOptions: envtest.CRDInstallOptions{Paths: []string{cmCRDs}, ErrorIfPathMissing: true},
 	}
+	env.ControlPlane.GetAPIServer().Configure().Set("admission-control-config-file", s.APIServerAuth.AdmissionConfig)
 	if s.Config, err = env.Start(); err != nil {
 		return fmt.Errorf("start API server: %w", err)
 	}
@@ -211,15 +231,20 @@ func (s *Sandbox) startAPIServer(bg context.Context) error {
 		return err
 	}
 	// cert-manager's controllers run in this process and log through klog and
-	// controller-runtime: to a file, so the narrative stays readable.
+	// controller-runtime: every line to a file, so the narrative stays
+	// readable. Through a logger rather than klog's own file output, which
+	// also copies errors to stderr: while the certificate is being issued
+	// the cainjector logs the Secret it cannot find yet, which is no failure.
+	// A real failure shows as a wait that never ends, with the log's errors.
 	logFile, err := os.Create(filepath.Join(s.Dir, "cert-manager.log"))
 	if err != nil {
 		return err
 	}
 	s.cleanups = append(s.cleanups, logFile.Close)
-	klog.LogToStderr(false)
-	klog.SetOutput(logFile)
-	ctrllog.SetLogger(klog.NewKlogr())
+	s.certManagerLog = logFile.Name()
+	logger := textlogger.NewLogger(textlogger.NewConfig(textlogger.Output(logFile)))
+	klog.SetLogger(logger)
+	ctrllog.SetLogger(logger)
 	s.step("Starting cert-manager v1.21.2's controllers and cainjector (log: %s)", logFile.Name())
 	return certmanager.Start(bg, s.Kubeconfig, s.Config)
 }
@@ -253,10 +278,32 @@ func (s *Sandbox) install(ctx context.Context) error {
 		_, _ = io.WriteString(s.progress, indent(out))
 	}
 	s.step("Waiting for cert-manager to issue the serving certificate and inject its CA")
-	if err := s.waitFor(ctx, "the serving Certificate is Ready", s.certificateReady); err != nil {
-		return err
+	err := s.waitFor(ctx, "the serving Certificate is Ready", s.certificateReady)
+	if err == nil {
+		err = s.waitFor(ctx, "cainjector put the CA into both webhook configurations", s.caInjected)
 	}
-	return s.waitFor(ctx, "cainjector put the CA into both webhook configurations", s.caInjected)
+	if err != nil {
+		return fmt.Errorf("%w\ncert-manager's last errors (%s):\n%s", err, s.certManagerLog, indent(lastErrors(s.certManagerLog, 10)))
+	}
+	return nil
+}
+
+// lastErrors returns the last n error lines of a klog-format log.
+func lastErrors(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	var errs []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "E") {
+			errs = append(errs, line)
+		}
+	}
+	if len(errs) == 0 {
+		return "(none)"
+	}
+	return strings.Join(errs[max(0, len(errs)-n):], "\n")
 }
 
 func (s *Sandbox) certificateReady(ctx context.Context) (bool, string, error) {
@@ -277,18 +324,19 @@ func (s *Sandbox) caInjected(ctx context.Context) (bool, string, error) {
 	if err := s.Client.Get(ctx, types.NamespacedName{Namespace: Namespace, Name: SecretName}, &secret); err != nil {
 		return false, err.Error(), nil
 	}
-	var mut admissionv1.MutatingWebhookConfiguration
-	var val admissionv1.ValidatingWebhookConfiguration
-	if err := s.Client.Get(ctx, types.NamespacedName{Name: "power-webhook"}, &mut); err != nil {
-		return false, err.Error(), nil
-	}
-	if err := s.Client.Get(ctx, types.NamespacedName{Name: "power-webhook"}, &val); err != nil {
+	mut, val, err := s.webhookConfigurations(ctx)
+	if err != nil {
 		return false, err.Error(), nil
 	}
 	ca := secret.Data["ca.crt"]
-	ok := len(ca) > 0 && bytes.Equal(mut.Webhooks[0].ClientConfig.CABundle, ca) && bytes.Equal(val.Webhooks[0].ClientConfig.CABundle, ca)
-	return ok, fmt.Sprintf("mutating caBundle %d bytes, validating %d bytes, CA %d bytes",
-		len(mut.Webhooks[0].ClientConfig.CABundle), len(val.Webhooks[0].ClientConfig.CABundle), len(ca)), nil
+	injected := 0
+	bundles := caBundles(mut, val)
+	for _, b := range bundles {
+		if len(ca) > 0 && bytes.Equal(b, ca) {
+			injected++
+		}
+	}
+	return injected == len(bundles), fmt.Sprintf("%d of %d webhooks carry the CA (%d bytes)", injected, len(bundles), len(ca)), nil
 }
 
 // waitFor polls cond for up to two minutes.
@@ -323,35 +371,77 @@ func (s *Sandbox) startWebhook(ctx, bg context.Context) error {
 	}
 	go every(bg, 500*time.Millisecond, vol.sync, s.fail)
 
-	port, err := envtestenv.FreeAddr()
-	if err != nil {
-		return err
-	}
-	port = port[strings.LastIndex(port, ":")+1:]
-	s.WebhookURL = "https://127.0.0.1:" + port
+	port := s.WebhookURL[strings.LastIndex(s.WebhookURL, ":")+1:]
+	var err error
 	if s.Webhook, err = newProcess("webhook", s.BinDir, s.Dir, []string{"KUBECONFIG=" + s.Kubeconfig, "POD_NAMESPACE=" + Namespace},
-		"--cert-dir", s.CertDir, "--webhook-port", port); err != nil {
+		"--cert-dir", s.CertDir, "--webhook-port", port,
+		"--client-ca-file", s.APIServerAuth.CA, "--client-name", admissionauth.ClientName); err != nil {
 		return err
 	}
-	s.step("Starting power-webhook on %s (log: %s)", s.WebhookURL, s.Webhook.Log)
+	s.step("Starting power-webhook on %s, for the API server's client certificate only (log: %s)", s.WebhookURL, s.Webhook.Log)
 	if err := s.Webhook.Start(ctx); err != nil {
 		return err
 	}
 	s.step("Overlay: both webhook configurations call %s instead of the Service", s.WebhookURL)
+	mut, val, err := s.webhookConfigurations(ctx)
+	if err != nil {
+		return err
+	}
 	for _, w := range []struct {
-		obj  client.Object
-		path string
+		obj   client.Object
+		paths []*string
 	}{
-		{&admissionv1.MutatingWebhookConfiguration{}, "/mutate-pods"},
-		{&admissionv1.ValidatingWebhookConfiguration{}, "/validate-pods"},
+		{mut, servicePaths(mut.Webhooks, func(w admissionv1.MutatingWebhook) admissionv1.WebhookClientConfig { return w.ClientConfig })},
+		{val, servicePaths(val.Webhooks, func(w admissionv1.ValidatingWebhook) admissionv1.WebhookClientConfig { return w.ClientConfig })},
 	} {
-		w.obj.SetName("power-webhook")
-		patch := fmt.Sprintf(`[{"op":"remove","path":"/webhooks/0/clientConfig/service"},{"op":"add","path":"/webhooks/0/clientConfig/url","value":%q}]`, s.WebhookURL+w.path)
+		var ops []string
+		for i, path := range w.paths {
+			if path == nil {
+				return fmt.Errorf("%s webhook %d calls no Service path", w.obj.GetName(), i)
+			}
+			ops = append(ops, fmt.Sprintf(`{"op":"remove","path":"/webhooks/%d/clientConfig/service"},{"op":"add","path":"/webhooks/%d/clientConfig/url","value":%q}`, i, i, s.WebhookURL+*path))
+		}
+		patch := "[" + strings.Join(ops, ",") + "]"
 		if err := s.Client.Patch(ctx, w.obj, client.RawPatch(types.JSONPatchType, []byte(patch))); err != nil {
 			return fmt.Errorf("point the webhook configuration at %s: %w", s.WebhookURL, err)
 		}
 	}
 	return nil
+}
+
+func (s *Sandbox) webhookConfigurations(ctx context.Context) (*admissionv1.MutatingWebhookConfiguration, *admissionv1.ValidatingWebhookConfiguration, error) {
+	var mut admissionv1.MutatingWebhookConfiguration
+	var val admissionv1.ValidatingWebhookConfiguration
+	if err := s.Client.Get(ctx, types.NamespacedName{Name: "power-webhook"}, &mut); err != nil {
+		return nil, nil, err
+	}
+	if err := s.Client.Get(ctx, types.NamespacedName{Name: "power-webhook"}, &val); err != nil {
+		return nil, nil, err
+	}
+	return &mut, &val, nil
+}
+
+// servicePaths lists the Service path each webhook calls (nil: none).
+func servicePaths[W any](webhooks []W, config func(W) admissionv1.WebhookClientConfig) []*string {
+	paths := make([]*string, len(webhooks))
+	for i, w := range webhooks {
+		if svc := config(w).Service; svc != nil {
+			paths[i] = svc.Path
+		}
+	}
+	return paths
+}
+
+// caBundles are the CA bundles of every webhook of both configurations.
+func caBundles(mut *admissionv1.MutatingWebhookConfiguration, val *admissionv1.ValidatingWebhookConfiguration) [][]byte {
+	var out [][]byte
+	for _, w := range mut.Webhooks {
+		out = append(out, w.ClientConfig.CABundle)
+	}
+	for _, w := range val.Webhooks {
+		out = append(out, w.ClientConfig.CABundle)
+	}
+	return out
 }
 
 func (s *Sandbox) servesLoopback(ctx context.Context) (bool, string, error) {

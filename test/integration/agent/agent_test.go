@@ -118,14 +118,22 @@ func newNode(t *testing.T) *node {
 	return n
 }
 
-// start runs the agent and waits until it is ready.
-func (n *node) start(interval string) {
+// start runs the agent and waits until it is ready. extra flags come last,
+// so they override the harness's (--pod-resources-socket, --proc).
+func (n *node) start(interval string, extra ...string) {
+	n.t.Helper()
+	n.launch(interval, extra...)
+	n.eventually("the agent is ready", func() (bool, string) { return envtestenv.Ready(n.probe) })
+}
+
+// launch runs the agent without waiting for it to be ready.
+func (n *node) launch(interval string, extra ...string) {
 	n.t.Helper()
 	n.probe, n.metrics = freeAddr(n.t), freeAddr(n.t)
-	cmd := exec.Command(agentBin,
+	cmd := exec.Command(agentBin, append([]string{
 		"--node-name", nodeName, "--fake-nvml", n.nvml, "--state-dir", filepath.Join(n.dir, "state"),
 		"--pod-resources-socket", n.kubelet.Socket, "--interval", interval,
-		"--metrics-bind-address", n.metrics, "--health-probe-bind-address", n.probe)
+		"--metrics-bind-address", n.metrics, "--health-probe-bind-address", n.probe}, extra...)...)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig, "POD_NAMESPACE=dynamo-system")
 	logFile, err := os.OpenFile(filepath.Join(n.dir, "agent.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
@@ -144,7 +152,6 @@ func (n *node) start(interval string) {
 			n.t.Logf("agent log:\n%s", log)
 		}
 	})
-	n.eventually("the agent is ready", func() (bool, string) { return envtestenv.Ready(n.probe) })
 }
 
 // stop sends SIGTERM, as the kubelet does, and waits for the exit.

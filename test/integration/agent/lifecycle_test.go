@@ -28,9 +28,10 @@ import (
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
-// daemonSet creates the agent's DaemonSet object (no controller runs it
-// here: the agent only asks whether it exists when it stops).
-func daemonSet(t *testing.T) *appsv1.DaemonSet {
+// daemonSet creates the agent's DaemonSet object, selecting nodes with
+// nodeSelector (no controller runs it here: the agent only reads it, and its
+// node, when it stops).
+func daemonSet(t *testing.T, nodeSelector map[string]string) *appsv1.DaemonSet {
 	t.Helper()
 	labels := map[string]string{"app": "power-agent"}
 	ds := &appsv1.DaemonSet{
@@ -39,7 +40,7 @@ func daemonSet(t *testing.T) *appsv1.DaemonSet {
 			Selector: &metav1.LabelSelector{MatchLabels: labels},
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "agent", Image: "power-agent:dev"}}},
+				Spec:       corev1.PodSpec{NodeSelector: nodeSelector, Containers: []corev1.Container{{Name: "agent", Image: "power-agent:dev"}}},
 			},
 		},
 	}
@@ -68,7 +69,7 @@ func cappedPod(t *testing.T, n *node, name string) *corev1.Pod {
 }
 
 func TestRollingUpdateKeepsCapsAndTheSuccessorAdoptsThem(t *testing.T) {
-	daemonSet(t)
+	daemonSet(t, nil)
 	n := newNode(t)
 	n.start("2s")
 	p := cappedPod(t, n, "rolling")
@@ -91,7 +92,7 @@ func TestRollingUpdateKeepsCapsAndTheSuccessorAdoptsThem(t *testing.T) {
 }
 
 func TestUninstallRestoresEveryCappedGPU(t *testing.T) {
-	ds := daemonSet(t)
+	ds := daemonSet(t, nil)
 	n := newNode(t)
 	n.start("2s")
 	cappedPod(t, n, "uninstalled")
@@ -102,6 +103,21 @@ func TestUninstallRestoresEveryCappedGPU(t *testing.T) {
 	n.stop()
 	if n.limitW(0) != 700 || n.limitW(1) != 700 {
 		t.Errorf("after uninstall the GPUs are at %d W and %d W; want their original 700 W", n.limitW(0), n.limitW(1))
+	}
+}
+
+// TestNodeLeavingTheDaemonSetRestores: the agent pod of a node that no
+// longer matches the DaemonSet's nodeSelector is deleted while the DaemonSet
+// stays; no successor will come, so the agent restores as it stops.
+func TestNodeLeavingTheDaemonSetRestores(t *testing.T) {
+	daemonSet(t, map[string]string{"nvidia.com/gpu.present": "true"}) // the node has no such label
+	n := newNode(t)
+	n.start("2s")
+	cappedPod(t, n, "left")
+
+	n.stop()
+	if n.limitW(0) != 700 || n.limitW(1) != 700 {
+		t.Errorf("after the node left the DaemonSet the GPUs are at %d W and %d W; want their original 700 W", n.limitW(0), n.limitW(1))
 	}
 }
 
@@ -222,7 +238,7 @@ func sumMetric(r io.Reader, name string, labels []string) float64 {
 // TestInspectShowsWhatTheAgentDoesAndWritesNothing runs `power-agent inspect`
 // on a node whose agent capped two GPUs for a pod.
 func TestInspectShowsWhatTheAgentDoesAndWritesNothing(t *testing.T) {
-	daemonSet(t) // so the stopped agent keeps its caps
+	daemonSet(t, nil) // so the stopped agent keeps its caps
 	n := newNode(t)
 	n.start("2s")
 	cappedPod(t, n, "inspected")

@@ -133,7 +133,7 @@ func TestWarningsReachTheClient(t *testing.T) {
 	if err := create(t, c, pod("no-gpu").Limit("250").Obj()); err != nil {
 		t.Fatalf("create: %v", err)
 	}
-	want := `dynamo.nvidia.com/gpu-power-limit: "250" has no effect: the pod requests no nvidia.com/gpu`
+	want := `dynamo.nvidia.com/gpu-power-limit: "250" has no effect: the pod requests no nvidia.com/gpu, so it is not stamped and no GPU is capped for it`
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	if len(rec.messages) != 1 || rec.messages[0] != want {

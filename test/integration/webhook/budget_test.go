@@ -206,16 +206,15 @@ func TestBudgetReleaseAndExpiry(t *testing.T) {
 	}
 	committedBecomes(t, "release", 1200)
 
-	// A pod admitted and reserved whose creation then failed (the name is
-	// taken, which storage finds after admission): its reservation expires.
+	// A create under a taken name, which storage would refuse after
+	// admission, is denied before anything is reserved.
 	err = createPod(t, gpuPod("c", ns, 2, "250"))
-	if !apierrors.IsAlreadyExists(err) {
-		t.Fatalf("duplicate pod: %v; want AlreadyExists", err)
+	if err == nil || !strings.Contains(err.Error(), `pods "c" already exists in namespace "release": no GPU power is reserved`) {
+		t.Fatalf("duplicate pod: %v; want the webhook's denial", err)
 	}
-	if st := getBudget(t, "release").Status; len(st.Reservations) != 1 || st.CommittedWatts != 1700 {
-		t.Fatalf("after the failed create: committed %d with reservations %+v; want 1700 with one reservation", st.CommittedWatts, st.Reservations)
+	if st := getBudget(t, "release").Status; len(st.Reservations) != 0 || st.CommittedWatts != 1200 {
+		t.Fatalf("after the refused create: committed %d with reservations %+v; want 1200 and none", st.CommittedWatts, st.Reservations)
 	}
-	committedBecomes(t, "release", 1200)
 }
 
 func TestNestedBudgets(t *testing.T) {

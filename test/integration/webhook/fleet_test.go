@@ -20,7 +20,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 	powerwebhook "github.com/dynamo-power/gpu-power/pkg/webhook"
@@ -116,11 +115,15 @@ func (f *fleet) start() error {
 	if err != nil {
 		return err
 	}
+	server, err := powerwebhook.NewServer(powerwebhook.ServerOptions(host, port, f.wio.LocalServingCertDir), clientAuth)
+	if err != nil {
+		return err
+	}
 	mgr, err := ctrl.NewManager(restConfig, manager.Options{
 		Scheme:                 f.scheme,
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: probeAddr,
-		WebhookServer:          webhook.NewServer(powerwebhook.ServerOptions(host, port, f.wio.LocalServingCertDir)),
+		WebhookServer:          server,
 		Cache:                  powerwebhook.CacheOptions(),
 		// Several replicas live in this process; in production each is alone.
 		Controller:                          config.Controller{SkipNameValidation: &skipNameValidation},

@@ -6,8 +6,10 @@ package webhook_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -23,6 +25,8 @@ import (
 
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
+	powerwebhook "github.com/dynamo-power/gpu-power/pkg/webhook"
+	"github.com/dynamo-power/gpu-power/test/admissionauth"
 	"github.com/dynamo-power/gpu-power/test/envtestenv"
 )
 
@@ -38,6 +42,11 @@ var (
 	k8s        client.Client
 	kubeconfig string // for kubectl
 	webhooks   *fleet
+	// clientAuth is what every replica runs with: the API server's client
+	// CA, unless POWER_WEBHOOK_CLIENT_AUTH=off (to measure without it).
+	clientAuth powerwebhook.ClientAuth
+	// apiserverAuth is the API server's client certificate for the webhook.
+	apiserverAuth admissionauth.Files
 )
 
 func TestMain(m *testing.M) { envtestenv.Main(m, "integration", run) }
@@ -48,15 +57,36 @@ func run(m *testing.M) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	tmp, err := os.MkdirTemp("", "power-webhook-it-")
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = os.RemoveAll(tmp) }()
+	// The webhook address is fixed before the API server starts: its
+	// admission kubeconfig names it.
+	addr, err := envtestenv.FreeAddr()
+	if err != nil {
+		return 0, err
+	}
+	host, portStr, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portStr)
 	env := &envtest.Environment{
 		BinaryAssetsDirectory: assets,
 		WebhookInstallOptions: envtest.WebhookInstallOptions{
-			Paths: []string{filepath.Join(envtestenv.Root(), "deploy", "webhook")},
+			Paths:            []string{filepath.Join(envtestenv.Root(), "deploy", "webhook")},
+			LocalServingHost: host, LocalServingPort: port,
 		},
 		CRDInstallOptions: envtest.CRDInstallOptions{
 			Paths:              []string{filepath.Join(envtestenv.Root(), "deploy", "webhook")},
 			ErrorIfPathMissing: true,
 		},
+	}
+	if os.Getenv("POWER_WEBHOOK_CLIENT_AUTH") != "off" {
+		if apiserverAuth, err = admissionauth.Write(filepath.Join(tmp, "admission"), addr); err != nil {
+			return 0, err
+		}
+		env.ControlPlane.GetAPIServer().Configure().Set("admission-control-config-file", apiserverAuth.AdmissionConfig)
+		clientAuth = powerwebhook.ClientAuth{CAFile: apiserverAuth.CA, Names: []string{admissionauth.ClientName}}
 	}
 	if restConfig, err = env.Start(); err != nil {
 		return 0, fmt.Errorf("start API server: %w", err)
@@ -79,11 +109,6 @@ func run(m *testing.M) (int, error) {
 		return 0, err
 	}
 
-	tmp, err := os.MkdirTemp("", "power-webhook-it-")
-	if err != nil {
-		return 0, err
-	}
-	defer func() { _ = os.RemoveAll(tmp) }()
 	if kubeconfig, err = envtestenv.WriteKubeconfig(env, tmp, "planner"); err != nil {
 		return 0, err
 	}
@@ -110,7 +135,7 @@ func createFixtures(ctx context.Context) error {
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "dynamo-system"}},
 	}
 	for name, product := range map[string]string{
-		"h100-0": "NVIDIA-H100-80GB-HBM3", "h100-1": "NVIDIA-H100-80GB-HBM3-SHARED", "l4-0": "NVIDIA-L4", "cpu-0": "",
+		"h100-0": "NVIDIA-H100-80GB-HBM3", "h100-1": "NVIDIA-H100-80GB-HBM3", "l4-0": "NVIDIA-L4", "cpu-0": "",
 	} {
 		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
 		if product != "" {

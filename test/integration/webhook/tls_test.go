@@ -24,12 +24,13 @@ import (
 // TLS 1.2 or newer, and HTTP/1.1 only (HTTP/2 is off).
 func TestServingTLS(t *testing.T) {
 	addr := net.JoinHostPort(webhooks.wio.LocalServingHost, strconv.Itoa(webhooks.wio.LocalServingPort))
-	old, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS11}) //nolint:gosec // the point is an old version
+	certs := apiserverCertificate(t)
+	old, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS11, Certificates: certs}) //nolint:gosec // the point is an old version
 	if err == nil {
 		_ = old.Close()
 		t.Error("the webhook server accepted TLS 1.1")
 	}
-	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2", "http/1.1"}}) //nolint:gosec // the server, not its certificate, is under test
+	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2", "http/1.1"}, Certificates: certs}) //nolint:gosec // the server, not its certificate, is under test
 	if err != nil {
 		t.Fatalf("TLS 1.2+ handshake: %v", err)
 	}
@@ -44,7 +45,9 @@ func TestServingTLS(t *testing.T) {
 
 // TestForwardedReservationsNeedTheServingKey checks that only a replica, a
 // client holding the webhook's serving key, can reserve or release watts
-// through the endpoint the replicas forward reservations to.
+// through the endpoint the replicas forward reservations to: anyone else is
+// answered 403 or, with client authentication on, refused in the TLS
+// handshake; the API server's certificate does not make a replica.
 func TestForwardedReservationsNeedTheServingKey(t *testing.T) {
 	ns := budgetNamespace(t, "forward", map[string]string{budgetLabel: "forward"})
 	createBudget(t, "forward", 1000, budgetLabel, "forward")
@@ -60,19 +63,29 @@ func TestForwardedReservationsNeedTheServingKey(t *testing.T) {
 	if leader == nil {
 		t.Fatal("no replica is leading")
 	}
-	forward := func(certs []tls.Certificate, body string) (int, string) {
+	forward := func(certs []tls.Certificate, body string) (int, string, error) {
 		c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, Certificates: certs}}} //nolint:gosec // the client, not the server, is under test
 		resp, err := c.Post("https://"+leader.addr+powerwebhook.ForwardPath, "application/json", strings.NewReader(body))
 		if err != nil {
-			t.Fatal(err)
+			return 0, "", err
 		}
 		defer func() { _ = resp.Body.Close() }()
 		out, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, strings.TrimSpace(string(out))
+		return resp.StatusCode, strings.TrimSpace(string(out)), nil
 	}
 	grab := `{"budget":"forward","uid":"forged","pod":"forward/forged","watts":400,"delta":400}`
-	for name, certs := range map[string][]tls.Certificate{"no client certificate": nil, "another key": {otherKey(t)}} {
-		if code, out := forward(certs, grab); code != http.StatusForbidden {
+	refused := map[string][]tls.Certificate{"no client certificate": nil, "another key": {otherKey(t)}}
+	if certs := apiserverCertificate(t); certs != nil {
+		refused["the API server's certificate"] = certs
+	}
+	for name, certs := range refused {
+		code, out, err := forward(certs, grab)
+		switch {
+		case err != nil && clientAuth.CAFile != "" && name != "the API server's certificate":
+			// Refused in the handshake: not a certificate the port takes.
+		case err != nil:
+			t.Errorf("%s: %v; want 403", name, err)
+		case code != http.StatusForbidden:
 			t.Errorf("%s: %d %s; want 403", name, code, out)
 		}
 	}
@@ -81,8 +94,8 @@ func TestForwardedReservationsNeedTheServingKey(t *testing.T) {
 	}
 	// A replica is answered; this one asks for more than is left.
 	tooMuch := `{"budget":"forward","uid":"forged","pod":"forward/forged","watts":600,"delta":600}`
-	if code, out := forward([]tls.Certificate{serving}, tooMuch); code != http.StatusOK || out != `{"ok":false,"committed":500,"total":1000}` {
-		t.Errorf("with the serving key: %d %s; want 200 and a denial", code, out)
+	if code, out, err := forward([]tls.Certificate{serving}, tooMuch); err != nil || code != http.StatusOK || out != `{"ok":false,"committed":500,"total":1000}` {
+		t.Errorf("with the serving key: %d %s %v; want 200 and a denial", code, out, err)
 	}
 }
 

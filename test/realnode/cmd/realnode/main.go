@@ -1,6 +1,6 @@
 // Command realnode starts (`up`) and stops (`down`) a real one-node cluster
-// on this machine for tests and demos, and prints the agent manifest for it
-// (`agent-manifest`); `addons` is the process it starts for cert-manager's
+// on this machine for tests and demos, and prints the manifests for it
+// (`webhook-manifests`, `agent-manifest`); `addons` is the process it starts for cert-manager's
 // controllers and the simulated GPUs. Run it as root.
 package main
 
@@ -27,7 +27,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: realnode up|down|agent-manifest|addons [flags]")
+		fmt.Fprintln(os.Stderr, "usage: realnode up|down|webhook-manifests|agent-manifest|addons [flags]")
 		os.Exit(2)
 	}
 	if err := run(os.Args[1], os.Args[2:]); err != nil {
@@ -48,10 +48,12 @@ func run(cmd string, args []string) error {
 		err = realnode.Down(logf)
 	case "addons":
 		err = addons(ctx, args, logf)
+	case "webhook-manifests":
+		err = webhookManifests(args)
 	case "agent-manifest":
 		err = agentManifest(args)
 	default:
-		err = fmt.Errorf("unknown command %q (want up, down, agent-manifest or addons)", cmd)
+		err = fmt.Errorf("unknown command %q (want up, down, webhook-manifests, agent-manifest or addons)", cmd)
 	}
 	return err
 }
@@ -79,12 +81,32 @@ func up(ctx context.Context, args []string, logf func(string, ...any)) error {
 	if err != nil || !*install {
 		return err
 	}
-	logf("installing: kubectl apply -f deploy/webhook/, then the agent DaemonSet")
+	logf("installing: deploy/webhook/ with the API server's client CA, then the agent DaemonSet")
 	if err := c.Install(ctx, absRoot); err != nil {
 		return err
 	}
 	logf("installed; try: KUBECONFIG=%s kubectl get pods -A", realnode.Kubeconfig)
 	return nil
+}
+
+// webhookManifests prints deploy/webhook/ with the API server's client CA
+// of the running cluster (docs/cluster.md).
+func webhookManifests(args []string) error {
+	fs := flag.NewFlagSet("webhook-manifests", flag.ExitOnError)
+	dir := fs.String("d", "deploy/webhook", "The shipped webhook manifests.")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ca, err := os.ReadFile(realnode.APIServerAuth().CA)
+	if err != nil {
+		return fmt.Errorf("the cluster's webhook client CA (is it up?): %w", err)
+	}
+	out, err := realnode.WebhookManifests(*dir, ca)
+	if err != nil {
+		return err
+	}
+	_, err = os.Stdout.Write(out)
+	return err
 }
 
 // agentManifest prints the shipped agent DaemonSet with the one change a

@@ -99,7 +99,8 @@ func up(ctx context.Context, s *sandbox.Sandbox) error {
 	fmt.Printf(`
 The sandbox is up: a real API server with cert-manager, both manifest folders
 applied, power-webhook at %s and power-agent on node %s with %d simulated
-%s GPUs. Pods bound to %s get GPUs from a simulated kubelet.
+%s GPUs. Pods bound to %s get GPUs from a simulated kubelet. The webhook
+takes only the API server's client certificate (curl --cert %s --key %s).
 
   export KUBECONFIG=%s
   alias kubectl=%s      # or your own
@@ -109,7 +110,7 @@ applied, power-webhook at %s and power-agent on node %s with %d simulated
   tail -f %s %s
 
 Ctrl-C stops everything.
-`, s.WebhookURL, sandbox.NodeName, sandbox.GPUCount, sandbox.GPUProduct, sandbox.NodeName,
+`, s.WebhookURL, sandbox.NodeName, sandbox.GPUCount, sandbox.GPUProduct, sandbox.NodeName, s.APIServerAuth.Cert, s.APIServerAuth.Key,
 		s.Kubeconfig, kubectl, s.BinDir, sandbox.NodeName, s.NVMLState, s.AgentStateDir, s.PodResourcesSocket,
 		s.Webhook.Log, s.Agent.Log)
 	<-ctx.Done()

@@ -1,0 +1,343 @@
+package webhook
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
+	"github.com/dynamo-power/gpu-power/internal/testpod"
+	"github.com/dynamo-power/gpu-power/pkg/policy"
+)
+
+func budgetNamed(name string, total int64, sel *metav1.LabelSelector) *powerv1alpha1.GPUPowerBudget {
+	return &powerv1alpha1.GPUPowerBudget{ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: powerv1alpha1.GPUPowerBudgetSpec{TotalWatts: total, NamespaceSelector: sel}}
+}
+
+func statusOf(t *testing.T, c client.Client, name string) powerv1alpha1.GPUPowerBudgetStatus {
+	t.Helper()
+	var b powerv1alpha1.GPUPowerBudget
+	if err := c.Get(t.Context(), types.NamespacedName{Name: name}, &b); err != nil {
+		t.Fatal(err)
+	}
+	return b.Status
+}
+
+// A raise charged to "cluster" and denied by "team" is released from
+// "cluster" back to the reservation the pod's creation made moments before:
+// the pod, not yet in any cache, keeps counting there.
+func TestDeniedRaiseRestoresTheOtherBudgetsReservation(t *testing.T) {
+	b, c := ledger(t, 0, budgetNamed("team", 600, nil))
+	created := testpod.MakePod("a", "llm").UID("pod-1").GPU(2).NodeName("h100-0").Limit("250").Obj()
+	if denial, err := b.Admit(t.Context(), admissionv1.Create, created, nil, b.Cluster, false); err != nil || denial != "" {
+		t.Fatalf("create: %q %v", denial, err)
+	}
+	raised := created.DeepCopy()
+	raised.Annotations[policy.AnnotationPowerLimit] = "400"
+	denial, err := b.Admit(t.Context(), admissionv1.Update, raised, created, b.Cluster, false)
+	if err != nil || !strings.Contains(denial, `exceeded GPU power budget "team"`) {
+		t.Fatalf("raise: %q %v; want team's denial", denial, err)
+	}
+	for _, name := range []string{"cluster", "team"} {
+		st := statusOf(t, c, name)
+		if st.CommittedWatts != 500 || len(st.Reservations) != 1 || st.Reservations[0].Watts != 500 {
+			t.Errorf("%s: committed %d W, reservations %+v; want the creation's 500 W reservation", name, st.CommittedWatts, st.Reservations)
+		}
+	}
+	// The reconciler, whose cache does not show the pod, keeps it counted.
+	r := &BudgetReconciler{Client: c, API: c, Budgets: b, Catalog: b.Catalog, Cluster: b.Cluster,
+		Resync: time.Minute, Now: time.Now, PodsSeen: func() string { return "" }}
+	if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}); err != nil {
+		t.Fatal(err)
+	}
+	if st := statusOf(t, c, "cluster"); st.CommittedWatts != 500 {
+		t.Errorf("after the reconciler: committed %d W; want 500", st.CommittedWatts)
+	}
+}
+
+// A reservation whose pod never appears (a forged or failed admission)
+// stops counting at its TTL; one whose pod the API server holds while the
+// cache is late is renewed, never released.
+func TestExpiredReservationCountsOnlyIfItsPodExists(t *testing.T) {
+	b, c := ledger(t, 0)
+	b.TTL = 10 * time.Second
+	for _, r := range []*reserveRequest{
+		{uid: "ghost", pod: "llm/ghost", watts: 600, delta: 600},
+		{uid: "late", pod: "llm/late", watts: 300, delta: 300},
+	} {
+		if res := b.enqueue(t.Context(), "cluster", r); !res.ok {
+			t.Fatalf("reserve %s: %+v", r.uid, res)
+		}
+	}
+	// The API server holds the late pod; the reconciler's cache does not.
+	api := fakeAPI(t, testpod.MakePod("late", "llm").UID("late").GPU(1).NodeName("h100-0").Limit("300").Obj(),
+		testpod.MakePod("ghost", "llm").UID("another-pod-of-that-name").GPU(1).Limit("600").Obj())
+	now := time.Now().Add(b.TTL + time.Second)
+	r := &BudgetReconciler{Client: c, API: api, Budgets: b, Catalog: b.Catalog, Cluster: b.Cluster,
+		Resync: time.Minute, Now: func() time.Time { return now }, PodsSeen: func() string { return "" }}
+	b.Now = r.Now
+	if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}); err != nil {
+		t.Fatal(err)
+	}
+	st := statusOf(t, c, "cluster")
+	if st.CommittedWatts != 300 || len(st.Reservations) != 1 || st.Reservations[0].PodUID != "late" || !st.Reservations[0].Expires.After(now) {
+		t.Errorf("committed %d W, reservations %+v; want only the late pod's 300 W, renewed", st.CommittedWatts, st.Reservations)
+	}
+}
+
+func fakeAPI(t *testing.T, objs ...client.Object) client.Client {
+	t.Helper()
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	if err := powerv1alpha1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	return fake.NewClientBuilder().WithScheme(scheme).WithObjects(objs...).Build()
+}
+
+// A namespace created moments before its first pod may not be in the cache
+// yet: it is read from the API server, not answered with an error.
+func TestNamespaceTheCacheHasNotSeen(t *testing.T) {
+	b, _ := ledger(t, 0)
+	b.Cache = fakeAPI(t, budgetNamed("cluster", 1000, nil))
+	b.API = fakeAPI(t, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "fresh", Labels: map[string]string{"team": "a"}}})
+	got, err := b.Selecting(t.Context(), "fresh")
+	if err != nil || len(got) != 1 {
+		t.Fatalf("Selecting = %d budgets, %v; want the cluster budget", len(got), err)
+	}
+}
+
+// A budget whose selector cannot be evaluated (written before budgets were
+// validated) selects nothing, fails no pod, and says so on its status.
+func TestInvalidBudgetFailsNoPod(t *testing.T) {
+	bogus := &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "team", Operator: "Bogus", Values: []string{"a"}}}}
+	b, c := ledger(t, 0, budgetNamed("broken", 100, bogus))
+	got, err := b.Selecting(t.Context(), "llm")
+	if err != nil || len(got) != 1 || got[0].Name != "cluster" {
+		t.Fatalf("Selecting = %v, %v; want only the valid budget", got, err)
+	}
+	pod := testpod.MakePod("a", "llm").UID("pod-1").GPU(1).NodeName("h100-0").Limit("300").Obj()
+	if denial, err := b.Admit(t.Context(), admissionv1.Create, pod, nil, b.Cluster, false); err != nil || denial != "" {
+		t.Fatalf("admit: %q %v", denial, err)
+	}
+	r := &BudgetReconciler{Client: c, API: c, Budgets: b, Catalog: b.Catalog, Cluster: b.Cluster,
+		Resync: time.Minute, Now: time.Now, PodsSeen: func() string { return "" }}
+	if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "broken"}}); err != nil {
+		t.Fatal(err)
+	}
+	cond := meta.FindStatusCondition(statusOf(t, c, "broken").Conditions, powerv1alpha1.ConditionReady)
+	if cond == nil || cond.Status != metav1.ConditionFalse || cond.Reason != "InvalidSpec" || !strings.Contains(cond.Message, `"Bogus": not a valid selector operator`) {
+		t.Errorf("Ready condition %+v; want False, InvalidSpec, naming the operator", cond)
+	}
+}
+
+func TestBudgetValidator(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		spec powerv1alpha1.GPUPowerBudgetSpec
+		want string // "" admitted
+	}{
+		{"no selectors", powerv1alpha1.GPUPowerBudgetSpec{TotalWatts: 1000}, ""},
+		{"valid selectors", powerv1alpha1.GPUPowerBudgetSpec{TotalWatts: 1000,
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": "a"}},
+			Defaults:          []powerv1alpha1.DefaultLimit{{Watts: 300, PodSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "role", Operator: "Exists"}}}}}}, ""},
+		{"unknown operator", powerv1alpha1.GPUPowerBudgetSpec{TotalWatts: 1000,
+			NamespaceSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "team", Operator: "Bogus"}}}},
+			`spec.namespaceSelector.matchExpressions[0].operator: Invalid value: "Bogus": not a valid selector operator`},
+		{"In without values", powerv1alpha1.GPUPowerBudgetSpec{TotalWatts: 1000,
+			NamespaceSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "team", Operator: "In"}}}},
+			`spec.namespaceSelector.matchExpressions[0].values: Required value`},
+		{"bad label key in a default's podSelector", powerv1alpha1.GPUPowerBudgetSpec{TotalWatts: 1000,
+			Defaults: []powerv1alpha1.DefaultLimit{{Watts: 300, PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"not a key!": "x"}}}}},
+			`spec.defaults[0].podSelector.matchLabels: Invalid value: "not a key!"`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			raw, err := json.Marshal(&powerv1alpha1.GPUPowerBudget{ObjectMeta: metav1.ObjectMeta{Name: "b"}, Spec: tt.spec})
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp := BudgetValidator{}.Handle(t.Context(), admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
+				Operation: admissionv1.Create, Object: runtime.RawExtension{Raw: raw}}})
+			switch {
+			case tt.want == "" && !resp.Allowed:
+				t.Errorf("denied: %s", resp.Result.Message)
+			case tt.want != "" && (resp.Allowed || !strings.Contains(resp.Result.Message, tt.want)):
+				t.Errorf("allowed %v, message %v; want a denial containing %q", resp.Allowed, resp.Result, tt.want)
+			}
+		})
+	}
+}
+
+// Only admission of the pod itself may set the limit and the stamp: a write
+// through pods/status or a Binding that would change them is denied.
+func TestSubresourcesCannotChangePowerAnnotations(t *testing.T) {
+	_, v, _ := newHandlers()
+	stamped := testpod.MakePod("a", "llm").GPU(1).Limit("300").Stamp("300").Obj()
+	raised := testpod.MakePod("a", "llm").GPU(1).Limit("700").Stamp("700").Obj()
+	bare := testpod.MakePod("a", "llm").GPU(1).Obj()
+	floor := testpod.MakePod("a", "llm").GPU(1).Limit("150").Stamp("150").Obj()
+	binding := func(annotations map[string]string) *corev1.Pod { // a Binding's metadata, read as a pod's
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "a", Namespace: "llm", Annotations: annotations}}
+	}
+	for _, tt := range []struct {
+		name        string
+		subresource string
+		op          admissionv1.Operation
+		obj, old    *corev1.Pod
+		denied      []string
+	}{
+		{"status write that keeps the annotations", "status", admissionv1.Update, stamped, stamped, nil},
+		{"status raises limit and stamp together", "status", admissionv1.Update, raised, stamped, []string{policy.AnnotationPowerLimit, policy.AnnotationPowerLimitValidated}},
+		{"status writes a limit below the floor with its stamp", "status", admissionv1.Update, floor, bare, []string{policy.AnnotationPowerLimit, policy.AnnotationPowerLimitValidated}},
+		{"status removes the stamp", "status", admissionv1.Update, testpod.MakePod("a", "llm").GPU(1).Limit("300").Obj(), stamped, []string{policy.AnnotationPowerLimitValidated}},
+		{"binding without power annotations", "binding", admissionv1.Create, binding(map[string]string{"other": "x"}), nil, nil},
+		{"binding that carries a stamp", "binding", admissionv1.Create, binding(map[string]string{policy.AnnotationPowerLimitValidated: "300"}), nil, []string{policy.AnnotationPowerLimitValidated}},
+		{"another subresource", "ephemeralcontainers", admissionv1.Update, raised, stamped, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			req := request(t, tt.op, tt.obj, tt.old)
+			req.SubResource = tt.subresource
+			resp := v.Handle(t.Context(), req)
+			if len(tt.denied) == 0 {
+				if !resp.Allowed {
+					t.Fatalf("denied: %s", resp.Result.Message)
+				}
+				return
+			}
+			if resp.Allowed || resp.Result.Code != 422 || len(resp.Result.Details.Causes) != len(tt.denied) {
+				t.Fatalf("allowed %v, result %+v; want 422 with %d causes", resp.Allowed, resp.Result, len(tt.denied))
+			}
+			for i, key := range tt.denied {
+				if c := resp.Result.Details.Causes[i]; c.Field != "metadata.annotations["+key+"]" || !strings.Contains(c.Message, "through pods/"+tt.subresource) {
+					t.Errorf("cause %d: %+v; want %s named, through pods/%s", i, c, key, tt.subresource)
+				}
+			}
+		})
+	}
+}
+
+// The top-level bindings resource runs the same binding code as
+// pods/binding: a Binding created there is a pod write too.
+func TestTopLevelBindingCannotSetPowerAnnotations(t *testing.T) {
+	_, v, _ := newHandlers()
+	b := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "a", Namespace: "llm", Annotations: map[string]string{
+		policy.AnnotationPowerLimit: "150", policy.AnnotationPowerLimitValidated: "150"}}}
+	req := request(t, admissionv1.Create, b, nil)
+	req.Kind = metav1.GroupVersionKind{Version: "v1", Kind: "Binding"}
+	req.Resource = metav1.GroupVersionResource{Version: "v1", Resource: "bindings"}
+	resp := v.Handle(t.Context(), req)
+	if resp.Allowed || len(resp.Result.Details.Causes) != 2 || !strings.Contains(resp.Result.Details.Causes[0].Message, "through bindings;") {
+		t.Fatalf("allowed %v, result %+v; want both annotations denied, through bindings", resp.Allowed, resp.Result)
+	}
+}
+
+// A create the API server will refuse (its name is taken) reserves nothing:
+// repeated, it would keep a shared budget full at no cost to the tenant.
+func TestCreateUnderATakenNameReservesNothing(t *testing.T) {
+	existing := testpod.MakePod("a", "llm").UID("old").GPU(1).NodeName("h100-0").Limit("300").Obj()
+	b, c := ledger(t, 0, existing)
+	again := testpod.MakePod("a", "llm").UID("new").GPU(2).NodeName("h100-0").Limit("500").Obj()
+	denial, err := b.Admit(t.Context(), admissionv1.Create, again, nil, b.Cluster, false)
+	if err != nil || !strings.Contains(denial, `pods "a" already exists in namespace "llm"`) {
+		t.Fatalf("admit: %q %v; want the taken name named", denial, err)
+	}
+	if st := statusOf(t, c, "cluster"); st.CommittedWatts != 0 || len(st.Reservations) != 0 {
+		t.Errorf("budget %+v; want nothing reserved", st)
+	}
+	// Once the old pod is gone from the API server, the name is free even
+	// if a cache still shows it.
+	b.API = fakeAPI(t)
+	if denial, err := b.Admit(t.Context(), admissionv1.Create, again, nil, b.Cluster, false); err != nil || denial != "" {
+		t.Fatalf("admit after the old pod went: %q %v", denial, err)
+	}
+}
+
+// A pod created at 2x250 W (500 W reserved in both budgets, the pod not yet
+// in any cache), lowered to 2x200 W (no charge; the 500 W reservations stay),
+// then raised back to 2x250 W while a "team" budget created in between is
+// short. "cluster" finds its 500 W reservation already covers the raise
+// (already charged: nothing written); "team" denies. Nothing is released
+// from "cluster": the pod, alive at 400 W and in no cache, keeps counting.
+func TestDeniedRaiseReleasesNothingABudgetAlreadyHeld(t *testing.T) {
+	b, c := ledger(t, 0)
+	created := testpod.MakePod("a", "llm").UID("pod-1").GPU(2).NodeName("h100-0").Limit("250").Obj()
+	if denial, err := b.Admit(t.Context(), admissionv1.Create, created, nil, b.Cluster, false); err != nil || denial != "" {
+		t.Fatalf("create: %q %v", denial, err)
+	}
+	lowered := created.DeepCopy()
+	lowered.Annotations[policy.AnnotationPowerLimit] = "200"
+	if denial, err := b.Admit(t.Context(), admissionv1.Update, lowered, created, b.Cluster, false); err != nil || denial != "" {
+		t.Fatalf("lower: %q %v", denial, err)
+	}
+	// A team budget appears (or widens its selector) after the creation;
+	// other pods take 560 W of it, so it cannot take a 100 W raise.
+	if err := c.Create(t.Context(), budgetNamed("team", 600, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if res := b.enqueue(t.Context(), "team", &reserveRequest{uid: "other", pod: "llm/other", watts: 560, delta: 560}); !res.ok {
+		t.Fatalf("fill team: %+v", res)
+	}
+	raised := lowered.DeepCopy()
+	raised.Annotations[policy.AnnotationPowerLimit] = "250"
+	denial, err := b.Admit(t.Context(), admissionv1.Update, raised, lowered, b.Cluster, false)
+	if err != nil || denial == "" {
+		t.Fatalf("raise: %q %v; want team's denial", denial, err)
+	}
+	st := statusOf(t, c, "cluster")
+	if len(st.Reservations) != 1 || st.CommittedWatts < 400 {
+		t.Errorf("cluster after the denied raise: committed %d W, reservations %+v; want the pod (alive at 400 W, in no cache) still reserved", st.CommittedWatts, st.Reservations)
+	}
+	r := &BudgetReconciler{Client: c, API: c, Budgets: b, Catalog: b.Catalog, Cluster: b.Cluster,
+		Resync: time.Minute, Now: time.Now, PodsSeen: func() string { return "" }}
+	if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}); err != nil {
+		t.Fatal(err)
+	}
+	if st := statusOf(t, c, "cluster"); st.CommittedWatts < 400 {
+		t.Errorf("cluster after the reconciler: committed %d W; want >= 400 W (the pod's cost): a 1000 W pod would now be admitted into a 1000 W budget already holding 400 W", st.CommittedWatts)
+	}
+}
+
+// One forged AdmissionReview (no client certificate: managed clusters, the
+// NetworkPolicy optional) reserves a budget's whole total for a pod UID that
+// does exist: the attacker's own long-running pod with no GPUs, whose UID the
+// create answer told them. The API server holds a Running pod of that UID,
+// but one this budget does not charge: the reservation is not renewed and
+// lapses at its TTL.
+func TestForgedReservationForAPodWithoutGPUsLapses(t *testing.T) {
+	sleeper := testpod.MakePod("sleeper", "llm").UID("sleeper-uid").Obj() // no GPU
+	sleeper.Status.Phase = "Running"
+	b, c := ledger(t, 0, sleeper)
+	b.TTL = 10 * time.Second
+	if res := b.enqueue(t.Context(), "cluster", &reserveRequest{uid: "sleeper-uid", pod: "llm/sleeper", watts: 1000, delta: 1000}); !res.ok {
+		t.Fatalf("forged reservation: %+v", res)
+	}
+	now := time.Now()
+	r := &BudgetReconciler{Client: c, API: c, Budgets: b, Catalog: b.Catalog, Cluster: b.Cluster,
+		Resync: time.Minute, Now: func() time.Time { return now }, PodsSeen: func() string { return "" }}
+	b.Now = r.Now
+	for i := range 5 { // five TTLs later
+		now = now.Add(b.TTL + time.Second)
+		if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}); err != nil {
+			t.Fatal(err)
+		}
+		if st := statusOf(t, c, "cluster"); st.CommittedWatts != 0 {
+			t.Fatalf("after %d TTLs: committed %d W, reservations %+v; want the forged reservation gone (its pod holds no GPU)", i+1, st.CommittedWatts, st.Reservations)
+		}
+	}
+}
