@@ -172,6 +172,7 @@ func TestSuccessor(t *testing.T) {
 		{name: "uninstall: DaemonSet being deleted, node not read", ds: daemonSet(&deleted), wantWhy: "being deleted"},
 		{name: "uninstall: DaemonSet gone", ds: http.StatusNotFound, wantWhy: "DaemonSet deleted"},
 		{name: "uninstall: RBAC gone with it", ds: http.StatusForbidden, wantWhy: "DaemonSet deleted"},
+		{name: "uninstall: ServiceAccount deleted first, its token refused", ds: http.StatusUnauthorized, wantWhy: "DaemonSet deleted"},
 		{name: "API server failing: cannot tell", ds: http.StatusServiceUnavailable, wantErr: "read DaemonSet dynamo-system/power-agent: the server is currently unable"},
 		{name: "answer that is not JSON", ds: "<html>", wantErr: "read DaemonSet dynamo-system/power-agent: decode the answer"},
 	} {

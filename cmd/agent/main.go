@@ -7,10 +7,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"os/signal"
 	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -22,6 +24,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/dynamo-power/gpu-power/pkg/agent"
@@ -41,6 +44,11 @@ type options struct {
 	requirePodResources                bool
 	skippedNamespaces                  string
 }
+
+// stateLockWait bounds how long an agent waits for its predecessor on the
+// node to release the state directory: longer than the DaemonSet's
+// terminationGracePeriodSeconds (60), after which kubelet has killed it.
+const stateLockWait = 90 * time.Second
 
 func main() {
 	if os.Getenv("GOGC") == "" {
@@ -122,6 +130,28 @@ func run(log logr.Logger, o options) error {
 	defer func() { _ = lib.Shutdown() }()
 	reg := newRegistry()
 	metrics := agent.NewMetrics(reg)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	context.AfterFunc(ctx, stop) // a second signal kills the agent at once
+
+	// Probes are served from the start, so that an agent waiting for its
+	// predecessor's lock is alive (not restarted) and not ready.
+	var ready atomic.Pointer[healthz.Checker]
+	waiting := healthz.Checker(func(*http.Request) error { return errors.New("waiting for the state directory's lock") })
+	ready.Store(&waiting)
+	if err := serve(ctx, log, "metrics", o.metricsAddr, metricsHandler(reg)); err != nil {
+		return err
+	}
+	if err := serve(ctx, log, "probes", o.probeAddr, probesHandler(func(r *http.Request) error { return (*ready.Load())(r) })); err != nil {
+		return err
+	}
+	lockCtx, cancelLock := context.WithTimeoutCause(ctx, stateLockWait, errors.New("gave up waiting"))
+	release, err := agent.LockStateDir(lockCtx, log, o.stateDir)
+	cancelLock()
+	if err != nil {
+		return err // nothing owned yet, nothing changed
+	}
+	defer release()
 	ledger, err := agent.OpenLedger(o.stateDir)
 	if err != nil {
 		if !errors.Is(err, agent.ErrCorruptLedger) {
@@ -140,9 +170,6 @@ func run(log logr.Logger, o options) error {
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	context.AfterFunc(ctx, stop) // a second signal kills the agent at once
 
 	pods := k.podInformer(o.nodeName)
 	// Events queued before SIGTERM still go out while the agent shuts down.
@@ -162,12 +189,8 @@ func run(log logr.Logger, o options) error {
 	}); err != nil {
 		return err
 	}
-	if err := serve(ctx, log, "metrics", o.metricsAddr, metricsHandler(reg)); err != nil {
-		return err
-	}
-	if err := serve(ctx, log, "probes", o.probeAddr, probesHandler(runner.Ready)); err != nil {
-		return err
-	}
+	runnerReady := healthz.Checker(runner.Ready)
+	ready.Store(&runnerReady)
 	log.Info("Starting power agent", "node", o.nodeName, "interval", o.interval, "stateDir", o.stateDir,
 		"requireValidation", o.requireValidation, "requirePodResources", o.requirePodResources,
 		"webhookSkippedNamespaces", sets.List(skipped), "ownedGPUs", len(ledger.Owned()))
@@ -209,8 +232,10 @@ func shutdown(log logr.Logger, k *kube, e *agent.Enforcer, o options) error {
 func successor(ctx context.Context, k *kube, o options) (bool, string, error) {
 	ds, err := k.daemonSet(ctx, o.namespace, o.daemonSet)
 	switch {
-	case apierrors.IsNotFound(err), apierrors.IsForbidden(err):
-		// Forbidden too: `kubectl delete -f daemonset.yaml` removes our RBAC with the DaemonSet.
+	case apierrors.IsNotFound(err), apierrors.IsForbidden(err), apierrors.IsUnauthorized(err):
+		// Forbidden and Unauthorized too: `kubectl delete -f daemonset.yaml`
+		// removes our RBAC, or our ServiceAccount and with it our token, with
+		// the DaemonSet. No successor runs without them.
 		ds = nil
 	case err != nil:
 		return false, "", fmt.Errorf("read DaemonSet %s/%s: %w", o.namespace, o.daemonSet, err)

@@ -113,11 +113,14 @@ func TestTrimPodKeepsWhatTheAgentReads(t *testing.T) {
 		trimmed = append(trimmed, tp.(*corev1.Pod))
 	}
 	gpu := func(i int) podmap.DeviceRef { return podmap.DeviceRef{Kind: podmap.KindGPU, UUID: nvmlctl.FakeUUID(i)} }
+	replica := func(i int) podmap.DeviceRef {
+		return podmap.DeviceRef{Kind: podmap.KindGPU, UUID: nvmlctl.FakeUUID(i), Part: true}
+	}
 	alloc := kubelet{
-		{Namespace: "llm", Name: "worker-0", Devices: []podmap.DeviceRef{gpu(0)}},
-		{Namespace: "llm", Name: "worker-1", Devices: []podmap.DeviceRef{gpu(0)}},
+		{Namespace: "llm", Name: "worker-0", Devices: []podmap.DeviceRef{replica(0)}},
+		{Namespace: "llm", Name: "worker-1", Devices: []podmap.DeviceRef{replica(0)}},
 		{Namespace: "llm", Name: "worker-2", Devices: []podmap.DeviceRef{gpu(1)}},
-		{Namespace: "llm", Name: "worker-3", Devices: []podmap.DeviceRef{gpu(0)}},
+		{Namespace: "llm", Name: "worker-3", Devices: []podmap.DeviceRef{replica(0)}},
 		{Namespace: "llm", Name: "worker-4", Devices: []podmap.DeviceRef{gpu(2)}},
 		{Namespace: "llm", Name: "worker-5", Devices: []podmap.DeviceRef{gpu(2)}},
 		{Namespace: "llm", Name: "worker-6", Devices: []podmap.DeviceRef{gpu(3)}},

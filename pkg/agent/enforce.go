@@ -28,6 +28,7 @@ const (
 	ReasonFailed       = "PowerLimitFailed"
 	ReasonNotValidated = "PowerLimitNotValidated"
 	ReasonUnallocated  = "UnallocatedGPUProcess"
+	ReasonHeld         = "PowerLimitHeld"
 )
 
 // Action is what a reconcile does, or would do, to one GPU.
@@ -42,6 +43,7 @@ const (
 	ActionRestore Action = "restore" // no limited pod holds it: give the original back
 	ActionForget  Action = "forget"  // no limited pod holds it, original unknown: leave it
 	ActionAdopt   Action = "adopt"   // no ledger on record, at a limit recognised as the agent's: own it
+	ActionHold    Action = "hold"    // kubelet's allocation of it cannot be attributed this cycle: leave it as it is
 	ActionError   Action = "error"   // NVML failed on this GPU
 )
 
@@ -72,6 +74,9 @@ type Inputs struct {
 	// Strays are processes on GPUs their pods were not allocated
 	// (podmap.Build): reported, never obeyed.
 	Strays []podmap.Stray
+	// Frozen are GPUs whose holders are unknown this cycle, with why
+	// (podmap.Build): each is left as it is.
+	Frozen map[string]error
 }
 
 // EventRecorder records an Event on a pod, with the signature of client-go's
@@ -115,16 +120,23 @@ func (e *Enforcer) Reconcile(ctx context.Context, in Inputs, dryRun bool) ([]GPU
 	}
 	reports := make([]GPUReport, 0, len(devices))
 	var failed []error
+	// evaluated are the GPUs read and decided without an error: recovery
+	// ends for them alone.
+	evaluated := make([]string, 0, len(devices))
+	strays := sets.New[podmap.Stray]()
 	for _, dev := range devices {
 		if err := ctx.Err(); err != nil {
 			return reports, err
 		}
-		r := e.reconcileGPU(dev, in, dryRun)
+		r := e.reconcileGPU(dev, in, dryRun, strays)
 		if !dryRun {
 			e.record(r)
 		}
-		if r.Err != nil {
+		switch {
+		case r.Err != nil:
 			failed = append(failed, fmt.Errorf("GPU %d %s: %w", r.Index, r.UUID, r.Err))
+		case r.Action != ActionHold:
+			evaluated = append(evaluated, r.UUID)
 		}
 		reports = append(reports, r)
 	}
@@ -135,22 +147,31 @@ func (e *Enforcer) Reconcile(ctx context.Context, in Inputs, dryRun bool) ([]GPU
 		}
 	}
 	if !dryRun {
-		e.strays = sets.New(in.Strays...)
+		e.strays = strays // only those reported: one on a GPU not reached is reported when it is
 	}
 	e.mu.Unlock()
 	if !dryRun && len(devices) > 0 {
-		if err := e.Ledger.Settle(); err != nil {
+		var all []string
+		if listErr == nil {
+			for _, d := range devices {
+				all = append(all, d.UUID)
+			}
+		}
+		if err := e.Ledger.Settle(evaluated, all); err != nil {
 			failed = append(failed, fmt.Errorf("write the ledger after recovery: %w", err))
 		}
 	}
 	return reports, errors.Join(append(failed, listErr)...)
 }
 
-func (e *Enforcer) reconcileGPU(dev nvmlctl.Device, in Inputs, dryRun bool) GPUReport {
+func (e *Enforcer) reconcileGPU(dev nvmlctl.Device, in Inputs, dryRun bool, strays sets.Set[podmap.Stray]) GPUReport {
 	r := GPUReport{Index: dev.Index, UUID: dev.UUID, Name: dev.Name, Action: ActionNone}
 	holders, pods := e.holders(dev.UUID, in)
 	for _, h := range holders {
 		r.Pods = append(r.Pods, h.Pod)
+	}
+	if !dryRun {
+		e.reportStrays(dev, in, strays) // before NVML: a GPU whose limits do not read still has its strays said
 	}
 	limits, err := e.NVML.PowerLimits(dev.UUID)
 	if err != nil {
@@ -160,8 +181,15 @@ func (e *Enforcer) reconcileGPU(dev nvmlctl.Device, in Inputs, dryRun bool) GPUR
 		return r
 	}
 	r.Limits = limits
-	if !dryRun {
-		e.reportStrays(dev, in)
+	if why := in.Frozen[dev.UUID]; why != nil {
+		r.Action = ActionHold
+		if !dryRun {
+			e.Log.V(1).Info("Left GPU as it is: kubelet's allocation of it cannot be attributed this cycle", "gpu", dev.Index, "uuid", dev.UUID,
+				"limitWatts", limits.Current/1000, "reason", why.Error())
+			e.tellOnce(pods, "held/"+dev.UUID+"/"+why.Error(), ReasonHeld,
+				"The power limit of GPU %d (%s) is left as it is: %v", dev.Index, dev.UUID, why)
+		}
+		return r
 	}
 	d := policy.ResolveGPU(holders, e.RequireValidation)
 	r.Conflict = d.Conflict
@@ -192,7 +220,7 @@ func (e *Enforcer) reconcileGPU(dev nvmlctl.Device, in Inputs, dryRun bool) GPUR
 	r.Desired, r.Clamped = target, clamped
 	ours := false
 	if !owned {
-		own.Original, ours = originalLimit(limits, askedLimits(d, limits), e.Ledger.Recovering())
+		own.Original, ours = originalLimit(limits, askedLimits(d, limits), e.Ledger.RecoveringGPU(dev.UUID))
 		if ours && !dryRun {
 			e.Log.Info("Took the GPU's limit for a cap of this agent's: no ledger on record, and a pod holding it asks this limit; "+
 				"its default comes back when its pods go", "gpu", dev.Index, "uuid", dev.UUID,
@@ -337,12 +365,14 @@ func (e *Enforcer) restore(dev nvmlctl.Device, own Ownership, limits nvmlctl.Pow
 }
 
 // reportStrays tells each pod with a process on dev that kubelet did not
-// allocate it, once, and counts each such process once.
-func (e *Enforcer) reportStrays(dev nvmlctl.Device, in Inputs) {
+// allocate it, once, and counts each such process once; it adds those of dev
+// to seen.
+func (e *Enforcer) reportStrays(dev nvmlctl.Device, in Inputs, seen sets.Set[podmap.Stray]) {
 	for _, s := range in.Strays {
 		if s.GPU != dev.UUID {
 			continue
 		}
+		seen.Insert(s)
 		e.mu.Lock()
 		known := e.strays.Has(s)
 		e.mu.Unlock()

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -50,10 +53,12 @@ func TestOriginalLimit(t *testing.T) {
 }
 
 // wipeLedger removes the host folder's ledger and starts a new agent, as
-// after the folder was wiped while GPUs stayed capped.
+// after the ledger was lost while GPUs stayed capped. The state directory's
+// marker stays: a folder wiped whole is a first install
+// (TestWipedStateDirIsAFirstInstall).
 func (n *node) wipeLedger() {
 	n.t.Helper()
-	if err := os.RemoveAll(n.dir); err != nil {
+	if err := os.Remove(filepath.Join(n.dir, LedgerFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		n.t.Fatal(err)
 	}
 	n.restartAgent()
@@ -259,5 +264,62 @@ func TestRecreatedPodDoesNotInheritItsPredecessorsGPUs(t *testing.T) {
 	}
 	if n.limitW(gpu[1]) != 200 || n.limitW(gpu[0]) != 700 {
 		t.Errorf("after kubelet re-listed: GPU 0 at %d W (want 700), GPU 1 at %d W (want 200)", n.limitW(gpu[0]), n.limitW(gpu[1]))
+	}
+}
+
+// The lost-ledger rule, per GPU: a reconcile in the recovery window in which
+// NVML fails on a GPU ends recovery for the others alone. Otherwise the
+// agent's own stale cap on that GPU would be taken for an administrator's
+// and never given back.
+func TestRecoveryGoesOnForAGPUNVMLCouldNotRead(t *testing.T) {
+	n := newNode(t)
+	p := n.run("decode-0", "250", gpu[0])
+	n.reconcile()
+	n.wipeLedger()
+	n.nvml.FailNext(nvmlctl.OpPowerLimits, gpu[0], errors.New("NVML: timeout"))
+	n.reconcile() // recovery cycle: GPU 0 unreadable, still recovering
+	n.reconcile() // GPU 0 readable: 250 W is the lost cap, adopted
+	n.remove(p)
+	n.reconcile()
+	if got := n.limitW(gpu[0]); got != 700 {
+		t.Errorf("the agent's own cap outlived its pod for good: GPU 0 at %d W, want its default 700 W", got)
+	}
+}
+
+// The lost-ledger rule cannot be tenant-steered on a first install: an
+// administrator's cap is readable from inside any GPU container (nvidia-smi
+// -q -d POWER), and a tenant asking exactly that value must not make the
+// agent adopt it as its own and give the default back when the pod goes. A
+// state directory without its marker was never used: nothing is recovered.
+func TestFirstInstallNeverTakesAnAdministratorsCapForTheAgents(t *testing.T) {
+	n := newNode(t) // first install: no ledger on record
+	if err := n.nvml.SetLimitExternally(gpu[3], 400_000); err != nil {
+		t.Fatal(err)
+	}
+	p := n.run("copycat", "400", gpu[3])
+	n.reconcile()
+	n.remove(p)
+	n.reconcile()
+	if got := n.limitW(gpu[3]); got != 400 {
+		t.Errorf("a tenant's pod undid the administrator's 400 W cap: GPU 3 at %d W", got)
+	}
+}
+
+// A stray on a GPU whose limits NVML cannot read is still reported (counted
+// once, the pod told), not remembered as known and never said.
+func TestStrayOnAnUnreadableGPUIsStillReported(t *testing.T) {
+	n := newNode(t)
+	sneaky := testpod.MakePod("sneaky", "llm").UID("0b6a4e2c-1111-4c8e-9a57-000000000001").Obj()
+	n.pods[sneaky.UID] = sneaky
+	strays := []podmap.Stray{{GPU: gpu[0], PID: 4242, Pod: sneaky.UID}}
+	n.nvml.FailNext(nvmlctl.OpPowerLimits, gpu[0], errors.New("NVML: timeout"))
+	for range 2 {
+		_, _ = n.enforcer.Reconcile(t.Context(), Inputs{Holders: n.holders, Pods: n.pods, Strays: strays}, false)
+	}
+	if got := testutil.ToFloat64(n.metrics.unallocated.WithLabelValues(gpu[0])); got != 1 {
+		t.Errorf("dynamo_power_agent_unallocated_processes_total{gpu=%s} = %v; want 1", gpu[0], got)
+	}
+	if evs := n.drainEvents(); !slices.ContainsFunc(evs, func(e string) bool { return strings.Contains(e, ReasonUnallocated) }) {
+		t.Errorf("events %q; want a %s warning", evs, ReasonUnallocated)
 	}
 }

@@ -4,13 +4,17 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 )
 
-const gpuA = "GPU-04efd212-9e79-ab41-d439-40c9b52a0202"
+const (
+	gpuA = "GPU-04efd212-9e79-ab41-d439-40c9b52a0202"
+	gpuB = "GPU-04efd212-9e79-ab41-d439-40c9b52a0203"
+)
 
 func TestLedgerSurvivesRestart(t *testing.T) {
 	dir := t.TempDir()
@@ -35,9 +39,13 @@ func TestLedgerSurvivesRestart(t *testing.T) {
 	if _, ok := third.Get(gpuA); ok {
 		t.Error("a forgotten GPU came back")
 	}
+	var names []string
 	entries, _ := os.ReadDir(dir)
-	if len(entries) != 1 {
-		t.Errorf("state dir holds %d files; want only the ledger (no temp files left)", len(entries))
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if want := []string{MarkerFile, LedgerFile}; !slices.Equal(names, want) {
+		t.Errorf("state dir holds %v; want only %v (no temp files left)", names, want)
 	}
 }
 
@@ -173,11 +181,34 @@ func TestLedgerRefusesWhatIsNotARegularFile(t *testing.T) {
 func TestLedgerRecovery(t *testing.T) {
 	dir := t.TempDir()
 	l, err := OpenLedger(dir)
-	if err != nil || !l.Recovering() {
-		t.Fatalf("a missing ledger: %v, recovering %v; want recovering", err, l.Recovering())
+	if err != nil || l.Recovering() {
+		t.Fatalf("a first install: %v, recovering %v; want no recovery", err, l.Recovering())
 	}
-	if err := l.Settle(); err != nil || l.Recovering() {
-		t.Fatalf("Settle: %v, recovering %v", err, l.Recovering())
+	if _, err := os.Lstat(filepath.Join(dir, MarkerFile)); err != nil {
+		t.Fatalf("the first start did not mark the state directory: %v", err)
+	}
+	// The ledger is lost; the marker stays.
+	if err := l.Put(gpuA, Ownership{Original: 700_000, Applied: 300_000}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, LedgerFile)); err != nil {
+		t.Fatal(err)
+	}
+	l, err = OpenLedger(dir)
+	if err != nil || !l.Recovering() || !l.RecoveringGPU(gpuA) || !l.RecoveringGPU(gpuB) {
+		t.Fatalf("a lost ledger: %v, recovering %v; want recovering", err, l.Recovering())
+	}
+	// A reconcile that could not read GPU B ends recovery for A alone, and
+	// a restart goes on recovering B.
+	if err := l.Settle([]string{gpuA}, []string{gpuA, gpuB}); err != nil || l.RecoveringGPU(gpuA) || !l.RecoveringGPU(gpuB) {
+		t.Fatalf("Settle(A): %v, recovering A %v, B %v; want B alone", err, l.RecoveringGPU(gpuA), l.RecoveringGPU(gpuB))
+	}
+	l, err = OpenLedger(dir)
+	if err != nil || l.RecoveringGPU(gpuA) || !l.RecoveringGPU(gpuB) {
+		t.Fatalf("restarted mid-recovery: %v, recovering A %v, B %v; want B alone", err, l.RecoveringGPU(gpuA), l.RecoveringGPU(gpuB))
+	}
+	if err := l.Settle([]string{gpuB}, []string{gpuA, gpuB}); err != nil || l.Recovering() {
+		t.Fatalf("Settle(B): %v, recovering %v", err, l.Recovering())
 	}
 	if _, err := os.Stat(filepath.Join(dir, LedgerFile)); err != nil {
 		t.Errorf("Settle did not write the (empty) ledger: %v", err)
@@ -185,5 +216,21 @@ func TestLedgerRecovery(t *testing.T) {
 	again, err := OpenLedger(dir)
 	if err != nil || again.Recovering() {
 		t.Errorf("the next agent finds a ledger and does not recover: %v, recovering %v", err, again.Recovering())
+	}
+}
+
+// TestWipedStateDirIsAFirstInstall: with the marker gone too, nothing tells
+// a wiped folder from a new node, and an unowned cap is an administrator's.
+func TestWipedStateDirIsAFirstInstall(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	if _, err := OpenLedger(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	l, err := OpenLedger(dir)
+	if err != nil || l.Recovering() {
+		t.Errorf("a wiped state dir: %v, recovering %v; want a first install", err, l.Recovering())
 	}
 }

@@ -11,10 +11,10 @@ import (
 type Metrics struct {
 	requested, applied, enforced, current, defaults, minimum, maximum, draw *prometheus.GaugeVec
 
-	writes, failures, clamps, conflicts, repairs, restores, adoptions, unallocated *prometheus.CounterVec
+	writes, failures, clamps, conflicts, repairs, restores, adoptions, unallocated, holds *prometheus.CounterVec
 
-	ledgerCorrupt prometheus.Counter
-	duration      prometheus.Histogram
+	ledgerCorrupt, frozen prometheus.Counter
+	duration              prometheus.Histogram
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -43,6 +43,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		adoptions: counter("power_limit_adoptions", "GPUs found, with no ledger on record, at a limit the agent recognised as its own, by GPU."),
 		unallocated: counter("unallocated_processes",
 			"Processes found on a GPU that kubelet did not allocate to their pod (they never set its cap), counted once each, by GPU."),
+		holds: counter("power_limit_holds",
+			"Reconciles that left a GPU as it was because kubelet's allocation of it could not be attributed, by GPU."),
+		frozen: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "dynamo_power_agent_frozen_reconciles_total",
+			Help: "Reconciles that changed no GPU because kubelet listed a device of a pod that could not be tied to a GPU.",
+		}),
 		ledgerCorrupt: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "dynamo_power_agent_ledger_corrupt_total",
 			Help: "Ledgers refused at start (not a regular file, too large, unreadable, or invalid): the agent then owned no GPU.",
@@ -54,7 +60,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	reg.MustRegister(m.requested, m.applied, m.current, m.enforced, m.defaults, m.minimum, m.maximum, m.draw,
-		m.writes, m.failures, m.clamps, m.conflicts, m.repairs, m.restores, m.adoptions, m.unallocated, m.ledgerCorrupt, m.duration)
+		m.writes, m.failures, m.clamps, m.conflicts, m.repairs, m.restores, m.adoptions, m.unallocated, m.holds,
+		m.frozen, m.ledgerCorrupt, m.duration)
 	return m
 }
 
@@ -96,6 +103,8 @@ func (m *Metrics) observe(r GPUReport, applied, draw float64, conflict bool) {
 		m.restores.WithLabelValues(g).Inc()
 	case ActionAdopt:
 		m.adoptions.WithLabelValues(g).Inc()
+	case ActionHold:
+		m.holds.WithLabelValues(g).Inc()
 	}
 	if r.Clamped && r.Action != ActionNone {
 		m.clamps.WithLabelValues(g).Inc()
@@ -116,6 +125,12 @@ func (m *Metrics) LedgerCorrupt() {
 func (m *Metrics) strayFound(gpu string) {
 	if m != nil {
 		m.unallocated.WithLabelValues(gpu).Inc()
+	}
+}
+
+func (m *Metrics) frozenReconcile() {
+	if m != nil {
+		m.frozen.Inc()
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
 
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
 	"github.com/dynamo-power/gpu-power/pkg/podmap"
@@ -184,6 +185,11 @@ func (r *Runner) Gather(ctx context.Context) (Inputs, error) {
 		}
 	}
 	owners, withheld := r.names.Join(cached, allocated)
+	r.reportTwiceListed(allocated, withheld, pods)
+	for name, uid := range withheld {
+		r.Log.V(1).Info("Withheld kubelet's entry for a pod name: it cannot be told to be the cached pod's this cycle; its GPUs are left as they are",
+			"pod", name, "podUID", uid)
+	}
 	res := podmap.Build(podmap.Sources{
 		Pods:     allocated,
 		Owners:   owners,
@@ -203,9 +209,51 @@ func (r *Runner) Gather(ctx context.Context) (Inputs, error) {
 		Cache:     &r.pids,
 	})
 	for _, err := range res.Skipped {
-		r.Log.V(2).Info("Skipped a device or process while mapping GPUs to pods", "err", err.Error())
+		r.Log.V(2).Info("Skipped a process while mapping GPUs to pods", "err", err.Error())
 	}
-	return Inputs{Holders: res.Holders, Pods: pods, Strays: res.Strays}, nil
+	if err := r.unattributable(res.Unattributable, pods); err != nil {
+		return Inputs{}, err
+	}
+	return Inputs{Holders: res.Holders, Pods: pods, Strays: res.Strays, Frozen: res.Frozen}, nil
+}
+
+// reportTwiceListed tells a pod whose name kubelet lists twice, which a
+// correct kubelet never does, that its GPUs are left as they are.
+func (r *Runner) reportTwiceListed(listed []podmap.PodDevices, withheld map[string]types.UID, pods map[types.UID]*corev1.Pod) {
+	times := make(map[string]int, len(listed))
+	for _, p := range listed {
+		times[p.Namespace+"/"+p.Name]++
+	}
+	for name, n := range times {
+		p, ok := pods[withheld[name]]
+		if n < 2 || !ok {
+			continue
+		}
+		r.Enforcer.tellOnce([]*corev1.Pod{p}, "twice", ReasonHeld,
+			"kubelet lists this pod %d times in PodResources; the power limits of its GPUs are left as they are until it lists it once", n)
+		r.Log.V(1).Info("Found a pod kubelet lists more than once; leaving its GPUs as they are", "pod", klog.KObj(p), "times", n)
+	}
+}
+
+// unattributable fails the cycle, and so freezes every GPU, when kubelet lists
+// a device of a pod that cannot be tied to a GPU (an ID that does not parse,
+// a MIG device or index NVML cannot resolve now): that device may be any
+// GPU, and acting without it would give a GPU back under its running pod, or
+// flap it. Each pod is told once; the cycle is counted.
+func (r *Runner) unattributable(devices []podmap.Unattributed, pods map[types.UID]*corev1.Pod) error {
+	if len(devices) == 0 {
+		return nil
+	}
+	errs := make([]error, 0, len(devices))
+	for _, d := range devices {
+		errs = append(errs, d.Err)
+		if p, ok := pods[d.Pod]; ok {
+			r.Enforcer.tellOnce([]*corev1.Pod{p}, "unattributable/"+d.Err.Error(), ReasonHeld,
+				"No GPU power limit on this node changes while kubelet lists a device of this pod that the power agent cannot tie to a GPU: %v", d.Err)
+		}
+	}
+	r.Enforcer.Metrics.frozenReconcile()
+	return fmt.Errorf("kubelet PodResources lists %d device(s) that cannot be tied to a GPU: %w; changing nothing", len(devices), errors.Join(errs...))
 }
 
 // allocation reads kubelet's PodResources. A kubelet without it (never

@@ -32,6 +32,9 @@ type DeviceRef struct {
 	UUID string
 	// Index is the GPU's NVML index for KindIndex.
 	Index int
+	// Part is set for a share of a GPU (a replica, "::N") or a MIG device,
+	// which several pods may hold at once. A whole GPU is one pod's alone.
+	Part bool
 }
 
 func (r DeviceRef) String() string {
@@ -90,7 +93,7 @@ func ParseDeviceID(resource, id string) (DeviceRef, error) {
 		if !isUUID(uuid, '-') {
 			return DeviceRef{}, fmt.Errorf("device %q of %s: %q is not lowercase 8-4-4-4-12 hex", id, resource, uuid)
 		}
-		return DeviceRef{Kind: kind, UUID: base}, nil
+		return DeviceRef{Kind: kind, UUID: base, Part: shared || kind == KindMIG}, nil
 	}
 	gpu, mig, isMIG := strings.Cut(base, ":")
 	index, ok := smallDecimal(gpu, maxIndexDigits)
@@ -100,7 +103,7 @@ func ParseDeviceID(resource, id string) (DeviceRef, error) {
 	if !ok {
 		return DeviceRef{}, fmt.Errorf("device %q of %s: not GPU-<uuid>, MIG-<uuid>, <index> or <index>:<mig>", id, resource)
 	}
-	return DeviceRef{Kind: KindIndex, Index: index}, nil
+	return DeviceRef{Kind: KindIndex, Index: index, Part: shared || isMIG}, nil
 }
 
 // smallDecimal parses a non-negative decimal of at most digits digits, written

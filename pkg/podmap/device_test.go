@@ -28,16 +28,16 @@ var deviceTests = []struct {
 }{
 	{"whole GPU by UUID", policy.ResourceGPU, gpuH100, podmap.DeviceRef{Kind: podmap.KindGPU, UUID: gpuH100}, ""},
 	{"what a real kubelet reported", policy.ResourceGPU, gpuFake, podmap.DeviceRef{Kind: podmap.KindGPU, UUID: gpuFake}, ""},
-	{"time-sliced replica is its GPU", policy.ResourceGPU, gpuH100 + "::3", podmap.DeviceRef{Kind: podmap.KindGPU, UUID: gpuH100}, ""},
-	{"renamed time-sliced replica is its GPU", policy.ResourceGPUShared, gpuH100 + "::3", podmap.DeviceRef{Kind: podmap.KindGPU, UUID: gpuH100}, ""},
-	{"MIG device of a MIG resource", mig1g, migH100, podmap.DeviceRef{Kind: podmap.KindMIG, UUID: migH100}, ""},
-	{"MIG device as nvidia.com/gpu (single strategy)", policy.ResourceGPU, migH100, podmap.DeviceRef{Kind: podmap.KindMIG, UUID: migH100}, ""},
-	{"shared MIG device", mig1g, migH100 + "::0", podmap.DeviceRef{Kind: podmap.KindMIG, UUID: migH100}, ""},
+	{"time-sliced replica is its GPU", policy.ResourceGPU, gpuH100 + "::3", podmap.DeviceRef{Kind: podmap.KindGPU, UUID: gpuH100, Part: true}, ""},
+	{"renamed time-sliced replica is its GPU", policy.ResourceGPUShared, gpuH100 + "::3", podmap.DeviceRef{Kind: podmap.KindGPU, UUID: gpuH100, Part: true}, ""},
+	{"MIG device of a MIG resource", mig1g, migH100, podmap.DeviceRef{Kind: podmap.KindMIG, UUID: migH100, Part: true}, ""},
+	{"MIG device as nvidia.com/gpu (single strategy)", policy.ResourceGPU, migH100, podmap.DeviceRef{Kind: podmap.KindMIG, UUID: migH100, Part: true}, ""},
+	{"shared MIG device", mig1g, migH100 + "::0", podmap.DeviceRef{Kind: podmap.KindMIG, UUID: migH100, Part: true}, ""},
 	{"GPU by index", policy.ResourceGPU, "0", podmap.DeviceRef{Kind: podmap.KindIndex, Index: 0}, ""},
 	{"GPU by two-digit index", policy.ResourceGPU, "12", podmap.DeviceRef{Kind: podmap.KindIndex, Index: 12}, ""},
-	{"shared GPU by index", policy.ResourceGPU, "3::2", podmap.DeviceRef{Kind: podmap.KindIndex, Index: 3}, ""},
-	{"MIG device by index is its parent GPU", mig1g, "3:1", podmap.DeviceRef{Kind: podmap.KindIndex, Index: 3}, ""},
-	{"shared MIG device by index", mig1g, "3:1::4", podmap.DeviceRef{Kind: podmap.KindIndex, Index: 3}, ""},
+	{"shared GPU by index", policy.ResourceGPU, "3::2", podmap.DeviceRef{Kind: podmap.KindIndex, Index: 3, Part: true}, ""},
+	{"MIG device by index is its parent GPU", mig1g, "3:1", podmap.DeviceRef{Kind: podmap.KindIndex, Index: 3, Part: true}, ""},
+	{"shared MIG device by index", mig1g, "3:1::4", podmap.DeviceRef{Kind: podmap.KindIndex, Index: 3, Part: true}, ""},
 
 	{"CPU is not a GPU resource", "cpu", "0", podmap.DeviceRef{}, `resource "cpu" is not an NVIDIA GPU resource`},
 	{"another vendor's GPU", "amd.com/gpu", "0", podmap.DeviceRef{}, "not an NVIDIA GPU resource"},
@@ -96,8 +96,11 @@ func FuzzParseDeviceID(f *testing.F) {
 		if !strings.HasPrefix(id, ref.String()) {
 			t.Fatalf("ParseDeviceID(%q, %q) = %+v, not the ID's start", resource, id, ref)
 		}
+		// The part of a GPU it names (a replica, a MIG device) is not in it.
 		again, err := podmap.ParseDeviceID(resource, ref.String())
-		if err != nil || again != ref {
+		whole := ref
+		whole.Part = ref.Kind == podmap.KindMIG
+		if err != nil || again != whole {
 			t.Fatalf("ParseDeviceID(%q, %q) = %+v, which parses to %+v, %v", resource, id, ref, again, err)
 		}
 		switch ref.Kind {

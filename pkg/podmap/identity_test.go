@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/sets"
 
 	"github.com/dynamo-power/gpu-power/pkg/podmap"
 )
@@ -15,6 +14,13 @@ func TestIdentitiesJoin(t *testing.T) {
 		return podmap.CachedPod{Namespace: "ml", Name: "w-0", UID: uid, Started: started}
 	}
 	listed := []podmap.PodDevices{{Namespace: "ml", Name: "w-0"}}
+	on := func(uuids ...string) []podmap.PodDevices {
+		p := podmap.PodDevices{Namespace: "ml", Name: "w-0"}
+		for _, u := range uuids {
+			p.Devices = append(p.Devices, podmap.DeviceRef{Kind: podmap.KindGPU, UUID: u})
+		}
+		return []podmap.PodDevices{p}
+	}
 	twice := []podmap.PodDevices{{Namespace: "ml", Name: "w-0"}, {Namespace: "ml", Name: "w-0"}}
 	// cycle is what the cache and kubelet show in one cycle, and what the
 	// join must answer.
@@ -66,6 +72,21 @@ func TestIdentitiesJoin(t *testing.T) {
 			{[]podmap.CachedPod{pod(uidB, true)}, listed, uidB, nil},
 			{[]podmap.CachedPod{pod(uidB, false)}, listed, uidB, nil},
 		}},
+		{"a started pod's devices changed under its UID: another pod's entry, withheld", []cycle{
+			{[]podmap.CachedPod{pod(uidA, true)}, on(gpuH100), uidA, nil},
+			{[]podmap.CachedPod{pod(uidA, true)}, on(gpuFake), "", []types.UID{uidA}},
+			{[]podmap.CachedPod{pod(uidA, true)}, on(gpuFake), "", []types.UID{uidA}},
+			{[]podmap.CachedPod{pod(uidB, true)}, on(gpuFake), uidB, nil},
+		}},
+		{"the same devices cycle after cycle: still the pod's", []cycle{
+			{[]podmap.CachedPod{pod(uidA, true)}, on(gpuH100, gpuFake), uidA, nil},
+			{[]podmap.CachedPod{pod(uidA, true)}, on(gpuFake, gpuH100), uidA, nil},
+		}},
+		{"devices listed before kubelet started the pod may still grow", []cycle{
+			{[]podmap.CachedPod{pod(uidA, false)}, on(gpuH100), uidA, nil},
+			{[]podmap.CachedPod{pod(uidA, true)}, on(gpuH100, gpuFake), uidA, nil},
+			{[]podmap.CachedPod{pod(uidA, true)}, on(gpuH100), "", []types.UID{uidA}},
+		}},
 		{"a name kubelet lists twice goes to no one", []cycle{
 			{[]podmap.CachedPod{pod(uidA, true)}, twice, "", []types.UID{uidA}},
 			{[]podmap.CachedPod{pod(uidA, true)}, listed, uidA, nil},
@@ -83,7 +104,11 @@ func TestIdentitiesJoin(t *testing.T) {
 				if !reflect.DeepEqual(owners, want) {
 					t.Errorf("cycle %d: owners %v; want %v", i, owners, want)
 				}
-				if got := sets.List(withheld); !reflect.DeepEqual(got, c.withheld) && (len(got) > 0 || len(c.withheld) > 0) {
+				got := make([]types.UID, 0, len(withheld))
+				for _, uid := range withheld {
+					got = append(got, uid)
+				}
+				if !reflect.DeepEqual(got, c.withheld) && (len(got) > 0 || len(c.withheld) > 0) {
 					t.Errorf("cycle %d: withheld %v; want %v", i, got, c.withheld)
 				}
 			}

@@ -63,7 +63,7 @@ func TestListGPUDevicesPerPod(t *testing.T) {
 		invalid []string
 	}{
 		{"default/gpu-workload", []podmap.DeviceRef{gpu(gpuFake)}, nil},
-		{"ml/shared", []podmap.DeviceRef{gpu(gpuH100), {Kind: podmap.KindMIG, UUID: migH100}}, nil},
+		{"ml/shared", []podmap.DeviceRef{{Kind: podmap.KindGPU, UUID: gpuH100, Part: true}, {Kind: podmap.KindMIG, UUID: migH100, Part: true}}, nil},
 		{"ml/by-index", []podmap.DeviceRef{index(0), index(1)}, nil},
 		{"ml/mixed", []podmap.DeviceRef{gpu(gpuFake)}, []string{`pod ml/mixed container c: device "GPU-bogus" of nvidia.com/gpu`}},
 	}

@@ -35,12 +35,14 @@ type Sources struct {
 	Pods []PodDevices
 	// Owners maps a listed namespace/name to the UID of the pod its devices
 	// belong to (Identities.Join). A name without an owner holds nothing: it
-	// left the node, reached a terminal phase (its devices are free though
-	// kubelet still lists them), or its entry cannot be told to be this pod's.
+	// left the node, or reached a terminal phase (its devices are free though
+	// kubelet still lists them).
 	Owners map[string]types.UID
-	// Withheld are pods whose allocation is unknown this cycle
-	// (Identities.Join): their processes are not reported as unallocated.
-	Withheld sets.Set[types.UID]
+	// Withheld maps a listed namespace/name whose entry cannot be told to be
+	// its cached pod's this cycle to that pod's UID (Identities.Join): the
+	// GPUs the entry names are Frozen, and the pod's processes are neither
+	// obeyed nor reported.
+	Withheld map[string]types.UID
 	// NVMLOnly is the fallback for a kubelet without PodResources: a process
 	// then adds its pod to the GPU it runs on. Otherwise allocation is the
 	// truth, and a process on a GPU its pod was not allocated is a Stray.
@@ -72,8 +74,25 @@ type Result struct {
 	// Strays are processes on GPUs their pods were not allocated, in NVML's
 	// order; always empty with NVMLOnly.
 	Strays []Stray
-	// Skipped has one error for each device or process Build had to skip.
+	// Skipped has one error for each process Build had to skip.
 	Skipped []error
+	// Frozen maps a GPU whose holders are unknown this cycle to why: a
+	// withheld entry names it, or kubelet lists a whole GPU for two pods,
+	// which a correct kubelet never does. The caller changes nothing on it.
+	Frozen map[string]error
+	// Unattributable has one entry for each device of a cached pod that Build
+	// could not tie to a GPU (an ID that did not parse, a lookup that
+	// failed). It could be any GPU, so the caller changes no GPU at all.
+	Unattributable []Unattributed
+}
+
+// Unattributed is a device kubelet lists for a pod that Build could not tie
+// to a GPU.
+type Unattributed struct {
+	// Pod is the UID of the cached pod the entry is for (its owner, or the
+	// pod it is withheld from).
+	Pod types.UID
+	Err error
 }
 
 // PIDCache remembers which pod each GPU process was in, from one Build to
@@ -92,26 +111,57 @@ type pidPod struct {
 
 // Build returns which pods hold which GPU: every device PodResources lists
 // for a pod with an owner, and, with NVMLOnly alone, the pod of every NVML
-// process that runs in one. It never fails as a whole: what it had to skip (a
-// device it could not resolve, a process whose cgroup it could not read) is
-// in Skipped, and the rest is in Holders. A PID that is out of range or whose
-// process has exited is skipped silently: NVML's list is stale by the time it
-// arrives. Pods found through a process are not looked up in the cache: the
-// caller looks every holder up anyway, for its limit and phase.
+// process that runs in one. It never fails as a whole: what it cannot
+// attribute is in Frozen (GPUs to leave as they are) and Unattributable
+// (devices that could be any GPU), what it had to skip (a process whose
+// cgroup it could not read) is in Skipped, and the rest is in Holders. A PID
+// that is out of range or whose process has exited is skipped silently:
+// NVML's list is stale by the time it arrives. Pods found through a process
+// are not looked up in the cache: the caller looks every holder up anyway,
+// for its limit and phase.
 func Build(src Sources) Result {
-	res := Result{Holders: Holders{}}
+	res := Result{Holders: Holders{}, Frozen: map[string]error{}}
+	withheld := sets.New[types.UID]()
+	for _, uid := range src.Withheld {
+		withheld.Insert(uid)
+	}
+	whole := map[string]sets.Set[types.UID]{} // GPUs listed as a whole device, by holder
 	for _, p := range src.Pods {
-		uid, ok := src.Owners[p.Namespace+"/"+p.Name]
-		if !ok {
+		name := p.Namespace + "/" + p.Name
+		uid, owned := src.Owners[name]
+		held, isWithheld := src.Withheld[name]
+		if !owned && !isWithheld {
 			continue
+		}
+		if isWithheld {
+			uid = held
+		}
+		for _, err := range p.Invalid {
+			res.Unattributable = append(res.Unattributable, Unattributed{Pod: uid, Err: err})
 		}
 		for _, ref := range p.Devices {
 			gpu, err := src.Resolver.GPU(ref)
-			if err != nil {
-				res.Skipped = append(res.Skipped, fmt.Errorf("pod %s/%s: %w", p.Namespace, p.Name, err))
-				continue
+			switch {
+			case err != nil:
+				res.Unattributable = append(res.Unattributable, Unattributed{Pod: uid, Err: fmt.Errorf("pod %s: %w", name, err)})
+			case isWithheld:
+				if res.Frozen[gpu] == nil {
+					res.Frozen[gpu] = fmt.Errorf("kubelet lists GPU %s for pod %s, whose entry cannot be told to be pod UID %s's this cycle", gpu, name, held)
+				}
+			default:
+				res.Holders.add(gpu, uid)
+				if !ref.Part && ref.Kind != KindMIG {
+					if whole[gpu] == nil {
+						whole[gpu] = sets.New[types.UID]()
+					}
+					whole[gpu].Insert(uid)
+				}
 			}
-			res.Holders.add(gpu, uid)
+		}
+	}
+	for gpu := range whole {
+		if n := res.Holders[gpu].Len(); n > 1 && res.Frozen[gpu] == nil {
+			res.Frozen[gpu] = fmt.Errorf("kubelet lists GPU %s, allocated whole, for %d pods; a GPU allocated whole is one pod's", gpu, n)
 		}
 	}
 
@@ -145,7 +195,8 @@ func Build(src Sources) Result {
 		case !p.ok:
 		case src.NVMLOnly:
 			res.Holders.add(proc.GPU, p.uid)
-		case !res.Holders[proc.GPU].Has(p.uid) && !src.Withheld.Has(p.uid):
+		case res.Frozen[proc.GPU] != nil: // its holders are unknown: neither obeyed nor reported
+		case !res.Holders[proc.GPU].Has(p.uid) && !withheld.Has(p.uid):
 			if s := (Stray{GPU: proc.GPU, PID: proc.PID, Pod: p.uid}); !strays.Has(s) {
 				strays.Insert(s)
 				res.Strays = append(res.Strays, s)

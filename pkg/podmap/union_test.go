@@ -17,7 +17,7 @@ func TestBuild(t *testing.T) {
 	// Owners from the pod cache: every pod but "finished", which reached a
 	// terminal phase; "recreated" is withheld (Identities).
 	owners := map[string]types.UID{"ml/a": uidA, "ml/b": uidB, "ml/c": uidC}
-	withheld := sets.New[types.UID](uidE)
+	withheld := map[string]types.UID{"ml/recreated": uidE}
 	resolver := podmap.Resolver{
 		MIGParent: func(mig string) (string, error) {
 			if mig == migH100 {
@@ -40,6 +40,9 @@ func TestBuild(t *testing.T) {
 		"666/cgroup": {Data: []byte(strings.Repeat("x", 1<<17))},
 	}
 	gpu := func(uuid string) podmap.DeviceRef { return podmap.DeviceRef{Kind: podmap.KindGPU, UUID: uuid} }
+	replica := func(uuid string) podmap.DeviceRef {
+		return podmap.DeviceRef{Kind: podmap.KindGPU, UUID: uuid, Part: true}
+	}
 	pod := func(name string, refs ...podmap.DeviceRef) podmap.PodDevices {
 		return podmap.PodDevices{Namespace: "ml", Name: name, Devices: refs}
 	}
@@ -61,17 +64,14 @@ func TestBuild(t *testing.T) {
 			[]podmap.PodDevices{pod("a", gpu(gpuH100)), pod("b", gpu(gpuFake))}, nil, false,
 			map[string][]types.UID{gpuH100: {uidA}, gpuFake: {uidB}}, nil, nil},
 		{"time-sliced GPU: every pod sharing it holds it",
-			[]podmap.PodDevices{pod("a", gpu(gpuH100)), pod("b", gpu(gpuH100))}, nil, false,
+			[]podmap.PodDevices{pod("a", replica(gpuH100)), pod("b", replica(gpuH100))}, nil, false,
 			map[string][]types.UID{gpuH100: {uidA, uidB}}, nil, nil},
 		{"MIG device and index ID count for their GPU",
-			[]podmap.PodDevices{pod("a", podmap.DeviceRef{Kind: podmap.KindMIG, UUID: migH100}), pod("b", podmap.DeviceRef{Kind: podmap.KindIndex})}, nil, false,
+			[]podmap.PodDevices{pod("a", podmap.DeviceRef{Kind: podmap.KindMIG, UUID: migH100, Part: true}), pod("b", podmap.DeviceRef{Kind: podmap.KindIndex, Part: true})}, nil, false,
 			map[string][]types.UID{gpuH100: {uidA, uidB}}, nil, nil},
 		{"pod without an owner (gone, finished, re-created) holds nothing",
 			[]podmap.PodDevices{pod("finished", gpu(gpuH100)), pod("c", gpu(gpuFake))}, nil, false,
 			map[string][]types.UID{gpuFake: {uidC}}, nil, nil},
-		{"unresolvable device is skipped and said, the pod's others stay",
-			[]podmap.PodDevices{pod("a", podmap.DeviceRef{Kind: podmap.KindIndex, Index: 7}, gpu(gpuFake))}, nil, false,
-			map[string][]types.UID{gpuFake: {uidA}}, nil, []string{"pod ml/a: resolve device 7: not found"}},
 
 		// Allocation is the truth.
 		{"process of a pod allocated no GPU is a stray and holds nothing",
@@ -135,12 +135,85 @@ func TestBuild(t *testing.T) {
 			if !reflect.DeepEqual(res.Strays, tt.strays) {
 				t.Errorf("Strays = %v; want %v", res.Strays, tt.strays)
 			}
+			if len(res.Frozen) > 0 || len(res.Unattributable) > 0 {
+				t.Errorf("Frozen %v, Unattributable %v; want none", res.Frozen, res.Unattributable)
+			}
 			if len(res.Skipped) != len(tt.skipped) {
 				t.Fatalf("Skipped %v; want %q", res.Skipped, tt.skipped)
 			}
 			for i, err := range res.Skipped {
 				if !strings.Contains(err.Error(), tt.skipped[i]) {
 					t.Errorf("Skipped[%d] = %v; want one containing %q", i, err, tt.skipped[i])
+				}
+			}
+		})
+	}
+}
+
+// TestBuildHoldsWhatItCannotAttribute: what Build cannot tie to one pod's
+// allocation is never dropped, so it never gives a GPU back under its pod.
+func TestBuildHoldsWhatItCannotAttribute(t *testing.T) {
+	owners := map[string]types.UID{"ml/a": uidA, "ml/b": uidB}
+	withheld := map[string]types.UID{"ml/recreated": uidE}
+	resolver := podmap.Resolver{
+		MIGParent:  func(string) (string, error) { return "", errors.New("NVML: unknown error") },
+		GPUByIndex: func(int) (string, error) { return "", errors.New("not found") },
+	}
+	gpu := func(uuid string) podmap.DeviceRef { return podmap.DeviceRef{Kind: podmap.KindGPU, UUID: uuid} }
+	tests := []struct {
+		name           string
+		pods           []podmap.PodDevices
+		holders        map[string][]types.UID
+		frozen         []string
+		unattributable []string
+	}{
+		{"a device ID that did not parse could be any GPU",
+			[]podmap.PodDevices{{Namespace: "ml", Name: "a", Invalid: []error{errors.New(`device "GPU-F4CE" of nvidia.com/gpu: not lowercase`)}}},
+			map[string][]types.UID{}, nil, []string{`device "GPU-F4CE"`}},
+		{"a MIG device whose board NVML cannot tell could be any GPU",
+			[]podmap.PodDevices{{Namespace: "ml", Name: "a", Devices: []podmap.DeviceRef{{Kind: podmap.KindMIG, UUID: migH100, Part: true}, gpu(gpuFake)}}},
+			map[string][]types.UID{gpuFake: {uidA}}, nil, []string{"pod ml/a: resolve device " + migH100 + ": NVML: unknown error"}},
+		{"an index no GPU has could be any GPU",
+			[]podmap.PodDevices{{Namespace: "ml", Name: "b", Devices: []podmap.DeviceRef{{Kind: podmap.KindIndex, Index: 7}}}},
+			map[string][]types.UID{}, nil, []string{"pod ml/b: resolve device 7: not found"}},
+		{"an unparsable ID of a pod not in the cache holds nothing, as its devices",
+			[]podmap.PodDevices{{Namespace: "ml", Name: "gone", Invalid: []error{errors.New("bad")}}},
+			map[string][]types.UID{}, nil, nil},
+		{"a withheld entry's GPUs are frozen, held by no one",
+			[]podmap.PodDevices{{Namespace: "ml", Name: "recreated", Devices: []podmap.DeviceRef{gpu(gpuH100)}}},
+			map[string][]types.UID{}, []string{gpuH100}, nil},
+		{"a whole GPU listed for two pods is frozen",
+			[]podmap.PodDevices{{Namespace: "ml", Name: "a", Devices: []podmap.DeviceRef{gpu(gpuH100)}},
+				{Namespace: "ml", Name: "b", Devices: []podmap.DeviceRef{{Kind: podmap.KindGPU, UUID: gpuH100, Part: true}}}},
+			map[string][]types.UID{gpuH100: {uidA, uidB}}, []string{gpuH100}, nil},
+		{"replicas of one GPU for two pods: shared, not frozen",
+			[]podmap.PodDevices{{Namespace: "ml", Name: "a", Devices: []podmap.DeviceRef{{Kind: podmap.KindGPU, UUID: gpuH100, Part: true}}},
+				{Namespace: "ml", Name: "b", Devices: []podmap.DeviceRef{{Kind: podmap.KindGPU, UUID: gpuH100, Part: true}}}},
+			map[string][]types.UID{gpuH100: {uidA, uidB}}, nil, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := podmap.Build(podmap.Sources{Pods: tt.pods, Owners: owners, Withheld: withheld, Resolver: resolver})
+			got := map[string][]types.UID{}
+			for gpu, pods := range res.Holders {
+				got[gpu] = sets.List(pods)
+			}
+			if !reflect.DeepEqual(got, tt.holders) {
+				t.Errorf("Holders = %v; want %v", got, tt.holders)
+			}
+			var frozen []string
+			for gpu := range res.Frozen {
+				frozen = append(frozen, gpu)
+			}
+			if !reflect.DeepEqual(frozen, tt.frozen) {
+				t.Errorf("Frozen = %v; want %v", res.Frozen, tt.frozen)
+			}
+			if len(res.Unattributable) != len(tt.unattributable) {
+				t.Fatalf("Unattributable = %v; want %q", res.Unattributable, tt.unattributable)
+			}
+			for i, u := range res.Unattributable {
+				if !strings.Contains(u.Err.Error(), tt.unattributable[i]) || u.Pod == "" {
+					t.Errorf("Unattributable[%d] = %+v; want one of a cached pod containing %q", i, u, tt.unattributable[i])
 				}
 			}
 		})

@@ -115,6 +115,20 @@ func TestWebhookFolderAppliesInOrder(t *testing.T) {
 	}
 }
 
+// TestAgentFileDeletesTheDaemonSetFirst: `kubectl delete -f` deletes in file
+// order. With the ServiceAccount first, a stopping agent's token is refused
+// before it reads its DaemonSet; with the DaemonSet first, it finds it gone.
+func TestAgentFileDeletesTheDaemonSetFirst(t *testing.T) {
+	var kinds []string
+	for _, o := range load(t, agentFile()) {
+		kinds = append(kinds, o.u.GetKind())
+	}
+	want := []string{"DaemonSet", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+	if !slices.Equal(kinds, want) {
+		t.Errorf("deploy/agent/daemonset.yaml holds\n %v\nwant\n %v", kinds, want)
+	}
+}
+
 func TestWebhookConfigurations(t *testing.T) {
 	objs := load(t, webhookFiles(t)...)
 	mut := find[admissionv1.MutatingWebhookConfiguration](t, objs, "MutatingWebhookConfiguration", "power-webhook")
