@@ -141,11 +141,12 @@ func (r *BudgetReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 		if err := r.extendLate(ctx, b, live, now); err != nil {
 			return false, err
 		}
+		checked := slices.Clone(b.Status.Reservations)
 		wasOver = meta.IsStatusConditionTrue(before.Conditions, powerv1alpha1.ConditionOverCommitted)
 		over = r.recompute(b, live, now)
 		if behind = b.Status.CommittedWatts < before.CommittedWatts && !r.hasCaughtUp(b); behind {
 			b.Status = *before
-			return false, nil
+			return lapse(&b.Status, b.Spec.TotalWatts, checked, live, now), nil
 		}
 		next = *b.Status.DeepCopy()
 		return !equality.Semantic.DeepEqual(before, &next), nil
@@ -164,6 +165,35 @@ func (r *BudgetReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 		r.Recorder.Eventf(&budget, nil, corev1.EventTypeWarning, "OverCommitted", "Reconcile", msg)
 	}
 	return reconcile.Result{RequeueAfter: r.nextCheck(&next, now)}, nil
+}
+
+// lapse applies, to a status kept while the pod cache catches up, what
+// does not depend on that cache: reservations the API server was asked about
+// (checked, as extendLate left them) are renewed, and those that expired with
+// no pod the budget charges are dropped with their watts. A quiet cluster
+// then releases a forged or failed admission's watts at its TTL, without
+// waiting for a pod event or watch bookmark to move the cache.
+func lapse(st *powerv1alpha1.GPUPowerBudgetStatus, total int64, checked []powerv1alpha1.Reservation, live []policy.Charge, now time.Time) bool {
+	changed := false
+	kept := st.Reservations[:0]
+	for _, res := range st.Reservations {
+		i := slices.IndexFunc(checked, func(c powerv1alpha1.Reservation) bool { return c.PodUID == res.PodUID })
+		switch {
+		case i < 0 || slices.ContainsFunc(live, func(c policy.Charge) bool { return c.UID == res.PodUID }):
+		case now.Before(checked[i].Expires.Time):
+			if !checked[i].Expires.Equal(&res.Expires) || checked[i].Watts != res.Watts {
+				res.Expires, res.Watts, changed = checked[i].Expires, checked[i].Watts, true
+			}
+		default:
+			st.CommittedWatts = policy.SatSub(st.CommittedWatts, res.Watts)
+			changed = true
+			continue
+		}
+		kept = append(kept, res)
+	}
+	st.Reservations = kept
+	st.AvailableWatts = policy.SatSub(total, st.CommittedWatts)
+	return changed
 }
 
 // markInvalid reports a budget whose selectors cannot be evaluated on its
