@@ -71,31 +71,41 @@ func TestDeniedRaiseRestoresTheOtherBudgetsReservation(t *testing.T) {
 
 // A reservation whose pod never appears (a forged or failed admission)
 // stops counting at its TTL; one whose pod the API server holds while the
-// cache is late is renewed, never released.
+// cache is late is renewed, never released. Also on a quiet cluster, where
+// the pod cache has not moved past the budget's version (no pod event, no
+// bookmark yet) and releases that depend on the cache are held back: whether
+// the pod exists is asked of the API server.
 func TestExpiredReservationCountsOnlyIfItsPodExists(t *testing.T) {
-	b, c := ledger(t, 0)
-	b.TTL = 10 * time.Second
-	for _, r := range []*reserveRequest{
-		{uid: "ghost", pod: "llm/ghost", watts: 600, delta: 600},
-		{uid: "late", pod: "llm/late", watts: 300, delta: 300},
+	for _, tc := range []struct{ name, podsSeen string }{
+		{"pod cache caught up", ""},
+		{"pod cache behind the budget", "1"},
 	} {
-		if res := b.enqueue(t.Context(), "cluster", r); !res.ok {
-			t.Fatalf("reserve %s: %+v", r.uid, res)
-		}
-	}
-	// The API server holds the late pod; the reconciler's cache does not.
-	api := fakeAPI(t, testpod.MakePod("late", "llm").UID("late").GPU(1).NodeName("h100-0").Limit("300").Obj(),
-		testpod.MakePod("ghost", "llm").UID("another-pod-of-that-name").GPU(1).Limit("600").Obj())
-	now := time.Now().Add(b.TTL + time.Second)
-	r := &BudgetReconciler{Client: c, API: api, Budgets: b, Catalog: b.Catalog, Cluster: b.Cluster,
-		Resync: time.Minute, Now: func() time.Time { return now }, PodsSeen: func() string { return "" }}
-	b.Now = r.Now
-	if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}); err != nil {
-		t.Fatal(err)
-	}
-	st := statusOf(t, c, "cluster")
-	if st.CommittedWatts != 300 || len(st.Reservations) != 1 || st.Reservations[0].PodUID != "late" || !st.Reservations[0].Expires.After(now) {
-		t.Errorf("committed %d W, reservations %+v; want only the late pod's 300 W, renewed", st.CommittedWatts, st.Reservations)
+		t.Run(tc.name, func(t *testing.T) {
+			b, c := ledger(t, 0)
+			b.TTL = 10 * time.Second
+			for _, r := range []*reserveRequest{
+				{uid: "ghost", pod: "llm/ghost", watts: 600, delta: 600},
+				{uid: "late", pod: "llm/late", watts: 300, delta: 300},
+			} {
+				if res := b.enqueue(t.Context(), "cluster", r); !res.ok {
+					t.Fatalf("reserve %s: %+v", r.uid, res)
+				}
+			}
+			// The API server holds the late pod; the reconciler's cache does not.
+			api := fakeAPI(t, testpod.MakePod("late", "llm").UID("late").GPU(1).NodeName("h100-0").Limit("300").Obj(),
+				testpod.MakePod("ghost", "llm").UID("another-pod-of-that-name").GPU(1).Limit("600").Obj())
+			now := time.Now().Add(b.TTL + time.Second)
+			r := &BudgetReconciler{Client: c, API: api, Budgets: b, Catalog: b.Catalog, Cluster: b.Cluster,
+				Resync: time.Minute, Now: func() time.Time { return now }, PodsSeen: func() string { return tc.podsSeen }}
+			b.Now = r.Now
+			if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}); err != nil {
+				t.Fatal(err)
+			}
+			st := statusOf(t, c, "cluster")
+			if st.CommittedWatts != 300 || st.AvailableWatts != 700 || len(st.Reservations) != 1 || st.Reservations[0].PodUID != "late" || !st.Reservations[0].Expires.After(now) {
+				t.Errorf("committed %d W (available %d), reservations %+v; want only the late pod's 300 W, renewed", st.CommittedWatts, st.AvailableWatts, st.Reservations)
+			}
+		})
 	}
 }
 
@@ -339,35 +349,5 @@ func TestForgedReservationForAPodWithoutGPUsLapses(t *testing.T) {
 		if st := statusOf(t, c, "cluster"); st.CommittedWatts != 0 {
 			t.Fatalf("after %d TTLs: committed %d W, reservations %+v; want the forged reservation gone (its pod holds no GPU)", i+1, st.CommittedWatts, st.Reservations)
 		}
-	}
-}
-
-// On a quiet cluster the pod cache does not move past the budget's version
-// (no pod event, no bookmark yet), and the reconciler holds back releases
-// that depend on it. An expired reservation with no pod still lapses: that
-// check asks the API server, not the cache.
-func TestExpiredReservationLapsesWhileThePodCacheIsBehind(t *testing.T) {
-	b, c := ledger(t, 0)
-	b.TTL = 10 * time.Second
-	for _, r := range []*reserveRequest{
-		{uid: "ghost", pod: "llm/ghost", watts: 600, delta: 600},
-		{uid: "late", pod: "llm/late", watts: 300, delta: 300},
-	} {
-		if res := b.enqueue(t.Context(), "cluster", r); !res.ok {
-			t.Fatalf("reserve %s: %+v", r.uid, res)
-		}
-	}
-	api := fakeAPI(t, testpod.MakePod("late", "llm").UID("late").GPU(1).NodeName("h100-0").Limit("300").Obj(),
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "llm"}})
-	now := time.Now().Add(b.TTL + time.Second)
-	r := &BudgetReconciler{Client: c, API: api, Budgets: b, Catalog: b.Catalog, Cluster: b.Cluster,
-		Resync: time.Minute, Now: func() time.Time { return now }, PodsSeen: func() string { return "1" }}
-	b.Now = r.Now
-	if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}); err != nil {
-		t.Fatal(err)
-	}
-	st := statusOf(t, c, "cluster")
-	if st.CommittedWatts != 300 || st.AvailableWatts != 700 || len(st.Reservations) != 1 || st.Reservations[0].PodUID != "late" || !st.Reservations[0].Expires.After(now) {
-		t.Errorf("committed %d W (available %d), reservations %+v; want the ghost's 600 W released and the late pod's renewed", st.CommittedWatts, st.AvailableWatts, st.Reservations)
 	}
 }
