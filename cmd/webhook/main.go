@@ -60,7 +60,7 @@ func main() {
 	flag.BoolVar(&o.leaderElect, "leader-elect", true, "Elect one replica to run the budget reconciler and write budget reservations; the others forward theirs to it (every replica serves admissions).")
 	flag.StringVar(&o.advertise, "advertise-address", "", "host:port where the other replicas reach this one's webhook server to forward budget reservations; default: this pod's IP and --webhook-port.")
 	flag.StringVar(&o.clientAuth.CAFile, "client-ca-file", "", "PEM bundle of the CAs that sign the API server's client certificate (re-read when it changes); set: the webhook port refuses, in the TLS handshake, any caller without a certificate from them other than a replica holding the serving key. Needs the API server's AdmissionConfiguration to present one (docs/install.md).")
-	flag.Func("client-name", "With --client-ca-file: a common name or DNS name the API server's client certificate may carry; repeatable; unset: any certificate those CAs signed for client authentication.", func(s string) error {
+	flag.Func("client-name", "With --client-ca-file: a common name the API server's client certificate may carry (the common name alone, as kube-apiserver names x509 clients); repeatable; unset: any certificate those CAs signed for client authentication.", func(s string) error {
 		if s == "" {
 			return errors.New("empty name")
 		}

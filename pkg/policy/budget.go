@@ -26,6 +26,9 @@ type Cost struct {
 // CostOf computes a pod's cost: its limit x GPUs. A GPU pod without a valid
 // limit costs, when countUnlimited, the highest default board limit among the
 // products it can land on (the most it can draw), and nothing otherwise.
+// Where none of them is in the catalog (a new GPU generation, a node not
+// labelled yet) it costs the catalog's highest default: too much rather
+// than nothing.
 func (c Catalog) CostOf(pod *corev1.Pod, cluster Cluster, countUnlimited bool) Cost {
 	gpus := DemandOf(&pod.Spec).GPUs
 	if gpus == 0 {
@@ -40,6 +43,11 @@ func (c Catalog) CostOf(pod *corev1.Pod, cluster Cluster, countUnlimited bool) C
 	var perGPU Watts
 	for _, label := range CandidatesOf(pod, cluster).Labels {
 		if r, ok := c.Lookup(label); ok {
+			perGPU = max(perGPU, r.DefaultWatts())
+		}
+	}
+	if perGPU == 0 {
+		for _, r := range c {
 			perGPU = max(perGPU, r.DefaultWatts())
 		}
 	}

@@ -171,3 +171,24 @@ func FuzzCostArithmetic(f *testing.F) {
 		}
 	})
 }
+
+// Under unlimitedPods: Count an unlimited GPU pod costs its products' default
+// board limit; where none of the products it can land on is in the catalog
+// (a new GPU generation, or a node GFD has not labelled) it costs the
+// catalog's highest default, never nothing.
+func TestUnlimitedPodOnAnUncataloguedProductIsCharged(t *testing.T) {
+	cat := policy.DefaultCatalog()
+	for name, cluster := range map[string]fakeCluster{
+		"uncatalogued product": {"new-0": "NVIDIA-B300-SXM6-288GB"},
+		"unlabelled GPU node":  {"fresh-0": ""},
+	} {
+		node := "new-0"
+		if name == "unlabelled GPU node" {
+			node = "fresh-0"
+		}
+		p := pod().GPU(8).NodeName(node).Obj()
+		if c := cat.CostOf(p, cluster, true); c.Watts == 0 {
+			t.Errorf("%s: an unlimited 8-GPU pod costs %d W under unlimitedPods=Count; want a conservative charge (or a denial)", name, c.Watts)
+		}
+	}
+}

@@ -407,9 +407,15 @@ func (b *Budgets) commit(ctx context.Context, name string, q *budgetQueue, batch
 				}
 				results[i] = reserveResult{ok: true}
 				continue
-			case j >= 0 && st.Reservations[j].Watts >= r.watts:
-				// Already charged: a forwarded request whose answer was
-				// lost, written again here.
+			case j >= 0 && st.Reservations[j].Watts >= r.watts && now.Before(st.Reservations[j].Expires.Time):
+				// Already charged (a forwarded request whose answer was lost,
+				// written again here, or a raise back to what the pod's
+				// reservation still holds): it counts from now on as a new
+				// reservation would, so the pod that is about to be stored
+				// with that cost is not released before the cache shows it.
+				if exp := b.expiry(now); st.Reservations[j].Expires.Before(&exp) {
+					st.Reservations[j].Expires, changed = exp, true
+				}
 				results[i] = reserveResult{ok: true}
 				continue
 			}
@@ -419,7 +425,7 @@ func (b *Budgets) commit(ctx context.Context, name string, q *budgetQueue, batch
 				denied = true
 				continue
 			}
-			res := powerv1alpha1.Reservation{PodUID: r.uid, Pod: r.pod, Watts: r.watts, Expires: metav1.NewTime(now.Add(b.TTL))}
+			res := powerv1alpha1.Reservation{PodUID: r.uid, Pod: r.pod, Watts: r.watts, Expires: b.expiry(now)}
 			var prior *powerv1alpha1.Reservation
 			if j >= 0 {
 				prior = st.Reservations[j].DeepCopy()
@@ -465,6 +471,12 @@ func (b *Budgets) commit(ctx context.Context, name string, q *budgetQueue, batch
 	}
 	q.last = nil
 	return fill(results, reserveResult{err: fmt.Errorf("reserve GPU power in budget %s: still conflicting after %d attempts; retry", name, b.Attempts)})
+}
+
+// expiry is when a reservation made now stops counting if its pod has not
+// appeared: TTL from now, rounded up to the whole second metav1.Time keeps.
+func (b *Budgets) expiry(now time.Time) metav1.Time {
+	return metav1.NewTime(now.Add(b.TTL + time.Second - 1).Truncate(time.Second))
 }
 
 // latest is the newer of the budget as this replica last wrote it and as its

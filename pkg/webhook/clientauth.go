@@ -170,11 +170,19 @@ func (v *clientVerifier) verify(cs tls.ConnectionState, serving func(*tls.Client
 	}); err != nil {
 		return fmt.Errorf("client certificate %q: %w", leaf.Subject.CommonName, err)
 	}
-	if len(v.names) == 0 || slices.Contains(v.names, leaf.Subject.CommonName) ||
-		slices.ContainsFunc(leaf.DNSNames, func(n string) bool { return slices.Contains(v.names, n) }) {
+	// Verify accepts a leaf without extended key usages for any usage; a
+	// client must be one explicitly (serving certificates issued with
+	// cert-manager's default usages carry none).
+	if !slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageClientAuth) {
+		return fmt.Errorf("client certificate %q is not marked for client authentication", leaf.Subject.CommonName)
+	}
+	// The common name alone, as kube-apiserver names an x509 client: a DNS
+	// name in a certificate approved for another user is not checked by
+	// whoever approves it.
+	if len(v.names) == 0 || slices.Contains(v.names, leaf.Subject.CommonName) {
 		return nil
 	}
-	return fmt.Errorf("client certificate %q (DNS names %v) is none of the accepted clients %v", leaf.Subject.CommonName, leaf.DNSNames, v.names)
+	return fmt.Errorf("client certificate %q is none of the accepted clients %v", leaf.Subject.CommonName, v.names)
 }
 
 // holdsKey says whether leaf is a certificate for own's key.

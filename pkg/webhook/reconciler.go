@@ -249,7 +249,7 @@ func (r *BudgetReconciler) extendLate(ctx context.Context, b *powerv1alpha1.GPUP
 			continue
 		}
 		res.Watts = min(res.Watts, cost.Watts)
-		res.Expires = metav1.NewTime(now.Add(r.Budgets.TTL))
+		res.Expires = r.Budgets.expiry(now)
 	}
 	return nil
 }

@@ -144,16 +144,16 @@ func captureStderr() (stop func() string, err error) {
 	if err != nil {
 		return nil, err
 	}
-	real := os.Stderr
+	stderr := os.Stderr
 	os.Stderr = w
 	var out bytes.Buffer
 	done := make(chan struct{})
 	go func() {
-		_, _ = io.Copy(io.MultiWriter(&out, real), r)
+		_, _ = io.Copy(io.MultiWriter(&out, stderr), r)
 		close(done)
 	}()
 	return func() string {
-		os.Stderr = real
+		os.Stderr = stderr
 		_ = w.Close()
 		<-done
 		return out.String()
