@@ -15,6 +15,7 @@ import (
 	"github.com/dynamo-power/gpu-power/pkg/agent"
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
 	"github.com/dynamo-power/gpu-power/pkg/podmap"
+	"github.com/dynamo-power/gpu-power/pkg/stampkey"
 )
 
 // runInspect prints every GPU, the pods holding it, and what a reconcile
@@ -37,7 +38,11 @@ func runInspect(log logr.Logger, o options, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	e := &agent.Enforcer{NVML: lib, Ledger: ledger, RequireValidation: o.requireValidation, SkippedNamespaces: skipped, Log: log}
+	stampKey, err := stampkey.Load(o.stampKeyFile)
+	if err != nil {
+		return err
+	}
+	e := &agent.Enforcer{NVML: lib, Ledger: ledger, RequireValidation: o.requireValidation, SkippedNamespaces: skipped, StampKey: stampKey, Log: log}
 	in := agent.Inputs{}
 	if o.nodeName != "" {
 		k, err := newKube(o.kubeconfig)

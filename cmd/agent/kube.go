@@ -74,7 +74,7 @@ func (k *kube) podInformer(node string) cache.SharedIndexInformer {
 const maxKeptAnnotation = 64
 
 // trimPod keeps of a pod exactly what the agent reads: its name, namespace,
-// UID and resourceVersion (Events' reference), its two power annotations,
+// UID and resourceVersion (Events' reference), its three power annotations,
 // its phase and start time (the field selector already says its node). A pod on a GPU node can be a megabyte
 // of env and annotations, and a node holds a hundred of them; the agent would
 // otherwise keep them all. TestTrimPodKeepsWhatTheAgentReads fails when the
@@ -85,7 +85,7 @@ func trimPod(obj any) (any, error) {
 		return obj, nil // a tombstone holds a pod already trimmed
 	}
 	var annotations map[string]string
-	for _, key := range []string{policy.AnnotationPowerLimit, policy.AnnotationPowerLimitValidated} {
+	for _, key := range []string{policy.AnnotationPowerLimit, policy.AnnotationPowerLimitValidated, policy.AnnotationPowerLimitSignature} {
 		if v, ok := p.Annotations[key]; ok {
 			if len(v) > maxKeptAnnotation {
 				v = v[:maxKeptAnnotation] + "..."

@@ -31,6 +31,7 @@ import (
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
 	"github.com/dynamo-power/gpu-power/pkg/podmap"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
+	"github.com/dynamo-power/gpu-power/pkg/stampkey"
 )
 
 type options struct {
@@ -42,7 +43,7 @@ type options struct {
 	interval, debounce                 time.Duration
 	requireValidation, restoreOnExit   bool
 	requirePodResources                bool
-	skippedNamespaces                  string
+	skippedNamespaces, stampKeyFile    string
 }
 
 // stateLockWait bounds how long an agent waits for its predecessor on the
@@ -75,6 +76,8 @@ func main() {
 		"Refuse to attribute GPUs by their processes when kubelet has no PodResources: enforce nothing (not ready) instead.")
 	fs.StringVar(&o.skippedNamespaces, "webhook-skipped-namespaces", strings.Join(policy.SkippedNamespaces, ","),
 		"Comma-separated namespaces the power webhook does not intercept (its namespaceSelector's NotIn values): limits there are not enforced.")
+	fs.StringVar(&o.stampKeyFile, "stamp-key-file", "",
+		"The key the power webhook signs stamps with (the same file as its --stamp-key-file): set, a stamp counts only with its valid signature.")
 	fs.BoolVar(&o.restoreOnExit, "restore-on-exit", false, "Restore every capped GPU on shutdown, even on a rolling update.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
@@ -120,6 +123,10 @@ func run(log logr.Logger, o options) error {
 		return errors.New("--node-name (or NODE_NAME) is required")
 	}
 	skipped, err := parseNamespaces(o.skippedNamespaces)
+	if err != nil {
+		return err
+	}
+	stampKey, err := stampkey.Load(o.stampKeyFile)
 	if err != nil {
 		return err
 	}
@@ -178,7 +185,7 @@ func run(log logr.Logger, o options) error {
 	recorder := newEventRecorder(k, log)
 	go recorder.post(eventsCtx)
 	enforcer := &agent.Enforcer{NVML: lib, Ledger: ledger, RequireValidation: o.requireValidation, SkippedNamespaces: skipped,
-		Recorder: recorder, Log: log, Metrics: metrics}
+		StampKey: stampKey, Recorder: recorder, Log: log, Metrics: metrics}
 	runner := &agent.Runner{Enforcer: enforcer, Pods: corelisters.NewPodLister(pods.GetIndexer()), PodsSynced: pods.HasSynced,
 		APIReachable: k.apiReachable, PodResources: podResources, RequirePodResources: o.requirePodResources,
 		Proc: os.DirFS(o.proc), Interval: o.interval, Debounce: o.debounce, Log: log}
@@ -192,7 +199,7 @@ func run(log logr.Logger, o options) error {
 	runnerReady := healthz.Checker(runner.Ready)
 	ready.Store(&runnerReady)
 	log.Info("Starting power agent", "node", o.nodeName, "interval", o.interval, "stateDir", o.stateDir,
-		"requireValidation", o.requireValidation, "requirePodResources", o.requirePodResources,
+		"requireValidation", o.requireValidation, "signedStamps", stampKey != nil, "requirePodResources", o.requirePodResources,
 		"webhookSkippedNamespaces", sets.List(skipped), "ownedGPUs", len(ledger.Owned()))
 	// The first cycle waits for the node's pods, as under controller-runtime's manager.
 	if syncPods(ctx, log, pods) {

@@ -21,6 +21,7 @@ import (
 
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
+	"github.com/dynamo-power/gpu-power/pkg/stampkey"
 	powerwebhook "github.com/dynamo-power/gpu-power/pkg/webhook"
 )
 
@@ -38,6 +39,7 @@ func (d *defaultRules) Set(s string) error {
 
 type options struct {
 	certDir, metricsAddr, probeAddr, catalogFile, unknown, advertise, timeSliced string
+	stampKeyFile                                                                 string
 	port                                                                         int
 	maxGPUs                                                                      int64
 	defaults                                                                     defaultRules
@@ -56,6 +58,7 @@ func main() {
 	flag.StringVar(&o.unknown, "unknown-products", string(policy.UnknownProductsDeny), "What to do when no GPU product a pod can land on is in the catalog: deny, or warn and admit.")
 	flag.Int64Var(&o.maxGPUs, "max-gpus-per-pod", policy.DefaultMaxGPUsPerPod, "Most GPUs a new pod may request (nvidia.com/gpu and nvidia.com/gpu.shared together); more is denied: no node holds that many.")
 	flag.StringVar(&o.timeSliced, "time-sliced-gpus", string(policy.TimeSlicedGPUsDeny), "What a power limit on a time-sliced GPU gets: deny, or lowest-wins (admitted with a warning; the board is capped at the lowest limit among the pods sharing it).")
+	flag.StringVar(&o.stampKeyFile, "stamp-key-file", "", "Key material to sign every stamp with (the agent's --stamp-key-file names the same file): the agent then enforces no stamp the webhook did not set.")
 	flag.Var(&o.defaults, "default-rule", "Default limit for GPU pods without one, as selector=watts (label selector syntax, e.g. role=decode=250); repeatable, first match wins.")
 	flag.BoolVar(&o.leaderElect, "leader-elect", true, "Elect one replica to run the budget reconciler and write budget reservations; the others forward theirs to it (every replica serves admissions).")
 	flag.StringVar(&o.advertise, "advertise-address", "", "host:port where the other replicas reach this one's webhook server to forward budget reservations; default: this pod's IP and --webhook-port.")
@@ -127,7 +130,7 @@ func run(log logr.Logger, o options) error {
 		return err
 	}
 	log.Info("Starting power webhook", "port", o.port, "certDir", o.certDir, "clientCAFile", o.clientAuth.CAFile, "clientNames", o.clientAuth.Names, "products", len(admit.Catalog),
-		"unknownProducts", admit.UnknownProducts, "defaultRules", len(admit.Defaults))
+		"unknownProducts", admit.UnknownProducts, "defaultRules", len(admit.Defaults), "signedStamps", admit.StampKey != nil)
 	return mgr.Start(ctx)
 }
 
@@ -156,7 +159,11 @@ func newAdmission(o options) (*policy.Admission, error) {
 	if o.maxGPUs < 1 {
 		return nil, fmt.Errorf("--max-gpus-per-pod=%d: want at least 1", o.maxGPUs)
 	}
-	return &policy.Admission{Catalog: catalog, UnknownProducts: u, Defaults: o.defaults, MaxGPUsPerPod: o.maxGPUs, TimeSlicedGPUs: ts}, nil
+	key, err := stampkey.Load(o.stampKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	return &policy.Admission{Catalog: catalog, UnknownProducts: u, Defaults: o.defaults, MaxGPUsPerPod: o.maxGPUs, TimeSlicedGPUs: ts, StampKey: key}, nil
 }
 
 // writer is the leader-election Lease and this replica's address in it.

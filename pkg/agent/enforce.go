@@ -97,8 +97,13 @@ type Enforcer struct {
 	// is not the webhook's, so with RequireValidation a limit there counts
 	// as not validated.
 	SkippedNamespaces sets.Set[string]
-	Recorder          EventRecorder
-	Log               logr.Logger
+	// StampKey verifies the webhook's signature of each stamp; nil: stamps
+	// are not signed. With it, a stamp without its valid signature is not
+	// the webhook's (a pod created while the webhook was away) and, with
+	// RequireValidation, its limit counts as not validated.
+	StampKey policy.StampKey
+	Recorder EventRecorder
+	Log      logr.Logger
 	// Metrics may be nil (inspect, tests).
 	Metrics *Metrics
 
@@ -404,7 +409,7 @@ func (e *Enforcer) holders(uuid string, in Inputs) ([]policy.Holder, []*corev1.P
 		}
 		limit, hasLimit := p.Annotations[policy.AnnotationPowerLimit]
 		stamp, hasStamp := p.Annotations[policy.AnnotationPowerLimitValidated]
-		if e.SkippedNamespaces.Has(p.Namespace) {
+		if e.SkippedNamespaces.Has(p.Namespace) || !e.signed(p, stamp) {
 			stamp, hasStamp = "", false // the webhook never saw this pod: whoever wrote the stamp, it was not the webhook
 		}
 		hs = append(hs, policy.Holder{Pod: p.Namespace + "/" + p.Name, UID: p.UID, Limit: limit, Stamp: stamp, HasLimit: hasLimit, HasStamp: hasStamp})
@@ -412,6 +417,12 @@ func (e *Enforcer) holders(uuid string, in Inputs) ([]policy.Holder, []*corev1.P
 	}
 	slices.SortFunc(hs, func(a, b policy.Holder) int { return strings.Compare(a.Pod, b.Pod) })
 	return hs, pods
+}
+
+// signed reports whether a pod's stamp carries the webhook's signature (or
+// stamps are not signed).
+func (e *Enforcer) signed(p *corev1.Pod, stamp string) bool {
+	return e.StampKey == nil || e.StampKey.Verify(p.Namespace, stamp, p.Annotations[policy.AnnotationPowerLimitSignature])
 }
 
 // explain tells pods, once per change, why their limit does not count or
@@ -433,6 +444,12 @@ func (e *Enforcer) explain(dev nvmlctl.Device, d policy.GPUDecision, pods []*cor
 			e.tellOnce([]*corev1.Pod{p}, "unvalidated/"+p.Annotations[policy.AnnotationPowerLimit], ReasonNotValidated,
 				"Power limit %q is not enforced on GPU %d: the power webhook does not intercept namespace %s, so no stamp there is its own",
 				p.Annotations[policy.AnnotationPowerLimit], dev.Index, p.Namespace)
+			continue
+		}
+		if stamp := p.Annotations[policy.AnnotationPowerLimitValidated]; stamp == p.Annotations[policy.AnnotationPowerLimit] && !e.signed(p, stamp) {
+			e.tellOnce([]*corev1.Pod{p}, "unvalidated/"+p.Annotations[policy.AnnotationPowerLimit], ReasonNotValidated,
+				"Power limit %q is not enforced on GPU %d: its stamp carries no valid signature of the power webhook (%s), so the webhook did not set it (was the pod created while the webhook was away?)",
+				p.Annotations[policy.AnnotationPowerLimit], dev.Index, policy.AnnotationPowerLimitSignature)
 			continue
 		}
 		e.tellOnce([]*corev1.Pod{p}, "unvalidated/"+p.Annotations[policy.AnnotationPowerLimit], ReasonNotValidated,

@@ -56,3 +56,34 @@ func TestStampWhereTheWebhookNeverLooksIsNotEnforced(t *testing.T) {
 		}
 	})
 }
+
+// TestUnsignedStampIsNotEnforced: with a stamp key, limit = stamp is not
+// enough: a pod created while the webhook was away (its author typed both)
+// caps nothing and is told once; the webhook's signed stamp caps as before.
+func TestUnsignedStampIsNotEnforced(t *testing.T) {
+	key := policy.NewStampKey([]byte("test key material, at least 32 bytes long"))
+	n := newNode(t)
+	n.enforcer.StampKey = key
+	typed := n.runIn("llm", "typed-by-hand", "200", gpu[0])
+	copied := n.runIn("other-tenant", "copied-signature", "200", gpu[1])
+	copied.Annotations[policy.AnnotationPowerLimitSignature] = key.Sign("llm", "200") // valid, but for another namespace
+	signed := n.runIn("llm", "admitted", "250", gpu[2])
+	signed.Annotations[policy.AnnotationPowerLimitSignature] = key.Sign("llm", "250")
+	for range 3 {
+		n.reconcile()
+	}
+	for i, want := range []int64{700, 700, 250} {
+		if n.limitW(gpu[i]) != want {
+			t.Errorf("GPU %d at %d W; want %d", i, n.limitW(gpu[i]), want)
+		}
+	}
+	var told []string
+	for _, e := range n.drainEvents() {
+		if strings.Contains(e, " "+ReasonNotValidated+" ") && strings.Contains(e, "no valid signature") {
+			told = append(told, e)
+		}
+	}
+	if len(told) != 2 {
+		t.Errorf("events %q; want one %s for each of %s and %s", told, ReasonNotValidated, typed.Name, copied.Name)
+	}
+}

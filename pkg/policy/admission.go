@@ -46,6 +46,8 @@ type Admission struct {
 	MaxGPUsPerPod int64
 	// TimeSlicedGPUs is what a limit on a time-sliced GPU gets ("" = deny).
 	TimeSlicedGPUs TimeSlicedGPUs
+	// StampKey signs every stamp set; nil: stamps are not signed.
+	StampKey StampKey
 }
 
 // Verdict is the decision on one pod.
@@ -54,9 +56,9 @@ type Verdict struct {
 	Errors field.ErrorList
 	// Warnings are returned to the client with an admitted pod.
 	Warnings []string
-	// Limit and Stamp are the annotation values the admitted pod must carry;
-	// "" means the annotation must be absent.
-	Limit, Stamp string
+	// Limit, Stamp and Signature are the annotation values the admitted pod
+	// must carry; "" means the annotation must be absent.
+	Limit, Stamp, Signature string
 }
 
 // Mutate decides what the mutating webhook does: default the limit of a new
@@ -69,7 +71,7 @@ func (a *Admission) Mutate(op admissionv1.Operation, pod, old *corev1.Pod, clust
 		return Verdict{Errors: field.ErrorList{err}}
 	}
 	if limitUnchanged(op, pod, old) {
-		return Verdict{Limit: limit, Stamp: old.Annotations[AnnotationPowerLimitValidated]}
+		return Verdict{Limit: limit, Stamp: old.Annotations[AnnotationPowerLimitValidated], Signature: old.Annotations[AnnotationPowerLimitSignature]}
 	}
 	var rule *DefaultRule
 	if !hasLimit && op == admissionv1.Create {
@@ -86,7 +88,17 @@ func (a *Admission) Mutate(op admissionv1.Operation, pod, old *corev1.Pod, clust
 	}
 	v := a.check(pod, limit, rule, cluster)
 	v.Limit, v.Stamp = limit, stampFor(pod, limit)
+	v.Signature = a.signatureFor(pod.Namespace, v.Stamp)
 	return v
+}
+
+// signatureFor is the signature a stamp carries: none without a key or a
+// stamp.
+func (a *Admission) signatureFor(namespace, stamp string) string {
+	if a.StampKey == nil || stamp == "" {
+		return ""
+	}
+	return a.StampKey.Sign(namespace, stamp)
 }
 
 // stampFor is the stamp a pod with an admitted limit carries: the limit, or
@@ -115,11 +127,16 @@ func (a *Admission) Validate(op admissionv1.Operation, pod, old *corev1.Pod, clu
 			v.Errors = append(v.Errors, invalidValue(StampPath, stamp,
 				fmt.Sprintf("must stay %q while %s is unchanged; only the power webhook sets it", want, AnnotationPowerLimit)))
 		}
+		if sig, want := pod.Annotations[AnnotationPowerLimitSignature], old.Annotations[AnnotationPowerLimitSignature]; sig != want {
+			v.Errors = append(v.Errors, invalidValue(SignaturePath, sig,
+				fmt.Sprintf("must stay as it was while %s is unchanged; only the power webhook sets it", AnnotationPowerLimit)))
+		}
 	case !hasLimit:
 		if hasStamp {
 			v.Errors = append(v.Errors, invalidValue(StampPath, stamp,
 				fmt.Sprintf("must be absent when %s is absent; only the power webhook sets it", AnnotationPowerLimit)))
 		}
+		v.Errors = append(v.Errors, a.checkSignature(pod, "")...)
 	default:
 		v.Errors = append(v.Errors, a.check(pod, limit, nil, cluster).Errors...)
 		switch want := stampFor(pod, limit); {
@@ -130,10 +147,26 @@ func (a *Admission) Validate(op admissionv1.Operation, pod, old *corev1.Pod, clu
 		case want != "" && stamp != want:
 			v.Errors = append(v.Errors, invalidValue(StampPath, stamp,
 				fmt.Sprintf("must equal the admitted %s %q; only the power webhook sets it (was the pod changed by another mutating webhook?)", AnnotationPowerLimit, limit)))
+		default:
+			v.Errors = append(v.Errors, a.checkSignature(pod, want)...)
 		}
 	}
 	v.Limit, v.Stamp = limit, stamp
 	return v
+}
+
+// checkSignature checks the signature annotation against the stamp the pod
+// must carry ("" none): exactly what Mutate would have set.
+func (a *Admission) checkSignature(pod *corev1.Pod, stamp string) field.ErrorList {
+	sig, has := pod.Annotations[AnnotationPowerLimitSignature]
+	want := a.signatureFor(pod.Namespace, stamp)
+	switch {
+	case want == "" && has:
+		return field.ErrorList{invalidValue(SignaturePath, sig, "must be absent here; only the power webhook sets it")}
+	case want != "" && sig != want:
+		return field.ErrorList{invalidValue(SignaturePath, sig, "is not the power webhook's signature of the stamp; only the power webhook sets it")}
+	}
+	return nil
 }
 
 // checkGPUCount denies a new pod that requests more GPUs than any node can

@@ -10,6 +10,10 @@ const (
 	// AnnotationPowerLimitValidated is set only by the webhook, to the limit it
 	// admitted; the agent enforces a pod's limit only when both are equal.
 	AnnotationPowerLimitValidated = "dynamo.nvidia.com/gpu-power-limit-validated"
+	// AnnotationPowerLimitSignature is set only by the webhook, with its
+	// stamp, when it signs stamps (StampKey): the agent then enforces only a
+	// stamp whose signature it can verify.
+	AnnotationPowerLimitSignature = "dynamo.nvidia.com/gpu-power-limit-signature"
 
 	// LabelGPUProduct is the node label GPU Feature Discovery sets to the GPU model.
 	LabelGPUProduct = "nvidia.com/gpu.product"
@@ -30,6 +34,8 @@ var (
 	LimitPath = annotationsPath.Key(AnnotationPowerLimit)
 	// StampPath is where denials of the validation stamp point.
 	StampPath = annotationsPath.Key(AnnotationPowerLimitValidated)
+	// SignaturePath is where denials of the stamp's signature point.
+	SignaturePath = annotationsPath.Key(AnnotationPowerLimitSignature)
 )
 
 // SkippedNamespaces are the namespaces the webhook's pod webhooks never see:

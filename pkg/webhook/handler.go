@@ -63,7 +63,7 @@ func (m *Mutator) Handle(ctx context.Context, req admission.Request) admission.R
 			return deny(pod, v), nil
 		}
 		resp := admission.Allowed("")
-		resp.Patches = annotationPatch(pod.Annotations, v.Limit, v.Stamp)
+		resp.Patches = annotationPatch(pod.Annotations, v)
 		if len(resp.Patches) > 0 {
 			pt := admissionv1.PatchTypeJSONPatch
 			resp.PatchType = &pt
@@ -224,7 +224,7 @@ func guardSubresource(req admission.Request) (admission.Response, error) {
 }
 
 // powerAnnotationKeys are the annotations only admission of the pod may set.
-var powerAnnotationKeys = [...]string{policy.AnnotationPowerLimit, policy.AnnotationPowerLimitValidated}
+var powerAnnotationKeys = [...]string{policy.AnnotationPowerLimit, policy.AnnotationPowerLimitValidated, policy.AnnotationPowerLimitSignature}
 
 // deny answers 422 Invalid with one cause per field error, the way the API
 // server's own validation answers.
@@ -240,9 +240,12 @@ func deny(pod *corev1.Pod, v policy.Verdict) admission.Response {
 }
 
 // annotationPatch returns the JSON patch that makes the pod's annotations hold
-// limit and stamp ("" = absent), touching nothing else.
-func annotationPatch(have map[string]string, limit, stamp string) []jsonpatch.Operation {
-	want := [2]struct{ key, value string }{{policy.AnnotationPowerLimit, limit}, {policy.AnnotationPowerLimitValidated, stamp}}
+// the verdict's limit, stamp and signature ("" = absent), touching nothing
+// else.
+func annotationPatch(have map[string]string, v policy.Verdict) []jsonpatch.Operation {
+	want := [...]struct{ key, value string }{
+		{policy.AnnotationPowerLimit, v.Limit}, {policy.AnnotationPowerLimitValidated, v.Stamp}, {policy.AnnotationPowerLimitSignature, v.Signature},
+	}
 	if have == nil {
 		add := map[string]string{}
 		for _, w := range want {

@@ -3,8 +3,14 @@ package e2e_test
 import (
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/dynamo-power/gpu-power/pkg/policy"
 
 	"github.com/dynamo-power/gpu-power/test/envtestenv"
 	"github.com/dynamo-power/gpu-power/test/sandbox"
@@ -51,6 +57,36 @@ func TestUninstall(t *testing.T) {
 	}
 	if _, err := sb.Kubectl(ctx, sandbox.WorkerPod("unchecked", "default", "probe", 1, "900"), "apply", "-f", "-"); err != nil {
 		t.Errorf("with the webhook uninstalled, GPU pods are admitted unchecked: %v", err)
+	}
+	// While the webhook is away a pod's author can type the stamp too; the
+	// agent, which verifies the webhook's signature, caps nothing for it.
+	forged := strings.Replace(sandbox.WorkerPod("forged-stamp", "default", "probe", 1, "300"),
+		"  annotations:\n", "  annotations:\n    "+policy.AnnotationPowerLimitValidated+": \"300\"\n", 1)
+	if _, err := sb.Kubectl(ctx, forged, "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	envtestenv.Eventually(t, 2*time.Minute, "PowerLimitNotValidated on forged-stamp", func() (bool, string) {
+		var events corev1.EventList
+		if err := sb.Client.List(ctx, &events, client.InNamespace("default")); err != nil {
+			return false, err.Error()
+		}
+		for _, e := range events.Items {
+			if e.InvolvedObject.Name == "forged-stamp" && e.Reason == "PowerLimitNotValidated" && strings.Contains(e.Message, "no valid signature") {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("%d events in default", len(events.Items))
+	})
+	if idx := sb.GPUsOf("default", "forged-stamp"); len(idx) == 1 {
+		gpus, err := sb.GPUs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g := gpus[idx[0]]; g.Limit != g.Default {
+			t.Errorf("GPU %d of the pod with a typed stamp is at %d mW; want its default %d mW", g.Index, g.Limit, g.Default)
+		}
+	} else {
+		t.Errorf("forged-stamp holds GPUs %v; want one", idx)
 	}
 
 	// The agent: the kubelet stops its pod once the DaemonSet is gone.

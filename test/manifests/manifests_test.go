@@ -108,7 +108,7 @@ func TestWebhookFolderAppliesInOrder(t *testing.T) {
 		}
 	}
 	want := []string{"Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
-		"PriorityClass", "Deployment", "PodDisruptionBudget", "Service", "Issuer", "Certificate", "Issuer", "Certificate",
+		"PriorityClass", "Deployment", "PodDisruptionBudget", "Service", "Issuer", "Certificate", "Issuer", "Certificate", "Certificate",
 		"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
 	if !slices.Equal(kinds, want) {
 		t.Errorf("kubectl apply -f deploy/webhook/ applies\n %v\nwant\n %v", kinds, want)

@@ -55,6 +55,8 @@ const (
 	Namespace      = "dynamo-system"
 	CertificateRef = "power-webhook-serving"
 	SecretName     = "power-webhook-serving-cert"
+	// StampKeySecret holds the key both binaries sign and verify stamps with.
+	StampKeySecret = "power-stamp-key"
 	NodeName       = "h100-node"
 	GPUProduct     = "NVIDIA-H100-80GB-HBM3"
 	GPUCount       = 8
@@ -88,6 +90,9 @@ type Sandbox struct {
 	// CertDir is the webhook's certificate folder, kept in step with the
 	// serving Secret as the kubelet keeps a Secret volume.
 	CertDir string
+	// StampKeyDir holds the stamp key Secret, as both pods mount it; its
+	// tls.key is both binaries' --stamp-key-file.
+	StampKeyDir string
 	// WebhookURL is where both webhook configurations send admissions.
 	WebhookURL string
 	// APIServerAuth is the API server's client certificate for the webhook,
@@ -115,8 +120,8 @@ func Start(ctx context.Context, o Options) (s *Sandbox, err error) {
 	bg, cancel := context.WithCancel(context.Background())
 	s = &Sandbox{
 		Dir: o.Dir, NVMLState: filepath.Join(o.Dir, "nvml.json"), CertDir: filepath.Join(o.Dir, "webhook-certs"),
-		AgentStateDir: filepath.Join(o.Dir, "agent-state"),
-		progress:      o.Progress, cancel: cancel, failures: make(chan error, 16),
+		AgentStateDir: filepath.Join(o.Dir, "agent-state"), StampKeyDir: filepath.Join(o.Dir, "stamp-key"),
+		progress: o.Progress, cancel: cancel, failures: make(chan error, 16),
 	}
 	if s.progress == nil {
 		s.progress = io.Discard
@@ -249,6 +254,9 @@ func (s *Sandbox) startAPIServer(bg context.Context) error {
 	return certmanager.Start(bg, s.Kubeconfig, s.Config)
 }
 
+// StampKeyFile is the key file both binaries are given.
+func (s *Sandbox) StampKeyFile() string { return filepath.Join(s.StampKeyDir, "tls.key") }
+
 // Kubectl runs kubectl against the sandbox with stdin and returns its
 // combined output.
 func (s *Sandbox) Kubectl(ctx context.Context, stdin string, args ...string) (string, error) {
@@ -370,11 +378,18 @@ func (s *Sandbox) startWebhook(ctx, bg context.Context) error {
 		return err
 	}
 	go every(bg, 500*time.Millisecond, vol.sync, s.fail)
+	stampKey := &secretVolume{c: s.Client, secret: types.NamespacedName{Namespace: Namespace, Name: StampKeySecret}, dir: s.StampKeyDir}
+	if err := s.waitFor(ctx, "cert-manager issued the stamp key", func(ctx context.Context) (bool, string, error) {
+		err := stampKey.sync(ctx)
+		return err == nil, fmt.Sprint(err), nil
+	}); err != nil {
+		return err
+	}
 
 	port := s.WebhookURL[strings.LastIndex(s.WebhookURL, ":")+1:]
 	var err error
 	if s.Webhook, err = newProcess("webhook", s.BinDir, s.Dir, []string{"KUBECONFIG=" + s.Kubeconfig, "POD_NAMESPACE=" + Namespace},
-		"--cert-dir", s.CertDir, "--webhook-port", port,
+		"--cert-dir", s.CertDir, "--webhook-port", port, "--stamp-key-file", s.StampKeyFile(),
 		"--client-ca-file", s.APIServerAuth.CA, "--client-name", admissionauth.ClientName); err != nil {
 		return err
 	}
@@ -494,7 +509,7 @@ func (s *Sandbox) startAgent(ctx, bg context.Context) error {
 
 	if s.Agent, err = newProcess("agent", s.BinDir, s.Dir, []string{"KUBECONFIG=" + s.Kubeconfig, "POD_NAMESPACE=" + Namespace},
 		"--node-name", NodeName, "--fake-nvml", s.NVMLState, "--state-dir", s.AgentStateDir,
-		"--pod-resources-socket", server.Socket); err != nil {
+		"--pod-resources-socket", server.Socket, "--stamp-key-file", s.StampKeyFile()); err != nil {
 		return err
 	}
 	s.step("Starting power-agent for %s (log: %s)", NodeName, s.Agent.Log)

@@ -106,12 +106,12 @@ takes only the API server's client certificate (curl --cert %s --key %s).
   alias kubectl=%s      # or your own
   kubectl get gpupowerbudgets,pods -A
   %s/power-agent inspect --node-name %s --fake-nvml %s \
-      --state-dir %s --pod-resources-socket %s
+      --state-dir %s --pod-resources-socket %s --stamp-key-file %s
   tail -f %s %s
 
 Ctrl-C stops everything.
 `, s.WebhookURL, sandbox.NodeName, sandbox.GPUCount, sandbox.GPUProduct, sandbox.NodeName, s.APIServerAuth.Cert, s.APIServerAuth.Key,
-		s.Kubeconfig, kubectl, s.BinDir, sandbox.NodeName, s.NVMLState, s.AgentStateDir, s.PodResourcesSocket,
+		s.Kubeconfig, kubectl, s.BinDir, sandbox.NodeName, s.NVMLState, s.AgentStateDir, s.PodResourcesSocket, s.StampKeyFile(),
 		s.Webhook.Log, s.Agent.Log)
 	<-ctx.Done()
 	return s.Err()
