@@ -1,6 +1,11 @@
 package stampkey_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,5 +54,38 @@ func TestLoad(t *testing.T) {
 		if _, err := stampkey.Load(path); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Load(%s) = %v; want %q", path, err, want)
 		}
+	}
+}
+
+// TestLoadIsTheKeyNotItsEncoding: cert-manager may write the same private
+// key as PKCS #1 or PKCS #8 (privateKey.encoding); both give one stamp key.
+func TestLoadIsTheKeyNotItsEncoding(t *testing.T) {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec1, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkcs8, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	var keys []string
+	for name, block := range map[string]*pem.Block{"sec1": {Type: "EC PRIVATE KEY", Bytes: sec1}, "pkcs8": {Type: "PRIVATE KEY", Bytes: pkcs8}} {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		key, err := stampkey.Load(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, key.Sign("llm", "250"))
+	}
+	if keys[0] != keys[1] {
+		t.Error("the same private key in two encodings gave two stamp keys")
 	}
 }
