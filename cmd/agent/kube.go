@@ -74,7 +74,8 @@ func (k *kube) podInformer(node string) cache.SharedIndexInformer {
 const maxKeptAnnotation = 64
 
 // trimPod keeps of a pod exactly what the agent reads: its name, namespace,
-// UID and resourceVersion (Events' reference), its three power annotations,
+// UID and resourceVersion (Events' reference), its creationTimestamp (which a
+// stamp's signature is checked against), its three power annotations,
 // its phase and start time (the field selector already says its node). A pod on a GPU node can be a megabyte
 // of env and annotations, and a node holds a hundred of them; the agent would
 // otherwise keep them all. TestTrimPodKeepsWhatTheAgentReads fails when the
@@ -98,7 +99,7 @@ func trimPod(obj any) (any, error) {
 	}
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID,
-			ResourceVersion: p.ResourceVersion, Annotations: annotations},
+			ResourceVersion: p.ResourceVersion, CreationTimestamp: p.CreationTimestamp, Annotations: annotations},
 		Status: corev1.PodStatus{Phase: p.Status.Phase, StartTime: p.Status.StartTime},
 	}, nil
 }

@@ -104,6 +104,14 @@ func TestTrimPodKeepsWhatTheAgentReads(t *testing.T) {
 		richPod(6, "2"+strings.Repeat("0", 100), "2"+strings.Repeat("0", 100), corev1.PodRunning, true), // too long
 		richPod(7, "280", "280", corev1.PodRunning, true),                                               // stray on GPU 3
 	}
+	// Stamps are signed at the pods' creation, as the webhook signs them: the
+	// agent checks the signature against the creationTimestamp.
+	key := policy.NewStampKey([]byte("test key material, at least 32 bytes long"))
+	for _, p := range whole {
+		if stamp := p.Annotations[policy.AnnotationPowerLimitValidated]; stamp != "" {
+			p.Annotations[policy.AnnotationPowerLimitSignature] = key.SignCreate(p.Namespace, stamp, p.CreationTimestamp.Time)
+		}
+	}
 	var trimmed pods
 	for _, p := range whole {
 		tp, err := trimPod(p.DeepCopy())
@@ -134,7 +142,7 @@ func TestTrimPodKeepsWhatTheAgentReads(t *testing.T) {
 			t.Fatal(err)
 		}
 		rec := &seen{scheme: k.scheme}
-		e := &agent.Enforcer{NVML: nvmlctl.NewFake(gpus...), Ledger: ledger, RequireValidation: true, Recorder: rec, Log: logr.Discard()}
+		e := &agent.Enforcer{NVML: nvmlctl.NewFake(gpus...), Ledger: ledger, RequireValidation: true, StampKey: key, Recorder: rec, Log: logr.Discard()}
 		proc := fstest.MapFS{"77/cgroup": {Data: []byte("0::/kubepods/pod" + string(whole[7].UID) + "/abc\n")}}
 		r := &agent.Runner{Enforcer: e, Pods: ps, PodResources: alloc, Proc: proc, Log: logr.Discard()}
 		var reports []agent.GPUReport
@@ -176,7 +184,8 @@ func TestTrimPod(t *testing.T) {
 	}
 	want := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: whole.Name, Namespace: "llm", UID: whole.UID, ResourceVersion: whole.ResourceVersion,
-			Annotations: map[string]string{policy.AnnotationPowerLimit: "250", policy.AnnotationPowerLimitValidated: "250"}},
+			CreationTimestamp: whole.CreationTimestamp,
+			Annotations:       map[string]string{policy.AnnotationPowerLimit: "250", policy.AnnotationPowerLimitValidated: "250"}},
 		Status: corev1.PodStatus{Phase: corev1.PodRunning, StartTime: whole.Status.StartTime},
 	}
 	if !reflect.DeepEqual(got, want) {

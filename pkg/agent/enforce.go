@@ -422,7 +422,7 @@ func (e *Enforcer) holders(uuid string, in Inputs) ([]policy.Holder, []*corev1.P
 // signed reports whether a pod's stamp carries the webhook's signature (or
 // stamps are not signed).
 func (e *Enforcer) signed(p *corev1.Pod, stamp string) bool {
-	return e.StampKey == nil || e.StampKey.Verify(p.Namespace, stamp, p.Annotations[policy.AnnotationPowerLimitSignature])
+	return e.StampKey == nil || e.StampKey.Verify(p.Namespace, p.UID, p.CreationTimestamp.Time, stamp, p.Annotations[policy.AnnotationPowerLimitSignature])
 }
 
 // explain tells pods, once per change, why their limit does not count or

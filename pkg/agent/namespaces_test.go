@@ -3,6 +3,10 @@ package agent
 import (
 	"strings"
 	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
@@ -58,32 +62,58 @@ func TestStampWhereTheWebhookNeverLooksIsNotEnforced(t *testing.T) {
 }
 
 // TestUnsignedStampIsNotEnforced: with a stamp key, limit = stamp is not
-// enough: a pod created while the webhook was away (its author typed both)
-// caps nothing and is told once; the webhook's signed stamp caps as before.
+// enough: a pod created while the webhook was away (its author typed both, or
+// copied a signature from another pod) caps nothing and is told once; the
+// webhook's signatures cap as before.
 func TestUnsignedStampIsNotEnforced(t *testing.T) {
 	key := policy.NewStampKey([]byte("test key material, at least 32 bytes long"))
-	n := newNode(t)
-	n.enforcer.StampKey = key
-	typed := n.runIn("llm", "typed-by-hand", "200", gpu[0])
-	copied := n.runIn("other-tenant", "copied-signature", "200", gpu[1])
-	copied.Annotations[policy.AnnotationPowerLimitSignature] = key.Sign("llm", "200") // valid, but for another namespace
-	signed := n.runIn("llm", "admitted", "250", gpu[2])
-	signed.Annotations[policy.AnnotationPowerLimitSignature] = key.Sign("llm", "250")
-	for range 3 {
-		n.reconcile()
-	}
-	for i, want := range []int64{700, 700, 250} {
-		if n.limitW(gpu[i]) != want {
-			t.Errorf("GPU %d at %d W; want %d", i, n.limitW(gpu[i]), want)
+	created := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	at := func(p *corev1.Pod, t time.Time, sig string) {
+		p.CreationTimestamp = metav1.NewTime(t)
+		if sig != "" {
+			p.Annotations[policy.AnnotationPowerLimitSignature] = sig
 		}
 	}
-	var told []string
-	for _, e := range n.drainEvents() {
-		if strings.Contains(e, " "+ReasonNotValidated+" ") && strings.Contains(e, "no valid signature") {
-			told = append(told, e)
-		}
-	}
-	if len(told) != 2 {
-		t.Errorf("events %q; want one %s for each of %s and %s", told, ReasonNotValidated, typed.Name, copied.Name)
+	donor := key.SignCreate("llm", "200", created)
+	for _, tc := range []struct {
+		name    string
+		ns      string
+		created time.Time
+		sig     func(p *corev1.Pod) string
+		capped  bool
+	}{
+		{"typed by hand", "llm", created, func(*corev1.Pod) string { return "" }, false},
+		{"signed at its creation", "llm", created.Add(2 * time.Second), func(*corev1.Pod) string { return donor }, true},
+		{"creation signature copied onto a later pod", "llm", created.Add(time.Hour), func(*corev1.Pod) string { return donor }, false},
+		{"creation signature copied into another namespace", "other-tenant", created, func(*corev1.Pod) string { return donor }, false},
+		{"signed on an update of this pod", "llm", created.Add(time.Hour), func(p *corev1.Pod) string { return key.SignUpdate("llm", p.UID, "200") }, true},
+		{"update signature copied from another pod", "llm", created, func(*corev1.Pod) string { return key.SignUpdate("llm", "another-pod", "200") }, false},
+		{"another key's signature", "llm", created, func(*corev1.Pod) string {
+			return policy.NewStampKey([]byte("another cluster's key material, 32+ bytes")).SignCreate("llm", "200", created)
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := newNode(t)
+			n.enforcer.StampKey = key
+			p := n.runIn(tc.ns, "p", "200", gpu[0])
+			at(p, tc.created, tc.sig(p))
+			n.reconcile()
+			want := int64(700)
+			if tc.capped {
+				want = 200
+			}
+			if got := n.limitW(gpu[0]); got != want {
+				t.Errorf("GPU at %d W; want %d", got, want)
+			}
+			var told int
+			for _, e := range n.drainEvents() {
+				if strings.Contains(e, " "+ReasonNotValidated+" ") && strings.Contains(e, "no valid signature") {
+					told++
+				}
+			}
+			if tc.capped == (told > 0) {
+				t.Errorf("%d %s Events on a pod capped %v", told, ReasonNotValidated, tc.capped)
+			}
+		})
 	}
 }

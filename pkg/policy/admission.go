@@ -5,6 +5,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -48,6 +49,8 @@ type Admission struct {
 	TimeSlicedGPUs TimeSlicedGPUs
 	// StampKey signs every stamp set; nil: stamps are not signed.
 	StampKey StampKey
+	// Now is the clock a creation's signature is made with (nil: time.Now).
+	Now func() time.Time
 }
 
 // Verdict is the decision on one pod.
@@ -88,17 +91,21 @@ func (a *Admission) Mutate(op admissionv1.Operation, pod, old *corev1.Pod, clust
 	}
 	v := a.check(pod, limit, rule, cluster)
 	v.Limit, v.Stamp = limit, stampFor(pod, limit)
-	v.Signature = a.signatureFor(pod.Namespace, v.Stamp)
+	if a.StampKey != nil && v.Stamp != "" {
+		if op == admissionv1.Create {
+			v.Signature = a.StampKey.SignCreate(pod.Namespace, v.Stamp, a.now())
+		} else {
+			v.Signature = a.StampKey.SignUpdate(pod.Namespace, pod.UID, v.Stamp)
+		}
+	}
 	return v
 }
 
-// signatureFor is the signature a stamp carries: none without a key or a
-// stamp.
-func (a *Admission) signatureFor(namespace, stamp string) string {
-	if a.StampKey == nil || stamp == "" {
-		return ""
+func (a *Admission) now() time.Time {
+	if a.Now == nil {
+		return time.Now()
 	}
-	return a.StampKey.Sign(namespace, stamp)
+	return a.Now()
 }
 
 // stampFor is the stamp a pod with an admitted limit carries: the limit, or
@@ -156,14 +163,13 @@ func (a *Admission) Validate(op admissionv1.Operation, pod, old *corev1.Pod, clu
 }
 
 // checkSignature checks the signature annotation against the stamp the pod
-// must carry ("" none): exactly what Mutate would have set.
+// must carry ("" none): one Mutate could have set, for this pod now.
 func (a *Admission) checkSignature(pod *corev1.Pod, stamp string) field.ErrorList {
 	sig, has := pod.Annotations[AnnotationPowerLimitSignature]
-	want := a.signatureFor(pod.Namespace, stamp)
 	switch {
-	case want == "" && has:
+	case (a.StampKey == nil || stamp == "") && has:
 		return field.ErrorList{invalidValue(SignaturePath, sig, "must be absent here; only the power webhook sets it")}
-	case want != "" && sig != want:
+	case a.StampKey != nil && stamp != "" && !a.StampKey.Verify(pod.Namespace, pod.UID, a.now(), stamp, sig):
 		return field.ErrorList{invalidValue(SignaturePath, sig, "is not the power webhook's signature of the stamp; only the power webhook sets it")}
 	}
 	return nil

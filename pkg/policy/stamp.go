@@ -4,6 +4,11 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"strconv"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // StampKey signs the stamps the webhook sets and lets the agent tell them
@@ -13,6 +18,12 @@ import (
 // (and not checked).
 type StampKey []byte
 
+// StampWindow is how far the time in a creation's signature may lie from the
+// pod's creationTimestamp, which the API server sets right after the mutating
+// webhooks: one webhook timeout (30 s at most). A signature copied from
+// another pod verifies only on a pod created within it.
+const StampWindow = 30 * time.Second
+
 // NewStampKey derives the key from secret material (the private key of a
 // Certificate that cert-manager keeps and never rotates), so the webhook and
 // the agent, given the same file, hold the same key.
@@ -21,19 +32,54 @@ func NewStampKey(material []byte) StampKey {
 	return StampKey(sum[:])
 }
 
-// Sign is the signature of a limit admitted in a namespace. It binds the
-// namespace (a signature cannot move to another tenant's pods) and the limit;
-// not the pod's name or UID, which a mutating webhook may not know yet.
-func (k StampKey) Sign(namespace, limit string) string {
-	m := hmac.New(sha256.New, k)
-	m.Write([]byte(namespace))
-	m.Write([]byte{0})
-	m.Write([]byte(limit))
-	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+// The two forms of a signature. A mutating webhook does not know a new pod's
+// UID yet, so a creation's signature binds the time it was made, which the
+// agent holds against the pod's creationTimestamp ("c.<unix>.<mac>"); an
+// update's binds the pod's UID ("u.<mac>"). Both bind namespace and limit.
+const (
+	createdForm = "c."
+	updatedForm = "u."
+)
+
+// SignCreate is the signature of a limit admitted at a pod's creation.
+func (k StampKey) SignCreate(namespace, limit string, at time.Time) string {
+	unix := strconv.FormatInt(at.Unix(), 10)
+	return createdForm + unix + "." + k.mac("c", namespace, limit, unix)
 }
 
-// Verify reports whether sig is the signature of limit in namespace.
-func (k StampKey) Verify(namespace, limit, sig string) bool {
-	want := k.Sign(namespace, limit)
+// SignUpdate is the signature of a limit admitted on an update of pod uid.
+func (k StampKey) SignUpdate(namespace string, uid types.UID, limit string) string {
+	return updatedForm + k.mac("u", namespace, limit, string(uid))
+}
+
+// Verify reports whether sig is the webhook's signature of limit on the pod
+// of namespace, uid and creationTimestamp created.
+func (k StampKey) Verify(namespace string, uid types.UID, created time.Time, limit, sig string) bool {
+	var want string
+	switch {
+	case strings.HasPrefix(sig, updatedForm):
+		want = k.SignUpdate(namespace, uid, limit)
+	case strings.HasPrefix(sig, createdForm):
+		unix, _, ok := strings.Cut(strings.TrimPrefix(sig, createdForm), ".")
+		at, err := strconv.ParseInt(unix, 10, 64)
+		if !ok || err != nil || unix != strconv.FormatInt(at, 10) {
+			return false
+		}
+		if d := created.Sub(time.Unix(at, 0)); d < -StampWindow || d > StampWindow {
+			return false
+		}
+		want = createdForm + unix + "." + k.mac("c", namespace, limit, unix)
+	default:
+		return false
+	}
 	return len(sig) == len(want) && hmac.Equal([]byte(sig), []byte(want))
+}
+
+func (k StampKey) mac(parts ...string) string {
+	m := hmac.New(sha256.New, k)
+	for _, p := range parts {
+		m.Write([]byte(p))
+		m.Write([]byte{0})
+	}
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }

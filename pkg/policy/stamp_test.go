@@ -1,26 +1,63 @@
 package policy_test
 
 import (
+	"strings"
 	"testing"
+	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
 const signatureInvalid = "metadata.annotations[dynamo.nvidia.com/gpu-power-limit-signature]: Invalid value: "
 
-// TestSignedStamps: with a key, every stamp the webhook sets carries its
-// signature, Validate refuses any other, and the signature binds the
-// namespace and the limit.
-func TestSignedStamps(t *testing.T) {
+// TestStampSignatures: a creation's signature binds namespace, limit and the
+// time it was made (held against the pod's creationTimestamp); an update's
+// binds namespace, limit and the pod's UID. Nothing verifies elsewhere.
+func TestStampSignatures(t *testing.T) {
 	key := policy.NewStampKey([]byte("test key material, at least 32 bytes long"))
 	other := policy.NewStampKey([]byte("another cluster's key material, 32+ bytes"))
+	at := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	c, u := key.SignCreate("llm", "250", at), key.SignUpdate("llm", "uid-1", "250")
+	for _, tt := range []struct {
+		name    string
+		ns      string
+		uid     string
+		created time.Time
+		limit   string
+		sig     string
+		ok      bool
+	}{
+		{"creation: its pod", "llm", "uid-1", at.Add(time.Second), "250", c, true},
+		{"creation: a pod created within the window", "llm", "uid-2", at.Add(policy.StampWindow), "250", c, true},
+		{"creation: copied onto a later pod", "llm", "uid-2", at.Add(policy.StampWindow + time.Second), "250", c, false},
+		{"creation: another namespace", "other", "uid-1", at, "250", c, false},
+		{"creation: another limit", "llm", "uid-1", at, "300", c, false},
+		{"creation: time edited", "llm", "uid-1", at.Add(time.Hour), "250", strings.Replace(c, "c.1796", "c.1797", 1), false},
+		{"creation: time with a leading zero", "llm", "uid-1", at, "250", strings.Replace(c, "c.", "c.0", 1), false},
+		{"update: its pod", "llm", "uid-1", at.Add(time.Hour), "250", u, true},
+		{"update: another pod", "llm", "uid-2", at, "250", u, false},
+		{"another key", "llm", "uid-1", at, "250", other.SignCreate("llm", "250", at), false},
+		{"empty", "llm", "uid-1", at, "250", "", false},
+		{"garbage", "llm", "uid-1", at, "250", "c.x.y", false},
+	} {
+		if got := key.Verify(tt.ns, types.UID(tt.uid), tt.created, tt.limit, tt.sig); got != tt.ok {
+			t.Errorf("%s: Verify = %v; want %v", tt.name, got, tt.ok)
+		}
+	}
+}
+
+// TestSignedStamps: with a key, every stamp the webhook sets carries its
+// signature, and Validate refuses any other.
+func TestSignedStamps(t *testing.T) {
+	key := policy.NewStampKey([]byte("test key material, at least 32 bytes long"))
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 	cluster := fakeCluster{"h100-0": h100}
 	a := newAdmission(t)
-	a.StampKey = key
-	sig := key.Sign("llm", "250")
+	a.StampKey, a.Now = key, func() time.Time { return now }
 	with := func(p *corev1.Pod, sig string) *corev1.Pod {
 		if p.Annotations == nil {
 			p.Annotations = map[string]string{}
@@ -28,11 +65,17 @@ func TestSignedStamps(t *testing.T) {
 		p.Annotations[policy.AnnotationPowerLimitSignature] = sig
 		return p
 	}
-	running := func() *corev1.Pod { return pod().GPU(1).NodeName("h100-0").Limit("250").Stamp("250").Obj() }
+	running := func() *corev1.Pod {
+		return pod().UID("uid-1").GPU(1).NodeName("h100-0").Limit("250").Stamp("250").Obj()
+	}
 
-	v := a.Mutate(admissionv1.Create, pod().GPU(1).Limit("250").Obj(), nil, cluster, nil)
-	if v.Stamp != "250" || v.Signature != sig {
-		t.Fatalf("Mutate: stamp %q signature %q; want 250 signed", v.Stamp, v.Signature)
+	if v := a.Mutate(admissionv1.Create, pod().GPU(1).Limit("250").Obj(), nil, cluster, nil); v.Stamp != "250" || v.Signature != key.SignCreate("llm", "250", now) {
+		t.Errorf("Mutate on create: stamp %q signature %q; want 250 signed at creation", v.Stamp, v.Signature)
+	}
+	raised := running()
+	raised.Annotations[policy.AnnotationPowerLimit] = "300"
+	if v := a.Mutate(admissionv1.Update, raised, running(), cluster, nil); v.Signature != key.SignUpdate("llm", "uid-1", "300") {
+		t.Errorf("Mutate on a limit change: signature %q; want the update form for uid-1", v.Signature)
 	}
 	if v := a.Mutate(admissionv1.Create, pod().Limit("250").Obj(), nil, cluster, nil); v.Stamp != "" || v.Signature != "" {
 		t.Errorf("no GPUs: stamp %q signature %q; want neither", v.Stamp, v.Signature)
@@ -40,26 +83,24 @@ func TestSignedStamps(t *testing.T) {
 	if v := a.Mutate(admissionv1.Update, running(), with(running(), "kept"), cluster, nil); v.Signature != "kept" {
 		t.Errorf("an update keeping the limit: signature %q; want the old one kept", v.Signature)
 	}
-	if !key.Verify("llm", "250", sig) || key.Verify("other-tenant", "250", sig) || key.Verify("llm", "300", sig) || other.Verify("llm", "250", sig) || key.Verify("llm", "250", "") {
-		t.Error("a signature must verify only for its namespace, its limit and its key")
-	}
 
+	stale := key.SignCreate("llm", "250", now.Add(-time.Hour))
 	for _, tt := range []struct {
 		name     string
 		op       admissionv1.Operation
 		old, pod *corev1.Pod
 		errs     []string
 	}{
-		{"signed stamp", admissionv1.Create, nil, with(running(), sig), nil},
+		{"signed stamp", admissionv1.Create, nil, with(running(), key.SignCreate("llm", "250", now)), nil},
 		{"stamp typed without a signature", admissionv1.Create, nil, running(),
 			[]string{signatureInvalid + `"": is not the power webhook's signature of the stamp; only the power webhook sets it`}},
-		{"signature copied from another limit", admissionv1.Create, nil, with(pod().GPU(1).NodeName("h100-0").Limit("300").Stamp("300").Obj(), sig),
-			[]string{signatureInvalid + `"` + sig[:40] + `…" (43 bytes, truncated): is not the power webhook's signature of the stamp; only the power webhook sets it`}},
-		{"signature without a stamp", admissionv1.Create, nil, with(pod().GPU(1).Obj(), sig),
-			[]string{signatureInvalid + `"` + sig[:40] + `…" (43 bytes, truncated): must be absent here; only the power webhook sets it`}},
-		{"update keeping limit and signature", admissionv1.Update, with(running(), sig), with(running(), sig), nil},
-		{"update changing the signature", admissionv1.Update, running(), with(running(), sig),
-			[]string{signatureInvalid + `"` + sig[:40] + `…" (43 bytes, truncated): must stay as it was while dynamo.nvidia.com/gpu-power-limit is unchanged; only the power webhook sets it`}},
+		{"a creation signature from an hour ago", admissionv1.Create, nil, with(running(), stale),
+			[]string{signatureInvalid + `"` + stale[:40] + `…" (56 bytes, truncated): is not the power webhook's signature of the stamp; only the power webhook sets it`}},
+		{"signature without a stamp", admissionv1.Create, nil, with(pod().GPU(1).Obj(), stale),
+			[]string{signatureInvalid + `"` + stale[:40] + `…" (56 bytes, truncated): must be absent here; only the power webhook sets it`}},
+		{"update keeping limit and signature", admissionv1.Update, with(running(), stale), with(running(), stale), nil},
+		{"update changing the signature", admissionv1.Update, running(), with(running(), stale),
+			[]string{signatureInvalid + `"` + stale[:40] + `…" (56 bytes, truncated): must stay as it was while dynamo.nvidia.com/gpu-power-limit is unchanged; only the power webhook sets it`}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			assertVerdict(t, a.Validate(tt.op, tt.pod, tt.old, cluster), tt.errs, nil)

@@ -26,7 +26,7 @@ func TestLoad(t *testing.T) {
 		t.Fatalf("Load = %v, %v", a, err)
 	}
 	b, _ := stampkey.Load(key)
-	if a.Sign("llm", "250") != b.Sign("llm", "250") {
+	if a.SignUpdate("llm", "uid", "250") != b.SignUpdate("llm", "uid", "250") {
 		t.Error("the same file gave two keys")
 	}
 	if k, err := stampkey.Load(""); k != nil || err != nil {
@@ -83,7 +83,7 @@ func TestLoadIsTheKeyNotItsEncoding(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		keys = append(keys, key.Sign("llm", "250"))
+		keys = append(keys, key.SignUpdate("llm", "uid", "250"))
 	}
 	if keys[0] != keys[1] {
 		t.Error("the same private key in two encodings gave two stamp keys")

@@ -58,7 +58,7 @@ func (m *Mutator) Handle(ctx context.Context, req admission.Request) admission.R
 				return admission.Response{}, err
 			}
 		}
-		v := m.Policy.Mutate(req.Operation, pod, old, m.Cluster, budgetDefaults)
+		v := forRequest(m.Policy, req).Mutate(req.Operation, pod, old, m.Cluster, budgetDefaults)
 		if len(v.Errors) > 0 {
 			return deny(pod, v), nil
 		}
@@ -76,14 +76,14 @@ func (m *Mutator) Handle(ctx context.Context, req admission.Request) admission.R
 // Handle implements admission.Handler.
 func (h *Validator) Handle(ctx context.Context, req admission.Request) admission.Response {
 	return handle(ctx, "validate", h.Metrics, req, func(pod, old *corev1.Pod) (admission.Response, error) {
-		v := h.Policy.Validate(req.Operation, pod, old, h.Cluster)
+		v := forRequest(h.Policy, req).Validate(req.Operation, pod, old, h.Cluster)
 		if len(v.Errors) > 0 {
 			return deny(pod, v), nil
 		}
 		if h.Budgets == nil {
 			return admission.Allowed(""), nil
 		}
-		dryRun := req.DryRun != nil && *req.DryRun
+		dryRun := isDryRun(req)
 		denial, err := h.Budgets.Admit(ctx, req.Operation, pod, old, h.Cluster, dryRun)
 		switch {
 		case err != nil:
@@ -95,6 +95,21 @@ func (h *Validator) Handle(ctx context.Context, req admission.Request) admission
 		return admission.Allowed(""), nil
 	})
 }
+
+// forRequest is the policy a request is judged by: a dry run is checked as
+// any request, but its stamp is not signed, so a dry run never hands out a
+// signature that could be copied onto a pod created while the webhook is
+// away.
+func forRequest(p *policy.Admission, req admission.Request) *policy.Admission {
+	if p.StampKey == nil || !isDryRun(req) {
+		return p
+	}
+	unsigned := *p
+	unsigned.StampKey = nil
+	return &unsigned
+}
+
+func isDryRun(req admission.Request) bool { return req.DryRun != nil && *req.DryRun }
 
 // handle decodes the pods of a request, runs decide, and records the outcome.
 func handle(ctx context.Context, webhook string, m *Metrics, req admission.Request,
