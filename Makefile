@@ -132,6 +132,10 @@ fuzz: ## Run every fuzz target for FUZZTIME each (default 30s).
 bench: ## Run the benchmarks of docs/benchmarks.md.
 	go test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -count 6 ./pkg/... | tee bin/bench.txt
 
+.PHONY: bench-agent-memory
+bench-agent-memory: envtest ## The agent's RSS with 110 pods of ~1 MiB on its node (docs/benchmarks.md); writes 110 MiB of pods, so not part of make test.
+	AGENT_MEMORY_SOAK=1 go test -count=1 -v -run SoakMemoryWithFatPods ./test/integration/agent
+
 .PHONY: lint
 lint: $(TOOLS)/golangci-lint ## gofmt, go vet and golangci-lint.
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }

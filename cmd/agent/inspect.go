@@ -15,7 +15,6 @@ import (
 	"github.com/dynamo-power/gpu-power/pkg/agent"
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
 	"github.com/dynamo-power/gpu-power/pkg/podmap"
-	"github.com/dynamo-power/gpu-power/pkg/stampkey"
 )
 
 // runInspect prints every GPU, the pods holding it, and what a reconcile
@@ -34,11 +33,7 @@ func runInspect(log logr.Logger, o options, out io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	skipped, err := parseNamespaces(o.skippedNamespaces)
-	if err != nil {
-		return err
-	}
-	stampKey, err := stampkey.Load(o.stampKeyFile)
+	skipped, stampKey, err := stampTrust(o)
 	if err != nil {
 		return err
 	}

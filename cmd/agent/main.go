@@ -122,11 +122,7 @@ func run(log logr.Logger, o options) error {
 	if o.nodeName == "" {
 		return errors.New("--node-name (or NODE_NAME) is required")
 	}
-	skipped, err := parseNamespaces(o.skippedNamespaces)
-	if err != nil {
-		return err
-	}
-	stampKey, err := stampkey.Load(o.stampKeyFile)
+	skipped, stampKey, err := stampTrust(o)
 	if err != nil {
 		return err
 	}
@@ -259,6 +255,17 @@ func successor(ctx context.Context, k *kube, o options) (bool, string, error) {
 	}
 	keep, why := agent.SuccessorWillRun(ds, node)
 	return keep, why, nil
+}
+
+// stampTrust is what tells a stamp the webhook set from one anyone typed:
+// the namespaces it never sees, and the key it signs with (nil: unsigned).
+func stampTrust(o options) (sets.Set[string], policy.StampKey, error) {
+	skipped, err := parseNamespaces(o.skippedNamespaces)
+	if err != nil {
+		return nil, nil, err
+	}
+	key, err := stampkey.Load(o.stampKeyFile)
+	return skipped, key, err
 }
 
 // parseNamespaces reads --webhook-skipped-namespaces: names separated by

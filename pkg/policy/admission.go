@@ -70,7 +70,8 @@ type Verdict struct {
 // An update that leaves the limit as it was keeps the stamp the pod had.
 func (a *Admission) Mutate(op admissionv1.Operation, pod, old *corev1.Pod, cluster Cluster, budgetDefaults []DefaultRule) Verdict {
 	limit, hasLimit := pod.Annotations[AnnotationPowerLimit]
-	if err := a.checkGPUCount(op, pod); err != nil {
+	demand := DemandOf(&pod.Spec)
+	if err := a.checkGPUCount(op, demand); err != nil {
 		return Verdict{Errors: field.ErrorList{err}}
 	}
 	if limitUnchanged(op, pod, old) {
@@ -82,15 +83,15 @@ func (a *Admission) Mutate(op admissionv1.Operation, pod, old *corev1.Pod, clust
 		if !ok {
 			r, ok = FirstDefault(a.Defaults, pod.Labels)
 		}
-		if ok && DemandOf(&pod.Spec).GPUs > 0 {
+		if ok && demand.GPUs > 0 {
 			limit, hasLimit, rule = r.Watts.String(), true, &r
 		}
 	}
 	if !hasLimit {
 		return Verdict{}
 	}
-	v := a.check(pod, limit, rule, cluster)
-	v.Limit, v.Stamp = limit, stampFor(pod, limit)
+	v := a.check(pod, demand, limit, rule, cluster)
+	v.Limit, v.Stamp = limit, stampFor(demand, limit)
 	if a.StampKey != nil && v.Stamp != "" {
 		if op == admissionv1.Create {
 			v.Signature = a.StampKey.SignCreate(pod.Namespace, v.Stamp, a.now())
@@ -111,8 +112,8 @@ func (a *Admission) now() time.Time {
 // stampFor is the stamp a pod with an admitted limit carries: the limit, or
 // none on a pod that requests no GPU. Such a limit was checked against no
 // GPU, so nothing may enforce it if the pod reaches one some other way.
-func stampFor(pod *corev1.Pod, limit string) string {
-	if DemandOf(&pod.Spec).GPUs == 0 {
+func stampFor(demand GPUDemand, limit string) string {
+	if demand.GPUs == 0 {
 		return ""
 	}
 	return limit
@@ -125,7 +126,8 @@ func (a *Admission) Validate(op admissionv1.Operation, pod, old *corev1.Pod, clu
 	limit, hasLimit := pod.Annotations[AnnotationPowerLimit]
 	stamp, hasStamp := pod.Annotations[AnnotationPowerLimitValidated]
 	var v Verdict
-	if err := a.checkGPUCount(op, pod); err != nil {
+	demand := DemandOf(&pod.Spec)
+	if err := a.checkGPUCount(op, demand); err != nil {
 		v.Errors = append(v.Errors, err)
 	}
 	switch {
@@ -145,8 +147,8 @@ func (a *Admission) Validate(op admissionv1.Operation, pod, old *corev1.Pod, clu
 		}
 		v.Errors = append(v.Errors, a.checkSignature(pod, "")...)
 	default:
-		v.Errors = append(v.Errors, a.check(pod, limit, nil, cluster).Errors...)
-		switch want := stampFor(pod, limit); {
+		v.Errors = append(v.Errors, a.check(pod, demand, limit, nil, cluster).Errors...)
+		switch want := stampFor(demand, limit); {
 		case len(v.Errors) > 0:
 		case want == "" && hasStamp:
 			v.Errors = append(v.Errors, invalidValue(StampPath, stamp,
@@ -179,7 +181,7 @@ func (a *Admission) checkSignature(pod *corev1.Pod, stamp string) field.ErrorLis
 // hold: it could never run, and its cost would dwarf every budget. Only at
 // creation: container resources cannot change afterwards, and an update of a
 // pod admitted before the bound (removing a finalizer) must not get stuck.
-func (a *Admission) checkGPUCount(op admissionv1.Operation, pod *corev1.Pod) *field.Error {
+func (a *Admission) checkGPUCount(op admissionv1.Operation, demand GPUDemand) *field.Error {
 	bound := a.MaxGPUsPerPod
 	if bound <= 0 {
 		bound = DefaultMaxGPUsPerPod
@@ -187,7 +189,7 @@ func (a *Admission) checkGPUCount(op admissionv1.Operation, pod *corev1.Pod) *fi
 	if op != admissionv1.Create {
 		return nil
 	}
-	n := DemandOf(&pod.Spec).GPUs
+	n := demand.GPUs
 	if n <= bound {
 		return nil
 	}
@@ -219,7 +221,7 @@ func limitUnchanged(op admissionv1.Operation, pod, old *corev1.Pod) bool {
 // check runs every rule on a limit: syntax, the pod's GPU shape, and the
 // bounds of the GPU products it can land on. rule is the default rule the
 // limit came from, if any, so a denial can name it.
-func (a *Admission) check(pod *corev1.Pod, limit string, rule *DefaultRule, cluster Cluster) Verdict {
+func (a *Admission) check(pod *corev1.Pod, demand GPUDemand, limit string, rule *DefaultRule, cluster Cluster) Verdict {
 	var v Verdict
 	deny := func(detail string) Verdict {
 		if rule != nil {
@@ -237,7 +239,6 @@ func (a *Admission) check(pod *corev1.Pod, limit string, rule *DefaultRule, clus
 		return v
 	}
 
-	demand := DemandOf(&pod.Spec)
 	switch {
 	case len(demand.MIG) > 0:
 		return deny(fmt.Sprintf("the pod requests MIG slices (%s), and a power limit applies to a whole board shared by every slice on it; "+

@@ -10,10 +10,8 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"io"
-	"os"
-	"syscall"
 
+	"github.com/dynamo-power/gpu-power/internal/hostfile"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
@@ -28,22 +26,10 @@ func Load(path string) (policy.StampKey, error) {
 	if path == "" {
 		return nil, nil
 	}
-	// Non-blocking, so a FIFO at the path cannot hang the start; links are
-	// followed: a Secret volume's files are links into its current version.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, fmt.Errorf("read stamp key: %w", err)
-	}
-	defer func() { _ = f.Close() }()
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("read stamp key %s: not a regular file", path)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
+	data, err := hostfile.Read(path, maxKeyFile)
 	switch {
 	case err != nil:
-		return nil, fmt.Errorf("read stamp key %s: %w", path, err)
-	case len(data) > maxKeyFile:
-		return nil, fmt.Errorf("read stamp key %s: larger than %d bytes", path, maxKeyFile)
+		return nil, fmt.Errorf("read stamp key: %w", err)
 	case len(data) < minKeyFile:
 		return nil, fmt.Errorf("read stamp key %s: %d bytes, too short for key material", path, len(data))
 	}

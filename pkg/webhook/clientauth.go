@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -22,6 +21,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	"github.com/dynamo-power/gpu-power/internal/hostfile"
 )
 
 // ClientAuth says who may call the webhook server. Admission requests have
@@ -241,20 +242,9 @@ func (b *caBundle) get() (*x509.CertPool, error) {
 }
 
 func readCABundle(path string) (*x509.CertPool, error) {
-	f, err := os.Open(path)
+	data, err := hostfile.Read(path, caBundleLimit)
 	if err != nil {
 		return nil, fmt.Errorf("read client CA bundle: %w", err)
-	}
-	defer func() { _ = f.Close() }()
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("read client CA bundle %s: not a regular file", path)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, caBundleLimit+1))
-	if err != nil {
-		return nil, fmt.Errorf("read client CA bundle %s: %w", path, err)
-	}
-	if len(data) > caBundleLimit {
-		return nil, fmt.Errorf("read client CA bundle %s: larger than %d bytes", path, caBundleLimit)
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(data) {

@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -201,10 +202,16 @@ func TestNewServerRefusesAnUnusableCAFile(t *testing.T) {
 	if err := os.WriteFile(empty, []byte("# no certificate\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	fifo := filepath.Join(dir, "fifo.crt")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for name, tt := range map[string]struct{ file, want string }{
 		"missing file": {filepath.Join(dir, "nope.crt"), "read client CA bundle"},
 		"no PEM":       {empty, "no PEM certificate"},
 		"a folder":     {dir, "not a regular file"},
+		"a FIFO":       {fifo, "not a regular file"}, // refused at once, never waited on
+		"a device":     {"/dev/zero", "not a regular file"},
 	} {
 		if _, err := NewServer(ServerOptions("127.0.0.1", 0, dir), ClientAuth{CAFile: tt.file}); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: error %v; want it to contain %q", name, err, tt.want)

@@ -26,7 +26,7 @@ import (
 // pods to the API server, too much for every run of the suite).
 func TestSoakMemoryWithFatPods(t *testing.T) {
 	if os.Getenv("AGENT_MEMORY_SOAK") != "1" {
-		t.Skip("set AGENT_MEMORY_SOAK=1 to run the memory soak")
+		t.Skip("a measurement, not a check: `make bench-agent-memory` (AGENT_MEMORY_SOAK=1) runs it")
 	}
 	const pods, cycles = soakPods, 40
 	n := newNode(t)
