@@ -38,7 +38,7 @@ func (d *defaultRules) Set(s string) error {
 }
 
 type options struct {
-	certDir, metricsAddr, probeAddr, catalogFile, unknown, advertise, timeSliced string
+	certDir, metricsAddr, probeAddr, pprofAddr, catalogFile, unknown, advertise, timeSliced string
 	stampKeyFile                                                                 string
 	port                                                                         int
 	maxGPUs                                                                      int64
@@ -54,6 +54,7 @@ func main() {
 	flag.IntVar(&o.port, "webhook-port", 9443, "Port the admission webhooks are served on.")
 	flag.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus /metrics endpoint; 0 disables it.")
 	flag.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "Address of the /healthz and /readyz endpoints.")
+	flag.StringVar(&o.pprofAddr, "pprof-bind-address", "0", "Address of Go's /debug/pprof endpoints, for profiling CPU and memory; 0 (the default) disables them. Unauthenticated: bind it to localhost and reach it with kubectl port-forward.")
 	flag.StringVar(&o.catalogFile, "catalog-file", "", "CSV of GPU power ranges (gpu_product,min_w,default_w,max_w) whose rows add to or replace the built-in catalog.")
 	flag.StringVar(&o.unknown, "unknown-products", string(policy.UnknownProductsDeny), "What to do when no GPU product a pod can land on is in the catalog: deny, or warn and admit.")
 	flag.Int64Var(&o.maxGPUs, "max-gpus-per-pod", policy.DefaultMaxGPUsPerPod, "Most GPUs a new pod may request (nvidia.com/gpu and nvidia.com/gpu.shared together); more is denied: no node holds that many.")
@@ -109,6 +110,7 @@ func run(log logr.Logger, o options) error {
 		Scheme:                        scheme,
 		Metrics:                       metricsserver.Options{BindAddress: o.metricsAddr},
 		HealthProbeBindAddress:        o.probeAddr,
+		PprofBindAddress:              o.pprofAddr,
 		WebhookServer:                 server,
 		Cache:                         powerwebhook.CacheOptions(),
 		LeaderElection:                o.leaderElect,
