@@ -39,13 +39,13 @@ func (d *defaultRules) Set(s string) error {
 
 type options struct {
 	certDir, metricsAddr, probeAddr, pprofAddr, catalogFile, unknown, advertise, timeSliced string
-	stampKeyFile                                                                 string
-	port                                                                         int
-	maxGPUs                                                                      int64
-	defaults                                                                     defaultRules
-	leaderElect                                                                  bool
-	budgets                                                                      powerwebhook.BudgetOptions
-	clientAuth                                                                   powerwebhook.ClientAuth
+	stampKeyFile                                                                            string
+	port                                                                                    int
+	maxGPUs                                                                                 int64
+	defaults                                                                                defaultRules
+	leaderElect                                                                             bool
+	budgets                                                                                 powerwebhook.BudgetOptions
+	clientAuth                                                                              powerwebhook.ClientAuth
 }
 
 func main() {
