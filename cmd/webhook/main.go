@@ -113,6 +113,7 @@ func run(log logr.Logger, o options) error {
 		PprofBindAddress:              o.pprofAddr,
 		WebhookServer:                 server,
 		Cache:                         powerwebhook.CacheOptions(),
+		Client:                        powerwebhook.ClientOptions(),
 		LeaderElection:                o.leaderElect,
 		LeaderElectionID:              powerwebhook.LeaderElectionID,
 		LeaderElectionReleaseOnCancel: true,

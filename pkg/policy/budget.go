@@ -30,18 +30,52 @@ type Cost struct {
 // labelled yet) it costs the catalog's highest default: too much rather
 // than nothing.
 func (c Catalog) CostOf(pod *corev1.Pod, cluster Cluster, countUnlimited bool) Cost {
+	return c.Cost(ChargeableOf(pod), cluster, countUnlimited)
+}
+
+// Chargeable is what of a pod its cost depends on, read once so that a cache
+// of every GPU pod keeps a few words of each rather than the pod.
+type Chargeable struct {
+	// GPUs is the pod's effective whole-GPU request; 0: it is never charged.
+	GPUs int64
+	// Limit is its valid per-GPU limit; 0 when it has none.
+	Limit Watts
+	// Placement, for a GPU pod without a limit, is where it can land: its
+	// cost is the most the products there can draw. Nil otherwise.
+	Placement *Placement
+}
+
+// ChargeableOf reads what a pod's cost depends on.
+func ChargeableOf(pod *corev1.Pod) Chargeable {
 	gpus := DemandOf(&pod.Spec).GPUs
 	if gpus == 0 {
-		return Cost{}
+		return Chargeable{}
 	}
 	if w, ok := ParseLimit(pod.Annotations[AnnotationPowerLimit]); ok {
-		return Cost{Watts: SatMul(int64(w), gpus), GPUs: gpus, PerGPU: w}
+		return Chargeable{GPUs: gpus, Limit: w}
 	}
-	if !countUnlimited {
-		return Cost{GPUs: gpus, Unlimited: true}
+	p := PlacementOf(&pod.Spec)
+	return Chargeable{GPUs: gpus, Placement: &p}
+}
+
+// Cost is CostOf for what was read of a pod.
+func (c Catalog) Cost(p Chargeable, cluster Cluster, countUnlimited bool) Cost {
+	switch {
+	case p.GPUs == 0:
+		return Cost{}
+	case p.Limit > 0:
+		return Cost{Watts: SatMul(int64(p.Limit), p.GPUs), GPUs: p.GPUs, PerGPU: p.Limit}
+	case !countUnlimited:
+		return Cost{GPUs: p.GPUs, Unlimited: true}
 	}
 	var perGPU Watts
-	for _, label := range CandidatesOf(pod, cluster).Labels {
+	var labels []string
+	if p.Placement != nil {
+		labels = p.Placement.Candidates(cluster).Labels
+	} else {
+		labels = cluster.GPUProducts()
+	}
+	for _, label := range labels {
 		if r, ok := c.Lookup(label); ok {
 			perGPU = max(perGPU, r.DefaultWatts())
 		}
@@ -51,7 +85,7 @@ func (c Catalog) CostOf(pod *corev1.Pod, cluster Cluster, countUnlimited bool) C
 			perGPU = max(perGPU, r.DefaultWatts())
 		}
 	}
-	return Cost{Watts: SatMul(int64(perGPU), gpus), GPUs: gpus, PerGPU: perGPU, Unlimited: true}
+	return Cost{Watts: SatMul(int64(perGPU), p.GPUs), GPUs: p.GPUs, PerGPU: perGPU, Unlimited: true}
 }
 
 // String renders the cost the way denials show it: "1000 W (4 GPUs x 250 W)".

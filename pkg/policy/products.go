@@ -44,20 +44,35 @@ type Candidates struct {
 // product label) narrow the choice; a pod that pins nothing can land on any
 // GPU product in the cluster.
 func CandidatesOf(pod *corev1.Pod, cluster Cluster) Candidates {
-	if node := pod.Spec.NodeName; node != "" {
-		c := Candidates{From: fmt.Sprintf("node %q", node)}
-		if product, found := cluster.NodeGPUProduct(node); found && product != "" {
-			c.Labels = []string{product}
-		}
-		return c
-	}
+	return PlacementOf(&pod.Spec).Candidates(cluster)
+}
 
+// Placement is what of a pod's spec decides the GPU products it can land on,
+// read once: its node once bound, otherwise the products its nodeSelector
+// and required node affinity pin. It holds no more than that, so a cache of
+// every GPU pod can keep it.
+type Placement struct {
+	// Node is the node the pod is bound to; when set, nothing else counts.
+	Node string
+	// Pinned are the product labels the pod's selectors allow, sorted and
+	// distinct, when PinnedBy is set; empty then means none can satisfy them.
+	Pinned []string
+	// PinnedBy names what pins them, for messages: "nodeSelector",
+	// "required node affinity" or both; empty when nothing does.
+	PinnedBy string
+}
+
+// PlacementOf reads a pod spec's placement.
+func PlacementOf(spec *corev1.PodSpec) Placement {
+	if spec.NodeName != "" {
+		return Placement{Node: spec.NodeName}
+	}
 	var pinned []string
 	var from []string
-	if v, ok := pod.Spec.NodeSelector[LabelGPUProduct]; ok {
+	if v, ok := spec.NodeSelector[LabelGPUProduct]; ok {
 		pinned, from = []string{v}, append(from, "nodeSelector")
 	}
-	if values, ok := affinityProducts(pod.Spec.Affinity); ok {
+	if values, ok := affinityProducts(spec.Affinity); ok {
 		if pinned == nil {
 			pinned = values
 		} else {
@@ -66,10 +81,25 @@ func CandidatesOf(pod *corev1.Pod, cluster Cluster) Candidates {
 		from = append(from, "required node affinity")
 	}
 	if from == nil {
-		return Candidates{Labels: cluster.GPUProducts(), From: "the cluster's GPU nodes"}
+		return Placement{}
 	}
 	slices.Sort(pinned)
-	return Candidates{Labels: slices.Compact(pinned), From: strings.Join(from, " and ")}
+	return Placement{Pinned: slices.Compact(pinned), PinnedBy: strings.Join(from, " and ")}
+}
+
+// Candidates resolves a placement against the cluster's nodes.
+func (p Placement) Candidates(cluster Cluster) Candidates {
+	switch {
+	case p.Node != "":
+		c := Candidates{From: fmt.Sprintf("node %q", p.Node)}
+		if product, found := cluster.NodeGPUProduct(p.Node); found && product != "" {
+			c.Labels = []string{product}
+		}
+		return c
+	case p.PinnedBy == "":
+		return Candidates{Labels: cluster.GPUProducts(), From: "the cluster's GPU nodes"}
+	}
+	return Candidates{Labels: p.Pinned, From: p.PinnedBy}
 }
 
 // affinityProducts returns the products required node affinity allows, and

@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
+	"github.com/dynamo-power/gpu-power/pkg/podindex"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
@@ -36,6 +37,10 @@ import (
 type Budgets struct {
 	// Cache reads budgets and namespaces.
 	Cache client.Reader
+	// Pods is every pod as the API server last showed it: the names taken,
+	// and the GPU pods whose reservations can be pruned and that the
+	// reconciler charges.
+	Pods *podindex.Index
 	// API reads budgets fresh after a conflict.
 	API client.Reader
 	// Client writes budget status.
@@ -271,9 +276,8 @@ func (b *Budgets) nameTaken(ctx context.Context, pod *corev1.Pod) (string, error
 	if pod.Name == "" {
 		return "", nil // generateName: the API server picks a free name
 	}
-	var cached corev1.Pod
-	if err := b.Cache.Get(ctx, key, &cached); err != nil || cached.UID == pod.UID {
-		return "", client.IgnoreNotFound(err)
+	if cached, ok := b.Pods.Get(pod.Namespace, pod.Name); !ok || cached.UID == pod.UID {
+		return "", nil
 	}
 	var live corev1.Pod
 	err := b.API.Get(ctx, key, &live)
@@ -528,12 +532,11 @@ func (b *Budgets) prune(ctx context.Context, budget *powerv1alpha1.GPUPowerBudge
 		if !ok {
 			return false
 		}
-		var pod corev1.Pod
-		if err := b.Cache.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &pod); err != nil || pod.UID != r.PodUID {
+		pod, ok := b.Pods.Get(ns, name)
+		if !ok || pod.UID != r.PodUID || pod.GPU == nil || pod.GPU.Finished {
 			return false
 		}
-		live := pod.Status.Phase != corev1.PodSucceeded && pod.Status.Phase != corev1.PodFailed
-		return live && b.Catalog.CostOf(&pod, b.Cluster, count).Watts >= r.Watts
+		return b.Catalog.Cost(pod.GPU.Chargeable, b.Cluster, count).Watts >= r.Watts
 	})
 	return len(budget.Status.Reservations) != before
 }

@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -11,10 +12,12 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/internal/testpod"
+	"github.com/dynamo-power/gpu-power/pkg/podindex"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
@@ -34,11 +37,47 @@ func ledger(t *testing.T, committed int64, objs ...client.Object) (*Budgets, cli
 		Spec:       powerv1alpha1.GPUPowerBudgetSpec{TotalWatts: 1000},
 		Status:     powerv1alpha1.GPUPowerBudgetStatus{CommittedWatts: committed},
 	}
+	// The pod index sees every pod write at once, as a cache that is never
+	// behind; tests of a cache that lags say so through PodsSeen.
+	pods := podindex.New()
+	for _, o := range objs {
+		if p, ok := o.(*corev1.Pod); ok {
+			if err := pods.Add(p); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	indexed := func(obj client.Object, store func(any) error) error {
+		if p, ok := obj.(*corev1.Pod); ok {
+			return store(p)
+		}
+		return nil
+	}
 	c := fake.NewClientBuilder().WithScheme(scheme).WithStatusSubresource(budget).
-		WithObjects(append(objs, budget, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "llm"}})...).Build()
+		WithObjects(append(objs, budget, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "llm"}})...).
+		WithInterceptorFuncs(interceptor.Funcs{
+			Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+				if err := c.Create(ctx, obj, opts...); err != nil {
+					return err
+				}
+				return indexed(obj, pods.Add)
+			},
+			Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
+				if err := c.Update(ctx, obj, opts...); err != nil {
+					return err
+				}
+				return indexed(obj, pods.Update)
+			},
+			Delete: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.DeleteOption) error {
+				if err := c.Delete(ctx, obj, opts...); err != nil {
+					return err
+				}
+				return indexed(obj, pods.Delete)
+			},
+		}).Build()
 	nodes := NewNodeIndex()
 	nodes.Set("h100-0", "NVIDIA-H100-80GB-HBM3")
-	return &Budgets{Cache: c, API: c, Client: c, Catalog: policy.DefaultCatalog(), Cluster: nodes,
+	return &Budgets{Cache: c, Pods: pods, API: c, Client: c, Catalog: policy.DefaultCatalog(), Cluster: nodes,
 		TTL: time.Minute, Attempts: 5, Now: time.Now}, c
 }
 

@@ -24,8 +24,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
+	"github.com/dynamo-power/gpu-power/pkg/podindex"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
@@ -106,7 +108,10 @@ func (r *BudgetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("gpupowerbudget").
 		Watches(&powerv1alpha1.GPUPowerBudget{}, budgets).
-		Watches(&corev1.Pod{}, allBudgets).
+		WatchesRawSource(source.Func(func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
+			r.Budgets.Pods.OnChange(func() { enqueueAll(ctx, q) })
+			return nil
+		})).
 		Watches(&corev1.Namespace{}, allBudgets).
 		Complete(r)
 }
@@ -327,8 +332,8 @@ func (r *BudgetReconciler) charges(ctx context.Context, budget *powerv1alpha1.GP
 	if err != nil {
 		return nil, err
 	}
-	// The lists are read, never modified: skipping the cache's deep copies
-	// keeps a recomputation cheap with tens of thousands of pods.
+	// The list is read, never modified: skipping the cache's deep copies
+	// keeps a recomputation cheap with thousands of namespaces.
 	var namespaces corev1.NamespaceList
 	if err := r.Client.List(ctx, &namespaces, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("list namespaces: %w", err)
@@ -339,21 +344,14 @@ func (r *BudgetReconciler) charges(ctx context.Context, budget *powerv1alpha1.GP
 		if !sel.Matches(labels.Set(ns.Labels)) {
 			continue
 		}
-		var pods corev1.PodList
-		if err := r.Client.List(ctx, &pods, client.InNamespace(ns.Name), client.UnsafeDisableDeepCopy); err != nil {
-			return nil, fmt.Errorf("list pods in %s: %w", ns.Name, err)
-		}
-		for i := range pods.Items {
-			p := &pods.Items[i]
-			if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
-				continue
+		r.Budgets.Pods.EachGPUPod(ns.Name, func(uid types.UID, p *podindex.GPUPod) {
+			if p.Finished {
+				return
 			}
-			cost := r.Catalog.CostOf(p, r.Cluster, count)
-			if cost.GPUs == 0 {
-				continue
+			if cost := r.Catalog.Cost(p.Chargeable, r.Cluster, count); cost.GPUs > 0 {
+				live = append(live, policy.Charge{UID: uid, Watts: cost.Watts, GPUs: cost.GPUs})
 			}
-			live = append(live, policy.Charge{UID: p.UID, Watts: cost.Watts, GPUs: cost.GPUs})
-		}
+		})
 	}
 	return live, nil
 }

@@ -10,7 +10,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
-	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -18,16 +20,24 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
+	"github.com/dynamo-power/gpu-power/pkg/podindex"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
-// CacheOptions trims cached nodes and pods to what admission reads.
+// CacheOptions trims cached nodes and namespaces to what admission reads.
+// Pods are not in the manager's cache: a podindex.Index keeps far less of
+// each (Setup).
 func CacheOptions() cache.Options {
 	return cache.Options{ByObject: map[client.Object]cache.ByObject{
 		&corev1.Node{}:      {Transform: TrimNode},
-		&corev1.Pod{}:       {Transform: TrimPod},
 		&corev1.Namespace{}: {Transform: TrimNamespace},
 	}}
+}
+
+// ClientOptions make the manager's client read pods from the API server, so
+// that no code path can start a second, full pod cache by reading one.
+func ClientOptions() client.Options {
+	return client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Pod{}}}}
 }
 
 // ServerOptions serves TLS 1.2 or newer over HTTP/1.1 only (HTTP/2 is off:
@@ -78,26 +88,23 @@ func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, re
 		return fmt.Errorf("node informer: %w", err)
 	}
 	synced := []interface{ HasSynced() bool }{indexed}
-	var podStore toolscache.Store
-	for _, obj := range []client.Object{&corev1.Pod{}, &corev1.Namespace{}, &powerv1alpha1.GPUPowerBudget{}} {
+	for _, obj := range []client.Object{&corev1.Namespace{}, &powerv1alpha1.GPUPowerBudget{}} {
 		inf, err := mgr.GetCache().GetInformer(ctx, obj, cache.BlockUntilSynced(false))
 		if err != nil {
 			return fmt.Errorf("informer for %T: %w", obj, err)
 		}
 		synced = append(synced, inf)
-		if _, pods := obj.(*corev1.Pod); pods {
-			if s, ok := inf.(interface{ GetStore() toolscache.Store }); ok {
-				podStore = s.GetStore()
-			}
-		}
 	}
-	if podStore == nil {
-		return errors.New("pod informer has no store to read its resourceVersion from")
+	pods := podindex.New()
+	podFeed, err := newPodFeed(mgr, pods)
+	if err != nil {
+		return err
 	}
+	synced = append(synced, pods)
 
 	m := NewMetrics(reg)
 	budgets := &Budgets{
-		Cache: mgr.GetClient(), API: mgr.GetAPIReader(), Client: mgr.GetClient(), Catalog: admit.Catalog, Cluster: nodes,
+		Cache: mgr.GetClient(), Pods: pods, API: mgr.GetAPIReader(), Client: mgr.GetClient(), Catalog: admit.Catalog, Cluster: nodes,
 		TTL: o.ReservationTTL, Attempts: o.Attempts, Metrics: m, Now: time.Now,
 		Leading: func() bool {
 			select {
@@ -125,7 +132,7 @@ func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, re
 	reconciler := &BudgetReconciler{
 		Client: mgr.GetClient(), API: mgr.GetAPIReader(), Budgets: budgets, Catalog: admit.Catalog, Cluster: nodes, Metrics: m,
 		Recorder: mgr.GetEventRecorder("power-webhook"), Resync: o.Resync, Now: time.Now,
-		PodsSeen: podStore.LastStoreSyncResourceVersion,
+		PodsSeen: podFeed.ResourceVersion,
 	}
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("budget reconciler: %w", err)
@@ -145,4 +152,19 @@ func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, re
 		}
 		return nil
 	})
+}
+
+// newPodFeed starts keeping pods current on every replica, read as protobuf
+// (cheaper to decode than JSON for the hundred thousand pods of a large
+// cluster's initial list).
+func newPodFeed(mgr manager.Manager, pods *podindex.Index) (*podindex.Feed, error) {
+	cfg := rest.CopyConfig(mgr.GetConfig())
+	cfg.ContentType = runtime.ContentTypeProtobuf
+	cfg.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("pod client: %w", err)
+	}
+	feed := podindex.NewFeed(pods, cs)
+	return feed, mgr.Add(feed)
 }

@@ -125,6 +125,7 @@ func (f *fleet) start() error {
 		HealthProbeBindAddress: probeAddr,
 		WebhookServer:          server,
 		Cache:                  powerwebhook.CacheOptions(),
+		Client:                 powerwebhook.ClientOptions(),
 		// Several replicas live in this process; in production each is alone.
 		Controller:                          config.Controller{SkipNameValidation: &skipNameValidation},
 		LeaderElection:                      true,

@@ -1,0 +1,13 @@
+// Package podindex keeps the webhook's view of every pod in the cluster in a
+// few hundred bytes a pod, where a cached corev1.Pod costs kilobytes.
+//
+// It holds:
+//   - Index, a client-go reflector store: for each pod its UID (so admission
+//     can tell a taken name), and for a pod that requests GPUs what its
+//     budget charge depends on (policy.Chargeable) and whether it finished.
+//     Pods without GPUs are never decoded beyond that; a GPU pod's record is
+//     read once, when the pod is stored or changes.
+//   - Run, which feeds an Index from the API server through a reflector
+//     (streamed initial list, then a watch), and reports readiness and the
+//     resourceVersion the index has caught up to.
+package podindex
