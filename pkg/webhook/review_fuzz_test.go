@@ -41,7 +41,7 @@ func FuzzAdmissionReview(f *testing.F) {
 	f.Add(review(admissionv1.Create, "", `{"spec":{"x":`+strings.Repeat("[", 3000)+strings.Repeat("]", 3000)+`}}`))
 	f.Add([]byte(`{"request":{"object":` + strings.Repeat(`{"a":`, 3000)))
 	m, v, _ := newHandlers()
-	handlers := []http.Handler{&webhook.Admission{Handler: m}, &webhook.Admission{Handler: v}}
+	handlers := []http.Handler{Review{Webhook: &webhook.Admission{Handler: m}}, Review{Webhook: &webhook.Admission{Handler: v}}}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		for _, h := range handlers {
 			rec := httptest.NewRecorder()

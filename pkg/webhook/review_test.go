@@ -1,0 +1,140 @@
+package webhook
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/go-json-experiment/json/jsontext"
+	admissionv1 "k8s.io/api/admission/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	"github.com/dynamo-power/gpu-power/internal/testpod"
+)
+
+// apiReviewDecoder decodes AdmissionReviews as controller-runtime's webhook
+// server does: the oracle decodeReview must agree with.
+var apiReviewDecoder = func() runtime.Decoder {
+	scheme := runtime.NewScheme()
+	if err := admissionv1.AddToScheme(scheme); err != nil {
+		panic(err)
+	}
+	return serializer.NewCodecFactory(scheme).UniversalDeserializer()
+}()
+
+func reviewBody(t testing.TB, req admissionv1.AdmissionRequest) []byte {
+	t.Helper()
+	b, err := json.Marshal(admissionv1.AdmissionReview{Request: &req})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// encoding/json leaves TypeMeta out when empty; the API server sets it.
+	return append([]byte(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview",`), b[1:]...)
+}
+
+func FuzzDecodeReview(f *testing.F) {
+	pod, _ := json.Marshal(testpod.MakePod("a", "llm").UID("u").GPU(8).Env(2).Limit("250").Obj())
+	dry := true
+	f.Add(reviewBody(f, admissionv1.AdmissionRequest{UID: "1", Operation: admissionv1.Create, Namespace: "llm", Name: "a",
+		Object: runtime.RawExtension{Raw: pod}}))
+	f.Add(reviewBody(f, admissionv1.AdmissionRequest{UID: "2", Operation: admissionv1.Update, SubResource: "status", DryRun: &dry,
+		Object: runtime.RawExtension{Raw: pod}, OldObject: runtime.RawExtension{Raw: pod}, Options: runtime.RawExtension{Raw: []byte(`{"kind":"UpdateOptions"}`)}}))
+	f.Add([]byte(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"3","object" : {"a":[1, 2]} ,"oldObject":null}}`))
+	f.Add([]byte(`{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"4"}}`))
+	f.Add([]byte(`{"kind":"AdmissionReview","request":{"uid":"5","UID":"6","object":{}}}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		got, err := decodeReview(body)
+		if err != nil {
+			return
+		}
+		// Whatever decodes must agree with controller-runtime's decoder on
+		// the I-JSON the API server sends.
+		if !jsontext.Value(body).IsValid() {
+			return
+		}
+		var want admissionv1.AdmissionReview
+		if _, _, err := apiReviewDecoder.Decode(body, nil, &want); err != nil {
+			t.Fatalf("decodeReview read %q, the API machinery refuses it: %v", body, err)
+		}
+		if want.Request == nil {
+			want.Request = &admissionv1.AdmissionRequest{}
+		}
+		for _, raw := range []*runtime.RawExtension{&want.Request.Object, &want.Request.OldObject, &want.Request.Options} {
+			raw.Object = nil // the codec may decode what it recognises; only the bytes are compared
+		}
+		if !equality.Semantic.DeepEqual(&got.AdmissionRequest, want.Request) {
+			t.Fatalf("decodeReview and the API machinery disagree on %q:\n got %+v\nwant %+v", body, got.AdmissionRequest, *want.Request)
+		}
+	})
+}
+
+// TestReviewRefuses covers what the review server answers 400 without
+// calling the handler, in the form controller-runtime's server answers it.
+func TestReviewRefuses(t *testing.T) {
+	m, _, _ := newHandlers()
+	h := Review{Webhook: &webhook.Admission{Handler: m}}
+	cases := []struct {
+		name, contentType, body, want string
+	}{
+		{"empty", "application/json", "", "request body is empty"},
+		{"not JSON content", "text/plain", `{}`, "expected application/json"},
+		{"another version", "application/json", `{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"1"}}`, "only admission.k8s.io/v1 AdmissionReview is served"},
+		{"no request", "application/json", `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}`, "no request"},
+		{"truncated", "application/json", `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"object":{"a":`, "admission review"},
+		{"trailing data", "application/json", `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{}} {}`, "trailing data"},
+		{"too large", "application/json", `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"object":"` + strings.Repeat("a", maxReviewBytes) + `"}}`, "too large"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, length := range []string{"known", "unknown"} {
+				r := httptest.NewRequest(http.MethodPost, MutatePath, strings.NewReader(tc.body))
+				if length == "unknown" {
+					r.ContentLength = -1
+				}
+				if tc.body == "" {
+					r.Body = http.NoBody
+				}
+				r.Header.Set("Content-Type", tc.contentType)
+				w := httptest.NewRecorder()
+				h.ServeHTTP(w, r)
+				var review admissionv1.AdmissionReview
+				if err := json.Unmarshal(w.Body.Bytes(), &review); err != nil || review.Response == nil {
+					t.Fatalf("%s length: answer %q: %v", length, w.Body, err)
+				}
+				res := review.Response
+				if w.Code != http.StatusOK || res.Allowed || res.Result == nil || res.Result.Code != http.StatusBadRequest || !strings.Contains(res.Result.Message, tc.want) {
+					t.Errorf("%s length: HTTP %d, %+v; want a 400 verdict saying %q", length, w.Code, res.Result, tc.want)
+				}
+			}
+		})
+	}
+}
+
+// TestReviewAnswersAsTheAPIServerExpects admits a pod through the review
+// server and reads the answer as the API server does.
+func TestReviewAnswersAsTheAPIServerExpects(t *testing.T) {
+	m, _, _ := newHandlers()
+	pod, _ := json.Marshal(testpod.MakePod("a", "llm").UID("u").GPU(1).Product("NVIDIA-H100-80GB-HBM3").Limit("300").Obj())
+	body := reviewBody(t, admissionv1.AdmissionRequest{UID: "req-1", Operation: admissionv1.Create, Namespace: "llm", Name: "a",
+		Kind: metav1.GroupVersionKind{Version: "v1", Kind: "Pod"}, Object: runtime.RawExtension{Raw: pod}})
+	r := httptest.NewRequest(http.MethodPost, MutatePath, bytes.NewReader(body))
+	r.Header.Set("Content-Type", "application/json")
+	w := httptest.NewRecorder()
+	Review{Webhook: &webhook.Admission{Handler: m}}.ServeHTTP(w, r)
+	var review admissionv1.AdmissionReview
+	if _, _, err := apiReviewDecoder.Decode(w.Body.Bytes(), nil, &review); err != nil {
+		t.Fatalf("answer %q: %v", w.Body, err)
+	}
+	res := review.Response
+	if review.APIVersion != "admission.k8s.io/v1" || review.Kind != "AdmissionReview" || res == nil || res.UID != "req-1" || !res.Allowed ||
+		res.PatchType == nil || *res.PatchType != admissionv1.PatchTypeJSONPatch || !bytes.Contains(res.Patch, []byte("gpu-power-limit-validated")) {
+		t.Errorf("answer %s", w.Body)
+	}
+}
