@@ -136,6 +136,23 @@ bench: ## Run the benchmarks of docs/benchmarks.md.
 bench-agent-memory: envtest ## The agent's RSS with 110 pods of ~1 MiB on its node (docs/benchmarks.md); writes 110 MiB of pods, so not part of make test.
 	AGENT_MEMORY_SOAK=1 go test -count=1 -v -run SoakMemoryWithFatPods ./test/integration/agent
 
+# The scale benchmarks' sandboxes (etcd's data among them) go to a fresh
+# folder here, tmpfs where the machine has one; kept only when a run fails.
+BENCH_TMPDIR ?= $(if $(wildcard /dev/shm),/dev/shm,/tmp)
+define bench-in-tmpdir
+	@tmp=$$(mktemp -d -p $(BENCH_TMPDIR) power-bench.XXXXXX); rc=0; \
+	echo "TMPDIR=$$tmp $(1)"; TMPDIR=$$tmp $(1) || rc=$$?; \
+	if [ $$rc = 0 ]; then rm -rf "$$tmp"; else echo "files kept in $$tmp"; fi; exit $$rc
+endef
+
+.PHONY: bench-scale
+bench-scale: envtest build ## Opt-in, not in make test: the webhook's memory per pod, restart time and admission latency with 5,000 nodes and 100,000 pods in the sandbox (test/scale; SCALE_NODES, SCALE_GPU_PODS, SCALE_OTHER_PODS, SCALE_REPORT=file); minutes, 100,000 pods written.
+	$(call bench-in-tmpdir,SCALE_BENCH=1 go test -count=1 -v -timeout 45m -run '^TestScaleCluster$$' ./test/scale)
+
+.PHONY: bench-admission
+bench-admission: envtest build ## Opt-in, not in make test: webhook and API server CPU per admission, 2,000 GPU pods into an intercepted and a skipped namespace, alternately (test/scale; ADMISSION_ROUNDS, ADMISSION_BUDGET=1, ADMISSION_PPROF=file, ADMISSION_REPORT=file).
+	$(call bench-in-tmpdir,ADMISSION_BENCH=1 go test -count=1 -v -timeout 30m -run '^TestAdmissionCPU$$' ./test/scale)
+
 .PHONY: lint
 lint: $(TOOLS)/golangci-lint ## gofmt, go vet and golangci-lint.
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }

@@ -121,6 +121,14 @@ func (p *Process) Running() bool {
 	}
 }
 
+// Pid is the process id while it runs, 0 when it does not.
+func (p *Process) Pid() int {
+	if !p.Running() {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
 // Stop sends SIGTERM and waits for the process to exit, as the kubelet ends a
 // pod; after grace it kills it and reports that.
 func (p *Process) Stop(grace time.Duration) error {

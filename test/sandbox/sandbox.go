@@ -72,6 +72,10 @@ type Options struct {
 	BinDir string
 	// Progress gets one line per step; nil discards them.
 	Progress io.Writer
+	// WebhookArgs are more flags for power-webhook, after the sandbox's own:
+	// for example --pprof-bind-address 127.0.0.1:PORT for the load drivers
+	// of test/scale.
+	WebhookArgs []string
 }
 
 // Sandbox is a running system.
@@ -101,6 +105,10 @@ type Sandbox struct {
 	Webhook, Agent *Process
 
 	kubelet *kubelet
+	// env is the API server and etcd, for finding their processes.
+	env *envtest.Environment
+	// webhookArgs are Options.WebhookArgs.
+	webhookArgs []string
 	// certManagerLog is the file cert-manager's controllers log to.
 	certManagerLog string
 	progress       io.Writer
@@ -122,6 +130,7 @@ func Start(ctx context.Context, o Options) (s *Sandbox, err error) {
 		Dir: o.Dir, NVMLState: filepath.Join(o.Dir, "nvml.json"), CertDir: filepath.Join(o.Dir, "webhook-certs"),
 		AgentStateDir: filepath.Join(o.Dir, "agent-state"), StampKeyDir: filepath.Join(o.Dir, "stamp-key"),
 		progress: o.Progress, cancel: cancel, failures: make(chan error, 16),
+		webhookArgs: o.WebhookArgs,
 	}
 	if s.progress == nil {
 		s.progress = io.Discard
@@ -223,6 +232,7 @@ func (s *Sandbox) startAPIServer(bg context.Context) error {
 		return fmt.Errorf("start API server: %w", err)
 	}
 	s.cleanups = append(s.cleanups, env.Stop)
+	s.env = env
 	scheme := runtime.NewScheme()
 	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, cmapi.AddToScheme, powerv1alpha1.AddToScheme} {
 		if err := add(scheme); err != nil {
@@ -387,10 +397,10 @@ func (s *Sandbox) startWebhook(ctx, bg context.Context) error {
 	}
 
 	port := s.WebhookURL[strings.LastIndex(s.WebhookURL, ":")+1:]
+	args := append([]string{"--cert-dir", s.CertDir, "--webhook-port", port, "--stamp-key-file", s.StampKeyFile(),
+		"--client-ca-file", s.APIServerAuth.CA, "--client-name", admissionauth.ClientName}, s.webhookArgs...)
 	var err error
-	if s.Webhook, err = newProcess("webhook", s.BinDir, s.Dir, []string{"KUBECONFIG=" + s.Kubeconfig, "POD_NAMESPACE=" + Namespace},
-		"--cert-dir", s.CertDir, "--webhook-port", port, "--stamp-key-file", s.StampKeyFile(),
-		"--client-ca-file", s.APIServerAuth.CA, "--client-name", admissionauth.ClientName); err != nil {
+	if s.Webhook, err = newProcess("webhook", s.BinDir, s.Dir, []string{"KUBECONFIG=" + s.Kubeconfig, "POD_NAMESPACE=" + Namespace}, args...); err != nil {
 		return err
 	}
 	s.step("Starting power-webhook on %s, for the API server's client certificate only (log: %s)", s.WebhookURL, s.Webhook.Log)
