@@ -96,7 +96,7 @@ func BenchmarkServeHTTP(b *testing.B) {
 		name  string
 		serve func(admission.Handler) http.Handler
 	}{
-		{"review", func(h admission.Handler) http.Handler { return Review{Webhook: &webhook.Admission{Handler: h}} }},
+		{"review", func(h admission.Handler) http.Handler { return NewReview(h) }},
 		{"controller-runtime", func(h admission.Handler) http.Handler { return &webhook.Admission{Handler: h} }},
 	} {
 		b.Run("server="+server.name, func(b *testing.B) {

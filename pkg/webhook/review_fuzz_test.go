@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	admissionv1 "k8s.io/api/admission/v1"
-	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 )
@@ -41,7 +40,7 @@ func FuzzAdmissionReview(f *testing.F) {
 	f.Add(review(admissionv1.Create, "", `{"spec":{"x":`+strings.Repeat("[", 3000)+strings.Repeat("]", 3000)+`}}`))
 	f.Add([]byte(`{"request":{"object":` + strings.Repeat(`{"a":`, 3000)))
 	m, v, _ := newHandlers()
-	handlers := []http.Handler{Review{Webhook: &webhook.Admission{Handler: m}}, Review{Webhook: &webhook.Admission{Handler: v}}}
+	handlers := []http.Handler{NewReview(m), NewReview(v)}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		for _, h := range handlers {
 			rec := httptest.NewRecorder()

@@ -14,7 +14,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
-	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 )
@@ -49,6 +48,9 @@ func FuzzDecodeReview(f *testing.F) {
 	f.Add([]byte(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"3","object" : {"a":[1, 2]} ,"oldObject":null}}`))
 	f.Add([]byte(`{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"4"}}`))
 	f.Add([]byte(`{"kind":"AdmissionReview","request":{"uid":"5","UID":"6","object":{}}}`))
+	f.Add([]byte(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"kind":{"group":"a"},"object":{"x":1},"requestKind":null,` +
+		`"userInfo":{"username":"u","groups":["a",null],"extra":{"k":["v"],"n":null}},"dryRun":false},` +
+		`"request":{"kind":{"version":"v1"},"object":null,"requestResource":{"resource":"pods"},"userInfo":{"groups":[],"extra":{"j":[]}},"dryRun":null}}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		got, err := decodeReview(body)
 		if err != nil {
@@ -59,18 +61,18 @@ func FuzzDecodeReview(f *testing.F) {
 		if !jsontext.Value(body).IsValid() {
 			return
 		}
-		var want admissionv1.AdmissionReview
-		if _, _, err := apiReviewDecoder.Decode(body, nil, &want); err != nil {
+		// As controller-runtime decodes: into a request it holds, so that a
+		// later "request": null leaves what was read.
+		var want admissionv1.AdmissionRequest
+		review := admissionv1.AdmissionReview{Request: &want}
+		if _, _, err := apiReviewDecoder.Decode(body, nil, &review); err != nil {
 			t.Fatalf("decodeReview read %q, the API machinery refuses it: %v", body, err)
 		}
-		if want.Request == nil {
-			want.Request = &admissionv1.AdmissionRequest{}
-		}
-		for _, raw := range []*runtime.RawExtension{&want.Request.Object, &want.Request.OldObject, &want.Request.Options} {
+		for _, raw := range []*runtime.RawExtension{&want.Object, &want.OldObject, &want.Options} {
 			raw.Object = nil // the codec may decode what it recognises; only the bytes are compared
 		}
-		if !equality.Semantic.DeepEqual(&got.AdmissionRequest, want.Request) {
-			t.Fatalf("decodeReview and the API machinery disagree on %q:\n got %+v\nwant %+v", body, got.AdmissionRequest, *want.Request)
+		if !equality.Semantic.DeepEqual(&got.AdmissionRequest, &want) {
+			t.Fatalf("decodeReview and the API machinery disagree on %q:\n got %+v\nwant %+v", body, got.AdmissionRequest, want)
 		}
 	})
 }
@@ -79,7 +81,7 @@ func FuzzDecodeReview(f *testing.F) {
 // calling the handler, in the form controller-runtime's server answers it.
 func TestReviewRefuses(t *testing.T) {
 	m, _, _ := newHandlers()
-	h := Review{Webhook: &webhook.Admission{Handler: m}}
+	h := NewReview(m)
 	cases := []struct {
 		name, contentType, body, want string
 	}{
@@ -127,7 +129,7 @@ func TestReviewAnswersAsTheAPIServerExpects(t *testing.T) {
 	r := httptest.NewRequest(http.MethodPost, MutatePath, bytes.NewReader(body))
 	r.Header.Set("Content-Type", "application/json")
 	w := httptest.NewRecorder()
-	Review{Webhook: &webhook.Admission{Handler: m}}.ServeHTTP(w, r)
+	NewReview(m).ServeHTTP(w, r)
 	var review admissionv1.AdmissionReview
 	if _, _, err := apiReviewDecoder.Decode(w.Body.Bytes(), nil, &review); err != nil {
 		t.Fatalf("answer %q: %v", w.Body, err)

@@ -116,8 +116,8 @@ func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, re
 		},
 	}
 	server := mgr.GetWebhookServer()
-	server.Register(MutatePath, Review{Webhook: &webhook.Admission{Handler: &Mutator{Policy: admit, Cluster: nodes, Budgets: budgets, Metrics: m}}})
-	server.Register(ValidatePath, Review{Webhook: &webhook.Admission{Handler: &Validator{Policy: admit, Cluster: nodes, Budgets: budgets, Metrics: m}}})
+	server.Register(MutatePath, NewReview(&Mutator{Policy: admit, Cluster: nodes, Budgets: budgets, Metrics: m}))
+	server.Register(ValidatePath, NewReview(&Validator{Policy: admit, Cluster: nodes, Budgets: budgets, Metrics: m}))
 	server.Register(BudgetValidatePath, &webhook.Admission{Handler: BudgetValidator{}})
 	if o.Writer != nil {
 		if budgets.Peers, err = newPeers(*o.Writer, mgr.GetAPIReader(), budgets, m); err != nil {
