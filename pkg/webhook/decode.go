@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 
 	"github.com/go-json-experiment/json/jsontext"
 	corev1 "k8s.io/api/core/v1"
@@ -26,9 +27,8 @@ func decodePod(raw []byte) (*corev1.Pod, error) {
 		return nil, errors.New("empty object")
 	}
 	pod := &corev1.Pod{}
-	// A bytes.Buffer is parsed in place, without a copy. Duplicate keys are
-	// not looked for: the API server wrote this JSON from a decoded object.
-	d := jsontext.NewDecoder(bytes.NewBuffer(raw), jsontext.AllowDuplicateNames(true))
+	d := decoderFor(raw)
+	defer release(d)
 	if d.PeekKind() != '{' {
 		return nil, errors.New("not a JSON object")
 	}
@@ -48,6 +48,25 @@ func decodePod(raw []byte) (*corev1.Pod, error) {
 		return nil, errors.New("trailing data after the object")
 	}
 	return pod, nil
+}
+
+// decoders are reused: a decoder's state is a few kilobytes, allocated for
+// every object otherwise (two or three an admission).
+var decoders = sync.Pool{New: func() any { return new(jsontext.Decoder) }}
+
+// decoderFor returns a pooled decoder reading raw; release it when done.
+// A bytes.Buffer is parsed in place, without a copy. Duplicate keys are not
+// looked for: the API server wrote this JSON from a decoded object.
+func decoderFor(raw []byte) *jsontext.Decoder {
+	d := decoders.Get().(*jsontext.Decoder)
+	d.Reset(bytes.NewBuffer(raw), jsontext.AllowDuplicateNames(true))
+	return d
+}
+
+// release returns d to the pool, holding no reference to what it read.
+func release(d *jsontext.Decoder) {
+	d.Reset(new(bytes.Buffer))
+	decoders.Put(d)
 }
 
 func decodeMetadata(d *jsontext.Decoder, m *metav1.ObjectMeta) error {

@@ -101,7 +101,8 @@ func readBody(r *http.Request) ([]byte, error) {
 // does, case-sensitively with the API types' tags.
 func decodeReview(body []byte) (admission.Request, error) {
 	var req admission.Request
-	d := jsontext.NewDecoder(bytes.NewBuffer(body), jsontext.AllowDuplicateNames(true))
+	d := decoderFor(body)
+	defer release(d)
 	if d.PeekKind() != '{' {
 		return req, errors.New("admission review: not a JSON object")
 	}
