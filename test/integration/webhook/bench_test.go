@@ -3,6 +3,8 @@ package webhook_test
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -13,6 +15,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
 
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 )
@@ -87,6 +90,7 @@ func admissionLoad(b *testing.B, rate float64, budgeted bool) {
 	latencies := make([]time.Duration, b.N)
 	var failed sync.Map
 	countersBefore := budgetCounters(b)
+	putsBefore := statusWrites(b)
 	b.ResetTimer()
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -138,6 +142,11 @@ func admissionLoad(b *testing.B, rate float64, budgeted bool) {
 	for name, v := range budgetCounters(b) {
 		b.ReportMetric(v-countersBefore[name], name)
 	}
+	// What bounds a budgeted admission: the status writes it waits for.
+	if puts := statusWrites(b).minus(putsBefore); puts.count > 0 {
+		b.ReportMetric(puts.count, "status-writes")
+		b.ReportMetric(1000*puts.sum/puts.count, "status-write-mean-ms")
+	}
 	b.ReportMetric(0, "ns/op")
 }
 
@@ -164,4 +173,42 @@ func budgetCounters(b *testing.B) map[string]float64 {
 		}
 	}
 	return c
+}
+
+// histogram is a count and a sum of a Prometheus histogram.
+type histogram struct{ count, sum float64 }
+
+func (h histogram) minus(o histogram) histogram { return histogram{h.count - o.count, h.sum - o.sum} }
+
+// statusWrites reads, from the API server's own metrics, how many budget
+// status updates it served and how long they took in all.
+func statusWrites(b *testing.B) histogram {
+	b.Helper()
+	cs, err := kubernetes.NewForConfig(restConfig)
+	if err != nil {
+		b.Fatal(err)
+	}
+	raw, err := cs.Discovery().RESTClient().Get().AbsPath("/metrics").DoRaw(b.Context())
+	if err != nil {
+		b.Fatal(err)
+	}
+	var h histogram
+	for line := range strings.Lines(string(raw)) {
+		if !strings.Contains(line, `resource="gpupowerbudgets"`) || !strings.Contains(line, `subresource="status"`) || !strings.Contains(line, `verb="PUT"`) {
+			continue
+		}
+		name, rest, _ := strings.Cut(line, "{")
+		_, value, _ := strings.Cut(rest, "} ")
+		v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+		if err != nil {
+			continue
+		}
+		switch name {
+		case "apiserver_request_duration_seconds_count":
+			h.count += v
+		case "apiserver_request_duration_seconds_sum":
+			h.sum += v
+		}
+	}
+	return h
 }
