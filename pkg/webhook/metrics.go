@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	admissionv1 "k8s.io/api/admission/v1"
 
+	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
@@ -21,6 +22,9 @@ type Metrics struct {
 	forwards      *prometheus.CounterVec
 	committed     *prometheus.GaugeVec
 	total         *prometheus.GaugeVec
+	available     *prometheus.GaugeVec
+	pods          *prometheus.GaugeVec
+	gpus          *prometheus.GaugeVec
 }
 
 // Results of an admission, the values of the result label.
@@ -71,8 +75,21 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "dynamo_power_budget_total_watts",
 			Help: "The budget's totalWatts, by budget.",
 		}, []string{"budget"}),
+		available: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "dynamo_power_budget_available_watts",
+			Help: "GPU power a budget can still commit (total minus committed, never below zero), by budget, as last reconciled.",
+		}, []string{"budget"}),
+		pods: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "dynamo_power_budget_pods",
+			Help: "Live GPU pods a budget charges, by budget, as last reconciled.",
+		}, []string{"budget"}),
+		gpus: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "dynamo_power_budget_gpus",
+			Help: "GPUs of the live pods a budget charges, by budget, as last reconciled.",
+		}, []string{"budget"}),
 	}
-	reg.MustRegister(m.decisions, m.latency, m.budgetDenials, m.reserved, m.conflicts, m.retries, m.forwards, m.committed, m.total)
+	reg.MustRegister(m.decisions, m.latency, m.budgetDenials, m.reserved, m.conflicts, m.retries, m.forwards,
+		m.committed, m.total, m.available, m.pods, m.gpus)
 	return m
 }
 
@@ -113,17 +130,23 @@ func (m *Metrics) forwarded(result string) {
 	}
 }
 
-func (m *Metrics) budgetState(budget string, committed, total int64) {
+// budgetState exports a budget as the reconciler, on the writer replica
+// only, last wrote it: a sum over replicas counts each budget once.
+func (m *Metrics) budgetState(budget string, total int64, st *powerv1alpha1.GPUPowerBudgetStatus) {
 	if m != nil {
-		m.committed.WithLabelValues(budget).Set(float64(committed))
+		m.committed.WithLabelValues(budget).Set(float64(st.CommittedWatts))
 		m.total.WithLabelValues(budget).Set(float64(total))
+		m.available.WithLabelValues(budget).Set(float64(st.AvailableWatts))
+		m.pods.WithLabelValues(budget).Set(float64(st.Pods))
+		m.gpus.WithLabelValues(budget).Set(float64(st.GPUs))
 	}
 }
 
 func (m *Metrics) forgetBudget(budget string) {
 	if m != nil {
-		m.committed.DeleteLabelValues(budget)
-		m.total.DeleteLabelValues(budget)
+		for _, g := range []*prometheus.GaugeVec{m.committed, m.total, m.available, m.pods, m.gpus} {
+			g.DeleteLabelValues(budget)
+		}
 	}
 }
 

@@ -164,7 +164,7 @@ func (r *BudgetReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 			"budget", budget.Name, "budgetVersion", budget.ResourceVersion, "podsVersion", r.PodsSeen())
 		return reconcile.Result{RequeueAfter: settle}, nil
 	}
-	r.Metrics.budgetState(budget.Name, next.CommittedWatts, total)
+	r.Metrics.budgetState(budget.Name, total, &next)
 	if over && !wasOver && r.Recorder != nil {
 		msg := meta.FindStatusCondition(next.Conditions, powerv1alpha1.ConditionOverCommitted).Message
 		r.Recorder.Eventf(&budget, nil, corev1.EventTypeWarning, "OverCommitted", "Reconcile", msg)

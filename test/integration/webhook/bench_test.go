@@ -3,9 +3,9 @@ package webhook_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"

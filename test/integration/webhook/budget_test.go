@@ -215,6 +215,43 @@ func TestBudgetReleaseAndExpiry(t *testing.T) {
 	if st := getBudget(t, "release").Status; len(st.Reservations) != 0 || st.CommittedWatts != 1200 {
 		t.Fatalf("after the refused create: committed %d with reservations %+v; want 1200 and none", st.CommittedWatts, st.Reservations)
 	}
+	budgetSeriesBecome(t, "release", map[string]float64{
+		"dynamo_power_budget_total_watts": 2000, "dynamo_power_budget_committed_watts": 1200,
+		"dynamo_power_budget_available_watts": 800, "dynamo_power_budget_pods": 2, "dynamo_power_budget_gpus": 3,
+	})
+}
+
+// budgetSeriesBecome waits until the budget's gauges hold want, summed over
+// the replicas, and exported by one of them only (the writer): a sum over
+// replicas must count each budget once.
+func budgetSeriesBecome(t *testing.T, budget string, want map[string]float64) {
+	t.Helper()
+	eventually(t, "budget series of "+budget, func() (bool, string) {
+		got, exporters := map[string]float64{}, map[string]int{}
+		for _, reg := range webhooks.registries() {
+			families, err := reg.Gather()
+			if err != nil {
+				return false, err.Error()
+			}
+			for _, f := range families {
+				if _, wanted := want[f.GetName()]; !wanted {
+					continue
+				}
+				for _, m := range f.GetMetric() {
+					if len(m.GetLabel()) == 1 && m.GetLabel()[0].GetValue() == budget {
+						got[f.GetName()] += m.GetGauge().GetValue()
+						exporters[f.GetName()]++
+					}
+				}
+			}
+		}
+		for name, v := range want {
+			if got[name] != v || exporters[name] != 1 {
+				return false, fmt.Sprintf("%s = %v from %d replicas; want %v from one", name, got[name], exporters[name], v)
+			}
+		}
+		return true, ""
+	})
 }
 
 func TestNestedBudgets(t *testing.T) {
