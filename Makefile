@@ -14,6 +14,7 @@ export CGO_CFLAGS := -Wno-deprecated-declarations
 
 GOLANGCI_LINT_VERSION   ?= v2.15.0
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
+HELM_VERSION            ?= v4.3.1
 FUZZTIME ?= 30s
 BENCHTIME ?= 2s
 
@@ -28,29 +29,35 @@ help: ## Show the targets.
 
 ##@ Build
 
+# The shipped binaries' build flags, the same as the images' and the
+# Dockerfiles' (internal/imagebuild.BuildFlags; test/manifests compares them).
+BUILD_FLAGS := -trimpath -ldflags='-s -w'
+
 .PHONY: build
-build: ## Build every binary in cmd/ into bin/ (the webhook without cgo).
+build: ## Build every binary in cmd/ into bin/ (the webhook without cgo), as the images carry them.
 	@for d in cmd/*/; do \
 		name=power-$$(basename $$d); \
-		echo "go build -o bin/$$name ./$$d"; \
-		if [ "$$name" = power-webhook ]; then CGO_ENABLED=0 go build -trimpath -o bin/$$name ./$$d; \
-		else go build -trimpath -o bin/$$name ./$$d; fi; \
+		echo "go build $(BUILD_FLAGS) -o bin/$$name ./$$d"; \
+		if [ "$$name" = power-webhook ]; then CGO_ENABLED=0 go build $(BUILD_FLAGS) -o bin/$$name ./$$d; \
+		else go build $(BUILD_FLAGS) -o bin/$$name ./$$d; fi; \
 	done
 
 .PHONY: manifests
-manifests: $(TOOLS)/controller-gen ## Generate deepcopy code and the GPUPowerBudget CRD (deploy/webhook/10-crd-gpupowerbudgets.yaml) from api/.
+manifests: $(TOOLS)/controller-gen ## Generate deepcopy code and the GPUPowerBudget CRD (deploy/webhook/10-crd-gpupowerbudgets.yaml, and its copy in the Helm chart) from api/.
 	$(TOOLS)/controller-gen object paths=./api/...
 	$(TOOLS)/controller-gen crd paths=./api/... output:crd:dir=$(LOCALBIN)/crd
 	mv $(LOCALBIN)/crd/power.dynamo.nvidia.com_gpupowerbudgets.yaml deploy/webhook/10-crd-gpupowerbudgets.yaml
+	cp deploy/webhook/10-crd-gpupowerbudgets.yaml deploy/helm/gpu-power/files/crd-gpupowerbudgets.yaml
 
 IMAGE_REPO ?= ghcr.io/dynamo-power
 IMAGE_TAG  ?= v0.1.0
+IMAGE_DIR  ?= $(LOCALBIN)/images
+# Push when IMAGE_REPO is given (command line or environment); IMAGE_PUSH=0 builds only.
+IMAGE_PUSH ?= $(if $(filter-out file,$(origin IMAGE_REPO)),1,0)
 
 .PHONY: images
-images: ## Build both images with Docker (needs a Docker engine).
-	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { echo "images: no Docker engine here; the Dockerfiles are in build/"; exit 1; }
-	docker build -f build/webhook.Dockerfile -t $(IMAGE_REPO)/power-webhook:$(IMAGE_TAG) .
-	docker build -f build/agent.Dockerfile -t $(IMAGE_REPO)/power-agent:$(IMAGE_TAG) .
+images: ## Build both images, no Docker needed, as bin/images/power-{webhook,agent}.tar; with IMAGE_REPO=registry/team given, push them and print each repo@sha256 to pin.
+	go run ./internal/imagebuild/cmd/images --bin-dir $(LOCALBIN) --out $(IMAGE_DIR) --repo $(IMAGE_REPO) --tag $(IMAGE_TAG) $(if $(filter 1,$(IMAGE_PUSH)),--push)
 
 ##@ Try it
 
@@ -102,11 +109,13 @@ test-cluster: cluster-binaries ## Both manifests as real pods on a real kubelet;
 test: test-unit test-integration test-e2e test-cluster ## Run every test: unit, integration, end to end on a real API server, and both manifests on a real node (root).
 
 .PHONY: test-unit
-test-unit: ## Unit tests, fuzz seeds, manifest golden tests and formatting/vet checks; no API server.
+test-unit: ## Unit tests, fuzz seeds, manifest and Helm chart golden tests and formatting/vet checks; no API server.
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 		if [ -n "$$unformatted" ]; then echo "not gofmt-clean: $$unformatted"; exit 1; fi
 	go vet ./...
 	go test -count=1 ./pkg/... ./internal/... ./cmd/... ./test/manifests/...
+	@# The Helm chart against the manifests: a module of its own (test/helm/go.mod), Helm's SDK kept out of the binaries' dependencies.
+	cd test/helm && go vet ./... && go test -count=1 ./...
 
 .PHONY: test-integration
 test-integration: envtest ## Integration tests on a real kube-apiserver + etcd (builds them first).
@@ -164,6 +173,12 @@ $(TOOLS)/golangci-lint:
 
 $(TOOLS)/controller-gen:
 	GOBIN=$(TOOLS) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
+
+.PHONY: helm
+helm: $(TOOLS)/helm ## Build the helm CLI (helm.sh/helm/v4, HELM_VERSION) into bin/tools from its Go module.
+
+$(TOOLS)/helm:
+	CGO_ENABLED=0 GOBIN=$(TOOLS) go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
 
 .PHONY: clean
 clean: ## Remove built binaries (keeps the Kubernetes test binaries in bin/k8s).

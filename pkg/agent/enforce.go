@@ -155,6 +155,9 @@ func (e *Enforcer) Reconcile(ctx context.Context, in Inputs, dryRun bool) ([]GPU
 		e.strays = strays // only those reported: one on a GPU not reached is reported when it is
 	}
 	e.mu.Unlock()
+	if !dryRun {
+		e.recordHolders(in)
+	}
 	if !dryRun && len(devices) > 0 {
 		var all []string
 		if listErr == nil {
@@ -286,6 +289,32 @@ func (e *Enforcer) record(r GPUReport) {
 		draw = float64(d) / 1000
 	}
 	e.Metrics.observe(r, applied, draw, r.Conflict)
+	capped, err := e.NVML.PowerCapped(r.UUID)
+	e.Metrics.powerCapped(r.UUID, capped, err)
+}
+
+// recordHolders exports which pods hold each GPU (every GPU kubelet's
+// allocation names, whether or not NVML answered for it this cycle), and
+// how many of them carry a limit that is not enforced for want of
+// validation: the pods PowerLimitNotValidated is about, and those whose
+// limit does not parse.
+func (e *Enforcer) recordHolders(in Inputs) {
+	if e.Metrics == nil {
+		return
+	}
+	holding := sets.New[podOnGPU]()
+	unvalidated := sets.New[types.UID]()
+	for uuid := range in.Holders {
+		hs, pods := e.holders(uuid, in)
+		for _, p := range pods {
+			holding.Insert(podOnGPU{gpu: uuid, namespace: p.Namespace, pod: p.Name})
+		}
+		d := policy.ResolveGPU(hs, e.RequireValidation)
+		for _, h := range slices.Concat(d.NotValidated, d.Invalid) {
+			unvalidated.Insert(h.UID)
+		}
+	}
+	e.Metrics.holders(holding, unvalidated.Len())
 }
 
 // originalLimit is the limit an unowned GPU is to get back when the pods

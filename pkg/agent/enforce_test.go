@@ -31,6 +31,7 @@ type node struct {
 	enforcer *Enforcer
 	events   *events.FakeRecorder
 	metrics  *Metrics
+	registry *prometheus.Registry
 	pods     map[types.UID]*corev1.Pod
 	holders  podmap.Holders
 }
@@ -49,7 +50,8 @@ func (n *node) restartAgent() {
 		n.t.Fatal(err)
 	}
 	n.events = events.NewFakeRecorder(100)
-	n.metrics = NewMetrics(prometheus.NewRegistry())
+	n.registry = prometheus.NewRegistry()
+	n.metrics = NewMetrics(n.registry)
 	n.enforcer = &Enforcer{NVML: n.nvml, Ledger: ledger, RequireValidation: true, SkippedNamespaces: sets.New(policy.SkippedNamespaces...),
 		Recorder: n.events, Log: testr.New(n.t), Metrics: n.metrics}
 }

@@ -118,21 +118,26 @@ func (r *Runner) Ready(*http.Request) error {
 	return nil
 }
 
-// Cycle gathers the node's state and reconciles every GPU once.
+// Cycle gathers the node's state and reconciles every GPU once. A cycle that
+// completes without an error sets the time readiness and
+// dynamo_power_agent_last_successful_reconcile_timestamp_seconds read.
 func (r *Runner) Cycle(ctx context.Context) error {
+	r.Enforcer.Metrics.cycleStarted(r.Interval)
 	in, err := r.Gather(ctx)
 	if err != nil {
 		return err
 	}
 	start := time.Now()
 	_, err = r.Enforcer.Reconcile(ctx, in, false)
-	r.Enforcer.Metrics.reconciled(time.Since(start))
+	end := time.Now()
+	r.Enforcer.Metrics.reconciled(end.Sub(start))
 	if err != nil {
 		return err
 	}
 	r.mu.Lock()
-	r.lastOK = time.Now()
+	r.lastOK = end
 	r.mu.Unlock()
+	r.Enforcer.Metrics.cycleSucceeded(end)
 	return nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // Op names a Library method, for fault injection and the call record.
@@ -17,6 +18,7 @@ const (
 	OpDevices       Op = "Devices"
 	OpPowerLimits   Op = "PowerLimits"
 	OpPowerDraw     Op = "PowerDraw"
+	OpPowerCapped   Op = "PowerCapped"
 	OpProcesses     Op = "Processes"
 	OpSetPowerLimit Op = "SetPowerLimit"
 	OpMIGParent     Op = "MIGParent"
@@ -29,6 +31,7 @@ var nvmlOps = map[Op]string{
 	OpDevices:       "DeviceGetHandleByIndex",
 	OpPowerLimits:   "GetPowerManagementLimit",
 	OpPowerDraw:     "GetPowerUsage",
+	OpPowerCapped:   "GetViolationStatus",
 	OpProcesses:     "GetComputeRunningProcesses",
 	OpSetPowerLimit: "SetPowerManagementLimit",
 	OpMIGParent:     "GetDeviceHandleFromMigDeviceHandle",
@@ -208,6 +211,12 @@ func (f *Fake) SetLimitExternally(uuid string, limit Milliwatts) error {
 	return f.Update(uuid, func(g *FakeGPU) { g.Limit, g.Enforced = limit, limit })
 }
 
+// AddPowerCapped adds d to the time a GPU was held back by its power cap
+// (FakeGPU.PowerCapped), as the driver's counter grows while a cap binds.
+func (f *Fake) AddPowerCapped(uuid string, d time.Duration) error {
+	return f.Update(uuid, func(g *FakeGPU) { g.PowerCapped += d })
+}
+
 // LoseGPU makes a GPU fall off the bus: every later call that names it, or
 // one of its MIG devices, fails with ErrGPULost.
 func (f *Fake) LoseGPU(uuid string) error {
@@ -263,6 +272,21 @@ func (f *Fake) PowerDraw(uuid string) (Milliwatts, error) {
 	return g.Draw, nil
 }
 
+// PowerCapped implements Library: FakeGPU.PowerCapped, or ErrNotSupported
+// where FakeGPU.PowerCappedUnsupported says the GPU does not keep it.
+func (f *Fake) PowerCapped(uuid string) (time.Duration, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	g, err := f.device(Call{Op: OpPowerCapped, UUID: uuid})
+	if err != nil {
+		return 0, err
+	}
+	if g.PowerCappedUnsupported {
+		return 0, &Error{Op: nvmlOps[OpPowerCapped], UUID: uuid, Code: CodeNotSupported}
+	}
+	return g.PowerCapped, nil
+}
+
 // Processes implements Library.
 func (f *Fake) Processes(uuid string) ([]Process, error) {
 	f.mu.Lock()
@@ -285,7 +309,10 @@ func (f *Fake) SetPowerLimit(uuid string, limit Milliwatts) error {
 	if err != nil {
 		return err
 	}
-	if limit < g.Min || limit > g.Max {
+	switch {
+	case g.RefuseLimitWrites:
+		return &Error{Op: nvmlOps[OpSetPowerLimit], UUID: uuid, Code: CodeNoPermission}
+	case limit < g.Min || limit > g.Max:
 		return &Error{Op: nvmlOps[OpSetPowerLimit], UUID: uuid, Code: CodeInvalidArgument}
 	}
 	next := FakeState{Devices: cloneGPUs(f.state.Devices)}

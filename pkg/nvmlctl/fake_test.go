@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
 )
@@ -49,6 +50,27 @@ func TestFakeAnswersLikeNVML(t *testing.T) {
 			nil,
 			func(l nvmlctl.Library) (any, error) { return l.PowerDraw(gpu0) },
 			nvmlctl.Milliwatts(121822), nil},
+		{"no time held back by the cap on an idle GPU",
+			nil,
+			func(l nvmlctl.Library) (any, error) { return l.PowerCapped(gpu0) },
+			time.Duration(0), nil},
+		{"the time held back by the cap is what the world added",
+			func(t *testing.T, f *nvmlctl.Fake) {
+				must(t, f.AddPowerCapped(gpu0, time.Second))
+				must(t, f.AddPowerCapped(gpu0, 500*time.Millisecond))
+			},
+			func(l nvmlctl.Library) (any, error) { return l.PowerCapped(gpu0) },
+			1500 * time.Millisecond, nil},
+		{"a GPU that does not keep the time is not supported",
+			func(t *testing.T, f *nvmlctl.Fake) {
+				must(t, f.Update(gpu0, func(g *nvmlctl.FakeGPU) { g.PowerCappedUnsupported = true }))
+			},
+			func(l nvmlctl.Library) (any, error) { return l.PowerCapped(gpu0) },
+			nil, nvmlctl.ErrNotSupported},
+		{"the time held back by the cap is the board's, not a MIG device's",
+			nil,
+			func(l nvmlctl.Library) (any, error) { return l.PowerCapped(mig1) },
+			nil, nvmlctl.ErrNotSupported},
 		{"a limit inside the constraints is current and enforced",
 			nil,
 			func(l nvmlctl.Library) (any, error) {
@@ -289,12 +311,18 @@ func TestFakeStateFileIsSharedWithAnotherProcess(t *testing.T) {
 		t.Errorf("agent reads limit %d, want the drifted 400000", limits.Current)
 	}
 
+	must(t, world.AddPowerCapped(gpu0, 2*time.Second))
+	if capped, err := agent.PowerCapped(gpu0); err != nil || capped != 2*time.Second {
+		t.Errorf("agent reads power-capped time %v, %v, want the world's 2s", capped, err)
+	}
+
 	// The file on disk is the schema, readable by anything.
 	data, err := os.ReadFile(path)
 	must(t, err)
 	s, err := nvmlctl.ParseFakeState(data)
 	must(t, err)
-	if s.Devices[0].Limit != 400000 || len(s.Devices[1].Processes) != 1 {
+	if s.Devices[0].Limit != 400000 || len(s.Devices[1].Processes) != 1 || s.Devices[0].PowerCapped != 2*time.Second ||
+		!strings.Contains(string(data), `"powerCappedNanoseconds": 2000000000`) {
 		t.Errorf("file holds %+v", s)
 	}
 	if leftovers, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".gpus.json.tmp*")); len(leftovers) != 0 {
@@ -411,6 +439,7 @@ func TestParseFakeStateRejects(t *testing.T) {
 		{"MIG devices with MIG off", `{"devices":[{` + ok + `,"migDevices":["MIG-a"]}]}`, "MIG disabled"},
 		{"a process without a pid", `{"devices":[{` + ok + `,"processes":[{"kind":"compute","pid":0}]}]}`, "pid 0"},
 		{"a process of an unknown kind", `{"devices":[{` + ok + `,"processes":[{"kind":"video","pid":1}]}]}`, "unknown process kind"},
+		{"a negative power-capped time", `{"devices":[{` + ok + `,"powerCappedNanoseconds":-1}]}`, "power-capped time -1 ns is negative"},
 		{"a UUID with a control character", `{"devices":[{` + strings.Replace(ok, "GPU-a", `GPU-a\n`, 1) + `}]}`, "want GPU-<uuid>"},
 	}
 	for _, tt := range tests {
@@ -495,5 +524,41 @@ func TestFakeCallRecordIsBounded(t *testing.T) {
 	}
 	if first, want := calls[0].Limit, nvmlctl.Milliwatts(200000+(n-4096)%500*1000); first != want {
 		t.Errorf("first recorded call set %d mW; want call %d's %d mW", first, n-4096, want)
+	}
+}
+
+// TestRefuseLimitWritesReachesAnotherProcess is how a test makes a running
+// agent's writes fail: the refusal is in the state file, so a second Fake on
+// that file (the agent's) sees it, and lifting it lets writes through again.
+func TestRefuseLimitWritesReachesAnotherProcess(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "nvml.json")
+	gpus := nvmlctl.H100s(1)
+	if err := nvmlctl.NewFake(gpus...).PersistTo(path); err != nil {
+		t.Fatal(err)
+	}
+	test, err := nvmlctl.NewFakeFromFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent, err := nvmlctl.NewFakeFromFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uuid := gpus[0].UUID
+	if err := test.Update(uuid, func(g *nvmlctl.FakeGPU) { g.RefuseLimitWrites = true }); err != nil {
+		t.Fatal(err)
+	}
+	var nvmlErr *nvmlctl.Error
+	if err := agent.SetPowerLimit(uuid, 400_000); !errors.As(err, &nvmlErr) || nvmlErr.Code != nvmlctl.CodeNoPermission {
+		t.Fatalf("write while refused: %v; want NO_PERMISSION", err)
+	}
+	if g, _ := test.GPU(uuid); g.Limit == 400_000 {
+		t.Fatal("a refused write changed the limit")
+	}
+	if err := test.Update(uuid, func(g *nvmlctl.FakeGPU) { g.RefuseLimitWrites = false }); err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.SetPowerLimit(uuid, 400_000); err != nil {
+		t.Fatalf("write after the refusal was lifted: %v", err)
 	}
 }

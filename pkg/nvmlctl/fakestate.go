@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 )
 
 // FakeState is everything a Fake knows, and the JSON of its state file:
@@ -27,6 +28,8 @@ import (
 //	      "limitMilliwatts": 700000,           // within [min, max]; 0 or absent: the default
 //	      "enforcedLimitMilliwatts": 700000,   // 0 or absent: the limit
 //	      "usageMilliwatts": 121822,           // power draw, >= 0
+//	      "powerCappedNanoseconds": 0,         // optional: time held back by the power cap, >= 0
+//	      "powerCappedUnsupported": false,     // optional: the GPU does not keep that time (NOT_SUPPORTED)
 //	      "migEnabled": false,                 // optional
 //	      "migDevices": ["MIG-…"],             // optional, needs migEnabled; unique
 //	      "lost": false,                       // optional: the GPU fell off the bus
@@ -59,6 +62,21 @@ type FakeGPU struct {
 	MIGDevices []string   `json:"migDevices,omitempty"`
 	Lost       bool       `json:"lost,omitempty"`
 	Processes  []Process  `json:"processes,omitempty"`
+
+	// PowerCapped is the driver's cumulative time the GPU was held below its
+	// application clocks by its power limit (what PowerCapped reads), in
+	// nanoseconds in the state file. A test grows it (AddPowerCapped, or the
+	// state file) to make a cap bind; lowering it is the driver's counter
+	// starting again (a driver reload, a GPU reset).
+	PowerCapped time.Duration `json:"powerCappedNanoseconds,omitempty"`
+	// PowerCappedUnsupported makes PowerCapped answer NOT_SUPPORTED, as on a
+	// GPU that does not keep the time.
+	PowerCappedUnsupported bool `json:"powerCappedUnsupported,omitempty"`
+	// RefuseLimitWrites makes SetPowerLimit answer NO_PERMISSION, as a
+	// driver does that rejects the write: in the state file, so a test can
+	// make a running agent's writes fail (FailAlways only reaches the
+	// process that set it).
+	RefuseLimitWrites bool `json:"refuseLimitWrites,omitempty"`
 }
 
 // Bounds on a state file: it is read again before every call and may be
@@ -184,6 +202,8 @@ func (g *FakeGPU) check() error {
 		return fmt.Errorf("enforced limit %d mW out of range", g.Enforced)
 	case g.Draw < 0 || g.Draw > maxNVMLMilliwatts:
 		return fmt.Errorf("power draw %d mW out of range", g.Draw)
+	case g.PowerCapped < 0:
+		return fmt.Errorf("power-capped time %d ns is negative", g.PowerCapped)
 	case len(g.MIGDevices) > 0 && !g.MIGEnabled:
 		return fmt.Errorf("MIG devices on a GPU with MIG disabled")
 	case len(g.MIGDevices) > maxFakeMIGDevices:

@@ -2,6 +2,7 @@ package nvmlctl
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
@@ -24,6 +25,14 @@ type Library interface {
 	PowerLimits(uuid string) (PowerLimits, error)
 	// PowerDraw reads a GPU's current power draw.
 	PowerDraw(uuid string) (Milliwatts, error)
+	// PowerCapped reads how long, in all, the GPU was held below its
+	// application clocks by its power limit: NVML's power-policy violation
+	// time (nvmlDeviceGetViolationStatus with NVML_PERF_POLICY_POWER, the
+	// same counter as the field NVML_FI_DEV_PERF_POLICY_POWER). The driver
+	// keeps it, cumulative; it starts again from zero when the driver is
+	// reloaded or the GPU reset. ErrNotSupported where the GPU does not keep
+	// it. It reads only: no setting of the GPU changes.
+	PowerCapped(uuid string) (time.Duration, error)
 	// Processes lists the compute, graphics and MPS compute processes on a
 	// GPU. On a MIG-enabled GPU it lists the processes of every MIG device.
 	// A process that is both compute and graphics appears once per kind.

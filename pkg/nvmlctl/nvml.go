@@ -3,9 +3,11 @@
 package nvmlctl
 
 import (
+	"encoding/binary"
 	"errors"
 	"math"
 	"sync"
+	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 )
@@ -26,6 +28,12 @@ type NVML struct {
 	// Shutdown from racing them.
 	mu     sync.RWMutex
 	closed bool
+
+	// violationStatus says whether the loaded libnvidia-ml exports
+	// nvmlDeviceGetViolationStatus, looked up once: go-nvml binds symbols
+	// lazily, and calling one a newer driver dropped would end the process.
+	violationOnce   sync.Once
+	violationStatus bool
 }
 
 var _ Library = (*NVML)(nil)
@@ -160,6 +168,75 @@ func (n *NVML) PowerDraw(uuid string) (Milliwatts, error) {
 		return 0, &Error{Op: "GetPowerUsage", UUID: uuid, Code: Code(ret)}
 	}
 	return Milliwatts(mw), nil
+}
+
+// violationStatusSymbol is the call PowerCapped prefers. NVML 13's header
+// deprecates it (to go in CUDA 14) for the field value
+// NVML_FI_DEV_PERF_POLICY_POWER, the same counter, which PowerCapped reads
+// where the call is missing or not supported.
+const violationStatusSymbol = "nvmlDeviceGetViolationStatus"
+
+func (n *NVML) hasViolationStatus() bool {
+	n.violationOnce.Do(func() {
+		ext := n.lib.Extensions()
+		n.violationStatus = ext != nil && ext.LookupSymbol(violationStatusSymbol) == nil
+	})
+	return n.violationStatus
+}
+
+// PowerCapped implements Library. It only reads (GetViolationStatus, or
+// GetFieldValues for NVML_FI_DEV_PERF_POLICY_POWER).
+func (n *NVML) PowerCapped(uuid string) (time.Duration, error) {
+	if err := n.enter("GetViolationStatus", uuid); err != nil {
+		return 0, err
+	}
+	defer n.mu.RUnlock()
+	d, err := n.handle(uuid)
+	if err != nil {
+		return 0, err
+	}
+	var unsupported error
+	if n.hasViolationStatus() {
+		v, ret := d.GetViolationStatus(nvml.PERF_POLICY_POWER)
+		switch ret {
+		case nvml.SUCCESS:
+			return nanoseconds(v.ViolationTime), nil
+		case nvml.ERROR_NOT_SUPPORTED, nvml.ERROR_FUNCTION_NOT_FOUND:
+			unsupported = &Error{Op: "GetViolationStatus", UUID: uuid, Code: Code(ret)}
+		default:
+			return 0, &Error{Op: "GetViolationStatus", UUID: uuid, Code: Code(ret)}
+		}
+	}
+	values := []nvml.FieldValue{{FieldId: nvml.FI_DEV_PERF_POLICY_POWER}}
+	ret := d.GetFieldValues(values)
+	if ret == nvml.SUCCESS {
+		ret = nvml.Return(values[0].NvmlReturn)
+	}
+	if ret != nvml.SUCCESS {
+		if unsupported != nil {
+			return 0, unsupported // the field answers no better than the call it stands for
+		}
+		return 0, &Error{Op: "GetFieldValues", UUID: uuid, Code: Code(ret)}
+	}
+	v := values[0]
+	raw := binary.NativeEndian.Uint64(v.Value[:]) // a C union, as the host lays it out
+	switch nvml.ValueType(v.ValueType) {
+	case nvml.VALUE_TYPE_UNSIGNED_LONG_LONG, nvml.VALUE_TYPE_UNSIGNED_LONG:
+		return nanoseconds(raw), nil
+	case nvml.VALUE_TYPE_SIGNED_LONG_LONG:
+		return nanoseconds(uint64(max(int64(raw), 0))), nil // a negative count is none
+	default:
+		return 0, &Error{Op: "GetFieldValues", UUID: uuid, Code: CodeUnknown}
+	}
+}
+
+// nanoseconds converts NVML's unsigned count, saturating where a Duration
+// (292 years) would overflow.
+func nanoseconds(ns uint64) time.Duration {
+	if ns > math.MaxInt64 {
+		return math.MaxInt64
+	}
+	return time.Duration(ns)
 }
 
 // Processes implements Library. A list NVML does not support on this GPU

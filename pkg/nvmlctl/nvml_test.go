@@ -3,10 +3,12 @@
 package nvmlctl_test
 
 import (
+	"encoding/binary"
 	"errors"
 	"reflect"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
@@ -329,6 +331,74 @@ func TestNVMLMIGParent(t *testing.T) {
 			must(t, err)
 			if got != tt.want {
 				t.Errorf("parent = %s, want %s", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestNVMLPowerCapped(t *testing.T) {
+	fieldValue := func(ret nvml.Return, typ nvml.ValueType, v uint64) func([]nvml.FieldValue) nvml.Return {
+		return func(values []nvml.FieldValue) nvml.Return {
+			if len(values) != 1 || values[0].FieldId != nvml.FI_DEV_PERF_POLICY_POWER {
+				return nvml.ERROR_INVALID_ARGUMENT
+			}
+			values[0].NvmlReturn, values[0].ValueType = uint32(ret), uint32(typ)
+			binary.NativeEndian.PutUint64(values[0].Value[:], v)
+			return nvml.SUCCESS
+		}
+	}
+	tests := []struct {
+		name      string
+		symbol    bool // libnvidia-ml exports nvmlDeviceGetViolationStatus
+		violation nvml.Return
+		field     func([]nvml.FieldValue) nvml.Return
+		want      time.Duration
+		wantErr   error
+	}{
+		{"violation status, in nanoseconds", true, nvml.SUCCESS, nil, 3*time.Second + 5, nil},
+		{"a driver without the deprecated call reads the field", false, 0,
+			fieldValue(nvml.SUCCESS, nvml.VALUE_TYPE_UNSIGNED_LONG_LONG, 7_000_000_000), 7 * time.Second, nil},
+		{"the call not supported: the field", true, nvml.ERROR_NOT_SUPPORTED,
+			fieldValue(nvml.SUCCESS, nvml.VALUE_TYPE_UNSIGNED_LONG_LONG, 42), 42, nil},
+		{"neither supported", true, nvml.ERROR_NOT_SUPPORTED,
+			fieldValue(nvml.ERROR_NOT_SUPPORTED, nvml.VALUE_TYPE_UNSIGNED_LONG_LONG, 0), 0, nvmlctl.ErrNotSupported},
+		{"the field alone, not supported", false, 0,
+			fieldValue(nvml.ERROR_NOT_SUPPORTED, nvml.VALUE_TYPE_UNSIGNED_LONG_LONG, 0), 0, nvmlctl.ErrNotSupported},
+		{"a lost GPU is no fallback", true, nvml.ERROR_GPU_IS_LOST, nil, 0, nvmlctl.ErrGPULost},
+		{"a field of an unexpected type", false, 0,
+			fieldValue(nvml.SUCCESS, nvml.VALUE_TYPE_DOUBLE, 0), 0, nvmlctl.CodeUnknown},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			x := newDGX(t)
+			x.LookupSymbolFunc = func(symbol string) error {
+				if symbol == "nvmlDeviceGetViolationStatus" && tt.symbol {
+					return nil
+				}
+				return errors.New("undefined symbol")
+			}
+			d := x.device(3)
+			d.GetViolationStatusFunc = func(p nvml.PerfPolicyType) (nvml.ViolationTime, nvml.Return) {
+				if !tt.symbol {
+					t.Fatal("called a symbol the library does not export")
+				}
+				if p != nvml.PERF_POLICY_POWER {
+					return nvml.ViolationTime{}, nvml.ERROR_INVALID_ARGUMENT
+				}
+				return nvml.ViolationTime{ReferenceTime: 1, ViolationTime: uint64(3*time.Second + 5)}, tt.violation
+			}
+			d.GetFieldValuesFunc = tt.field
+			n := open(t, x)
+			got, err := n.PowerCapped(d.UUID)
+			if !errors.Is(err, tt.wantErr) || (tt.wantErr == nil && err != nil) || got != tt.want {
+				t.Errorf("PowerCapped = %v, %v; want %v, %v", got, err, tt.want, tt.wantErr)
+			}
+			var nerr *nvmlctl.Error
+			if err != nil && (!errors.As(err, &nerr) || nerr.UUID != d.UUID) {
+				t.Errorf("error %#v does not name the GPU", err)
+			}
+			if x.writes != 0 {
+				t.Errorf("reading the capped time wrote %d limits", x.writes)
 			}
 		})
 	}

@@ -37,6 +37,12 @@ type GPUPod struct {
 // take *corev1.Pod (or what the Transformer made of one) and keep a Pod of
 // each, by namespace and name. It is safe for concurrent use.
 type Index struct {
+	// Validated, when set (before the index is fed), reports whether a GPU
+	// pod's limit is the webhook's (policy.StampKey.Validated): a pod whose
+	// limit is not is charged as a pod without one, the most its GPUs can
+	// draw, since the agent does not cap it. Nil: every valid limit counts.
+	Validated func(*corev1.Pod) bool
+
 	mu   sync.RWMutex
 	pods map[string]map[string]Pod // namespace -> name -> pod
 	// gpuPods counts the entries with GPU set, for Len.
@@ -114,27 +120,27 @@ func (e *entry) GetObjectMeta() metav1.Object {
 
 // Transformer implements toolscache.TransformingStore: the reflector keeps
 // entries, not pods, while a list streams in.
-func (ix *Index) Transformer() toolscache.TransformFunc { return transform }
-
-func transform(obj any) (any, error) {
-	if e, ok := obj.(*entry); ok {
-		return e, nil
-	}
-	return entryOf(obj)
+func (ix *Index) Transformer() toolscache.TransformFunc {
+	return func(obj any) (any, error) { return ix.entryOf(obj) }
 }
 
-func entryOf(obj any) (*entry, error) {
+func (ix *Index) entryOf(obj any) (*entry, error) {
 	switch o := obj.(type) {
 	case *entry:
 		return o, nil
 	case *corev1.Pod:
 		e := &entry{namespace: o.Namespace, name: o.Name, Pod: Pod{UID: o.UID}}
-		if c := policy.ChargeableOf(o); c.GPUs > 0 {
+		c := policy.ChargeableOf(o)
+		if c.Limit > 0 && ix.Validated != nil && !ix.Validated(o) {
+			p := policy.PlacementOf(&o.Spec)
+			c = policy.Chargeable{GPUs: c.GPUs, Placement: &p}
+		}
+		if c.GPUs > 0 {
 			e.GPU = &GPUPod{Chargeable: c, Finished: o.Status.Phase == corev1.PodSucceeded || o.Status.Phase == corev1.PodFailed}
 		}
 		return e, nil
 	case toolscache.DeletedFinalStateUnknown:
-		return entryOf(o.Obj)
+		return ix.entryOf(o.Obj)
 	}
 	return nil, fmt.Errorf("pod index: cannot store %T", obj)
 }
@@ -144,7 +150,7 @@ func (ix *Index) Add(obj any) error { return ix.Update(obj) }
 
 // Update implements toolscache.ReflectorStore.
 func (ix *Index) Update(obj any) error {
-	e, err := entryOf(obj)
+	e, err := ix.entryOf(obj)
 	if err != nil {
 		return err
 	}
@@ -168,7 +174,7 @@ func (ix *Index) Update(obj any) error {
 
 // Delete implements toolscache.ReflectorStore.
 func (ix *Index) Delete(obj any) error {
-	e, err := entryOf(obj)
+	e, err := ix.entryOf(obj)
 	if err != nil {
 		return err
 	}
@@ -196,7 +202,7 @@ func (ix *Index) Replace(list []any, _ string) error {
 	pods := map[string]map[string]Pod{}
 	gpuPods := 0
 	for _, obj := range list {
-		e, err := entryOf(obj)
+		e, err := ix.entryOf(obj)
 		if err != nil {
 			return err
 		}

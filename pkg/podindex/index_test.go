@@ -218,3 +218,51 @@ func liveHeap() uint64 {
 	runtime.ReadMemStats(&m)
 	return m.HeapAlloc
 }
+
+// TestUnvalidatedLimitIsChargedAsNone: a limit the webhook did not admit (no
+// stamp, or one without its signature) caps nothing on the node, so the
+// index charges the pod as one without a limit, by where it can land.
+func TestUnvalidatedLimitIsChargedAsNone(t *testing.T) {
+	ix := New()
+	ix.Validated = func(p *corev1.Pod) bool {
+		return p.Annotations[policy.AnnotationPowerLimitValidated] == p.Annotations[policy.AnnotationPowerLimit]
+	}
+	typed := testpod.MakePod("typed", "kube-system").UID("t").GPU(2).Limit("1").NodeName("n1").Obj()
+	stamped := testpod.MakePod("stamped", "llm").UID("s").GPU(2).Limit("300").Stamp("300").NodeName("n1").Obj()
+	for _, p := range []*corev1.Pod{typed, stamped} {
+		if err := ix.Add(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if p, _ := ix.Get("kube-system", "typed"); p.GPU == nil || p.GPU.Limit != 0 || p.GPU.Placement == nil || p.GPU.Placement.Node != "n1" {
+		t.Errorf("an unvalidated 1 W limit: %s; want charged as no limit, on node n1", describe(p))
+	}
+	if p, _ := ix.Get("llm", "stamped"); p.GPU == nil || p.GPU.Limit != 300 || p.GPU.Placement != nil {
+		t.Errorf("a validated limit: %s; want 300 W", describe(p))
+	}
+}
+
+// BenchmarkWideAffinity is the index's cost for a pod whose required
+// affinity repeats the product expression with thousands of values (half a
+// megabyte of pod): linear, so such a pod cannot stall the reflector that
+// every other pod event waits behind.
+func BenchmarkWideAffinity(b *testing.B) {
+	const n = 20000
+	x, y := make([]string, n), make([]string, n)
+	for i := range n {
+		x[i], y[i] = fmt.Sprintf("p-%07d", i), fmt.Sprintf("p-%07d", n-i)
+	}
+	pod := testpod.MakePod("x", "llm").UID("u").GPU(1).Obj()
+	pod.Spec.Affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{
+		NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchExpressions: []corev1.NodeSelectorRequirement{
+			{Key: policy.LabelGPUProduct, Operator: corev1.NodeSelectorOpIn, Values: x},
+			{Key: policy.LabelGPUProduct, Operator: corev1.NodeSelectorOpIn, Values: y},
+		}}},
+	}}}
+	ix := New()
+	for b.Loop() {
+		if err := ix.Add(pod); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

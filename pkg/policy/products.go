@@ -134,10 +134,17 @@ func affinityProducts(a *corev1.Affinity) ([]string, bool) {
 	return union, true
 }
 
+// intersect keeps the values of a that b holds, in linear time: a pod's
+// affinity may repeat expressions with thousands of values (what the pod
+// index reads on every event of the pod, on every replica).
 func intersect(a, b []string) []string {
+	in := make(map[string]struct{}, len(b))
+	for _, v := range b {
+		in[v] = struct{}{}
+	}
 	var out []string
 	for _, v := range a {
-		if slices.Contains(b, v) {
+		if _, ok := in[v]; ok {
 			out = append(out, v)
 		}
 	}

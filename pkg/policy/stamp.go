@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 )
 
@@ -82,4 +83,17 @@ func (k StampKey) mac(parts ...string) string {
 		m.Write([]byte{0})
 	}
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// Validated reports whether a pod's limit is the one the webhook admitted:
+// its stamp equals the limit and, when stamps are signed (k is set), carries
+// the webhook's signature. A limit typed where the webhook never looked (a
+// namespace it skips, a pod created while it was away) is not, and the
+// agent does not enforce it: such a pod draws what its GPUs' default allows.
+func (k StampKey) Validated(pod *corev1.Pod) bool {
+	limit, ok := pod.Annotations[AnnotationPowerLimit]
+	if !ok || pod.Annotations[AnnotationPowerLimitValidated] != limit {
+		return false
+	}
+	return k == nil || k.Verify(pod.Namespace, pod.UID, pod.CreationTimestamp.Time, limit, pod.Annotations[AnnotationPowerLimitSignature])
 }

@@ -7,8 +7,10 @@ import (
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/dynamo-power/gpu-power/internal/testpod"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
@@ -105,5 +107,44 @@ func TestSignedStamps(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			assertVerdict(t, a.Validate(tt.op, tt.pod, tt.old, cluster), tt.errs, nil)
 		})
+	}
+}
+
+// TestValidatedLimits is what the webhook's pod index charges by the limit
+// (and the agent enforces): a stamp equal to the limit, signed for the pod
+// when stamps are signed. Any other limit is charged as no limit.
+func TestValidatedLimits(t *testing.T) {
+	key := policy.NewStampKey([]byte("test key material, at least 32 bytes long"))
+	created := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	pod := func(limit, stamp, sig string) *corev1.Pod {
+		p := testpod.MakePod("a", "llm").UID("uid-1").GPU(1).Limit(limit).Obj()
+		p.CreationTimestamp = metav1.NewTime(created)
+		if stamp != "" {
+			p.Annotations[policy.AnnotationPowerLimitValidated] = stamp
+		}
+		if sig != "" {
+			p.Annotations[policy.AnnotationPowerLimitSignature] = sig
+		}
+		return p
+	}
+	for _, tc := range []struct {
+		name string
+		key  policy.StampKey
+		pod  *corev1.Pod
+		want bool
+	}{
+		{"signed at creation", key, pod("250", "250", key.SignCreate("llm", "250", created)), true},
+		{"signed on an update", key, pod("250", "250", key.SignUpdate("llm", "uid-1", "250")), true},
+		{"typed where the webhook never looked: no stamp", key, pod("250", "", ""), false},
+		{"a stamp typed too, unsigned", key, pod("1", "1", ""), false},
+		{"a signature of another namespace", key, pod("250", "250", key.SignCreate("web", "250", created)), false},
+		{"a signature of another limit", key, pod("1", "1", key.SignCreate("llm", "250", created)), false},
+		{"the limit changed after the stamp", key, pod("300", "250", key.SignCreate("llm", "250", created)), false},
+		{"unsigned stamps: the stamp alone", nil, pod("250", "250", ""), true},
+		{"unsigned stamps: no stamp", nil, pod("250", "", ""), false},
+	} {
+		if got := tc.key.Validated(tc.pod); got != tc.want {
+			t.Errorf("%s: Validated = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

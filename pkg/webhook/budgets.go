@@ -519,12 +519,17 @@ func (b *Budgets) recompute(ctx context.Context, budget *powerv1alpha1.GPUPowerB
 	return changed, nil
 }
 
-// prune drops the reservations of pods this replica's cache already shows at
-// the reserved cost: from then on the reconciler counts the pod itself, so
-// committed watts do not change. It keeps the status, which every write
-// carries whole, as small as the number of pods in flight instead of growing
-// with every admission until the reconciler catches up.
+// prune drops the reservations of pods this replica's index already shows at
+// the reserved cost, in a namespace its cache holds and the budget selects:
+// from then on the reconciler counts the pod itself (from the same index and
+// cache), so committed watts do not change. It keeps the status, which every
+// write carries whole, as small as the number of pods in flight instead of
+// growing with every admission until the reconciler catches up.
 func (b *Budgets) prune(ctx context.Context, budget *powerv1alpha1.GPUPowerBudget) bool {
+	sel, err := namespaceSelector(budget)
+	if err != nil {
+		return false
+	}
 	count := budget.Spec.UnlimitedPods != powerv1alpha1.UnlimitedPodsIgnore
 	before := len(budget.Status.Reservations)
 	budget.Status.Reservations = slices.DeleteFunc(budget.Status.Reservations, func(r powerv1alpha1.Reservation) bool {
@@ -535,6 +540,10 @@ func (b *Budgets) prune(ctx context.Context, budget *powerv1alpha1.GPUPowerBudge
 		pod, ok := b.Pods.Get(ns, name)
 		if !ok || pod.UID != r.PodUID || pod.GPU == nil || pod.GPU.Finished {
 			return false
+		}
+		var cached corev1.Namespace
+		if err := b.Cache.Get(ctx, types.NamespacedName{Name: ns}, &cached); err != nil || !sel.Matches(labels.Set(cached.Labels)) {
+			return false // the reconciler would not count the pod
 		}
 		return b.Catalog.Cost(pod.GPU.Chargeable, b.Cluster, count).Watts >= r.Watts
 	})

@@ -60,7 +60,7 @@ func TestDeniedRaiseRestoresTheOtherBudgetsReservation(t *testing.T) {
 	}
 	// The reconciler, whose cache does not show the pod, keeps it counted.
 	r := &BudgetReconciler{Client: c, API: c, Budgets: b, Catalog: b.Catalog, Cluster: b.Cluster,
-		Resync: time.Minute, Now: time.Now, PodsSeen: func() string { return "" }}
+		Resync: time.Minute, Now: time.Now, PodsSeen: func() string { return caughtUp }}
 	if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +77,7 @@ func TestDeniedRaiseRestoresTheOtherBudgetsReservation(t *testing.T) {
 // the pod exists is asked of the API server.
 func TestExpiredReservationCountsOnlyIfItsPodExists(t *testing.T) {
 	for _, tc := range []struct{ name, podsSeen string }{
-		{"pod cache caught up", ""},
+		{"pod cache caught up", "999999"},
 		{"pod cache behind the budget", "1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -147,7 +147,7 @@ func TestInvalidBudgetFailsNoPod(t *testing.T) {
 		t.Fatalf("admit: %q %v", denial, err)
 	}
 	r := &BudgetReconciler{Client: c, API: c, Budgets: b, Catalog: b.Catalog, Cluster: b.Cluster,
-		Resync: time.Minute, Now: time.Now, PodsSeen: func() string { return "" }}
+		Resync: time.Minute, Now: time.Now, PodsSeen: func() string { return caughtUp }}
 	if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "broken"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -314,7 +314,7 @@ func TestDeniedRaiseReleasesNothingABudgetAlreadyHeld(t *testing.T) {
 		t.Errorf("cluster after the denied raise: committed %d W, reservations %+v; want the pod (alive at 400 W, in no cache) still reserved", st.CommittedWatts, st.Reservations)
 	}
 	r := &BudgetReconciler{Client: c, API: c, Budgets: b, Catalog: b.Catalog, Cluster: b.Cluster,
-		Resync: time.Minute, Now: time.Now, PodsSeen: func() string { return "" }}
+		Resync: time.Minute, Now: time.Now, PodsSeen: func() string { return caughtUp }}
 	if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -339,7 +339,7 @@ func TestForgedReservationForAPodWithoutGPUsLapses(t *testing.T) {
 	}
 	now := time.Now()
 	r := &BudgetReconciler{Client: c, API: c, Budgets: b, Catalog: b.Catalog, Cluster: b.Cluster,
-		Resync: time.Minute, Now: func() time.Time { return now }, PodsSeen: func() string { return "" }}
+		Resync: time.Minute, Now: func() time.Time { return now }, PodsSeen: func() string { return caughtUp }}
 	b.Now = r.Now
 	for i := range 5 { // five TTLs later
 		now = now.Add(b.TTL + time.Second)

@@ -88,6 +88,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "GPUs of the live pods a budget charges, by budget, as last reconciled.",
 		}, []string{"budget"}),
 	}
+	// Every decision series exists from the start, at 0: one that first
+	// appears at 5 shows no increase, and five failed admissions would not
+	// alert.
+	for _, webhook := range []string{"mutate", "validate"} {
+		for _, op := range []admissionv1.Operation{admissionv1.Create, admissionv1.Update} {
+			for _, result := range []string{resultAllowed, resultDenied, resultError} {
+				m.decisions.WithLabelValues(webhook, string(op), result)
+			}
+		}
+	}
 	reg.MustRegister(m.decisions, m.latency, m.budgetDenials, m.reserved, m.conflicts, m.retries, m.forwards,
 		m.committed, m.total, m.available, m.pods, m.gpus)
 	return m

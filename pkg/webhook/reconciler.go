@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/resourceversion"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -24,7 +25,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
-	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/pkg/podindex"
@@ -108,12 +108,31 @@ func (r *BudgetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("gpupowerbudget").
 		Watches(&powerv1alpha1.GPUPowerBudget{}, budgets).
-		WatchesRawSource(source.Func(func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
-			r.Budgets.Pods.OnChange(func() { enqueueAll(ctx, q) })
-			return nil
-		})).
+		WatchesRawSource(&podSource{pods: r.Budgets.Pods, enqueueAll: enqueueAll}).
 		Watches(&corev1.Namespace{}, allBudgets).
 		Complete(r)
+}
+
+// podSource wakes the reconciler on the pod changes that can move a budget,
+// and holds its workers until the pod index has synced, as a Kind source
+// does for a cache: a recomputation from an empty index would release the
+// watts of every live pod.
+type podSource struct {
+	pods       *podindex.Index
+	enqueueAll func(context.Context, workqueue.TypedRateLimitingInterface[reconcile.Request])
+}
+
+// Start implements source.Source.
+func (s *podSource) Start(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
+	s.pods.OnChange(func() { s.enqueueAll(ctx, q) })
+	return nil
+}
+
+// WaitForSync implements source.SyncingSource.
+func (s *podSource) WaitForSync(ctx context.Context) error {
+	return wait.PollUntilContextCancel(ctx, 50*time.Millisecond, true, func(context.Context) (bool, error) {
+		return s.pods.HasSynced(), nil
+	})
 }
 
 // Reconcile implements reconcile.Reconciler.
@@ -125,6 +144,11 @@ func (r *BudgetReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 			return reconcile.Result{}, nil
 		}
 		return reconcile.Result{}, err
+	}
+	if !r.Budgets.Pods.HasSynced() {
+		// An empty index would release every live pod's watts. The
+		// controller waits for it (podSource), this guards every caller.
+		return reconcile.Result{RequeueAfter: settle}, nil
 	}
 	// Set by the recomputation of the version that was written.
 	var (
@@ -138,6 +162,9 @@ func (r *BudgetReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 		if errs := validateBudgetSpec(&b.Spec); len(errs) > 0 {
 			return r.markInvalid(b, errs.ToAggregate().Error()), nil
 		}
+		// The version first, then the pods: the index then holds at least
+		// every pod write up to it.
+		seen := r.PodsSeen()
 		live, err := r.charges(ctx, b)
 		if err != nil {
 			return false, err
@@ -149,7 +176,7 @@ func (r *BudgetReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 		checked := slices.Clone(b.Status.Reservations)
 		wasOver = meta.IsStatusConditionTrue(before.Conditions, powerv1alpha1.ConditionOverCommitted)
 		over = r.recompute(b, live, now)
-		if behind = b.Status.CommittedWatts < before.CommittedWatts && !r.hasCaughtUp(b); behind {
+		if behind = b.Status.CommittedWatts < before.CommittedWatts && !r.hasCaughtUp(b, seen); behind {
 			b.Status = *before
 			return lapse(&b.Status, b.Spec.TotalWatts, checked, live, now), nil
 		}
@@ -259,23 +286,26 @@ func (r *BudgetReconciler) extendLate(ctx context.Context, b *powerv1alpha1.GPUP
 	return nil
 }
 
-// hasCaughtUp reports whether the pod cache has seen every pod the budget's
-// status may rely on, before a recomputation releases watts. Until this
-// replica has recomputed a budget once, a previous writer may have pruned
-// reservations of pods its cache showed and this one has not received yet:
-// counting without them would release watts in use. Once the pod cache has
-// passed a version of the budget, every later pruning is this replica's own,
-// from this cache.
-func (r *BudgetReconciler) hasCaughtUp(b *powerv1alpha1.GPUPowerBudget) bool {
+// hasCaughtUp reports whether the pod index had seen every pod the budget's
+// status may rely on (seen: its resourceVersion, read before the pods were),
+// before a recomputation releases watts. Until this replica has recomputed a
+// budget once, a previous writer may have pruned reservations of pods its
+// cache showed and this one has not received yet: counting without them
+// would release watts in use. Once the index has passed a version of the
+// budget, every later pruning is this replica's own, from this index.
+func (r *BudgetReconciler) hasCaughtUp(b *powerv1alpha1.GPUPowerBudget, seen string) bool {
 	if _, ok := r.caughtUp.Load(b.Name); ok {
 		return true
 	}
-	c, err := resourceversion.CompareResourceVersion(r.PodsSeen(), b.ResourceVersion)
+	if seen == "" {
+		return false // nothing stored yet
+	}
+	c, err := resourceversion.CompareResourceVersion(seen, b.ResourceVersion)
 	if err == nil && c < 0 {
 		return false
 	}
-	// An unreadable version (client-go's AtomicFIFO gate off) cannot be
-	// waited for: the reconciler then trusts its cache, as releases must go on.
+	// An unreadable version (not the API server's numbers) cannot be
+	// waited for: the reconciler then trusts its index, as releases must go on.
 	r.caughtUp.Store(b.Name, true)
 	return true
 }

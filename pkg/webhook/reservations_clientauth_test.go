@@ -64,7 +64,7 @@ func TestRaiseBackToAHeldReservationRenewsIt(t *testing.T) {
 	// etcd: the 35 s the TTL is sized for).
 	now = created0.Add(b.TTL + 100*time.Millisecond)
 	r := &BudgetReconciler{Client: c, API: c, Budgets: b, Catalog: b.Catalog, Cluster: b.Cluster,
-		Resync: time.Minute, Now: func() time.Time { return now }, PodsSeen: func() string { return "" }}
+		Resync: time.Minute, Now: func() time.Time { return now }, PodsSeen: func() string { return caughtUp }}
 	if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}); err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"time"
 
 	"github.com/go-json-experiment/json/jsontext"
 	"github.com/go-logr/logr"
@@ -21,6 +22,13 @@ import (
 // webhook server does: the API server stores objects of at most 3 MiB, and a
 // review of an update carries two.
 const maxReviewBytes = 7 << 20
+
+// preallocated bounds what a body's declared length allocates before its
+// bytes arrive: a review of a large pod (tens of kB) is read in one buffer.
+const preallocated = 64 << 10
+
+// bodyTimeout is how long a caller has to send a review's body.
+const bodyTimeout = 10 * time.Second
 
 // reviewVersion is the only AdmissionReview version served; both webhook
 // configurations ask for it (admissionReviewVersions: [v1]).
@@ -47,6 +55,10 @@ func NewReview(h admission.Handler) Review {
 
 // ServeHTTP implements http.Handler.
 func (rv Review) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// A caller gets this long to send its body; a slow one (a tenant pod
+	// holding connections open) ties up no more than that. net/http sets
+	// the connection's deadline again for the next request.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyTimeout))
 	req, err := readReview(r)
 	if err != nil {
 		log.Log.WithName("admission").Error(err, "Unable to read the admission review", "path", r.URL.Path)
@@ -71,28 +83,24 @@ func readReview(r *http.Request) (admission.Request, error) {
 	return decodeReview(body)
 }
 
-// readBody reads a body of at most maxReviewBytes: into one buffer of the
-// length the API server sends, or growing when it sends none.
+// readBody reads a body of at most maxReviewBytes into one buffer sized by
+// the length the caller declares, up to preallocated: a declared length is
+// only a claim, and a caller that declares 7 MiB and sends nothing must not
+// get 7 MiB allocated. Longer bodies grow the buffer as they arrive.
 func readBody(r *http.Request) ([]byte, error) {
-	tooLarge := fmt.Errorf("request entity is too large; limit is %d bytes", maxReviewBytes)
 	if r.ContentLength > maxReviewBytes {
-		return nil, tooLarge
+		return nil, fmt.Errorf("request entity is too large; limit is %d bytes", maxReviewBytes)
 	}
-	if r.ContentLength >= 0 {
-		body := make([]byte, r.ContentLength)
-		if _, err := io.ReadFull(r.Body, body); err != nil {
-			return nil, fmt.Errorf("read body: %w", err)
-		}
-		return body, nil
-	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxReviewBytes+1))
-	switch {
-	case err != nil:
+	var buf bytes.Buffer
+	// bytes.Buffer reads in steps that keep MinRead bytes free.
+	buf.Grow(int(min(max(r.ContentLength, 0), preallocated)) + bytes.MinRead)
+	if _, err := buf.ReadFrom(io.LimitReader(r.Body, maxReviewBytes+1)); err != nil {
 		return nil, fmt.Errorf("read body: %w", err)
-	case len(body) > maxReviewBytes:
-		return nil, tooLarge
 	}
-	return body, nil
+	if buf.Len() > maxReviewBytes {
+		return nil, fmt.Errorf("request entity is too large; limit is %d bytes", maxReviewBytes)
+	}
+	return buf.Bytes(), nil
 }
 
 // decodeReview reads an admission.k8s.io/v1 AdmissionReview. Its request's

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	goruntime "runtime"
 	"strings"
 	"testing"
 
@@ -138,5 +139,25 @@ func TestReviewAnswersAsTheAPIServerExpects(t *testing.T) {
 	if review.APIVersion != "admission.k8s.io/v1" || review.Kind != "AdmissionReview" || res == nil || res.UID != "req-1" || !res.Allowed ||
 		res.PatchType == nil || *res.PatchType != admissionv1.PatchTypeJSONPatch || !bytes.Contains(res.Patch, []byte("gpu-power-limit-validated")) {
 		t.Errorf("answer %s", w.Body)
+	}
+}
+
+// TestReviewAllocatesWhatArrives sends what a hostile caller could: a body
+// that declares the largest length allowed and sends a few bytes. The
+// buffer is sized by what arrives, not by the claim, so forty such
+// connections cannot hold 280 MiB of a replica's memory.
+func TestReviewAllocatesWhatArrives(t *testing.T) {
+	body := `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"1"}}`
+	r := httptest.NewRequest(http.MethodPost, MutatePath, strings.NewReader(body))
+	r.ContentLength = maxReviewBytes
+	var before, after goruntime.MemStats
+	goruntime.ReadMemStats(&before)
+	got, err := readBody(r)
+	goruntime.ReadMemStats(&after)
+	if err != nil || string(got) != body {
+		t.Fatalf("readBody = %q, %v", got, err)
+	}
+	if allocated := after.TotalAlloc - before.TotalAlloc; allocated > 2*preallocated {
+		t.Errorf("a %d-byte body declared as %d bytes allocated %d bytes; want at most %d", len(body), maxReviewBytes, allocated, 2*preallocated)
 	}
 }

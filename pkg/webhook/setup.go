@@ -96,6 +96,7 @@ func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, re
 		synced = append(synced, inf)
 	}
 	pods := podindex.New()
+	pods.Validated = admit.StampKey.Validated
 	podFeed, err := newPodFeed(mgr, pods)
 	if err != nil {
 		return err

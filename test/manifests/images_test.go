@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dynamo-power/gpu-power/internal/imagebuild"
 	"github.com/dynamo-power/gpu-power/test/envtestenv"
 )
 
@@ -202,5 +203,106 @@ func TestImageReferences(t *testing.T) {
 		if !slices.Contains(strings.Fields(string(ignore)), p) {
 			t.Errorf(".dockerignore does not leave out %s", p)
 		}
+	}
+}
+
+// shellWords splits a shell command line into words, with single and double
+// quotes (no escapes, no expansions: enough for a build line).
+func shellWords(s string) []string {
+	var words []string
+	var cur strings.Builder
+	in, quote := false, rune(0)
+	for _, r := range s {
+		switch {
+		case quote != 0 && r == quote:
+			quote = 0
+		case quote != 0:
+			cur.WriteRune(r)
+		case r == '\'' || r == '"':
+			quote, in = r, true
+		case r == ' ' || r == '\t':
+			if in {
+				words = append(words, cur.String())
+				cur.Reset()
+				in = false
+			}
+		default:
+			cur.WriteRune(r)
+			in = true
+		}
+	}
+	if in {
+		words = append(words, cur.String())
+	}
+	return words
+}
+
+// goBuild splits a go build command line into its leading environment,
+// its flags (before -o) and the package.
+func goBuild(t *testing.T, line string) (env, flags []string, pkg string) {
+	t.Helper()
+	w := shellWords(line)
+	i := 0
+	for ; i < len(w) && strings.Contains(w[i], "=") && !strings.HasPrefix(w[i], "-"); i++ {
+		env = append(env, w[i])
+	}
+	if len(w) < i+2 || w[i] != "go" || w[i+1] != "build" {
+		t.Fatalf("not a go build line: %q", line)
+	}
+	for i += 2; i < len(w) && w[i] != "-o"; i++ {
+		flags = append(flags, w[i])
+	}
+	return env, flags, w[len(w)-1]
+}
+
+// TestImagesBuildLikeTheDockerfiles: `make images` (internal/imagebuild),
+// `make build` and the Dockerfiles build the shipped binaries with the same
+// flags and environment, and the images run them as the Dockerfiles do, under
+// the references the Makefile and the manifests name.
+func TestImagesBuildLikeTheDockerfiles(t *testing.T) {
+	mk, err := os.ReadFile(filepath.Join(envtestenv.Root(), "Makefile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^BUILD_FLAGS\s*:?=\s*(.+)$`).FindSubmatch(mk)
+	if m == nil {
+		t.Fatal("Makefile has no BUILD_FLAGS")
+	}
+	if got := shellWords(string(m[1])); !slices.Equal(got, imagebuild.BuildFlags) {
+		t.Errorf("make build's flags %q; the images' are %q", got, imagebuild.BuildFlags)
+	}
+	for _, v := range []struct{ name, want string }{{"IMAGE_REPO", imagebuild.DefaultRepo}, {"IMAGE_TAG", imagebuild.DefaultTag}} {
+		var got string
+		if m := regexp.MustCompile(`(?m)^` + v.name + `\s*\?=\s*(\S+)`).FindSubmatch(mk); m != nil {
+			got = string(m[1])
+		}
+		if got != v.want {
+			t.Errorf("Makefile %s %q; cmd/images defaults to %q", v.name, got, v.want)
+		}
+	}
+
+	for file, b := range map[string]imagebuild.Binary{"webhook.Dockerfile": imagebuild.Webhook, "agent.Dockerfile": imagebuild.Agent} {
+		steps := dockerfile(t, file)
+		var line string
+		for _, run := range args(steps, "RUN") {
+			if strings.Contains(run, "go build") {
+				line = run
+			}
+		}
+		env, flags, pkg := goBuild(t, line)
+		if !slices.Equal(flags, b.Flags) || pkg != b.Package {
+			t.Errorf("%s builds %s with %q; the image builds %s with %q", file, pkg, flags, b.Package, b.Flags)
+		}
+		slices.Sort(env)
+		want := slices.Sorted(slices.Values(b.Env))
+		if !slices.Equal(env, want) {
+			t.Errorf("%s builds with %q; the image with %q", file, env, want)
+		}
+		final := finalStage(steps)
+		wantUser := map[string]string{"power-webhook": imagebuild.NonRoot, "power-agent": ""}[b.Name]
+		if got := strings.Join(args(final, "USER"), " "); got != wantUser {
+			t.Errorf("%s runs as %q; the image as %q", file, got, wantUser)
+		}
+		checkEntrypoint(t, final, "/usr/local/bin/"+b.Name)
 	}
 }

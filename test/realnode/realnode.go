@@ -358,7 +358,7 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 	step("kube-controller-manager and kube-scheduler started")
 
 	binDir := filepath.Join(Dir, "bin")
-	if err := buildBinaries(o.Root, binDir, step); err != nil {
+	if err := buildBinaries(ctx, o.Root, binDir, step); err != nil {
 		return nil, err
 	}
 	if err := writeFile(filepath.Join(Dir, "containerd", "config.toml"), containerdConfig()); err != nil {
@@ -376,15 +376,11 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 		return nil, err
 	}
 	step("containerd serving on %s", ContainerdSocket)
-	imgs, err := images(o.Root, binDir)
+	imgs, err := writeImages(o.Root, binDir, step)
 	if err != nil {
 		return nil, err
 	}
-	for _, img := range imgs {
-		path := imagePath(img.Ref)
-		if err := writeImage(img, path); err != nil {
-			return nil, fmt.Errorf("image %s: %w", img.Ref, err)
-		}
+	for _, path := range imgs {
 		if err := run("ctr", "--address", ContainerdSocket, "-n", "k8s.io", "images", "import", path); err != nil {
 			return nil, err
 		}

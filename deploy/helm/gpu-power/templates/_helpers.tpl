@@ -77,18 +77,22 @@ gpu-power.catalogCSV: webhook.catalog as the CSV --catalog-file reads.
 {{- define "gpu-power.catalogCSV" -}}
 gpu_product,min_w,default_w,max_w
 {{- range $i, $p := .Values.webhook.catalog }}
-{{- if not $p.product }}
+{{- $product := toString (get $p "product") }}
+{{- if not (get $p "product") }}
 {{- fail (printf "webhook.catalog[%d]: product is required (the node label nvidia.com/gpu.product)" $i) }}
 {{- end }}
-{{- if or (contains "," (toString $p.product)) (contains "\n" (toString $p.product)) }}
-{{- fail (printf "webhook.catalog[%d]: product %q has a comma or newline" $i $p.product) }}
+{{- if regexMatch "[,[:space:]]" $product }}
+{{- fail (printf "webhook.catalog[%d]: product %q: no commas or spaces (the value of nvidia.com/gpu.product)" $i $product) }}
 {{- end }}
+{{- $watts := list }}
 {{- range $k := list "minWatts" "defaultWatts" "maxWatts" }}
-{{- if not (regexMatch "^[0-9]{1,7}(\\.[0-9]{1,3})?$" (toString (index $p $k))) }}
-{{- fail (printf "webhook.catalog[%d] (%s): %s %v: want watts as a decimal such as 300 or 48.75" $i $p.product $k (index $p $k)) }}
+{{- $w := toString (get $p $k) }}
+{{- if not (regexMatch "^[0-9]{1,7}(\\.[0-9]{1,3})?$" $w) }}
+{{- fail (printf "webhook.catalog[%d] (%s): %s %q: want watts as a decimal such as 300 or 48.75" $i $product $k $w) }}
 {{- end }}
+{{- $watts = append $watts $w }}
 {{- end }}
-{{ $p.product }},{{ $p.minWatts }},{{ $p.defaultWatts }},{{ $p.maxWatts }}
+{{ $product }},{{ join "," $watts }}
 {{- end }}
 {{- end -}}
 
