@@ -47,7 +47,12 @@ manifests: $(TOOLS)/controller-gen ## Generate deepcopy code and the GPUPowerBud
 	$(TOOLS)/controller-gen object paths=./api/...
 	$(TOOLS)/controller-gen crd paths=./api/... output:crd:dir=$(LOCALBIN)/crd
 	mv $(LOCALBIN)/crd/power.dynamo.nvidia.com_gpupowerbudgets.yaml deploy/webhook/10-crd-gpupowerbudgets.yaml
+	$(MAKE) chart-files
+
+.PHONY: chart-files
+chart-files: ## Copy into the Helm chart what it renders from files/: the CRD and the monitoring bundle (test/helm fails when they differ).
 	cp deploy/webhook/10-crd-gpupowerbudgets.yaml deploy/helm/gpu-power/files/crd-gpupowerbudgets.yaml
+	cp deploy/monitoring/podmonitors.yaml deploy/monitoring/prometheusrule.yaml deploy/monitoring/grafana-dashboard.json deploy/helm/gpu-power/files/monitoring/
 
 IMAGE_REPO ?= ghcr.io/dynamo-power
 IMAGE_TAG  ?= v0.1.0

@@ -1,11 +1,13 @@
 package helm_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -18,6 +20,7 @@ import (
 	chartcommon "helm.sh/helm/v4/pkg/chart/common"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/strategicpatch"
 	sigsyaml "sigs.k8s.io/yaml"
@@ -529,46 +532,57 @@ func TestNetworkPolicy(t *testing.T) {
 	}
 }
 
-// TestMonitoring: nothing by default; the ServiceMonitor and PodMonitor
-// scrape the ports the Service and the agent's pods name metrics.
+// TestMonitoring: with its toggles on, the chart renders the monitoring
+// bundle exactly as `kubectl apply -k deploy/monitoring/` creates it (the
+// dashboard as kustomize's ConfigMap), from copies kept byte-identical; off,
+// it renders none of it.
 func TestMonitoring(t *testing.T) {
 	for _, o := range render(t, nil, shippedNamespace) {
-		if strings.HasPrefix(o.u.GetAPIVersion(), "monitoring.coreos.com/") {
+		if strings.HasPrefix(o.u.GetAPIVersion(), "monitoring.coreos.com/") || o.u.GetName() == "gpu-power-dashboard" {
 			t.Errorf("%s rendered by default", o.key())
 		}
 	}
-	objs := render(t, values(t, "monitoring: {serviceMonitor: {enabled: true, labels: {release: prometheus}}}"), shippedNamespace)
-	sm := get(t, objs, "ServiceMonitor", "power-webhook").Object
-	pm := get(t, objs, "PodMonitor", "power-agent").Object
-	svc := typed[corev1.Service](t, get(t, objs, "Service", "power-webhook").Object)
-	ds := daemonSet(t, objs)
-	check := func(name string, obj map[string]any, endpoints string, labels map[string]string, port func(string) bool) {
-		spec := obj["spec"].(map[string]any)
-		sel := spec["selector"].(map[string]any)["matchLabels"].(map[string]any)
-		for k, v := range sel {
-			if labels[k] != v {
-				t.Errorf("%s selects %v, the target has %v", name, sel, labels)
-			}
+	bundle := filepath.Join(root(t), "deploy", "monitoring")
+	for _, name := range []string{"podmonitors.yaml", "prometheusrule.yaml", "grafana-dashboard.json"} {
+		a, err := os.ReadFile(filepath.Join(bundle, name))
+		if err != nil {
+			t.Fatal(err)
 		}
-		eps := spec[endpoints].([]any)
-		if len(eps) != 1 || !port(eps[0].(map[string]any)["port"].(string)) {
-			t.Errorf("%s endpoints %v", name, eps)
-		}
-		if l := obj["metadata"].(map[string]any)["labels"].(map[string]any); l["release"] != "prometheus" {
-			t.Errorf("%s labels %v", name, l)
-		}
-		if ns := spec["namespaceSelector"].(map[string]any)["matchNames"].([]any); len(ns) != 1 || ns[0] != shippedNamespace {
-			t.Errorf("%s namespaceSelector %v", name, ns)
+		b, err := os.ReadFile(filepath.Join(chartDir(t), "files", "monitoring", name))
+		if err != nil || !bytes.Equal(a, b) {
+			t.Errorf("deploy/helm/gpu-power/files/monitoring/%s differs from deploy/monitoring/%s (%v): run make chart-files", name, name, err)
 		}
 	}
-	check("ServiceMonitor", sm, "endpoints", svc.Labels, func(p string) bool {
-		return slices.ContainsFunc(svc.Spec.Ports, func(sp corev1.ServicePort) bool { return sp.Name == p && sp.TargetPort.String() == "metrics" })
-	})
-	check("PodMonitor", pm, "podMetricsEndpoints", ds.Spec.Template.Labels, func(p string) bool {
-		return slices.ContainsFunc(ds.Spec.Template.Spec.Containers[0].Ports, func(cp corev1.ContainerPort) bool { return cp.Name == p })
-	})
-	renderErr(t, values(t, "monitoring: {prometheusRule: {enabled: true}}"), shippedNamespace, "monitoring.prometheusRule")
-	renderErr(t, values(t, "monitoring: {dashboard: {enabled: true}}"), shippedNamespace, "monitoring.dashboard")
+	dashboard, err := os.ReadFile(filepath.Join(bundle, "grafana-dashboard.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := loadFiles(t, filepath.Join(bundle, "podmonitors.yaml"), filepath.Join(bundle, "prometheusrule.yaml"))
+	want = append(want, object{source: "deploy/monitoring/kustomization.yaml", u: &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "v1", "kind": "ConfigMap",
+		"metadata": map[string]any{"name": "gpu-power-dashboard", "namespace": shippedNamespace, "labels": map[string]any{"grafana_dashboard": "1"}},
+		"data":     map[string]any{"grafana-dashboard.json": string(dashboard)},
+	}}})
+	on := values(t, "monitoring: {podMonitors: {enabled: true}, prometheusRule: {enabled: true}, dashboard: {enabled: true}}")
+	var got []object
+	for _, o := range render(t, on, shippedNamespace) {
+		if strings.HasPrefix(o.u.GetAPIVersion(), "monitoring.coreos.com/") || o.u.GetName() == "gpu-power-dashboard" {
+			got = append(got, o)
+		}
+	}
+	compare(t, got, want)
+
+	// Extra labels, for the Prometheus that selects by them, reach every
+	// object; its own labels stay.
+	labelled := values(t, "monitoring: {podMonitors: {enabled: true}, prometheusRule: {enabled: true}, dashboard: {enabled: true}, labels: {release: prometheus}}")
+	for _, o := range render(t, labelled, "gpu-power") {
+		if !strings.HasPrefix(o.u.GetAPIVersion(), "monitoring.coreos.com/") && o.u.GetName() != "gpu-power-dashboard" {
+			continue
+		}
+		if l := o.u.GetLabels(); l["release"] != "prometheus" || o.u.GetNamespace() != "gpu-power" {
+			t.Errorf("%s: labels %v", o.key(), l)
+		}
+	}
 }
 
 // TestEverythingOnStillParses: every toggle at once renders objects the
@@ -594,6 +608,6 @@ webhook:
 agent:
   restoreOnExit: true
   terminationGracePeriodSeconds: 90
-monitoring: {serviceMonitor: {enabled: true}}
+monitoring: {podMonitors: {enabled: true}, prometheusRule: {enabled: true}, dashboard: {enabled: true}, labels: {release: prometheus}}
 `)
 }
