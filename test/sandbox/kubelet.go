@@ -2,7 +2,9 @@ package sandbox
 
 import (
 	"context"
+	"fmt"
 	"slices"
+	"strings"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -37,7 +39,9 @@ type allocation struct {
 
 type containerGPUs struct {
 	name string
-	gpus []string
+	// resource is the extended resource the devices are listed under.
+	resource corev1.ResourceName
+	gpus     []string // device IDs: UUIDs, or UUID::replica for a share
 }
 
 // sync allocates GPUs to new pods, frees those of pods that are gone, and
@@ -73,7 +77,7 @@ func (k *kubelet) sync(ctx context.Context) error {
 	for _, a := range k.alloc {
 		var cs []*podresourcesv1.ContainerResources
 		for _, c := range a.containers {
-			cs = append(cs, podresourcestest.Container(c.name, podresourcestest.Devices(policy.ResourceGPU, c.gpus...)))
+			cs = append(cs, podresourcestest.Container(c.name, podresourcestest.Devices(string(c.resource), c.gpus...)))
 		}
 		out = append(out, podresourcestest.Pod(a.pod.Namespace, a.pod.Name, cs...))
 	}
@@ -90,17 +94,39 @@ func (k *kubelet) sync(ctx context.Context) error {
 }
 
 // allocate picks free GPUs for each container of p that asks for some.
+// nvidia.com/gpu.shared is served as the device plugin's time-slicing does:
+// replicas ("UUID::n") of one board, the last GPU, which no pod then gets
+// whole.
 func (k *kubelet) allocate(p *corev1.Pod) (allocation, bool) {
 	used := map[string]bool{}
+	replicas := 0
 	for _, a := range k.alloc {
 		for _, c := range a.containers {
 			for _, g := range c.gpus {
-				used[g] = true
+				board, _, shared := strings.Cut(g, "::")
+				used[board] = true
+				if shared {
+					replicas++
+				}
 			}
 		}
 	}
+	shared := k.gpus[len(k.gpus)-1]
 	a := allocation{pod: types.NamespacedName{Namespace: p.Namespace, Name: p.Name}}
 	for _, c := range p.Spec.Containers {
+		if n := c.Resources.Limits.Name(policy.ResourceGPUShared, "").Value(); n > 0 {
+			if used[shared] && replicas == 0 {
+				return allocation{}, false // the board is some pod's whole GPU
+			}
+			var ids []string
+			for range n {
+				ids = append(ids, fmt.Sprintf("%s::%d", shared, replicas))
+				replicas++
+			}
+			used[shared] = true
+			a.containers = append(a.containers, containerGPUs{name: c.Name, resource: policy.ResourceGPUShared, gpus: ids})
+			continue
+		}
 		n := c.Resources.Limits.Name(policy.ResourceGPU, "").Value()
 		if n == 0 {
 			continue
@@ -118,12 +144,13 @@ func (k *kubelet) allocate(p *corev1.Pod) (allocation, bool) {
 		if int64(len(got)) < n {
 			return allocation{}, false
 		}
-		a.containers = append(a.containers, containerGPUs{name: c.Name, gpus: got})
+		a.containers = append(a.containers, containerGPUs{name: c.Name, resource: policy.ResourceGPU, gpus: got})
 	}
 	return a, len(a.containers) > 0
 }
 
-// GPUsOf returns the indexes of the simulated GPUs allocated to a pod.
+// GPUsOf returns the indexes of the simulated GPUs allocated to a pod (a
+// share of a board counts as that board).
 func (k *kubelet) GPUsOf(pod types.NamespacedName) []int {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -134,10 +161,11 @@ func (k *kubelet) GPUsOf(pod types.NamespacedName) []int {
 		}
 		for _, c := range a.containers {
 			for _, g := range c.gpus {
-				out = append(out, slices.Index(k.gpus, g))
+				board, _, _ := strings.Cut(g, "::")
+				out = append(out, slices.Index(k.gpus, board))
 			}
 		}
 	}
 	slices.Sort(out)
-	return out
+	return slices.Compact(out)
 }

@@ -20,6 +20,7 @@ import (
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/policy"
 	"github.com/dynamo-power/gpu-power/pkg/webhook"
 	"github.com/dynamo-power/gpu-power/test/e2e/prometheustest"
 	"github.com/dynamo-power/gpu-power/test/envtestenv"
@@ -83,6 +84,20 @@ func TestAlertsFire(t *testing.T) {
 			return now > before, fmt.Sprintf("%s = %v, was %v", repairs, now, before)
 		})
 		firing(t, "GPUPowerLimitDrift", map[string]string{"gpu": uuid})
+	})
+
+	t.Run("pods sharing a GPU ask different limits", func(t *testing.T) {
+		ns := namespace(t, "mon-shared", nil)
+		for name, limit := range map[string]string{"share-a": "300", "share-b": "400"} {
+			p := testpod.MakePod(name, ns).Resource(0, policy.ResourceGPUShared, 1).Limit(limit).NodeName(sandbox.NodeName).Obj()
+			create(t, p)
+		}
+		gpus, err := sb.GPUs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		board := gpus[len(gpus)-1].UUID // the sandbox's time-sliced board
+		firing(t, "GPUPowerSharedGPUConflict", map[string]string{"gpu": board})
 	})
 
 	t.Run("a limit the webhook never validated", func(t *testing.T) {

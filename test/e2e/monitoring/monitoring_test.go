@@ -50,7 +50,9 @@ func setup(m *testing.M) (code int, err error) {
 		return 0, err
 	}
 	promtool = tool
-	if sb, err = sandbox.Start(context.Background(), sandbox.Options{Dir: dir}); err != nil {
+	// Time-sliced GPUs admitted with lowest-wins: pods sharing a board can
+	// ask different limits, the condition of GPUPowerSharedGPUConflict.
+	if sb, err = sandbox.Start(context.Background(), sandbox.Options{Dir: dir, WebhookArgs: []string{"--time-sliced-gpus", "lowest-wins"}}); err != nil {
 		return 0, keep(err)
 	}
 	defer func() {
