@@ -21,12 +21,13 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path"
 	"path/filepath"
 	"runtime"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -172,7 +173,7 @@ func Build(s Spec, o Options) (v1.Image, error) {
 			return nil, err
 		}
 		adds = append(adds, mutate.Addendum{Layer: l, History: v1.History{Created: v1.Time{Time: o.Created},
-			CreatedBy: "imagebuild: " + part.what, Comment: strings.Join(sortedKeys(part.files), " ")}})
+			CreatedBy: "imagebuild: " + part.what, Comment: strings.Join(slices.Sorted(maps.Keys(part.files)), " ")}})
 	}
 	img, err := mutate.Append(empty.Image, adds...)
 	if err != nil {
@@ -237,7 +238,7 @@ func baseEntries() []entry {
 func fileEntries(files map[string]string) ([]entry, error) {
 	var out []entry
 	dirs := map[string]bool{}
-	for _, dst := range sortedKeys(files) {
+	for _, dst := range slices.Sorted(maps.Keys(files)) {
 		rel := strings.TrimPrefix(path.Clean(dst), "/")
 		if rel == "" || rel == "." || strings.HasPrefix(rel, "../") {
 			return nil, fmt.Errorf("image path %q", dst)
@@ -286,13 +287,4 @@ func layer(entries []entry, t time.Time) (v1.Layer, error) {
 	// Compressed once: the digest, the archive and a push read the same bytes.
 	return tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil },
 		tarball.WithCompressedCaching)
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

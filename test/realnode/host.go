@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -100,12 +101,12 @@ func SnapshotHost() (HostState, error) {
 // A first-use artefact that appeared is no difference (firstuse.go).
 func (before HostState) Diff(after HostState) []string {
 	var d []string
-	for _, k := range sortedKeys(before.Sysctls) {
+	for _, k := range slices.Sorted(maps.Keys(before.Sysctls)) {
 		if after.Sysctls[k] != before.Sysctls[k] {
 			d = append(d, fmt.Sprintf("sysctl %s: %s before, %s after", k, before.Sysctls[k], after.Sysctls[k]))
 		}
 	}
-	for _, p := range sortedKeys(before.Existed) {
+	for _, p := range slices.Sorted(maps.Keys(before.Existed)) {
 		if after.Existed[p] != before.Existed[p] {
 			d = append(d, fmt.Sprintf("%s: existed %t before, %t after", p, before.Existed[p], after.Existed[p]))
 		}
@@ -113,7 +114,7 @@ func (before HostState) Diff(after HostState) []string {
 	d = append(d, setDiff("mount", before.Mounts, after.Mounts)...)
 	d = append(d, setDiff("cgroup", before.Cgroups, after.Cgroups)...)
 	d = append(d, setDiff("network interface", before.Links, after.Links)...)
-	for _, dir := range sortedKeys(before.Entries) {
+	for _, dir := range slices.Sorted(maps.Keys(before.Entries)) {
 		entries := slices.DeleteFunc(slices.Clone(after.Entries[dir]), func(name string) bool {
 			return !slices.Contains(before.Entries[dir], name) && keptFirstUse(dir, name, after.FirstUse)
 		})
@@ -149,15 +150,6 @@ func setDiff(what string, before, after []string) []string {
 		}
 	}
 	return d
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 func sysctlPath(key string) string {
@@ -261,7 +253,7 @@ func restoreHost(before HostState, logf func(string, ...any)) error {
 			errs = append(errs, err)
 		}
 	}
-	for _, k := range sortedKeys(before.Sysctls) {
+	for _, k := range slices.Sorted(maps.Keys(before.Sysctls)) {
 		cur, err := os.ReadFile(sysctlPath(k))
 		if err == nil && strings.TrimSpace(string(cur)) == before.Sysctls[k] {
 			continue

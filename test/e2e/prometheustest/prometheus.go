@@ -17,7 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -29,6 +28,8 @@ import (
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/yaml"
+
+	"github.com/dynamo-power/gpu-power/test/envtestenv"
 )
 
 // Ensure returns the paths of prometheus and promtool, installing Debian's
@@ -130,7 +131,7 @@ type Server struct {
 // Start runs prometheus in dir, scraping each job's targets every second and
 // evaluating the rule files every second, and returns once it is ready.
 func Start(ctx context.Context, bin, dir string, jobs map[string][]string, ruleFiles ...string) (*Server, error) {
-	addr, err := freeAddr()
+	addr, err := envtestenv.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -320,13 +321,4 @@ func (s *Server) get(ctx context.Context, path string, into any) error {
 		return fmt.Errorf("%s", envelope.Error)
 	}
 	return json.Unmarshal(envelope.Data, into)
-}
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().String(), nil
 }
