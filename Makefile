@@ -104,7 +104,7 @@ cluster-down: ## Stop the real node and put the machine back as it was.
 	go run ./test/realnode/cmd/realnode down
 
 .PHONY: test-cluster
-test-cluster: cluster-binaries ## Both manifests as real pods on a real kubelet; teardown restores the host.
+test-cluster: cluster-binaries $(TOOLS)/helm ## Both manifests as real pods on a real kubelet, then the Helm chart installed and uninstalled there; teardown restores the host.
 	go test -count=1 ./test/realnode/...
 	go test -count=1 -timeout 40m -v ./test/cluster/...
 

@@ -23,6 +23,12 @@ import (
 // that the API server presents it).
 func TestWebhookTakesOnlyTheAPIServer(t *testing.T) {
 	install(t)
+	webhookTakesOnlyTheAPIServer(t)
+}
+
+// webhookTakesOnlyTheAPIServer checks every webhook replica running now.
+func webhookTakesOnlyTheAPIServer(t *testing.T) {
+	t.Helper()
 	auth := realnode.APIServerAuth()
 	apiserver, err := tls.LoadX509KeyPair(auth.Cert, auth.Key)
 	if err != nil {
@@ -39,18 +45,6 @@ func TestWebhookTakesOnlyTheAPIServer(t *testing.T) {
 	if len(pods.Items) == 0 {
 		t.Fatal("no webhook pods")
 	}
-	post := func(ip string, certs ...tls.Certificate) (string, error) {
-		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
-			InsecureSkipVerify: true, Certificates: certs, //nolint:gosec // the webhook's check of its caller is under test
-		}}}
-		resp, err := c.Post("https://"+net.JoinHostPort(ip, "9443")+"/validate-pods", "application/json", strings.NewReader(`{}`))
-		if err != nil {
-			return "", err
-		}
-		defer func() { _ = resp.Body.Close() }()
-		_, _ = io.Copy(io.Discard, resp.Body)
-		return resp.Status, nil
-	}
 	for _, p := range pods.Items {
 		if args := p.Spec.Containers[0].Args; !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--client-ca-file=") }) {
 			t.Errorf("%s runs without --client-ca-file: %v", p.Name, args)
@@ -66,4 +60,19 @@ func TestWebhookTakesOnlyTheAPIServer(t *testing.T) {
 			t.Logf("%s, the API server's certificate: %s", p.Name, status)
 		}
 	}
+}
+
+// post sends a review to a webhook replica's port with the given client
+// certificates, and returns the answer's status.
+func post(ip string, certs ...tls.Certificate) (string, error) {
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		InsecureSkipVerify: true, Certificates: certs, //nolint:gosec // the webhook's check of its caller is under test
+	}}}
+	resp, err := c.Post("https://"+net.JoinHostPort(ip, "9443")+"/validate-pods", "application/json", strings.NewReader(`{}`))
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.Status, nil
 }

@@ -92,18 +92,33 @@ func eventually(t *testing.T, what string, cond func() (bool, string)) {
 }
 
 var (
-	installOnce sync.Once
-	installErr  error
+	installMu  sync.Mutex
+	installed  bool
+	installErr error
 )
 
 // install applies both manifests once for every test that needs them, and
-// waits until the webhook replicas and the agent pod are Ready.
+// waits until the webhook replicas and the agent pod are Ready. A failed
+// install fails every later test at once, without trying again.
 func install(t *testing.T) {
 	t.Helper()
-	installOnce.Do(func() { installErr = doInstall(t) })
+	installMu.Lock()
+	defer installMu.Unlock()
+	if !installed && installErr == nil {
+		installErr = doInstall(t)
+		installed = installErr == nil
+	}
 	if installErr != nil {
 		t.Fatalf("install: %v", installErr)
 	}
+}
+
+// uninstalled records that the kubectl install is gone (the Helm test
+// removes it): a test that runs after it and calls install applies it again.
+func uninstalled() {
+	installMu.Lock()
+	defer installMu.Unlock()
+	installed = false
 }
 
 func doInstall(t *testing.T) error { return cluster.Install(t.Context(), envtestenv.Root()) }

@@ -2,6 +2,7 @@ package helm_test
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"go/ast"
@@ -503,6 +504,32 @@ func TestClientAuth(t *testing.T) {
 			t.Errorf("%s rendered by default", o.key())
 		}
 	}
+}
+
+// TestClientAuthWithYourCA: webhook.clientAuth.caBundle renders the Secret
+// the install guide has you create for another CA (ca.crt only) instead of
+// cert-manager's objects, and leaves the Deployment as clientAuth does.
+func TestClientAuthWithYourCA(t *testing.T) {
+	const bundle = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIBATAKBggqhkjOPQQDAjAA\n-----END CERTIFICATE-----\n"
+	vals := values(t, "webhook: {clientAuth: {enabled: true}}")
+	vals["webhook"].(map[string]any)["clientAuth"].(map[string]any)["caBundle"] = bundle
+	objs := render(t, vals, shippedNamespace)
+	for _, o := range objs {
+		if o.u.GetAPIVersion() == "cert-manager.io/v1" && strings.Contains(o.source, "client-auth") {
+			t.Errorf("%s rendered with caBundle set", o.key())
+		}
+	}
+	compare(t, only(objs, "Secret"), []object{{source: "docs/install.md", u: &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+		"metadata": map[string]any{"name": "power-webhook-client-ca", "namespace": shippedNamespace},
+		"data":     map[string]any{"ca.crt": base64.StdEncoding.EncodeToString([]byte(bundle))},
+	}}}})
+	withCertManager := render(t, values(t, "webhook: {clientAuth: {enabled: true}}"), shippedNamespace)
+	if d := cmp.Diff(get(t, withCertManager, "Deployment", "power-webhook").Object, get(t, objs, "Deployment", "power-webhook").Object); d != "" {
+		t.Errorf("the Deployment with caBundle differs from the one with cert-manager's CA (-cert-manager +caBundle):\n%s", d)
+	}
+	renderErr(t, values(t, "webhook: {clientAuth: {enabled: true, caBundle: not-a-certificate}}"), shippedNamespace, "webhook.clientAuth.caBundle")
+	renderErr(t, values(t, "webhook: {clientAuth: {caBundle: '-----BEGIN CERTIFICATE-----'}}"), shippedNamespace, "webhook.clientAuth.enabled is false")
 }
 
 func readJSON(t testing.TB, path string) ([]byte, error) {

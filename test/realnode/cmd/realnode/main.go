@@ -1,6 +1,7 @@
 // Command realnode starts (`up`) and stops (`down`) a real one-node cluster
 // on this machine for tests and demos, and prints the manifests for it
-// (`webhook-manifests`, `agent-manifest`); `addons` is the process it starts for cert-manager's
+// (`webhook-manifests`, `agent-manifest`) and the Helm chart's values for it
+// (`helm-values`); `addons` is the process it starts for cert-manager's
 // controllers and the simulated GPUs. Run it as root.
 package main
 
@@ -27,7 +28,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: realnode up|down|webhook-manifests|agent-manifest|addons [flags]")
+		fmt.Fprintln(os.Stderr, "usage: realnode up|down|webhook-manifests|agent-manifest|helm-values|addons [flags]")
 		os.Exit(2)
 	}
 	if err := run(os.Args[1], os.Args[2:]); err != nil {
@@ -52,8 +53,10 @@ func run(cmd string, args []string) error {
 		err = webhookManifests(args)
 	case "agent-manifest":
 		err = agentManifest(args)
+	case "helm-values":
+		err = helmValues()
 	default:
-		err = fmt.Errorf("unknown command %q (want up, down, webhook-manifests, agent-manifest or addons)", cmd)
+		err = fmt.Errorf("unknown command %q (want up, down, webhook-manifests, agent-manifest, helm-values or addons)", cmd)
 	}
 	return err
 }
@@ -118,6 +121,22 @@ func agentManifest(args []string) error {
 		return err
 	}
 	out, err := realnode.AgentManifest(*file)
+	if err != nil {
+		return err
+	}
+	_, err = os.Stdout.Write(out)
+	return err
+}
+
+// helmValues prints the chart values that make the real node's changes
+// (the API server's client CA of the running cluster, --fake-nvml), for
+// `helm install -f -` (docs/cluster.md).
+func helmValues() error {
+	ca, err := os.ReadFile(realnode.APIServerAuth().CA)
+	if err != nil {
+		return fmt.Errorf("the cluster's webhook client CA (is it up?): %w", err)
+	}
+	out, err := realnode.HelmValues(ca)
 	if err != nil {
 		return err
 	}
