@@ -152,7 +152,7 @@ func TestStreamedListKeepsEntries(t *testing.T) {
 		t.Error("not synced after the first list")
 	}
 	var gpuUIDs []string
-	ix.EachGPUPod("llm", func(uid types.UID, p *GPUPod) { gpuUIDs = append(gpuUIDs, string(uid)) })
+	ix.EachGPUPod("llm", func(uid types.UID, _ *GPUPod) { gpuUIDs = append(gpuUIDs, string(uid)) })
 	if len(gpuUIDs) != 1 || gpuUIDs[0] != "a" {
 		t.Errorf("GPU pods of llm: %v; want [a]", gpuUIDs)
 	}
