@@ -188,10 +188,11 @@ func tryRender(t testing.TB, c *chart.Chart, vals map[string]any, namespace stri
 	return out, nil
 }
 
-// renderErr renders and wants it refused with an error naming want.
-func renderErr(t *testing.T, vals map[string]any, namespace, want string) {
+// renderErr renders into the shipped namespace and wants it refused with an
+// error naming want.
+func renderErr(t *testing.T, vals map[string]any, want string) {
 	t.Helper()
-	_, err := tryRender(t, loadChart(t), vals, namespace)
+	_, err := tryRender(t, loadChart(t), vals, shippedNamespace)
 	if err == nil {
 		t.Errorf("values %v rendered; want it refused (%q)", vals, want)
 		return

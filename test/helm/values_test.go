@@ -202,7 +202,7 @@ func TestSkippedNamespaces(t *testing.T) {
 			}
 		})
 	}
-	renderErr(t, values(t, "skippedNamespaces: [Kube_System]"), shippedNamespace, "not a namespace name")
+	renderErr(t, values(t, "skippedNamespaces: [Kube_System]"), "not a namespace name")
 }
 
 // TestAgentDefaultIsPolicy: the chart's idea of the agent's default skip
@@ -275,13 +275,13 @@ imagePullSecrets: [{name: regcred}]
 
 	for _, comp := range []string{"webhook", "agent"} {
 		t.Run(comp, func(t *testing.T) {
-			renderErr(t, values(t, comp+": {image: {tag: latest}}"), shippedNamespace, comp+".image.tag: latest is refused")
-			renderErr(t, values(t, comp+fmt.Sprintf(": {image: {tag: latest, digest: %q}}", digest)), shippedNamespace, "latest is refused")
-			renderErr(t, values(t, comp+": {image: {tag: ''}}"), shippedNamespace, comp+".image: set tag")
-			renderErr(t, values(t, comp+": {image: {tag: null}}"), shippedNamespace, comp+".image: set tag")
-			renderErr(t, values(t, comp+": {image: {digest: 'sha256:abc'}}"), shippedNamespace, "want sha256:<64 hex digits>")
-			renderErr(t, values(t, comp+": {image: {tag: 'v1:2'}}"), shippedNamespace, "is not an image tag")
-			renderErr(t, values(t, comp+": {image: {repository: ''}}"), shippedNamespace, comp+".image.repository must be set")
+			renderErr(t, values(t, comp+": {image: {tag: latest}}"), comp+".image.tag: latest is refused")
+			renderErr(t, values(t, comp+fmt.Sprintf(": {image: {tag: latest, digest: %q}}", digest)), "latest is refused")
+			renderErr(t, values(t, comp+": {image: {tag: ''}}"), comp+".image: set tag")
+			renderErr(t, values(t, comp+": {image: {tag: null}}"), comp+".image: set tag")
+			renderErr(t, values(t, comp+": {image: {digest: 'sha256:abc'}}"), "want sha256:<64 hex digits>")
+			renderErr(t, values(t, comp+": {image: {tag: 'v1:2'}}"), "is not an image tag")
+			renderErr(t, values(t, comp+": {image: {repository: ''}}"), comp+".image.repository must be set")
 		})
 	}
 }
@@ -290,10 +290,10 @@ imagePullSecrets: [{name: regcred}]
 // 60 seconds or a rollout of more than one node at a time is refused.
 func TestAgentGuards(t *testing.T) {
 	for _, v := range []string{"59", "0", "-1", "'sixty'", "null"} {
-		renderErr(t, values(t, "agent: {terminationGracePeriodSeconds: "+v+"}"), shippedNamespace, "agent.terminationGracePeriodSeconds")
+		renderErr(t, values(t, "agent: {terminationGracePeriodSeconds: "+v+"}"), "agent.terminationGracePeriodSeconds")
 	}
 	for _, v := range []string{"2", "0", "'50%'", "'1%'", "null"} {
-		renderErr(t, values(t, "agent: {maxUnavailable: "+v+"}"), shippedNamespace, "agent.maxUnavailable")
+		renderErr(t, values(t, "agent: {maxUnavailable: "+v+"}"), "agent.maxUnavailable")
 	}
 	// --set passes integers, values files floats: both work.
 	for _, vals := range []map[string]any{
@@ -395,7 +395,7 @@ webhook:
 		t.Errorf("args %v: no extra arg", c.Args)
 	}
 	for _, w := range []string{"0", "-5", "250.5", "1000000", "'250W'", "null"} {
-		renderErr(t, values(t, "webhook: {defaultRules: [{selector: a=b, watts: "+w+"}]}"), shippedNamespace, "webhook.defaultRules[0]: watts")
+		renderErr(t, values(t, "webhook: {defaultRules: [{selector: a=b, watts: "+w+"}]}"), "webhook.defaultRules[0]: watts")
 	}
 }
 
@@ -449,7 +449,7 @@ webhook:
 		"{product: X, minWatts: 1, defaultWatts: 300W, maxWatts: 3}",
 		"{product: X, minWatts: 1, defaultWatts: 2}",
 	} {
-		renderErr(t, values(t, "webhook: {catalog: ["+bad+"]}"), shippedNamespace, "webhook.catalog[0]")
+		renderErr(t, values(t, "webhook: {catalog: ["+bad+"]}"), "webhook.catalog[0]")
 	}
 }
 
@@ -528,8 +528,8 @@ func TestClientAuthWithYourCA(t *testing.T) {
 	if d := cmp.Diff(get(t, withCertManager, "Deployment", "power-webhook").Object, get(t, objs, "Deployment", "power-webhook").Object); d != "" {
 		t.Errorf("the Deployment with caBundle differs from the one with cert-manager's CA (-cert-manager +caBundle):\n%s", d)
 	}
-	renderErr(t, values(t, "webhook: {clientAuth: {enabled: true, caBundle: not-a-certificate}}"), shippedNamespace, "webhook.clientAuth.caBundle")
-	renderErr(t, values(t, "webhook: {clientAuth: {caBundle: '-----BEGIN CERTIFICATE-----'}}"), shippedNamespace, "webhook.clientAuth.enabled is false")
+	renderErr(t, values(t, "webhook: {clientAuth: {enabled: true, caBundle: not-a-certificate}}"), "webhook.clientAuth.caBundle")
+	renderErr(t, values(t, "webhook: {clientAuth: {caBundle: '-----BEGIN CERTIFICATE-----'}}"), "webhook.clientAuth.enabled is false")
 }
 
 func readJSON(t testing.TB, path string) ([]byte, error) {
@@ -553,7 +553,7 @@ func TestNetworkPolicy(t *testing.T) {
 	if len(ingress) != 1 || len(ingress[0].(map[string]any)["from"].([]any)) != 3 {
 		t.Errorf("ingress %v; want one rule for 9443 from two ranges and the replicas", ingress)
 	}
-	renderErr(t, values(t, "webhook: {networkPolicy: {enabled: true}}"), shippedNamespace, "webhook.networkPolicy.apiServerCIDRs")
+	renderErr(t, values(t, "webhook: {networkPolicy: {enabled: true}}"), "webhook.networkPolicy.apiServerCIDRs")
 	if len(only(render(t, nil, shippedNamespace), "NetworkPolicy")) != 0 {
 		t.Error("a NetworkPolicy by default")
 	}
