@@ -101,5 +101,27 @@ func RuntimeFiles(bin string) (map[string]string, error) {
 	if len(files) == 0 {
 		return nil, fmt.Errorf("ldd %s lists no shared library: is it a cgo binary?", bin)
 	}
+	// libnvidia-ml.so.1, which the NVIDIA runtime mounts but whose own C
+	// library it does not, names these (distroless/base has them): without
+	// them dlopen of NVML fails on a GPU node. They sit beside libc.
+	for p := range files {
+		if filepath.Base(p) != "libc.so.6" {
+			continue
+		}
+		for _, lib := range NVMLNeeds {
+			if q := filepath.Join(filepath.Dir(p), lib); fileExists(q) {
+				files[q] = q
+			}
+		}
+	}
 	return files, nil
+}
+
+// NVMLNeeds are the C libraries libnvidia-ml.so.1 is linked against
+// (readelf -d: NEEDED), besides libc.
+var NVMLNeeds = []string{"libpthread.so.0", "libdl.so.2", "libm.so.6", "librt.so.1"}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular()
 }

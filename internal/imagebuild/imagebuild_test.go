@@ -216,6 +216,12 @@ func checkImage(t *testing.T, b imagebuild.Binary, img v1.Image, bin string) {
 		if !slices.ContainsFunc(files, func(f string) bool { return strings.HasSuffix(f, "/libc.so.6") }) {
 			t.Errorf("the agent image has no libc.so.6: %q", files)
 		}
+		// What NVML itself links, so its dlopen on a GPU node finds them.
+		for _, lib := range imagebuild.NVMLNeeds {
+			if !slices.ContainsFunc(files, func(f string) bool { return strings.HasSuffix(f, "/"+lib) }) {
+				t.Errorf("the agent image has no %s, which libnvidia-ml.so.1 needs: %q", lib, files)
+			}
+		}
 		for _, f := range files {
 			if strings.Contains(f, "nvidia-ml") {
 				t.Errorf("the agent image bundles %s; NVML comes from the node's driver", f)

@@ -160,7 +160,9 @@ func (r *BudgetReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 	res := r.Budgets.enqueue(ctx, budget.Name, &reserveRequest{recompute: func(b *powerv1alpha1.GPUPowerBudget) (bool, error) {
 		now, total = r.Now(), b.Spec.TotalWatts
 		if errs := validateBudgetSpec(&b.Spec); len(errs) > 0 {
-			return r.markInvalid(b, errs.ToAggregate().Error()), nil
+			changed := r.markInvalid(b, errs.ToAggregate().Error())
+			next = *b.Status.DeepCopy() // exported as stored, not as zeros
+			return changed, nil
 		}
 		// The version first, then the pods: the index then holds at least
 		// every pod write up to it.

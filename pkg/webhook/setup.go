@@ -142,17 +142,32 @@ func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, re
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err
 	}
-	if err := mgr.AddReadyzCheck("webhook-server", server.StartedChecker()); err != nil {
+	started := server.StartedChecker()
+	if err := mgr.AddReadyzCheck("webhook-server", started); err != nil {
 		return err
 	}
-	return mgr.AddReadyzCheck("caches", func(*http.Request) error {
+	cachesSynced := func(*http.Request) error {
 		for _, s := range synced {
 			if !s.HasSynced() {
 				return errors.New("node, pod, namespace and budget caches have not synced yet")
 			}
 		}
 		return nil
-	})
+	}
+	if err := mgr.AddReadyzCheck("caches", cachesSynced); err != nil {
+		return err
+	}
+	// Readiness as a series: an alert can tell "no replica ready" from "a
+	// replica scraped", which up alone cannot.
+	return reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "dynamo_power_webhook_ready",
+		Help: "1 when this replica is ready to admit (what /readyz checks: the webhook server answers, every cache has synced), else 0.",
+	}, func() float64 {
+		if started(nil) != nil || cachesSynced(nil) != nil {
+			return 0
+		}
+		return 1
+	}))
 }
 
 // newPodFeed starts keeping pods current on every replica, read as protobuf

@@ -627,7 +627,7 @@ crds: {keep: true}
 skippedNamespaces: [kube-system, gpu-operator]
 imagePullSecrets: [{name: regcred}]
 webhook:
-  clientAuth: {enabled: true, clientNames: [a, b]}
+  clientAuth: {enabled: true, clientNames: [kube-apiserver-power-webhook-client, b]}
   networkPolicy: {enabled: true, apiServerCIDRs: [10.0.0.0/24]}
   catalog: [{product: NVIDIA-H200, minWatts: 200, defaultWatts: 700, maxWatts: 700}]
   defaultRules: [{selector: role=decode, watts: 250}]
@@ -637,4 +637,32 @@ agent:
   terminationGracePeriodSeconds: 90
 monitoring: {podMonitors: {enabled: true}, prometheusRule: {enabled: true}, dashboard: {enabled: true}, labels: {release: prometheus}}
 `)
+}
+
+// TestClientNamesMatchTheIssuedCertificate: with cert-manager issuing the
+// API server's client certificate, the names the webhook accepts must
+// include the one it issues, or every GPU pod would be refused.
+func TestClientNamesMatchTheIssuedCertificate(t *testing.T) {
+	renderErr(t, values(t, "webhook: {clientAuth: {enabled: true, clientNames: [my-apiserver]}}"), "must include kube-apiserver-power-webhook-client")
+	render(t, values(t, "webhook: {clientAuth: {enabled: true, clientNames: [kube-apiserver-power-webhook-client, my-apiserver]}}"), shippedNamespace)
+}
+
+// TestSchemaRefusesWhatTemplatesCannotSee: values.schema.json types what a
+// template would misread: the string "false" is true to a template, a
+// replica count of 0 or a number interval renders a broken object, and a
+// tag YAML reads as a float (1.10) would lose its zero.
+func TestSchemaRefusesWhatTemplatesCannotSee(t *testing.T) {
+	for _, doc := range []string{
+		`agent: {restoreOnExit: "false"}`,
+		`webhook: {clientAuth: {enabled: "false"}}`,
+		`namespace: {create: "false"}`,
+		`webhook: {replicas: 0}`,
+		`webhook: {replicas: 1.5}`,
+		`agent: {interval: 15}`,
+		`agent: {interval: soon}`,
+		`agent: {image: {tag: 1.10}}`,
+	} {
+		renderErr(t, values(t, doc), "values don't meet the specifications of the schema")
+	}
+	render(t, values(t, `{agent: {interval: 1m30s, image: {tag: "1.10"}}, webhook: {replicas: 1}}`), shippedNamespace)
 }

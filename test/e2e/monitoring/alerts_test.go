@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -125,6 +126,7 @@ func TestAlertsFire(t *testing.T) {
 	})
 
 	t.Run("the agent stops", func(t *testing.T) {
+		waitForSeries(t, `up{job="power-agent"} == 1`, fireWithin) // enforcing until now
 		if err := sb.Agent.Stop(time.Minute); err != nil {
 			t.Fatal(err)
 		}
@@ -133,6 +135,8 @@ func TestAlertsFire(t *testing.T) {
 	})
 
 	t.Run("no webhook replica", func(t *testing.T) {
+		// Ready until now: the alert fires for the stop, not from the start.
+		waitForSeries(t, `dynamo_power_webhook_ready{job="power-webhook"} == 1`, fireWithin)
 		if err := sb.Webhook.Stop(time.Minute); err != nil {
 			t.Fatal(err)
 		}
@@ -168,6 +172,11 @@ func TestDashboardQueries(t *testing.T) {
 	}
 	for _, expr := range dashboardQueries(t) {
 		waitForSeries(t, expr, fireWithin)
+	}
+	// Draw is joined to the pod holding the GPU, not to the agent's pod.
+	byPod := waitForSeries(t, `sum by (namespace, pod) (dynamo_power_agent_gpu_pod_info * on (instance, gpu) group_left dynamo_power_agent_gpu_draw_watts)`, fireWithin)
+	if !slices.ContainsFunc(byPod, func(s prometheustest.Sample) bool { return s.Metric["namespace"] == ns && s.Metric["pod"] == pod.Name }) {
+		t.Errorf("draw by pod does not name %s/%s: %v", ns, pod.Name, byPod)
 	}
 }
 

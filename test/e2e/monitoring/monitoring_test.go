@@ -87,9 +87,15 @@ func setup(m *testing.M) (code int, err error) {
 	if err := os.MkdirAll(promDir, 0o755); err != nil {
 		return 0, err
 	}
-	prom, err = prometheustest.Start(context.Background(), promBin, promDir, map[string][]string{
-		"power-webhook": {sb.Webhook.MetricsAddr},
-		"power-agent":   {sb.Agent.MetricsAddr},
+	// The labels the shipped PodMonitors give their targets on a cluster;
+	// the agent's own namespace and pod labels yield to its series' (honorLabels).
+	target := func(app string) map[string]string {
+		return map[string]string{"namespace": sandbox.Namespace, "pod": app + "-0", "container": strings.TrimPrefix(app, "power-"),
+			"endpoint": "metrics", "node": sandbox.NodeName}
+	}
+	prom, err = prometheustest.Start(context.Background(), promBin, promDir, []prometheustest.Job{
+		{Name: "power-webhook", Targets: []string{sb.Webhook.MetricsAddr}, Labels: target("power-webhook")},
+		{Name: "power-agent", Targets: []string{sb.Agent.MetricsAddr}, Labels: target("power-agent"), HonorLabels: true},
 	}, liveRules)
 	if err != nil {
 		return 0, keep(err)

@@ -128,18 +128,29 @@ type Server struct {
 	done chan struct{}
 }
 
+// Job is a scrape job: its targets with the labels the Prometheus Operator's
+// service discovery would give them (namespace, pod, container, endpoint,
+// and what a PodMonitor's relabelings add), so the rules and queries meet
+// the label sets they meet on a cluster.
+type Job struct {
+	Name        string
+	Targets     []string
+	Labels      map[string]string
+	HonorLabels bool
+}
+
 // Start runs prometheus in dir, scraping each job's targets every second and
 // evaluating the rule files every second, and returns once it is ready.
-func Start(ctx context.Context, bin, dir string, jobs map[string][]string, ruleFiles ...string) (*Server, error) {
+func Start(ctx context.Context, bin, dir string, jobs []Job, ruleFiles ...string) (*Server, error) {
 	addr, err := envtestenv.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
 	var scrape []map[string]any
-	for job, targets := range jobs {
+	for _, j := range jobs {
 		scrape = append(scrape, map[string]any{
-			"job_name": job, "scrape_interval": "1s", "scrape_timeout": "900ms",
-			"static_configs": []map[string]any{{"targets": targets}},
+			"job_name": j.Name, "scrape_interval": "1s", "scrape_timeout": "900ms", "honor_labels": j.HonorLabels,
+			"static_configs": []map[string]any{{"targets": j.Targets, "labels": j.Labels}},
 		})
 	}
 	cfg, err := yaml.Marshal(map[string]any{
