@@ -126,7 +126,7 @@ func TestAlertsFire(t *testing.T) {
 	})
 
 	t.Run("the agent stops", func(t *testing.T) {
-		waitForSeries(t, `up{job="power-agent"} == 1`, fireWithin) // enforcing until now
+		waitForSeries(t, `up{job="power-agent"} == 1`) // enforcing until now
 		if err := sb.Agent.Stop(time.Minute); err != nil {
 			t.Fatal(err)
 		}
@@ -136,7 +136,7 @@ func TestAlertsFire(t *testing.T) {
 
 	t.Run("no webhook replica", func(t *testing.T) {
 		// Ready until now: the alert fires for the stop, not from the start.
-		waitForSeries(t, `dynamo_power_webhook_ready{job="power-webhook"} == 1`, fireWithin)
+		waitForSeries(t, `dynamo_power_webhook_ready{job="power-webhook"} == 1`)
 		if err := sb.Webhook.Stop(time.Minute); err != nil {
 			t.Fatal(err)
 		}
@@ -168,13 +168,13 @@ func TestDashboardQueries(t *testing.T) {
 		if err := fake.AddPowerCapped(uuid, 2*time.Second); err != nil {
 			t.Fatal(err)
 		}
-		waitForSeries(t, fmt.Sprintf(`dynamo_power_agent_gpu_power_capped_seconds_total{gpu=%q}`, uuid), fireWithin)
+		waitForSeries(t, fmt.Sprintf(`dynamo_power_agent_gpu_power_capped_seconds_total{gpu=%q}`, uuid))
 	}
 	for _, expr := range dashboardQueries(t) {
-		waitForSeries(t, expr, fireWithin)
+		waitForSeries(t, expr)
 	}
 	// Draw is joined to the pod holding the GPU, not to the agent's pod.
-	byPod := waitForSeries(t, `sum by (namespace, pod) (dynamo_power_agent_gpu_pod_info * on (instance, gpu) group_left dynamo_power_agent_gpu_draw_watts)`, fireWithin)
+	byPod := waitForSeries(t, `sum by (namespace, pod) (dynamo_power_agent_gpu_pod_info * on (instance, gpu) group_left dynamo_power_agent_gpu_draw_watts)`)
 	if !slices.ContainsFunc(byPod, func(s prometheustest.Sample) bool { return s.Metric["namespace"] == ns && s.Metric["pod"] == pod.Name }) {
 		t.Errorf("draw by pod does not name %s/%s: %v", ns, pod.Name, byPod)
 	}
@@ -183,7 +183,7 @@ func TestDashboardQueries(t *testing.T) {
 // value is the single series of expr's value as Prometheus has it now.
 func value(t *testing.T, expr string) float64 {
 	t.Helper()
-	s := waitForSeries(t, expr, fireWithin)
+	s := waitForSeries(t, expr)
 	v, err := strconv.ParseFloat(s[0].Value, 64)
 	if err != nil {
 		t.Fatal(err)

@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/dynamo-power/gpu-power/test/e2e/prometheustest"
 	"github.com/dynamo-power/gpu-power/test/envtestenv"
@@ -195,10 +194,10 @@ func dashboardQueries(t *testing.T) []string {
 }
 
 // waitForSeries waits until expr returns at least one series.
-func waitForSeries(t *testing.T, expr string, timeout time.Duration) []prometheustest.Sample {
+func waitForSeries(t *testing.T, expr string) []prometheustest.Sample {
 	t.Helper()
 	var got []prometheustest.Sample
-	envtestenv.Eventually(t, timeout, "series of "+expr, func() (bool, string) {
+	envtestenv.Eventually(t, fireWithin, "series of "+expr, func() (bool, string) {
 		var err error
 		got, err = prom.Query(t.Context(), expr)
 		if err != nil {
