@@ -142,6 +142,27 @@ func TestAlertsFire(t *testing.T) {
 		}
 		t.Cleanup(func() { restart(t, sb.Webhook) })
 		firing(t, "GPUPowerWebhookDown", map[string]string{"severity": "critical"})
+		// The API server's side: each GPU pod create fails calling the
+		// webhook. Creates go on until the alert fires (a counter's first
+		// sample shows no increase).
+		ns := namespace(t, "mon-unreachable", nil)
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				case <-time.After(500 * time.Millisecond):
+				}
+				if err := sb.Client.Create(context.Background(), gpuPod(fmt.Sprintf("refused-%d", i), ns, 1, "300")); err == nil {
+					t.Errorf("a GPU pod was admitted with no webhook replica")
+				}
+			}
+		}()
+		defer func() { close(stop); <-done }()
+		firing(t, "GPUPowerWebhookCallsFailing", map[string]string{"name": "mutate.power.dynamo.nvidia.com"})
 	})
 }
 

@@ -10,9 +10,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"net/url"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -92,14 +94,39 @@ func setup(m *testing.M) (code int, err error) {
 		return map[string]string{"namespace": sandbox.Namespace, "pod": app + "-0", "container": strings.TrimPrefix(app, "power-"),
 			"endpoint": "metrics", "node": sandbox.NodeName}
 	}
+	apiserver, err := apiServerJob(promDir)
+	if err != nil {
+		return 0, err
+	}
 	prom, err = prometheustest.Start(context.Background(), promBin, promDir, []prometheustest.Job{
 		{Name: "power-webhook", Targets: []string{sb.Webhook.MetricsAddr}, Labels: target("power-webhook")},
 		{Name: "power-agent", Targets: []string{sb.Agent.MetricsAddr}, Labels: target("power-agent"), HonorLabels: true},
+		apiserver,
 	}, liveRules)
 	if err != nil {
 		return 0, keep(err)
 	}
 	return m.Run(), nil
+}
+
+// apiServerJob scrapes the API server's own /metrics, as kube-prometheus's
+// job apiserver does, with the sandbox's admin client certificate.
+func apiServerJob(dir string) (prometheustest.Job, error) {
+	u, err := url.Parse(sb.Config.Host)
+	if err != nil {
+		return prometheustest.Job{}, err
+	}
+	if len(sb.Config.CertData) == 0 || len(sb.Config.KeyData) == 0 {
+		return prometheustest.Job{}, errors.New("the sandbox's API server config has no client certificate to scrape it with")
+	}
+	cert, key := filepath.Join(dir, "apiserver-client.crt"), filepath.Join(dir, "apiserver-client.key")
+	for f, data := range map[string][]byte{cert: sb.Config.CertData, key: sb.Config.KeyData} {
+		if err := os.WriteFile(f, data, 0o600); err != nil {
+			return prometheustest.Job{}, err
+		}
+	}
+	return prometheustest.Job{Name: "apiserver", Targets: []string{u.Host}, Scheme: "https",
+		TLS: map[string]any{"cert_file": cert, "key_file": key, "insecure_skip_verify": true}}, nil
 }
 
 func joinErr(a, b error) error {

@@ -137,6 +137,10 @@ type Job struct {
 	Targets     []string
 	Labels      map[string]string
 	HonorLabels bool
+	// Scheme is https for a TLS target (http when empty), with TLS its
+	// tls_config (cert_file, key_file, insecure_skip_verify, ...).
+	Scheme string
+	TLS    map[string]any
 }
 
 // Start runs prometheus in dir, scraping each job's targets every second and
@@ -148,10 +152,17 @@ func Start(ctx context.Context, bin, dir string, jobs []Job, ruleFiles ...string
 	}
 	var scrape []map[string]any
 	for _, j := range jobs {
-		scrape = append(scrape, map[string]any{
+		job := map[string]any{
 			"job_name": j.Name, "scrape_interval": "1s", "scrape_timeout": "900ms", "honor_labels": j.HonorLabels,
 			"static_configs": []map[string]any{{"targets": j.Targets, "labels": j.Labels}},
-		})
+		}
+		if j.Scheme != "" {
+			job["scheme"] = j.Scheme
+		}
+		if j.TLS != nil {
+			job["tls_config"] = j.TLS
+		}
+		scrape = append(scrape, job)
 	}
 	cfg, err := yaml.Marshal(map[string]any{
 		"global":         map[string]any{"scrape_interval": "1s", "evaluation_interval": "1s"},
