@@ -127,7 +127,7 @@ func handle(ctx context.Context, webhook string, m *Metrics, req admission.Reque
 	case !resp.Allowed:
 		result = resultDenied
 	}
-	m.observe(webhook, req.Operation, result, start)
+	m.observe(webhook, req, resp, result, start)
 	logDecision(ctx, webhook, req, resp, err)
 	return resp
 }

@@ -1,10 +1,13 @@
 package webhook
 
 import (
+	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	admissionv1 "k8s.io/api/admission/v1"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
@@ -13,6 +16,7 @@ import (
 // Metrics are the webhook's Prometheus metrics.
 type Metrics struct {
 	decisions *prometheus.CounterVec
+	denials   *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
 
 	budgetDenials *prometheus.CounterVec
@@ -41,6 +45,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "dynamo_power_webhook_admissions_total",
 			Help: "Admission decisions on pods, by webhook (mutate, validate), operation (CREATE, UPDATE) and result (allowed, denied, error).",
 		}, []string{"webhook", "operation", "result"}),
+		denials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dynamo_power_webhook_denials_total",
+			Help: "Pods denied, by webhook and reason: limit (the limit's grammar or range), stamp, signature, gpu-count, budget, write-path (pods/status, a binding), other.",
+		}, []string{"webhook", "reason"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "dynamo_power_webhook_admission_duration_seconds",
 			Help: "Time the handler spent on one admission request, by webhook.",
@@ -100,7 +108,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			}
 		}
 	}
-	reg.MustRegister(m.decisions, m.latency, m.budgetDenials, m.reserved, m.conflicts, m.retries, m.forwards,
+	for _, webhook := range []string{"mutate", "validate"} {
+		for _, reason := range denialReasons {
+			m.denials.WithLabelValues(webhook, reason)
+		}
+	}
+	reg.MustRegister(m.decisions, m.denials, m.latency, m.budgetDenials, m.reserved, m.conflicts, m.retries, m.forwards,
 		m.committed, m.total, m.available, m.pods, m.gpus)
 	return m
 }
@@ -162,10 +175,44 @@ func (m *Metrics) forgetBudget(budget string) {
 	}
 }
 
-func (m *Metrics) observe(webhook string, op admissionv1.Operation, result string, start time.Time) {
+// denialReasons are the values of the reason label (denialReason).
+var denialReasons = []string{"limit", "stamp", "signature", "gpu-count", "budget", "write-path", "other"}
+
+// denialReason names why a pod was denied, from the denial itself: the
+// field of its first cause (the API server's own form of a 422), a 403 (a
+// budget), or the write path a guard refused.
+func denialReason(req admission.Request, resp admission.Response) string {
+	switch {
+	case req.SubResource != "" || req.Kind.Kind == "Binding":
+		return "write-path"
+	case resp.Result == nil:
+		return "other"
+	case resp.Result.Code == http.StatusForbidden:
+		return "budget"
+	case resp.Result.Details == nil || len(resp.Result.Details.Causes) == 0:
+		return "other"
+	}
+	f := resp.Result.Details.Causes[0].Field
+	switch {
+	case strings.Contains(f, policy.AnnotationPowerLimitSignature):
+		return "signature"
+	case strings.Contains(f, policy.AnnotationPowerLimitValidated):
+		return "stamp"
+	case strings.Contains(f, policy.AnnotationPowerLimit):
+		return "limit"
+	case strings.Contains(f, "resources"):
+		return "gpu-count"
+	}
+	return "other"
+}
+
+func (m *Metrics) observe(webhook string, req admission.Request, resp admission.Response, result string, start time.Time) {
 	if m == nil {
 		return
 	}
-	m.decisions.WithLabelValues(webhook, string(op), result).Inc()
+	m.decisions.WithLabelValues(webhook, string(req.Operation), result).Inc()
+	if result == resultDenied {
+		m.denials.WithLabelValues(webhook, denialReason(req, resp)).Inc()
+	}
 	m.latency.WithLabelValues(webhook).Observe(time.Since(start).Seconds())
 }

@@ -194,6 +194,7 @@ func TestDashboardQueries(t *testing.T) {
 	for _, expr := range dashboardQueries(t) {
 		waitForSeries(t, expr)
 	}
+	waitForSeries(t, `dynamo_power_webhook_denials_total{webhook="validate", reason="budget"} > 0`)
 	// Draw is joined to the pod holding the GPU, not to the agent's pod.
 	byPod := waitForSeries(t, `sum by (namespace, pod) (dynamo_power_agent_gpu_pod_info * on (instance, gpu) group_left dynamo_power_agent_gpu_draw_watts)`)
 	if !slices.ContainsFunc(byPod, func(s prometheustest.Sample) bool { return s.Metric["namespace"] == ns && s.Metric["pod"] == pod.Name }) {
