@@ -43,10 +43,8 @@ type Index struct {
 	// draw, since the agent does not cap it. Nil: every valid limit counts.
 	Validated func(*corev1.Pod) bool
 
-	mu   sync.RWMutex
-	pods map[string]map[string]Pod // namespace -> name -> pod
-	// gpuPods counts the entries with GPU set, for Len.
-	gpuPods  int
+	mu       sync.RWMutex
+	pods     map[string]map[string]Pod // namespace -> name -> pod
 	synced   atomic.Bool
 	onChange []func()
 }
@@ -93,16 +91,6 @@ func (ix *Index) EachGPUPod(namespace string, fn func(uid types.UID, p *GPUPod))
 			fn(p.UID, p.GPU)
 		}
 	}
-}
-
-// Len returns how many pods the index holds, and how many of them request GPUs.
-func (ix *Index) Len() (pods, gpuPods int) {
-	ix.mu.RLock()
-	defer ix.mu.RUnlock()
-	for _, byName := range ix.pods {
-		pods += len(byName)
-	}
-	return pods, ix.gpuPods
 }
 
 // entry is a pod as the transformer leaves it: its key and its Pod. It is
@@ -162,7 +150,6 @@ func (ix *Index) Update(obj any) error {
 	}
 	old, existed := byName[e.name]
 	byName[e.name] = e.Pod
-	ix.gpuPods += gpuCount(e.Pod) - gpuCount(old)
 	moved := movesBudgets(old, existed, e.Pod)
 	listeners := ix.onChange
 	ix.mu.Unlock()
@@ -186,7 +173,6 @@ func (ix *Index) Delete(obj any) error {
 		if len(byName) == 0 {
 			delete(ix.pods, e.namespace)
 		}
-		ix.gpuPods -= gpuCount(old)
 	}
 	listeners := ix.onChange
 	ix.mu.Unlock()
@@ -200,7 +186,6 @@ func (ix *Index) Delete(obj any) error {
 // at resourceVersion.
 func (ix *Index) Replace(list []any, _ string) error {
 	pods := map[string]map[string]Pod{}
-	gpuPods := 0
 	for _, obj := range list {
 		e, err := ix.entryOf(obj)
 		if err != nil {
@@ -212,10 +197,9 @@ func (ix *Index) Replace(list []any, _ string) error {
 			pods[e.namespace] = byName
 		}
 		byName[e.name] = e.Pod
-		gpuPods += gpuCount(e.Pod)
 	}
 	ix.mu.Lock()
-	ix.pods, ix.gpuPods = pods, gpuPods
+	ix.pods = pods
 	listeners := ix.onChange
 	ix.mu.Unlock()
 	ix.synced.Store(true)
@@ -225,13 +209,6 @@ func (ix *Index) Replace(list []any, _ string) error {
 
 // Resync implements toolscache.ReflectorStore; there is nothing to resend.
 func (ix *Index) Resync() error { return nil }
-
-func gpuCount(p Pod) int {
-	if p.GPU != nil {
-		return 1
-	}
-	return 0
-}
 
 // movesBudgets reports whether a pod's change can change what a budget
 // charges: a GPU pod that appears, goes, or differs in cost or phase.

@@ -25,13 +25,7 @@ import (
 // and the given objects.
 func ledger(t *testing.T, committed int64, objs ...client.Object) (*Budgets, client.Client) {
 	t.Helper()
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
-	if err := powerv1alpha1.AddToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
+	scheme := testScheme(t)
 	budget := &powerv1alpha1.GPUPowerBudget{
 		ObjectMeta: metav1.ObjectMeta{Name: "cluster"},
 		Spec:       powerv1alpha1.GPUPowerBudgetSpec{TotalWatts: 1000},
@@ -163,3 +157,17 @@ func TestReconcilerReleasesOnlyWhatItsPodCacheHasSeen(t *testing.T) {
 // caughtUp is a pod index version past every budget version the fake API
 // server writes in these tests: the reconciler may release.
 const caughtUp = "999999"
+
+// testScheme holds the core types and GPUPowerBudget, for the fake API
+// servers of these tests.
+func testScheme(t *testing.T) *runtime.Scheme {
+	t.Helper()
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	if err := powerv1alpha1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	return scheme
+}

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/resourceversion"
+	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
@@ -172,7 +173,13 @@ func (r *BudgetReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 			return false, err
 		}
 		before := b.Status.DeepCopy()
-		if err := r.extendLate(ctx, b, live, now); err != nil {
+		// Asked once per reservation below: a set, not a scan of every
+		// charged pod (tens of thousands) each time.
+		charged := sets.New[types.UID]()
+		for _, c := range live {
+			charged.Insert(c.UID)
+		}
+		if err := r.extendLate(ctx, b, charged, now); err != nil {
 			return false, err
 		}
 		checked := slices.Clone(b.Status.Reservations)
@@ -180,7 +187,7 @@ func (r *BudgetReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 		over = r.recompute(b, live, now)
 		if behind = b.Status.CommittedWatts < before.CommittedWatts && !r.hasCaughtUp(b, seen); behind {
 			b.Status = *before
-			return lapse(&b.Status, b.Spec.TotalWatts, checked, live, now), nil
+			return lapse(&b.Status, b.Spec.TotalWatts, checked, charged, now), nil
 		}
 		next = *b.Status.DeepCopy()
 		return !equality.Semantic.DeepEqual(before, &next), nil
@@ -207,13 +214,13 @@ func (r *BudgetReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 // no pod the budget charges are dropped with their watts. A quiet cluster
 // then releases a forged or failed admission's watts at its TTL, without
 // waiting for a pod event or watch bookmark to move the cache.
-func lapse(st *powerv1alpha1.GPUPowerBudgetStatus, total int64, checked []powerv1alpha1.Reservation, live []policy.Charge, now time.Time) bool {
+func lapse(st *powerv1alpha1.GPUPowerBudgetStatus, total int64, checked []powerv1alpha1.Reservation, charged sets.Set[types.UID], now time.Time) bool {
 	changed := false
 	kept := st.Reservations[:0]
 	for _, res := range st.Reservations {
 		i := slices.IndexFunc(checked, func(c powerv1alpha1.Reservation) bool { return c.PodUID == res.PodUID })
 		switch {
-		case i < 0 || slices.ContainsFunc(live, func(c policy.Charge) bool { return c.UID == res.PodUID }):
+		case i < 0 || charged.Has(res.PodUID):
 		case now.Before(checked[i].Expires.Time):
 			if !checked[i].Expires.Equal(&res.Expires) || checked[i].Watts != res.Watts {
 				res.Expires, res.Watts, changed = checked[i].Expires, checked[i].Watts, true
@@ -249,7 +256,7 @@ func (r *BudgetReconciler) markInvalid(b *powerv1alpha1.GPUPowerBudget, why stri
 // budget charges renews it, and for no more than the pod costs: a forged
 // reservation naming a real pod without GPUs, or in a namespace the budget
 // does not select, lapses.
-func (r *BudgetReconciler) extendLate(ctx context.Context, b *powerv1alpha1.GPUPowerBudget, live []policy.Charge, now time.Time) error {
+func (r *BudgetReconciler) extendLate(ctx context.Context, b *powerv1alpha1.GPUPowerBudget, charged sets.Set[types.UID], now time.Time) error {
 	sel, err := namespaceSelector(b)
 	if err != nil {
 		return err
@@ -257,7 +264,7 @@ func (r *BudgetReconciler) extendLate(ctx context.Context, b *powerv1alpha1.GPUP
 	count := b.Spec.UnlimitedPods != powerv1alpha1.UnlimitedPodsIgnore
 	for i := range b.Status.Reservations {
 		res := &b.Status.Reservations[i]
-		if now.Before(res.Expires.Time) || slices.ContainsFunc(live, func(c policy.Charge) bool { return c.UID == res.PodUID }) {
+		if now.Before(res.Expires.Time) || charged.Has(res.PodUID) {
 			continue
 		}
 		ns, name, ok := strings.Cut(res.Pod, "/")

@@ -22,20 +22,13 @@ const FakeNVMLArg = "--fake-nvml=" + FakeNVMLFile
 // AgentManifest returns deploy/agent/daemonset.yaml with FakeNVMLArg added
 // to the agent container's args, for `kubectl apply -f -`.
 func AgentManifest(path string) ([]byte, error) {
-	data, err := os.ReadFile(path)
+	objs, err := manifestObjects(path)
 	if err != nil {
 		return nil, err
 	}
 	var out [][]byte
 	found := false
-	for _, doc := range bytes.Split(data, []byte("\n---\n")) {
-		if strings.TrimSpace(stripComments(string(doc))) == "" {
-			continue
-		}
-		var obj unstructured.Unstructured
-		if err := yaml.Unmarshal(doc, &obj.Object); err != nil {
-			return nil, fmt.Errorf("parse %s: %w", path, err)
-		}
+	for _, obj := range objs {
 		if obj.GetKind() == "DaemonSet" {
 			containers, _, _ := unstructured.NestedSlice(obj.Object, "spec", "template", "spec", "containers")
 			for i, c := range containers {
@@ -64,6 +57,27 @@ func AgentManifest(path string) ([]byte, error) {
 		return nil, fmt.Errorf("%s has no DaemonSet with a container named agent", path)
 	}
 	return bytes.Join(out, []byte("---\n")), nil
+}
+
+// manifestObjects reads the objects of a multi-document manifest, skipping
+// documents that hold only comments.
+func manifestObjects(path string) ([]unstructured.Unstructured, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []unstructured.Unstructured
+	for _, doc := range bytes.Split(data, []byte("\n---\n")) {
+		if strings.TrimSpace(stripComments(string(doc))) == "" {
+			continue
+		}
+		var obj unstructured.Unstructured
+		if err := yaml.Unmarshal(doc, &obj.Object); err != nil {
+			return nil, fmt.Errorf("parse %s: %w", path, err)
+		}
+		out = append(out, obj)
+	}
+	return out, nil
 }
 
 func stripComments(s string) string {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -51,18 +50,11 @@ func WebhookManifests(dir string, clientCA []byte) ([]byte, error) {
 	var out [][]byte
 	deployments := 0
 	for _, path := range files { // Glob sorts, as kubectl does
-		data, err := os.ReadFile(path)
+		docs, err := manifestObjects(path)
 		if err != nil {
 			return nil, err
 		}
-		for _, doc := range bytes.Split(data, []byte("\n---\n")) {
-			if strings.TrimSpace(stripComments(string(doc))) == "" {
-				continue
-			}
-			var obj unstructured.Unstructured
-			if err := yaml.Unmarshal(doc, &obj.Object); err != nil {
-				return nil, fmt.Errorf("parse %s: %w", path, err)
-			}
+		for _, obj := range docs {
 			if obj.GetKind() == "Deployment" && obj.GetName() == "power-webhook" {
 				if err := addClientCA(&obj, dir); err != nil {
 					return nil, fmt.Errorf("%s: %w", path, err)
