@@ -135,6 +135,9 @@ func TestLedgerRefusesWhatIsNotARegularFile(t *testing.T) {
 		{"character device like /dev/zero", func(t *testing.T, path string) {
 			// /dev/zero is character device 1,5.
 			if err := syscall.Mknod(path, syscall.S_IFCHR|0o600, 1<<8|5); err != nil {
+				if os.Getenv("CI") != "" {
+					t.Fatalf("mknod: %v (CI runs as root: the device case must run there)", err)
+				}
 				t.Skipf("mknod needs root: %v", err)
 			}
 		}, "not a regular file"},

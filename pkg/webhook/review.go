@@ -27,8 +27,9 @@ const maxReviewBytes = 7 << 20
 // bytes arrive: a review of a large pod (tens of kB) is read in one buffer.
 const preallocated = 64 << 10
 
-// bodyTimeout is how long a caller has to send a review's body.
-const bodyTimeout = 10 * time.Second
+// bodyTimeout is how long a caller has to send a review's body (a variable
+// so that a test need not wait as long).
+var bodyTimeout = 10 * time.Second
 
 // reviewVersion is the only AdmissionReview version served; both webhook
 // configurations ask for it (admissionReviewVersions: [v1]).

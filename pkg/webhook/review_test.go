@@ -1,13 +1,17 @@
 package webhook
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	goruntime "runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/go-json-experiment/json/jsontext"
 	admissionv1 "k8s.io/api/admission/v1"
@@ -159,5 +163,37 @@ func TestReviewAllocatesWhatArrives(t *testing.T) {
 	}
 	if allocated := after.TotalAlloc - before.TotalAlloc; allocated > 2*preallocated {
 		t.Errorf("a %d-byte body declared as %d bytes allocated %d bytes; want at most %d", len(body), maxReviewBytes, allocated, 2*preallocated)
+	}
+}
+
+// TestReviewGivesASlowBodyItsDeadline: a caller that declares a body and
+// sends it a byte at a time (holding a connection, and a buffer, open) is
+// answered with an error once the body's deadline passes, on a real server.
+func TestReviewGivesASlowBodyItsDeadline(t *testing.T) {
+	defer func(d time.Duration) { bodyTimeout = d }(bodyTimeout)
+	bodyTimeout = 200 * time.Millisecond
+	m, _, _ := newHandlers()
+	srv := httptest.NewServer(NewReview(m))
+	defer srv.Close()
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close() }()
+	if _, err := fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"apiVersion\":", MutatePath); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.SetReadDeadline(time.Now().Add(30 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer to a body that never comes: %v", err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	var review admissionv1.AdmissionReview
+	if err := json.NewDecoder(resp.Body).Decode(&review); err != nil || review.Response == nil || review.Response.Allowed ||
+		review.Response.Result == nil || !strings.Contains(review.Response.Result.Message, "read body") {
+		t.Errorf("answer %+v (%v); want a 400 verdict that the body could not be read", review.Response, err)
 	}
 }

@@ -102,15 +102,15 @@ func RuleGroups(manifest string, scale float64) ([]byte, error) {
 	return yaml.Marshal(map[string]any{"groups": groups})
 }
 
-// controllerToolsVersion is the Makefile's CONTROLLER_TOOLS_VERSION.
-const controllerToolsVersion = "v0.23.0"
+// ControllerToolsVersion is the Makefile's CONTROLLER_TOOLS_VERSION (test/manifests holds them equal).
+const ControllerToolsVersion = "v0.23.0"
 
 // CRDs generates the Prometheus Operator's monitoring.coreos.com/v1 CRDs
 // into dir from the Go types of their module (the version go.mod requires),
 // with controller-gen, and returns dir. Files are named
 // monitoring.coreos.com_<plural>.yaml.
 func CRDs(ctx context.Context, root, dir string) (string, error) {
-	cmd := exec.CommandContext(ctx, "go", "run", "sigs.k8s.io/controller-tools/cmd/controller-gen@"+controllerToolsVersion,
+	cmd := exec.CommandContext(ctx, "go", "run", "sigs.k8s.io/controller-tools/cmd/controller-gen@"+ControllerToolsVersion,
 		"crd:maxDescLen=0", "paths=github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1", "output:crd:dir="+dir)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
