@@ -20,6 +20,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
+	"github.com/dynamo-power/gpu-power/pkg/budget"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 	"github.com/dynamo-power/gpu-power/pkg/stampkey"
 	powerwebhook "github.com/dynamo-power/gpu-power/pkg/webhook"
@@ -44,7 +45,7 @@ type options struct {
 	maxGPUs                                                                                 int64
 	defaults                                                                                defaultRules
 	leaderElect                                                                             bool
-	budgets                                                                                 powerwebhook.BudgetOptions
+	budgets                                                                                 budget.Options
 	clientAuth                                                                              powerwebhook.ClientAuth
 }
 
@@ -115,7 +116,7 @@ func run(log logr.Logger, o options) error {
 		Cache:                         powerwebhook.CacheOptions(),
 		Client:                        powerwebhook.ClientOptions(),
 		LeaderElection:                o.leaderElect,
-		LeaderElectionID:              powerwebhook.LeaderElectionID,
+		LeaderElectionID:              budget.LeaderElectionID,
 		LeaderElectionReleaseOnCancel: true,
 	}
 	if o.leaderElect {
@@ -170,15 +171,15 @@ func newAdmission(o options) (*policy.Admission, error) {
 }
 
 // writer is the leader-election Lease and this replica's address in it.
-func writer(log logr.Logger, o options) *powerwebhook.Writer {
-	w := &powerwebhook.Writer{
+func writer(log logr.Logger, o options) *budget.Writer {
+	w := &budget.Writer{
 		// In the pod, the namespace comes from the service account; elsewhere
 		// (make up, tests) from POD_NAMESPACE or dynamo-system.
-		Lease:   types.NamespacedName{Namespace: leaderElectionNamespace(), Name: powerwebhook.LeaderElectionID},
+		Lease:   types.NamespacedName{Namespace: leaderElectionNamespace(), Name: budget.LeaderElectionID},
 		Address: o.advertise, CertDir: o.certDir,
 	}
 	if w.Address == "" {
-		addr, err := powerwebhook.LocalAddress(o.port)
+		addr, err := budget.LocalAddress(o.port)
 		if err != nil {
 			// Still correct: the other replicas write their own reservations.
 			log.Error(err, "No address to receive forwarded budget reservations at")

@@ -152,12 +152,12 @@ type Committed struct {
 	Kept []types.UID
 }
 
-// Recompute derives committed watts from the live pods charged to a budget
+// CountCommitted derives committed watts from the live pods charged to a budget
 // and its reservations. A reservation counts until its pod is seen carrying at
 // least the reserved cost, or until it expires; while both exist the larger
 // counts, so an admitted raise is charged before the cache shows it and
 // nothing is counted twice.
-func Recompute(live []Charge, reservations []Reservation, now time.Time) Committed {
+func CountCommitted(live []Charge, reservations []Reservation, now time.Time) Committed {
 	var c Committed
 	byUID := make(map[types.UID]int, len(live))
 	for i, p := range live {

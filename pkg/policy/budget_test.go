@@ -92,9 +92,9 @@ func TestRecompute(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := policy.Recompute(tt.live, tt.reservations, now)
+			c := policy.CountCommitted(tt.live, tt.reservations, now)
 			if c.Watts != tt.watts || c.Pods != tt.pods || c.GPUs != tt.gpus || len(c.Kept) != len(tt.kept) {
-				t.Fatalf("Recompute = %+v; want %d W, %d pods, %d GPUs, kept %v", c, tt.watts, tt.pods, tt.gpus, tt.kept)
+				t.Fatalf("CountCommitted = %+v; want %d W, %d pods, %d GPUs, kept %v", c, tt.watts, tt.pods, tt.gpus, tt.kept)
 			}
 			for i := range tt.kept {
 				if c.Kept[i] != tt.kept[i] {
@@ -122,7 +122,7 @@ func TestBudgetDefaultsComeBeforeFlagDefaults(t *testing.T) {
 
 // FuzzCostArithmetic: whatever GPU count and limit a pod carries, its cost
 // is never negative, grows with GPUs and with watts, and a budget's Fits and
-// Recompute agree with exact arithmetic: nothing wraps.
+// CountCommitted agree with exact arithmetic: nothing wraps.
 func FuzzCostArithmetic(f *testing.F) {
 	f.Add(int64(4), int64(250), int64(1), int64(1400), int64(0))
 	f.Add(int64(20e15), int64(700), int64(1), int64(5600), int64(5600))
@@ -163,7 +163,7 @@ func FuzzCostArithmetic(f *testing.F) {
 			t.Fatalf("available %d", b.Available())
 		}
 		now := time.Unix(0, 0)
-		r := policy.Recompute(
+		r := policy.CountCommitted(
 			[]policy.Charge{{UID: "a", Watts: c.Watts, GPUs: c.GPUs}, {UID: "b", Watts: c.Watts, GPUs: c.GPUs}},
 			[]policy.Reservation{{UID: "c", Watts: committed, Expires: now.Add(time.Hour)}, {UID: "a", Watts: total, Expires: now.Add(time.Hour)}}, now)
 		if r.Watts < c.Watts || r.Watts < 0 || r.GPUs < c.GPUs || r.GPUs < 0 {

@@ -280,3 +280,49 @@ func BenchmarkHandshake(b *testing.B) {
 		})
 	}
 }
+
+// --client-name matches the common name only, as kube-apiserver names x509
+// clients: a cluster-CA user certificate approved as CN=alice that also
+// carries the DNS name kube-apiserver-power-webhook-client is not the API
+// server.
+func TestClientNameIsTheCommonNameOnly(t *testing.T) {
+	ca := newTestCA(t, "kubernetes")
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: "alice", Organization: []string{"team-a"}},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		DNSNames: []string{"kube-apiserver-power-webhook-client"},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	v := verifierFor(t, ca)
+	if err := v.verify(tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf}}, nil); err == nil {
+		t.Error("a client certificate for CN=alice was accepted as the API server because of a DNS SAN")
+	}
+}
+
+// A client certificate must carry the client-auth extended key usage: x509
+// Verify accepts a leaf with none for any usage, and certificates issued with
+// cert-manager's default usages carry none.
+func TestClientCertificateMustBeMarkedForClientAuth(t *testing.T) {
+	ca := newTestCA(t, "shared-ca")
+	c := ca.issue(t, "kube-apiserver-power-webhook-client", nil) // no ExtKeyUsage
+	leaf, _ := x509.ParseCertificate(c.Certificate[0])
+	v := verifierFor(t, ca)
+	if err := v.verify(tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf}}, nil); err == nil {
+		t.Error("a certificate with no extended key usage (not issued for client authentication) was accepted")
+	}
+}
+
+func verifierFor(t *testing.T, ca *testCA) *clientVerifier {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "ca.crt")
+	if err := os.WriteFile(path, ca.pem, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return &clientVerifier{names: []string{"kube-apiserver-power-webhook-client"}, cas: &caBundle{path: path}}
+}

@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
+	"github.com/dynamo-power/gpu-power/pkg/budget"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
@@ -34,7 +35,7 @@ type Mutator struct {
 	Policy  *policy.Admission
 	Cluster policy.Cluster
 	// Budgets supplies the budgets' default limits; nil when there are none.
-	Budgets *Budgets
+	Budgets *budget.Ledger
 	Metrics *Metrics
 }
 
@@ -44,7 +45,7 @@ type Validator struct {
 	Policy  *policy.Admission
 	Cluster policy.Cluster
 	// Budgets charges admitted pods; nil when budgets are not enforced.
-	Budgets *Budgets
+	Budgets *budget.Ledger
 	Metrics *Metrics
 }
 

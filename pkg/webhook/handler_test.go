@@ -14,11 +14,12 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
+	"github.com/dynamo-power/gpu-power/pkg/nodeindex"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
-func newHandlers() (*Mutator, *Validator, *NodeIndex) {
-	nodes := NewNodeIndex()
+func newHandlers() (*Mutator, *Validator, *nodeindex.Index) {
+	nodes := nodeindex.New()
 	nodes.Set("h100-0", "NVIDIA-H100-80GB-HBM3")
 	p := &policy.Admission{Catalog: policy.DefaultCatalog(), UnknownProducts: policy.UnknownProductsDeny}
 	return &Mutator{Policy: p, Cluster: nodes}, &Validator{Policy: p, Cluster: nodes}, nodes
@@ -123,29 +124,5 @@ func TestUndecodableRequest(t *testing.T) {
 	resp := mutate.Handle(t.Context(), req)
 	if resp.Allowed || resp.Result.Code != http.StatusBadRequest {
 		t.Errorf("undecodable pod: allowed %v, result %+v; want a 400 error", resp.Allowed, resp.Result)
-	}
-}
-
-func TestNodeIndex(t *testing.T) {
-	x := NewNodeIndex()
-	x.Set("a", "NVIDIA-L4")
-	x.Set("b", "NVIDIA-L4")
-	x.Set("c", "NVIDIA-H200")
-	x.Set("d", "")
-	if got := fmt.Sprint(x.GPUProducts()); got != "[NVIDIA-H200 NVIDIA-L4]" {
-		t.Errorf("products = %s", got)
-	}
-	x.Set("c", "NVIDIA-L4") // relabelled
-	x.Delete("a")
-	if got := fmt.Sprint(x.GPUProducts()); got != "[NVIDIA-L4]" {
-		t.Errorf("after relabel and delete: products = %s", got)
-	}
-	if p, ok := x.NodeGPUProduct("d"); !ok || p != "" {
-		t.Errorf("unlabelled node: %q, %v", p, ok)
-	}
-	x.Delete("b")
-	x.Delete("c")
-	if got := x.GPUProducts(); len(got) != 0 {
-		t.Errorf("all GPU nodes gone: products = %v", got)
 	}
 }

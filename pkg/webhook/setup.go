@@ -6,10 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -20,6 +20,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
+	"github.com/dynamo-power/gpu-power/pkg/budget"
+	"github.com/dynamo-power/gpu-power/pkg/nodeindex"
 	"github.com/dynamo-power/gpu-power/pkg/podindex"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
@@ -29,7 +31,7 @@ import (
 // each (Setup).
 func CacheOptions() cache.Options {
 	return cache.Options{ByObject: map[client.Object]cache.ByObject{
-		&corev1.Node{}:      {Transform: TrimNode},
+		&corev1.Node{}:      {Transform: nodeindex.Trim},
 		&corev1.Namespace{}: {Transform: TrimNamespace},
 	}}
 }
@@ -56,27 +58,13 @@ func ServerOptions(host string, port int, certDir string) webhook.Options {
 	}
 }
 
-// BudgetOptions tune budget enforcement.
-type BudgetOptions struct {
-	// ReservationTTL is how long a reservation counts if its pod never appears.
-	ReservationTTL time.Duration
-	// Resync is the longest the reconciler waits between two recomputations.
-	Resync time.Duration
-	// Attempts bounds the status writes of one reservation batch.
-	Attempts int
-	// Writer, when set, is the leader-election Lease (the manager's lock must
-	// be Writer.Lock) whose holder writes every budget: the other replicas
-	// forward their reservations to it. Nil: every replica writes its own.
-	Writer *Writer
-}
-
 // Setup wires the webhooks into mgr: the informers (nodes, pods, namespaces,
 // budgets), the node index, both handlers with budget enforcement, the
 // leader-elected budget reconciler, metrics (registered with reg), and a
 // readiness check that passes once the webhook server listens and every
 // cache has synced.
-func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, reg prometheus.Registerer, o BudgetOptions) error {
-	nodes := NewNodeIndex()
+func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, reg prometheus.Registerer, o budget.Options) error {
+	nodes := nodeindex.New()
 	nodeInformer, err := mgr.GetCache().GetInformer(ctx, &corev1.Node{}, cache.BlockUntilSynced(false))
 	if err != nil {
 		return fmt.Errorf("node informer: %w", err)
@@ -103,41 +91,15 @@ func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, re
 	}
 	synced = append(synced, pods)
 
+	ledger, err := budget.Setup(mgr, pods, podFeed.ResourceVersion, admit.Catalog, nodes, reg, o)
+	if err != nil {
+		return err
+	}
 	m := NewMetrics(reg)
-	budgets := &Budgets{
-		Cache: mgr.GetClient(), Pods: pods, API: mgr.GetAPIReader(), Client: mgr.GetClient(), Catalog: admit.Catalog, Cluster: nodes,
-		TTL: o.ReservationTTL, Attempts: o.Attempts, Metrics: m, Now: time.Now,
-		Leading: func() bool {
-			select {
-			case <-mgr.Elected():
-				return true
-			default:
-				return false
-			}
-		},
-	}
 	server := mgr.GetWebhookServer()
-	server.Register(MutatePath, NewReview(&Mutator{Policy: admit, Cluster: nodes, Budgets: budgets, Metrics: m}))
-	server.Register(ValidatePath, NewReview(&Validator{Policy: admit, Cluster: nodes, Budgets: budgets, Metrics: m}))
+	server.Register(MutatePath, NewReview(&Mutator{Policy: admit, Cluster: nodes, Budgets: ledger, Metrics: m}))
+	server.Register(ValidatePath, NewReview(&Validator{Policy: admit, Cluster: nodes, Budgets: ledger, Metrics: m}))
 	server.Register(BudgetValidatePath, &webhook.Admission{Handler: BudgetValidator{}})
-	if o.Writer != nil {
-		if budgets.Peers, err = newPeers(*o.Writer, mgr.GetAPIReader(), budgets, m); err != nil {
-			return err
-		}
-		if err := mgr.Add(budgets.Peers.certs); err != nil {
-			return err
-		}
-		server.Register(ForwardPath, budgets.Peers)
-	}
-
-	reconciler := &BudgetReconciler{
-		Client: mgr.GetClient(), API: mgr.GetAPIReader(), Budgets: budgets, Catalog: admit.Catalog, Cluster: nodes, Metrics: m,
-		Recorder: mgr.GetEventRecorder("power-webhook"), Resync: o.Resync, Now: time.Now,
-		PodsSeen: podFeed.ResourceVersion,
-	}
-	if err := reconciler.SetupWithManager(mgr); err != nil {
-		return fmt.Errorf("budget reconciler: %w", err)
-	}
 
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err
@@ -183,4 +145,15 @@ func newPodFeed(mgr manager.Manager, pods *podindex.Index) (*podindex.Feed, erro
 	}
 	feed := podindex.NewFeed(pods, cs)
 	return feed, mgr.Add(feed)
+}
+
+// TrimNamespace keeps a namespace's name and labels: budgets select by label.
+func TrimNamespace(obj any) (any, error) {
+	ns, ok := obj.(*corev1.Namespace)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
+		Name: ns.Name, UID: ns.UID, ResourceVersion: ns.ResourceVersion, Labels: ns.Labels,
+	}}, nil
 }

@@ -1,4 +1,4 @@
-package webhook
+package budget
 
 import (
 	"context"
@@ -32,18 +32,18 @@ import (
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
-// BudgetReconciler recomputes each budget's status from the live pods it
+// Reconciler recomputes each budget's status from the live pods it
 // charges plus the reservations of pods not yet seen, so deleted and finished
 // pods release their watts and reservations of pods that were never stored
 // expire. It runs on the leader, which is also the replica the others forward
 // reservations to; its recomputation is a member of the ledger's next batch,
 // applied to the version that batch writes, so the two never conflict.
-type BudgetReconciler struct {
+type Reconciler struct {
 	Client client.Client
 	// API reads the pod of an expiring reservation that the cache does not
 	// show, so a pod the cache is late for keeps counting.
 	API      client.Reader
-	Budgets  *Budgets
+	Ledger   *Ledger
 	Catalog  policy.Catalog
 	Cluster  policy.Cluster
 	Recorder events.EventRecorder
@@ -65,7 +65,7 @@ const settle = 500 * time.Millisecond
 
 // SetupWithManager registers the reconciler: spec changes trigger it at once,
 // status, pod and namespace changes after settle.
-func (r *BudgetReconciler) SetupWithManager(mgr ctrl.Manager) error {
+func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	enqueueAll := func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 		var list powerv1alpha1.GPUPowerBudgetList
 		if err := r.Client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
@@ -109,7 +109,7 @@ func (r *BudgetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("gpupowerbudget").
 		Watches(&powerv1alpha1.GPUPowerBudget{}, budgets).
-		WatchesRawSource(&podSource{pods: r.Budgets.Pods, enqueueAll: enqueueAll}).
+		WatchesRawSource(&podSource{pods: r.Ledger.Pods, enqueueAll: enqueueAll}).
 		Watches(&corev1.Namespace{}, allBudgets).
 		Complete(r)
 }
@@ -137,7 +137,7 @@ func (s *podSource) WaitForSync(ctx context.Context) error {
 }
 
 // Reconcile implements reconcile.Reconciler.
-func (r *BudgetReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	var budget powerv1alpha1.GPUPowerBudget
 	if err := r.Client.Get(ctx, req.NamespacedName, &budget); err != nil {
 		if apierrors.IsNotFound(err) {
@@ -146,66 +146,77 @@ func (r *BudgetReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 		}
 		return reconcile.Result{}, err
 	}
-	if !r.Budgets.Pods.HasSynced() {
+	if !r.Ledger.Pods.HasSynced() {
 		// An empty index would release every live pod's watts. The
 		// controller waits for it (podSource), this guards every caller.
 		return reconcile.Result{RequeueAfter: settle}, nil
 	}
-	// Set by the recomputation of the version that was written.
-	var (
-		next                  powerv1alpha1.GPUPowerBudgetStatus
-		over, wasOver, behind bool
-		now                   time.Time
-		total                 int64
-	)
-	res := r.Budgets.enqueue(ctx, budget.Name, &reserveRequest{recompute: func(b *powerv1alpha1.GPUPowerBudget) (bool, error) {
-		now, total = r.Now(), b.Spec.TotalWatts
-		if errs := validateBudgetSpec(&b.Spec); len(errs) > 0 {
-			changed := r.markInvalid(b, errs.ToAggregate().Error())
-			next = *b.Status.DeepCopy() // exported as stored, not as zeros
-			return changed, nil
-		}
-		// The version first, then the pods: the index then holds at least
-		// every pod write up to it.
-		seen := r.PodsSeen()
-		live, err := r.charges(ctx, b)
-		if err != nil {
-			return false, err
-		}
-		before := b.Status.DeepCopy()
-		// Asked once per reservation below: a set, not a scan of every
-		// charged pod (tens of thousands) each time.
-		charged := sets.New[types.UID]()
-		for _, c := range live {
-			charged.Insert(c.UID)
-		}
-		if err := r.extendLate(ctx, b, charged, now); err != nil {
-			return false, err
-		}
-		checked := slices.Clone(b.Status.Reservations)
-		wasOver = meta.IsStatusConditionTrue(before.Conditions, powerv1alpha1.ConditionOverCommitted)
-		over = r.recompute(b, live, now)
-		if behind = b.Status.CommittedWatts < before.CommittedWatts && !r.hasCaughtUp(b, seen); behind {
-			b.Status = *before
-			return lapse(&b.Status, b.Spec.TotalWatts, checked, charged, now), nil
-		}
-		next = *b.Status.DeepCopy()
-		return !equality.Semantic.DeepEqual(before, &next), nil
-	}})
+	res := r.Ledger.enqueue(ctx, budget.Name, &reserveRequest{op: opRecount, reconciler: r})
 	if res.err != nil {
 		return reconcile.Result{}, fmt.Errorf("update budget %s status: %w", budget.Name, res.err)
 	}
-	if behind {
+	found := res.recount
+	if found.behind {
 		log.FromContext(ctx).V(1).Info("Waiting for the pod cache to catch up with the budget before releasing watts",
 			"budget", budget.Name, "budgetVersion", budget.ResourceVersion, "podsVersion", r.PodsSeen())
 		return reconcile.Result{RequeueAfter: settle}, nil
 	}
-	r.Metrics.budgetState(budget.Name, total, &next)
-	if over && !wasOver && r.Recorder != nil {
-		msg := meta.FindStatusCondition(next.Conditions, powerv1alpha1.ConditionOverCommitted).Message
+	r.Metrics.budgetState(budget.Name, found.total, &found.next)
+	if found.over && !found.wasOver && r.Recorder != nil {
+		msg := meta.FindStatusCondition(found.next.Conditions, powerv1alpha1.ConditionOverCommitted).Message
 		r.Recorder.Eventf(&budget, nil, corev1.EventTypeWarning, "OverCommitted", "Reconcile", msg)
 	}
-	return reconcile.Result{RequeueAfter: r.nextCheck(&next, now)}, nil
+	return reconcile.Result{RequeueAfter: r.nextCheck(&found.next, found.now)}, nil
+}
+
+// recount is what a recount found on the version of the budget the ledger
+// then wrote.
+type recount struct {
+	next  powerv1alpha1.GPUPowerBudgetStatus // the status written
+	total int64
+	now   time.Time
+	// over and wasOver: the budget's live pods exceed its total, now and
+	// before; behind: the pod index is behind the budget, so nothing was
+	// released that depends on it.
+	over, wasOver, behind bool
+}
+
+// recount rewrites b's status from the live pods it charges and its
+// reservations, run by the ledger on the base of the batch that carries the
+// reconciler's request. It reports whether the status changed.
+func (r *Reconciler) recount(ctx context.Context, b *powerv1alpha1.GPUPowerBudget) (recount, bool, error) {
+	found := recount{now: r.Now(), total: b.Spec.TotalWatts}
+	if errs := ValidateSpec(&b.Spec); len(errs) > 0 {
+		changed := r.markInvalid(b, errs.ToAggregate().Error())
+		found.next = *b.Status.DeepCopy() // exported as stored, not as zeros
+		return found, changed, nil
+	}
+	// The version first, then the pods: the index then holds at least
+	// every pod write up to it.
+	seen := r.PodsSeen()
+	live, err := r.charges(ctx, b)
+	if err != nil {
+		return found, false, err
+	}
+	before := b.Status.DeepCopy()
+	// Asked once per reservation below: a set, not a scan of every charged
+	// pod (tens of thousands) each time.
+	charged := sets.New[types.UID]()
+	for _, c := range live {
+		charged.Insert(c.UID)
+	}
+	if err := r.extendLate(ctx, b, charged, found.now); err != nil {
+		return found, false, err
+	}
+	checked := slices.Clone(b.Status.Reservations)
+	found.wasOver = meta.IsStatusConditionTrue(before.Conditions, powerv1alpha1.ConditionOverCommitted)
+	found.over = r.setStatus(b, live, found.now)
+	if found.behind = b.Status.CommittedWatts < before.CommittedWatts && !r.hasCaughtUp(b, seen); found.behind {
+		b.Status = *before
+		return found, lapse(&b.Status, b.Spec.TotalWatts, checked, charged, found.now), nil
+	}
+	found.next = *b.Status.DeepCopy()
+	return found, !equality.Semantic.DeepEqual(before, &found.next), nil
 }
 
 // lapse applies, to a status kept while the pod cache catches up, what
@@ -239,7 +250,7 @@ func lapse(st *powerv1alpha1.GPUPowerBudgetStatus, total int64, checked []powerv
 
 // markInvalid reports a budget whose selectors cannot be evaluated on its
 // Ready condition: it charges no pod (Selecting skips it) until it is fixed.
-func (r *BudgetReconciler) markInvalid(b *powerv1alpha1.GPUPowerBudget, why string) bool {
+func (r *Reconciler) markInvalid(b *powerv1alpha1.GPUPowerBudget, why string) bool {
 	before := b.Status.DeepCopy()
 	b.Status.ObservedGeneration = b.Generation
 	meta.SetStatusCondition(&b.Status.Conditions, metav1.Condition{
@@ -256,7 +267,7 @@ func (r *BudgetReconciler) markInvalid(b *powerv1alpha1.GPUPowerBudget, why stri
 // budget charges renews it, and for no more than the pod costs: a forged
 // reservation naming a real pod without GPUs, or in a namespace the budget
 // does not select, lapses.
-func (r *BudgetReconciler) extendLate(ctx context.Context, b *powerv1alpha1.GPUPowerBudget, charged sets.Set[types.UID], now time.Time) error {
+func (r *Reconciler) extendLate(ctx context.Context, b *powerv1alpha1.GPUPowerBudget, charged sets.Set[types.UID], now time.Time) error {
 	sel, err := namespaceSelector(b)
 	if err != nil {
 		return err
@@ -281,7 +292,7 @@ func (r *BudgetReconciler) extendLate(ctx context.Context, b *powerv1alpha1.GPUP
 		case pod.UID != res.PodUID || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed:
 			continue
 		}
-		podNS, err := r.Budgets.namespace(ctx, pod.Namespace)
+		podNS, err := r.Ledger.namespace(ctx, pod.Namespace)
 		if err != nil {
 			return err
 		}
@@ -290,7 +301,7 @@ func (r *BudgetReconciler) extendLate(ctx context.Context, b *powerv1alpha1.GPUP
 			continue
 		}
 		res.Watts = min(res.Watts, cost.Watts)
-		res.Expires = r.Budgets.expiry(now)
+		res.Expires = r.Ledger.expiry(now)
 	}
 	return nil
 }
@@ -302,7 +313,7 @@ func (r *BudgetReconciler) extendLate(ctx context.Context, b *powerv1alpha1.GPUP
 // cache showed and this one has not received yet: counting without them
 // would release watts in use. Once the index has passed a version of the
 // budget, every later pruning is this replica's own, from this index.
-func (r *BudgetReconciler) hasCaughtUp(b *powerv1alpha1.GPUPowerBudget, seen string) bool {
+func (r *Reconciler) hasCaughtUp(b *powerv1alpha1.GPUPowerBudget, seen string) bool {
 	if _, ok := r.caughtUp.Load(b.Name); ok {
 		return true
 	}
@@ -319,15 +330,15 @@ func (r *BudgetReconciler) hasCaughtUp(b *powerv1alpha1.GPUPowerBudget, seen str
 	return true
 }
 
-// recompute sets b's status from the live pods it charges and its unexpired
+// setStatus sets b's status from the live pods it charges and its unexpired
 // reservations of pods not yet seen, and reports whether it is over its total.
-func (r *BudgetReconciler) recompute(b *powerv1alpha1.GPUPowerBudget, live []policy.Charge, now time.Time) bool {
+func (r *Reconciler) setStatus(b *powerv1alpha1.GPUPowerBudget, live []policy.Charge, now time.Time) bool {
 	st := &b.Status
 	var reservations []policy.Reservation
 	for _, res := range st.Reservations {
 		reservations = append(reservations, policy.Reservation{UID: res.PodUID, Watts: res.Watts, Expires: res.Expires.Time})
 	}
-	c := policy.Recompute(live, reservations, now)
+	c := policy.CountCommitted(live, reservations, now)
 	st.CommittedWatts = c.Watts
 	st.AvailableWatts = policy.SatSub(b.Spec.TotalWatts, c.Watts)
 	st.Pods, st.GPUs = c.Pods, c.GPUs
@@ -354,7 +365,7 @@ func (r *BudgetReconciler) recompute(b *powerv1alpha1.GPUPowerBudget, live []pol
 }
 
 // nextCheck is the resync period, or sooner when a reservation expires.
-func (r *BudgetReconciler) nextCheck(st *powerv1alpha1.GPUPowerBudgetStatus, now time.Time) time.Duration {
+func (r *Reconciler) nextCheck(st *powerv1alpha1.GPUPowerBudgetStatus, now time.Time) time.Duration {
 	next := r.Resync
 	for _, res := range st.Reservations {
 		if d := res.Expires.Sub(now) + 10*time.Millisecond; d < next {
@@ -366,7 +377,7 @@ func (r *BudgetReconciler) nextCheck(st *powerv1alpha1.GPUPowerBudgetStatus, now
 
 // charges lists the live GPU pods a budget charges: non-terminal pods in the
 // namespaces it selects, at their cost.
-func (r *BudgetReconciler) charges(ctx context.Context, budget *powerv1alpha1.GPUPowerBudget) ([]policy.Charge, error) {
+func (r *Reconciler) charges(ctx context.Context, budget *powerv1alpha1.GPUPowerBudget) ([]policy.Charge, error) {
 	sel, err := namespaceSelector(budget)
 	if err != nil {
 		return nil, err
@@ -383,7 +394,7 @@ func (r *BudgetReconciler) charges(ctx context.Context, budget *powerv1alpha1.GP
 		if !sel.Matches(labels.Set(ns.Labels)) {
 			continue
 		}
-		r.Budgets.Pods.EachGPUPod(ns.Name, func(uid types.UID, p *podindex.GPUPod) {
+		r.Ledger.Pods.EachGPUPod(ns.Name, func(uid types.UID, p *podindex.GPUPod) {
 			if p.Finished {
 				return
 			}

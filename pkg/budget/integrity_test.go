@@ -1,7 +1,6 @@
-package webhook
+package budget
 
 import (
-	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -10,12 +9,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
-	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/internal/testpod"
@@ -58,7 +55,7 @@ func TestDeniedRaiseRestoresTheOtherBudgetsReservation(t *testing.T) {
 		}
 	}
 	// The reconciler, whose cache does not show the pod, keeps it counted.
-	r := &BudgetReconciler{Client: c, API: c, Budgets: b, Catalog: b.Catalog, Cluster: b.Cluster,
+	r := &Reconciler{Client: c, API: c, Ledger: b, Catalog: b.Catalog, Cluster: b.Cluster,
 		Resync: time.Minute, Now: time.Now, PodsSeen: func() string { return caughtUp }}
 	if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}); err != nil {
 		t.Fatal(err)
@@ -94,7 +91,7 @@ func TestExpiredReservationCountsOnlyIfItsPodExists(t *testing.T) {
 			api := fakeAPI(t, testpod.MakePod("late", "llm").UID("late").GPU(1).NodeName("h100-0").Limit("300").Obj(),
 				testpod.MakePod("ghost", "llm").UID("another-pod-of-that-name").GPU(1).Limit("600").Obj())
 			now := time.Now().Add(b.TTL + time.Second)
-			r := &BudgetReconciler{Client: c, API: api, Budgets: b, Catalog: b.Catalog, Cluster: b.Cluster,
+			r := &Reconciler{Client: c, API: api, Ledger: b, Catalog: b.Catalog, Cluster: b.Cluster,
 				Resync: time.Minute, Now: func() time.Time { return now }, PodsSeen: func() string { return tc.podsSeen }}
 			b.Now = r.Now
 			if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}); err != nil {
@@ -138,7 +135,7 @@ func TestInvalidBudgetFailsNoPod(t *testing.T) {
 	if denial, err := b.Admit(t.Context(), admissionv1.Create, pod, nil, b.Cluster, false); err != nil || denial != "" {
 		t.Fatalf("admit: %q %v", denial, err)
 	}
-	r := &BudgetReconciler{Client: c, API: c, Budgets: b, Catalog: b.Catalog, Cluster: b.Cluster,
+	r := &Reconciler{Client: c, API: c, Ledger: b, Catalog: b.Catalog, Cluster: b.Cluster,
 		Resync: time.Minute, Now: time.Now, PodsSeen: func() string { return caughtUp }}
 	if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "broken"}}); err != nil {
 		t.Fatal(err)
@@ -146,106 +143,6 @@ func TestInvalidBudgetFailsNoPod(t *testing.T) {
 	cond := meta.FindStatusCondition(statusOf(t, c, "broken").Conditions, powerv1alpha1.ConditionReady)
 	if cond == nil || cond.Status != metav1.ConditionFalse || cond.Reason != "InvalidSpec" || !strings.Contains(cond.Message, `"Bogus": not a valid selector operator`) {
 		t.Errorf("Ready condition %+v; want False, InvalidSpec, naming the operator", cond)
-	}
-}
-
-func TestBudgetValidator(t *testing.T) {
-	for _, tt := range []struct {
-		name string
-		spec powerv1alpha1.GPUPowerBudgetSpec
-		want string // "" admitted
-	}{
-		{"no selectors", powerv1alpha1.GPUPowerBudgetSpec{TotalWatts: 1000}, ""},
-		{"valid selectors", powerv1alpha1.GPUPowerBudgetSpec{TotalWatts: 1000,
-			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": "a"}},
-			Defaults:          []powerv1alpha1.DefaultLimit{{Watts: 300, PodSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "role", Operator: "Exists"}}}}}}, ""},
-		{"unknown operator", powerv1alpha1.GPUPowerBudgetSpec{TotalWatts: 1000,
-			NamespaceSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "team", Operator: "Bogus"}}}},
-			`spec.namespaceSelector.matchExpressions[0].operator: Invalid value: "Bogus": not a valid selector operator`},
-		{"In without values", powerv1alpha1.GPUPowerBudgetSpec{TotalWatts: 1000,
-			NamespaceSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "team", Operator: "In"}}}},
-			`spec.namespaceSelector.matchExpressions[0].values: Required value`},
-		{"bad label key in a default's podSelector", powerv1alpha1.GPUPowerBudgetSpec{TotalWatts: 1000,
-			Defaults: []powerv1alpha1.DefaultLimit{{Watts: 300, PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"not a key!": "x"}}}}},
-			`spec.defaults[0].podSelector.matchLabels: Invalid value: "not a key!"`},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			raw, err := json.Marshal(&powerv1alpha1.GPUPowerBudget{ObjectMeta: metav1.ObjectMeta{Name: "b"}, Spec: tt.spec})
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp := BudgetValidator{}.Handle(t.Context(), admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
-				Operation: admissionv1.Create, Object: runtime.RawExtension{Raw: raw}}})
-			switch {
-			case tt.want == "" && !resp.Allowed:
-				t.Errorf("denied: %s", resp.Result.Message)
-			case tt.want != "" && (resp.Allowed || !strings.Contains(resp.Result.Message, tt.want)):
-				t.Errorf("allowed %v, message %v; want a denial containing %q", resp.Allowed, resp.Result, tt.want)
-			}
-		})
-	}
-}
-
-// Only admission of the pod itself may set the limit and the stamp: a write
-// through pods/status or a Binding that would change them is denied.
-func TestSubresourcesCannotChangePowerAnnotations(t *testing.T) {
-	_, v, _ := newHandlers()
-	stamped := testpod.MakePod("a", "llm").GPU(1).Limit("300").Stamp("300").Obj()
-	raised := testpod.MakePod("a", "llm").GPU(1).Limit("700").Stamp("700").Obj()
-	bare := testpod.MakePod("a", "llm").GPU(1).Obj()
-	floor := testpod.MakePod("a", "llm").GPU(1).Limit("150").Stamp("150").Obj()
-	binding := func(annotations map[string]string) *corev1.Pod { // a Binding's metadata, read as a pod's
-		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "a", Namespace: "llm", Annotations: annotations}}
-	}
-	for _, tt := range []struct {
-		name        string
-		subresource string
-		op          admissionv1.Operation
-		obj, old    *corev1.Pod
-		denied      []string
-	}{
-		{"status write that keeps the annotations", "status", admissionv1.Update, stamped, stamped, nil},
-		{"status raises limit and stamp together", "status", admissionv1.Update, raised, stamped, []string{policy.AnnotationPowerLimit, policy.AnnotationPowerLimitValidated}},
-		{"status writes a limit below the floor with its stamp", "status", admissionv1.Update, floor, bare, []string{policy.AnnotationPowerLimit, policy.AnnotationPowerLimitValidated}},
-		{"status removes the stamp", "status", admissionv1.Update, testpod.MakePod("a", "llm").GPU(1).Limit("300").Obj(), stamped, []string{policy.AnnotationPowerLimitValidated}},
-		{"binding without power annotations", "binding", admissionv1.Create, binding(map[string]string{"other": "x"}), nil, nil},
-		{"binding that carries a stamp", "binding", admissionv1.Create, binding(map[string]string{policy.AnnotationPowerLimitValidated: "300"}), nil, []string{policy.AnnotationPowerLimitValidated}},
-		{"another subresource", "ephemeralcontainers", admissionv1.Update, raised, stamped, nil},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			req := request(t, tt.op, tt.obj, tt.old)
-			req.SubResource = tt.subresource
-			resp := v.Handle(t.Context(), req)
-			if len(tt.denied) == 0 {
-				if !resp.Allowed {
-					t.Fatalf("denied: %s", resp.Result.Message)
-				}
-				return
-			}
-			if resp.Allowed || resp.Result.Code != 422 || len(resp.Result.Details.Causes) != len(tt.denied) {
-				t.Fatalf("allowed %v, result %+v; want 422 with %d causes", resp.Allowed, resp.Result, len(tt.denied))
-			}
-			for i, key := range tt.denied {
-				if c := resp.Result.Details.Causes[i]; c.Field != "metadata.annotations["+key+"]" || !strings.Contains(c.Message, "through pods/"+tt.subresource) {
-					t.Errorf("cause %d: %+v; want %s named, through pods/%s", i, c, key, tt.subresource)
-				}
-			}
-		})
-	}
-}
-
-// The top-level bindings resource runs the same binding code as
-// pods/binding: a Binding created there is a pod write too.
-func TestTopLevelBindingCannotSetPowerAnnotations(t *testing.T) {
-	_, v, _ := newHandlers()
-	b := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "a", Namespace: "llm", Annotations: map[string]string{
-		policy.AnnotationPowerLimit: "150", policy.AnnotationPowerLimitValidated: "150"}}}
-	req := request(t, admissionv1.Create, b, nil)
-	req.Kind = metav1.GroupVersionKind{Version: "v1", Kind: "Binding"}
-	req.Resource = metav1.GroupVersionResource{Version: "v1", Resource: "bindings"}
-	resp := v.Handle(t.Context(), req)
-	if resp.Allowed || len(resp.Result.Details.Causes) != 2 || !strings.Contains(resp.Result.Details.Causes[0].Message, "through bindings;") {
-		t.Fatalf("allowed %v, result %+v; want both annotations denied, through bindings", resp.Allowed, resp.Result)
 	}
 }
 
@@ -305,7 +202,7 @@ func TestDeniedRaiseReleasesNothingABudgetAlreadyHeld(t *testing.T) {
 	if len(st.Reservations) != 1 || st.CommittedWatts < 400 {
 		t.Errorf("cluster after the denied raise: committed %d W, reservations %+v; want the pod (alive at 400 W, in no cache) still reserved", st.CommittedWatts, st.Reservations)
 	}
-	r := &BudgetReconciler{Client: c, API: c, Budgets: b, Catalog: b.Catalog, Cluster: b.Cluster,
+	r := &Reconciler{Client: c, API: c, Ledger: b, Catalog: b.Catalog, Cluster: b.Cluster,
 		Resync: time.Minute, Now: time.Now, PodsSeen: func() string { return caughtUp }}
 	if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}); err != nil {
 		t.Fatal(err)
@@ -330,7 +227,7 @@ func TestForgedReservationForAPodWithoutGPUsLapses(t *testing.T) {
 		t.Fatalf("forged reservation: %+v", res)
 	}
 	now := time.Now()
-	r := &BudgetReconciler{Client: c, API: c, Budgets: b, Catalog: b.Catalog, Cluster: b.Cluster,
+	r := &Reconciler{Client: c, API: c, Ledger: b, Catalog: b.Catalog, Cluster: b.Cluster,
 		Resync: time.Minute, Now: func() time.Time { return now }, PodsSeen: func() string { return caughtUp }}
 	b.Now = r.Now
 	for i := range 5 { // five TTLs later
@@ -341,5 +238,61 @@ func TestForgedReservationForAPodWithoutGPUsLapses(t *testing.T) {
 		if st := statusOf(t, c, "cluster"); st.CommittedWatts != 0 {
 			t.Fatalf("after %d TTLs: committed %d W, reservations %+v; want the forged reservation gone (its pod holds no GPU)", i+1, st.CommittedWatts, st.Reservations)
 		}
+	}
+}
+
+// A raise that an existing reservation already covers (a pod created at
+// 2x250 W, lowered to 2x200 W, raised back just before the creation's
+// reservation expires) renews that reservation, as a new one would count:
+// otherwise the reconciler, whose cache still shows 400 W, would drop it at
+// expiry and 100 W of an admitted raise would not be counted.
+func TestRaiseBackToAHeldReservationRenewsIt(t *testing.T) {
+	b, c := ledger(t, 0)
+	b.TTL = 35 * time.Second
+	now := time.Now()
+	b.Now = func() time.Time { return now }
+	created := testpod.MakePod("a", "llm").UID("pod-1").GPU(2).NodeName("h100-0").Limit("250").Obj()
+	if d, err := b.Admit(t.Context(), admissionv1.Create, created, nil, b.Cluster, false); err != nil || d != "" {
+		t.Fatalf("create: %q %v", d, err)
+	}
+	lowered := created.DeepCopy()
+	lowered.Annotations[policy.AnnotationPowerLimit] = "200"
+	if d, err := b.Admit(t.Context(), admissionv1.Update, lowered, created, b.Cluster, false); err != nil || d != "" {
+		t.Fatalf("lower: %q %v", d, err)
+	}
+	// The lowered pod is stored and in the cache.
+	stored := lowered.DeepCopy()
+	stored.Status.Phase = "Running"
+	if err := c.Create(t.Context(), stored); err != nil {
+		t.Fatal(err)
+	}
+	// 33 s after the creation: the raise back to 250 W is admitted.
+	created0 := now
+	now = now.Add(b.TTL - 2*time.Second)
+	raised := lowered.DeepCopy()
+	raised.Annotations[policy.AnnotationPowerLimit] = "250"
+	if d, err := b.Admit(t.Context(), admissionv1.Update, raised, lowered, b.Cluster, false); err != nil || d != "" {
+		t.Fatalf("raise: %q %v", d, err)
+	}
+	st := statusOf(t, c, "cluster")
+	if len(st.Reservations) == 1 && !st.Reservations[0].Expires.After(now.Add(b.TTL-2*time.Second)) {
+		t.Errorf("the admitted raise is covered by a reservation expiring %v after its admission; want ~TTL (%v)",
+			st.Reservations[0].Expires.Sub(now), b.TTL)
+	}
+	// 2.1 s later (the creation's reservation has expired) the reconciler
+	// runs; the raise is still in flight (other validating webhooks, quota,
+	// etcd: the 35 s the TTL is sized for).
+	now = created0.Add(b.TTL + 100*time.Millisecond)
+	r := &Reconciler{Client: c, API: c, Ledger: b, Catalog: b.Catalog, Cluster: b.Cluster,
+		Resync: time.Minute, Now: func() time.Time { return now }, PodsSeen: func() string { return caughtUp }}
+	if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}); err != nil {
+		t.Fatal(err)
+	}
+	if st := statusOf(t, c, "cluster"); st.CommittedWatts < 500 {
+		t.Errorf("after the reconciler: committed %d W; want >= 500 W (the admitted raise, in flight)", st.CommittedWatts)
+	}
+	other := testpod.MakePod("b", "llm").UID("pod-2").GPU(2).NodeName("h100-0").Limit("300").Obj()
+	if d, err := b.Admit(t.Context(), admissionv1.Create, other, nil, b.Cluster, false); err == nil && d == "" {
+		t.Errorf("a 600 W pod was admitted into a 1000 W budget whose admitted pods hold 500 W: 1100 W committed")
 	}
 }

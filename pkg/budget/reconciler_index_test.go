@@ -1,4 +1,4 @@
-package webhook
+package budget
 
 // Regressions of a hostile review of the pod index (issue 13): each releases
 // the watts of a running pod without its fix.
@@ -53,7 +53,7 @@ func TestReconcilerWaitsForThePodIndex(t *testing.T) {
 	fresh := podindex.New()
 	b.Pods = fresh
 	podsSeen := func() string { return "" } // reflector.LastSyncResourceVersion() before the first Replace
-	r := &BudgetReconciler{Client: c, API: c, Budgets: b, Catalog: b.Catalog, Cluster: b.Cluster,
+	r := &Reconciler{Client: c, API: c, Ledger: b, Catalog: b.Catalog, Cluster: b.Cluster,
 		Resync: time.Minute, Now: time.Now, PodsSeen: func() string { return podsSeen() }}
 	req := reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}
 	if _, err := r.Reconcile(t.Context(), req); err != nil {
@@ -111,7 +111,7 @@ func TestReconcilerReadsThePodsVersionBeforeThePods(t *testing.T) {
 	}
 	b.Pods = lagging
 	stored := false
-	r := &BudgetReconciler{Client: c, API: c, Budgets: b, Catalog: b.Catalog, Cluster: b.Cluster,
+	r := &Reconciler{Client: c, API: c, Ledger: b, Catalog: b.Catalog, Cluster: b.Cluster,
 		Resync: time.Minute, Now: time.Now, PodsSeen: func() string {
 			// ...and the reflector stores it, then advances its RV, right
 			// after charges() read the index and before hasCaughtUp reads
@@ -164,7 +164,7 @@ func TestPruneKeepsReservationsOfPodsTheReconcilerWillNotCount(t *testing.T) {
 		},
 	})
 	b.Cache = lagging
-	r := &BudgetReconciler{Client: lagging, API: c, Budgets: b, Catalog: b.Catalog, Cluster: b.Cluster,
+	r := &Reconciler{Client: lagging, API: c, Ledger: b, Catalog: b.Catalog, Cluster: b.Cluster,
 		Resync: time.Minute, Now: time.Now, PodsSeen: func() string { return "999999" }}
 	if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}); err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package webhook
+package budget
 
 import (
 	"context"
@@ -26,7 +26,7 @@ import (
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
-// Budgets charges admitted pods to the GPUPowerBudgets that select their
+// Ledger charges admitted pods to the GPUPowerBudgets that select their
 // namespace. A pod's cost is reserved in each budget's status by a
 // resourceVersion-checked update before the pod is admitted, so committed
 // watts never exceed a budget's total, whatever the number of webhook
@@ -34,7 +34,7 @@ import (
 // and written in batches, as ResourceQuota admission does; replicas that do
 // not hold the writer Lease forward their reservations to the one that does,
 // so that batches are large and writes do not conflict.
-type Budgets struct {
+type Ledger struct {
 	// Cache reads budgets and namespaces.
 	Cache client.Reader
 	// Pods is every pod as the API server last showed it: the names taken,
@@ -74,20 +74,33 @@ type budgetQueue struct {
 	last *powerv1alpha1.GPUPowerBudget
 }
 
+// op is what a request asks of its budget's ledger.
+type op int
+
+const (
+	// opCharge reserves a pod's cost (or a raise).
+	opCharge op = iota
+	// opRelease undoes the charge an admission made when another budget
+	// then denied the pod.
+	opRelease
+	// opRecount is the reconciler's: rewrite the status from the live pods
+	// before the batch is decided, so the recount applies to exactly the
+	// version the batch writes.
+	opRecount
+)
+
 type reserveRequest struct {
+	op    op
 	uid   types.UID
 	pod   string
 	watts int64 // the pod's whole cost, recorded in the reservation
 	delta int64 // what committed watts grow by (the cost, or a raise)
-	// release undoes a reservation made for a pod another budget then denied:
-	// the pod's reservation of watts goes back to prior (nil: none), so a
-	// reservation the pod held before this admission keeps counting.
-	release bool
-	prior   *powerv1alpha1.Reservation
-	// recompute, when set, rewrites the status from the live pods first
-	// (the reconciler); it reports whether the status changed.
-	recompute func(*powerv1alpha1.GPUPowerBudget) (bool, error)
-	done      chan reserveResult
+	// prior, on a release, is the reservation the pod held before this
+	// admission (nil: none): a reservation it held before keeps counting.
+	prior *powerv1alpha1.Reservation
+	// reconciler, on a recount, is the reconciler that asked for it.
+	reconciler *Reconciler
+	done       chan reserveResult
 }
 
 type reserveResult struct {
@@ -99,6 +112,8 @@ type reserveResult struct {
 	wrote bool
 	prior *powerv1alpha1.Reservation
 	err   error
+	// recount is what a recount found on the version written.
+	recount recount
 }
 
 // Selecting returns the budgets that charge pods of a namespace, by name. A
@@ -106,7 +121,7 @@ type reserveResult struct {
 // only have been written before validation of budgets existed, its status
 // says why (the reconciler), and pods in other namespaces must not fail
 // because of it.
-func (b *Budgets) Selecting(ctx context.Context, namespace string) ([]powerv1alpha1.GPUPowerBudget, error) {
+func (b *Ledger) Selecting(ctx context.Context, namespace string) ([]powerv1alpha1.GPUPowerBudget, error) {
 	var list powerv1alpha1.GPUPowerBudgetList
 	if err := b.Cache.List(ctx, &list); err != nil {
 		return nil, fmt.Errorf("list budgets: %w", err)
@@ -130,7 +145,7 @@ func (b *Budgets) Selecting(ctx context.Context, namespace string) ([]powerv1alp
 
 // namespace reads a namespace from the cache, or from the API server when
 // the cache has not seen it yet (a pod created right after its namespace).
-func (b *Budgets) namespace(ctx context.Context, name string) (*corev1.Namespace, error) {
+func (b *Ledger) namespace(ctx context.Context, name string) (*corev1.Namespace, error) {
 	var ns corev1.Namespace
 	err := b.Cache.Get(ctx, types.NamespacedName{Name: name}, &ns)
 	if apierrors.IsNotFound(err) {
@@ -157,7 +172,7 @@ func namespaceSelector(b *powerv1alpha1.GPUPowerBudget) (labels.Selector, error)
 
 // DefaultRules returns the default limits of the budgets that select the
 // namespace, budgets in name order, each budget's entries in order.
-func (b *Budgets) DefaultRules(ctx context.Context, namespace string) ([]policy.DefaultRule, error) {
+func (b *Ledger) DefaultRules(ctx context.Context, namespace string) ([]policy.DefaultRule, error) {
 	budgets, err := b.Selecting(ctx, namespace)
 	if err != nil {
 		return nil, err
@@ -182,7 +197,7 @@ func (b *Budgets) DefaultRules(ctx context.Context, namespace string) ([]policy.
 // returns a denial message when one of them is short. Lowering a cost is
 // always admitted; a dry run is checked against the budgets and reserves
 // nothing.
-func (b *Budgets) Admit(ctx context.Context, op admissionv1.Operation, pod, old *corev1.Pod, cluster policy.Cluster, dryRun bool) (string, error) {
+func (b *Ledger) Admit(ctx context.Context, op admissionv1.Operation, pod, old *corev1.Pod, cluster policy.Cluster, dryRun bool) (string, error) {
 	budgets, err := b.Selecting(ctx, pod.Namespace)
 	if err != nil || len(budgets) == 0 {
 		return "", err
@@ -244,7 +259,7 @@ func (b *Budgets) Admit(ctx context.Context, op admissionv1.Operation, pod, old 
 			if !written[j].wrote {
 				continue // the budget held it already: nothing of ours to undo
 			}
-			release := &reserveRequest{uid: pod.UID, watts: done.cost.Watts, delta: done.delta, release: true, prior: written[j].prior}
+			release := &reserveRequest{op: opRelease, uid: pod.UID, watts: done.cost.Watts, delta: done.delta, prior: written[j].prior}
 			if r := b.reserve(ctx, done.budget, release); !r.ok {
 				// The reservation expires by itself after TTL.
 				logger.Error(r.err, "Failed to release reservation", "budget", done.budget, "pod", klog.KObj(pod))
@@ -271,7 +286,7 @@ func (b *Budgets) Admit(ctx context.Context, op admissionv1.Operation, pod, old 
 // could keep a shared budget full. The cache is asked first (a pod created
 // moments ago may be missing, which only costs a reservation), the API
 // server confirms, so a pod deleted since is not refused.
-func (b *Budgets) nameTaken(ctx context.Context, pod *corev1.Pod) (string, error) {
+func (b *Ledger) nameTaken(ctx context.Context, pod *corev1.Pod) (string, error) {
 	key := types.NamespacedName{Namespace: pod.Namespace, Name: pod.Name}
 	if pod.Name == "" {
 		return "", nil // generateName: the API server picks a free name
@@ -292,7 +307,7 @@ func (b *Budgets) nameTaken(ctx context.Context, pod *corev1.Pod) (string, error
 	return fmt.Sprintf("pods %q already exists in namespace %q: no GPU power is reserved for a create the API server will refuse", pod.Name, pod.Namespace), nil
 }
 
-func (b *Budgets) denial(cost policy.Cost, delta int64, short []policy.BudgetState) string {
+func (b *Ledger) denial(cost policy.Cost, delta int64, short []policy.BudgetState) string {
 	if len(short) == 0 {
 		return ""
 	}
@@ -302,7 +317,7 @@ func (b *Budgets) denial(cost policy.Cost, delta int64, short []policy.BudgetSta
 
 // freshState reads a budget from the API server: a denial is never based on
 // a cache that may not have seen a release yet.
-func (b *Budgets) freshState(ctx context.Context, name string) (policy.BudgetState, error) {
+func (b *Ledger) freshState(ctx context.Context, name string) (policy.BudgetState, error) {
 	var budget powerv1alpha1.GPUPowerBudget
 	if err := b.API.Get(ctx, types.NamespacedName{Name: name}, &budget); err != nil {
 		return policy.BudgetState{}, fmt.Errorf("get budget %s: %w", name, err)
@@ -317,7 +332,7 @@ func stateOf(b *powerv1alpha1.GPUPowerBudget) policy.BudgetState {
 // reserve hands r to the writer replica, or, when this replica is the
 // writer or the writer cannot be reached, writes it here: every replica's
 // writes are resourceVersion-checked, so the writer only saves conflicts.
-func (b *Budgets) reserve(ctx context.Context, budget string, r *reserveRequest) reserveResult {
+func (b *Ledger) reserve(ctx context.Context, budget string, r *reserveRequest) reserveResult {
 	if b.Peers != nil && !b.leading() {
 		if res, ok := b.Peers.forward(ctx, budget, r); ok {
 			return res
@@ -326,10 +341,10 @@ func (b *Budgets) reserve(ctx context.Context, budget string, r *reserveRequest)
 	return b.enqueue(ctx, budget, r)
 }
 
-func (b *Budgets) leading() bool { return b.Leading == nil || b.Leading() }
+func (b *Ledger) leading() bool { return b.Leading == nil || b.Leading() }
 
 // enqueue queues r on its budget and waits for the batch that carries it.
-func (b *Budgets) enqueue(ctx context.Context, budget string, r *reserveRequest) reserveResult {
+func (b *Ledger) enqueue(ctx context.Context, budget string, r *reserveRequest) reserveResult {
 	r.done = make(chan reserveResult, 1)
 	v, _ := b.queues.LoadOrStore(budget, &budgetQueue{})
 	q := v.(*budgetQueue)
@@ -350,7 +365,7 @@ func (b *Budgets) enqueue(ctx context.Context, budget string, r *reserveRequest)
 	}
 }
 
-func (b *Budgets) drain(ctx context.Context, budget string, q *budgetQueue) {
+func (b *Ledger) drain(ctx context.Context, budget string, q *budgetQueue) {
 	for {
 		q.mu.Lock()
 		batch := q.pending
@@ -371,7 +386,7 @@ func (b *Budgets) drain(ctx context.Context, budget string, q *budgetQueue) {
 // commit decides a batch against the budget and writes its reservations in
 // one resourceVersion-checked status update, re-reading and re-deciding the
 // whole batch after a conflict.
-func (b *Budgets) commit(ctx context.Context, name string, q *budgetQueue, batch []*reserveRequest) []reserveResult {
+func (b *Ledger) commit(ctx context.Context, name string, q *budgetQueue, batch []*reserveRequest) []reserveResult {
 	results := make([]reserveResult, len(batch))
 	for attempt := range b.Attempts {
 		budget, fresh := b.latest(ctx, name, q.last), false
@@ -384,67 +399,63 @@ func (b *Budgets) commit(ctx context.Context, name string, q *budgetQueue, batch
 			}
 		}
 		budget = budget.DeepCopy()
-		changed, err := b.recompute(ctx, budget, batch)
+		changed, err := b.prepareBase(ctx, budget, batch, results)
 		if err != nil {
 			return fill(results, reserveResult{err: err})
 		}
 		st := &budget.Status
-		denied, reserved := false, 0
+		readFresh, reserved := false, 0
 		now := b.Now()
 		for i, r := range batch {
+			if r.op == opRecount {
+				continue // its result was set by prepareBase
+			}
 			j := slices.IndexFunc(st.Reservations, func(x powerv1alpha1.Reservation) bool { return x.PodUID == r.uid })
-			switch {
-			case r.recompute != nil:
-				results[i] = reserveResult{ok: true}
-				continue
-			case r.release:
-				// Only the reservation this admission made is undone; a
-				// newer one of the same pod stays, counted in full.
-				if j >= 0 && st.Reservations[j].Watts == r.watts {
-					if r.prior != nil {
-						st.Reservations[j] = *r.prior
-					} else {
-						st.Reservations = slices.Delete(st.Reservations, j, j+1)
-					}
-					st.CommittedWatts = policy.SatSub(st.CommittedWatts, r.delta)
-					changed = true
+			var held *policy.HeldReservation
+			if j >= 0 {
+				held = &policy.HeldReservation{Watts: st.Reservations[j].Watts, Expires: st.Reservations[j].Expires.Time}
+			}
+			ask := policy.ReservationAsk{Release: r.op == opRelease, Watts: r.watts, Delta: r.delta}
+			switch policy.DecideReservation(ask, held, stateOf(budget), fresh, now) {
+			case policy.ReservationUndo:
+				if r.prior != nil {
+					st.Reservations[j] = *r.prior
+				} else {
+					st.Reservations = slices.Delete(st.Reservations, j, j+1)
 				}
+				st.CommittedWatts = policy.SatSub(st.CommittedWatts, r.delta)
+				changed = true
 				results[i] = reserveResult{ok: true}
-				continue
-			case j >= 0 && st.Reservations[j].Watts >= r.watts && now.Before(st.Reservations[j].Expires.Time):
-				// Already charged (a forwarded request whose answer was lost,
-				// written again here, or a raise back to what the pod's
-				// reservation still holds): it counts from now on as a new
-				// reservation would, so the pod that is about to be stored
-				// with that cost is not released before the cache shows it.
+			case policy.ReservationNothingToUndo:
+				results[i] = reserveResult{ok: true}
+			case policy.ReservationAlreadyCharged:
 				if exp := b.expiry(now); st.Reservations[j].Expires.Before(&exp) {
 					st.Reservations[j].Expires, changed = exp, true
 				}
 				results[i] = reserveResult{ok: true}
-				continue
+			case policy.ReservationCharge:
+				res := powerv1alpha1.Reservation{PodUID: r.uid, Pod: r.pod, Watts: r.watts, Expires: b.expiry(now)}
+				var prior *powerv1alpha1.Reservation
+				if j >= 0 {
+					prior = st.Reservations[j].DeepCopy()
+					st.Reservations[j] = res
+				} else {
+					st.Reservations = append(st.Reservations, res)
+				}
+				st.CommittedWatts = policy.SatAdd(st.CommittedWatts, r.delta)
+				changed = true
+				reserved++
+				results[i] = reserveResult{ok: true, wrote: true, prior: prior}
+			case policy.ReservationDeny:
+				results[i] = reserveResult{state: stateOf(budget)}
+			case policy.ReservationReadFresh:
+				readFresh = true
 			}
-			state := stateOf(budget)
-			if !state.Fits(r.delta) {
-				results[i] = reserveResult{state: state}
-				denied = true
-				continue
+			if readFresh {
+				break
 			}
-			res := powerv1alpha1.Reservation{PodUID: r.uid, Pod: r.pod, Watts: r.watts, Expires: b.expiry(now)}
-			var prior *powerv1alpha1.Reservation
-			if j >= 0 {
-				prior = st.Reservations[j].DeepCopy()
-				st.Reservations[j] = res
-			} else {
-				st.Reservations = append(st.Reservations, res)
-			}
-			st.CommittedWatts = policy.SatAdd(st.CommittedWatts, r.delta)
-			changed = true
-			reserved++
-			results[i] = reserveResult{ok: true, wrote: true, prior: prior}
 		}
-		if denied && !fresh {
-			// The base may predate a release by the reconciler: decide
-			// again on what the API server holds before denying.
+		if readFresh {
 			q.last = nil
 			continue
 		}
@@ -479,14 +490,14 @@ func (b *Budgets) commit(ctx context.Context, name string, q *budgetQueue, batch
 
 // expiry is when a reservation made now stops counting if its pod has not
 // appeared: TTL from now, rounded up to the whole second metav1.Time keeps.
-func (b *Budgets) expiry(now time.Time) metav1.Time {
+func (b *Ledger) expiry(now time.Time) metav1.Time {
 	return metav1.NewTime(now.Add(b.TTL + time.Second - 1).Truncate(time.Second))
 }
 
 // latest is the newer of the budget as this replica last wrote it and as its
 // cache shows it (which has seen other writers' updates): the base a batch
 // starts from without a GET. Nil when neither is known.
-func (b *Budgets) latest(ctx context.Context, name string, last *powerv1alpha1.GPUPowerBudget) *powerv1alpha1.GPUPowerBudget {
+func (b *Ledger) latest(ctx context.Context, name string, last *powerv1alpha1.GPUPowerBudget) *powerv1alpha1.GPUPowerBudget {
 	var cached powerv1alpha1.GPUPowerBudget
 	if err := b.Cache.Get(ctx, types.NamespacedName{Name: name}, &cached); err != nil {
 		return last
@@ -499,21 +510,22 @@ func (b *Budgets) latest(ctx context.Context, name string, last *powerv1alpha1.G
 	return &cached
 }
 
-// recompute prepares the base of a batch: the writer prunes the reservations
-// of pods its cache shows, and runs the reconciler's recomputation when the
-// batch carries one, so that it applies to exactly the version written.
-// Other replicas prune nothing: a reservation may only vanish where the
-// reconciler's own cache counts its pod.
-func (b *Budgets) recompute(ctx context.Context, budget *powerv1alpha1.GPUPowerBudget, batch []*reserveRequest) (bool, error) {
+// prepareBase prepares the base of a batch: the writer prunes the
+// reservations of pods its cache shows, and runs the recount the batch
+// carries, so that it applies to exactly the version written (its result
+// goes into results). Other replicas prune nothing: a reservation may only
+// vanish where the reconciler's own cache counts its pod.
+func (b *Ledger) prepareBase(ctx context.Context, budget *powerv1alpha1.GPUPowerBudget, batch []*reserveRequest, results []reserveResult) (bool, error) {
 	changed := b.leading() && b.prune(ctx, budget)
-	for _, r := range batch {
-		if r.recompute == nil {
+	for i, r := range batch {
+		if r.op != opRecount {
 			continue
 		}
-		c, err := r.recompute(budget)
+		found, c, err := r.reconciler.recount(ctx, budget)
 		if err != nil {
 			return false, err
 		}
+		results[i] = reserveResult{ok: true, recount: found}
 		changed = changed || c
 	}
 	return changed, nil
@@ -525,7 +537,7 @@ func (b *Budgets) recompute(ctx context.Context, budget *powerv1alpha1.GPUPowerB
 // cache), so committed watts do not change. It keeps the status, which every
 // write carries whole, as small as the number of pods in flight instead of
 // growing with every admission until the reconciler catches up.
-func (b *Budgets) prune(ctx context.Context, budget *powerv1alpha1.GPUPowerBudget) bool {
+func (b *Ledger) prune(ctx context.Context, budget *powerv1alpha1.GPUPowerBudget) bool {
 	sel, err := namespaceSelector(budget)
 	if err != nil {
 		return false

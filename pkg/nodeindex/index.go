@@ -1,34 +1,35 @@
-package webhook
+package nodeindex
 
 import (
 	"slices"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	toolscache "k8s.io/client-go/tools/cache"
 
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
-// NodeIndex is the cluster view admission reads: the GPU product label of each
+// Index is the cluster view admission reads: the GPU product label of each
 // node. Informer events keep it current, so a request costs a map lookup, not
 // a scan of every node.
-type NodeIndex struct {
+type Index struct {
 	mu       sync.RWMutex
 	product  map[string]string // node name -> nvidia.com/gpu.product ("" when unlabelled)
 	nodesPer map[string]int    // product -> number of nodes with it
 	products []string          // keys of nodesPer, sorted; replaced, never modified
 }
 
-var _ policy.Cluster = (*NodeIndex)(nil)
+var _ policy.Cluster = (*Index)(nil)
 
-// NewNodeIndex returns an empty index.
-func NewNodeIndex() *NodeIndex {
-	return &NodeIndex{product: map[string]string{}, nodesPer: map[string]int{}}
+// New returns an empty index.
+func New() *Index {
+	return &Index{product: map[string]string{}, nodesPer: map[string]int{}}
 }
 
 // NodeGPUProduct implements policy.Cluster.
-func (x *NodeIndex) NodeGPUProduct(node string) (string, bool) {
+func (x *Index) NodeGPUProduct(node string) (string, bool) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	p, ok := x.product[node]
@@ -36,14 +37,14 @@ func (x *NodeIndex) NodeGPUProduct(node string) (string, bool) {
 }
 
 // GPUProducts implements policy.Cluster. Callers must not modify the slice.
-func (x *NodeIndex) GPUProducts() []string {
+func (x *Index) GPUProducts() []string {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	return x.products
 }
 
 // Set records a node's product label.
-func (x *NodeIndex) Set(node, product string) {
+func (x *Index) Set(node, product string) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if old, ok := x.product[node]; ok {
@@ -68,7 +69,7 @@ func (x *NodeIndex) Set(node, product string) {
 }
 
 // Delete forgets a node.
-func (x *NodeIndex) Delete(node string) {
+func (x *Index) Delete(node string) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if old, ok := x.product[node]; ok {
@@ -77,7 +78,7 @@ func (x *NodeIndex) Delete(node string) {
 	}
 }
 
-func (x *NodeIndex) forget(product string) {
+func (x *Index) forget(product string) {
 	if product == "" {
 		return
 	}
@@ -89,7 +90,7 @@ func (x *NodeIndex) forget(product string) {
 }
 
 // EventHandler keeps the index in step with a node informer.
-func (x *NodeIndex) EventHandler() toolscache.ResourceEventHandler {
+func (x *Index) EventHandler() toolscache.ResourceEventHandler {
 	return toolscache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { x.setNode(obj) },
 		UpdateFunc: func(_, obj any) { x.setNode(obj) },
@@ -104,8 +105,24 @@ func (x *NodeIndex) EventHandler() toolscache.ResourceEventHandler {
 	}
 }
 
-func (x *NodeIndex) setNode(obj any) {
+func (x *Index) setNode(obj any) {
 	if n, ok := obj.(*corev1.Node); ok {
 		x.Set(n.Name, n.Labels[policy.LabelGPUProduct])
 	}
+}
+
+// Trim keeps what admission reads of a node: its name and GPU product
+// label. A GPU node carries dozens of labels (GPU Feature Discovery, node
+// feature discovery, the cloud's); the cache of a five-thousand-node cluster
+// keeps one of each.
+func Trim(obj any) (any, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	out := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion}}
+	if product, ok := n.Labels[policy.LabelGPUProduct]; ok {
+		out.Labels = map[string]string{policy.LabelGPUProduct: product}
+	}
+	return out, nil
 }

@@ -1,4 +1,4 @@
-package webhook
+package budget
 
 import (
 	"context"
@@ -17,13 +17,14 @@ import (
 
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/internal/testpod"
+	"github.com/dynamo-power/gpu-power/pkg/nodeindex"
 	"github.com/dynamo-power/gpu-power/pkg/podindex"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
 // ledger is a writer replica on a fake API server holding one 1000 W budget
 // and the given objects.
-func ledger(t *testing.T, committed int64, objs ...client.Object) (*Budgets, client.Client) {
+func ledger(t *testing.T, committed int64, objs ...client.Object) (*Ledger, client.Client) {
 	t.Helper()
 	scheme := testScheme(t)
 	budget := &powerv1alpha1.GPUPowerBudget{
@@ -71,9 +72,9 @@ func ledger(t *testing.T, committed int64, objs ...client.Object) (*Budgets, cli
 				return indexed(obj, pods.Delete)
 			},
 		}).Build()
-	nodes := NewNodeIndex()
+	nodes := nodeindex.New()
 	nodes.Set("h100-0", "NVIDIA-H100-80GB-HBM3")
-	return &Budgets{Cache: c, Pods: pods, API: c, Client: c, Catalog: policy.DefaultCatalog(), Cluster: nodes,
+	return &Ledger{Cache: c, Pods: pods, API: c, Client: c, Catalog: policy.DefaultCatalog(), Cluster: nodes,
 		TTL: time.Minute, Attempts: 5, Now: time.Now}, c
 }
 
@@ -113,7 +114,7 @@ func TestReconcilerReleasesOnlyWhatItsPodCacheHasSeen(t *testing.T) {
 	// showed; this replica's pod cache has not received the pod yet.
 	b, c := ledger(t, 500)
 	podsSeen := "1"
-	r := &BudgetReconciler{Client: c, Budgets: b, Catalog: b.Catalog, Cluster: b.Cluster,
+	r := &Reconciler{Client: c, Ledger: b, Catalog: b.Catalog, Cluster: b.Cluster,
 		Resync: time.Minute, Now: time.Now, PodsSeen: func() string { return podsSeen }}
 	req := reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}
 	if _, err := r.Reconcile(t.Context(), req); err != nil {

@@ -1,4 +1,4 @@
-package webhook
+package budget
 
 import (
 	"bytes"
@@ -124,7 +124,7 @@ type Peers struct {
 	api     client.Reader
 	certs   *certwatcher.CertWatcher
 	http    *http.Client
-	budgets *Budgets
+	ledger  *Ledger
 	metrics *Metrics
 
 	mu     sync.Mutex
@@ -136,12 +136,12 @@ type Peers struct {
 // forgets it sooner.
 const leaderRecheck = 5 * time.Second
 
-func newPeers(w Writer, api client.Reader, budgets *Budgets, m *Metrics) (*Peers, error) {
+func newPeers(w Writer, api client.Reader, ledger *Ledger, m *Metrics) (*Peers, error) {
 	certs, err := certwatcher.New(filepath.Join(w.CertDir, "tls.crt"), filepath.Join(w.CertDir, "tls.key"))
 	if err != nil {
 		return nil, fmt.Errorf("serving certificate: %w", err)
 	}
-	p := &Peers{writer: w, api: api, certs: certs, budgets: budgets, metrics: m}
+	p := &Peers{writer: w, api: api, certs: certs, ledger: ledger, metrics: m}
 	p.http = &http.Client{Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{
 			MinVersion: tls.VersionTLS12,
@@ -191,7 +191,7 @@ func (p *Peers) forward(ctx context.Context, budget string, r *reserveRequest) (
 	if addr == "" || addr == p.writer.Address {
 		return reserveResult{}, false
 	}
-	body, err := json.Marshal(forwardRequest{Budget: budget, UID: r.uid, Pod: r.pod, Watts: r.watts, Delta: r.delta, Release: r.release, Prior: r.prior})
+	body, err := json.Marshal(forwardRequest{Budget: budget, UID: r.uid, Pod: r.pod, Watts: r.watts, Delta: r.delta, Release: r.op == opRelease, Prior: r.prior})
 	if err != nil {
 		return reserveResult{err: err}, true
 	}
@@ -283,9 +283,13 @@ func (p *Peers) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "malformed reservation", http.StatusBadRequest)
 		return
 	}
-	res := p.budgets.enqueue(r.Context(), req.Budget, &reserveRequest{
-		uid: req.UID, pod: req.Pod, watts: req.Watts, delta: req.Delta, release: req.Release, prior: req.Prior,
-	})
+	// A forwarded request charges or releases; only this replica's own
+	// reconciler recounts.
+	ask := &reserveRequest{op: opCharge, uid: req.UID, pod: req.Pod, watts: req.Watts, delta: req.Delta, prior: req.Prior}
+	if req.Release {
+		ask.op = opRelease
+	}
+	res := p.ledger.enqueue(r.Context(), req.Budget, ask)
 	out := forwardResponse{OK: res.ok, Committed: res.state.Committed, Total: res.state.Total, Wrote: res.wrote, Prior: res.prior}
 	if res.err != nil {
 		out.Error = res.err.Error()
