@@ -2,7 +2,6 @@ package webhook
 
 import (
 	"encoding/json"
-	"strings"
 	"testing"
 
 	"github.com/go-json-experiment/json/jsontext"
@@ -12,44 +11,6 @@ import (
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 )
-
-// policyView is what decodePod promises to read of a pod: the rest is skipped.
-func policyView(p *corev1.Pod) *corev1.Pod {
-	out := &corev1.Pod{}
-	out.Name, out.GenerateName, out.Namespace, out.UID = p.Name, p.GenerateName, p.Namespace, p.UID
-	out.Labels, out.Annotations = p.Labels, p.Annotations
-	s := &out.Spec
-	s.NodeName, s.NodeSelector, s.Affinity, s.ResourceClaims = p.Spec.NodeName, p.Spec.NodeSelector, p.Spec.Affinity, p.Spec.ResourceClaims
-	s.Containers, s.InitContainers = viewContainers(p.Spec.Containers), viewContainers(p.Spec.InitContainers)
-	return out
-}
-
-func viewContainers(cs []corev1.Container) []corev1.Container {
-	if cs == nil {
-		return nil
-	}
-	out := make([]corev1.Container, len(cs))
-	for i, c := range cs {
-		out[i] = corev1.Container{Name: c.Name, RestartPolicy: c.RestartPolicy}
-		for name, q := range c.Resources.Requests {
-			if strings.HasPrefix(string(name), "nvidia.com/") {
-				if out[i].Resources.Requests == nil {
-					out[i].Resources.Requests = corev1.ResourceList{}
-				}
-				out[i].Resources.Requests[name] = q
-			}
-		}
-		for name, q := range c.Resources.Limits {
-			if strings.HasPrefix(string(name), "nvidia.com/") {
-				if out[i].Resources.Limits == nil {
-					out[i].Resources.Limits = corev1.ResourceList{}
-				}
-				out[i].Resources.Limits[name] = q
-			}
-		}
-	}
-	return out
-}
 
 func TestDecodePodReadsWhatPolicyNeeds(t *testing.T) {
 	pods := []*corev1.Pod{
@@ -67,8 +28,8 @@ func TestDecodePodReadsWhatPolicyNeeds(t *testing.T) {
 		if err != nil {
 			t.Fatalf("decode %s: %v", want.Name, err)
 		}
-		if !equality.Semantic.DeepEqual(got, policyView(want)) {
-			t.Errorf("pod %s decoded as\n%+v\nwant\n%+v", want.Name, got, policyView(want))
+		if !equality.Semantic.DeepEqual(got, testpod.PolicyView(want)) {
+			t.Errorf("pod %s decoded as\n%+v\nwant\n%+v", want.Name, got, testpod.PolicyView(want))
 		}
 	}
 }
@@ -100,7 +61,7 @@ func FuzzDecodePod(f *testing.F) {
 		// I-JSON it sends (on a duplicate key decodePod keeps the last value whole,
 		// where encoding/json merges maps).
 		var full corev1.Pod
-		if jsontext.Value(raw).IsValid() && sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &full) == nil && !equality.Semantic.DeepEqual(pod, policyView(&full)) {
+		if jsontext.Value(raw).IsValid() && sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &full) == nil && !equality.Semantic.DeepEqual(pod, testpod.PolicyView(&full)) {
 			t.Fatalf("decodePod and encoding/json disagree on %q", raw)
 		}
 	})
