@@ -3,7 +3,9 @@
 SHELL := /usr/bin/env bash -o pipefail
 .SHELLFLAGS := -ec
 
-K8S_VERSION ?= 1.37.2
+# The Kubernetes version is the one place hack/go.mod requires it: the
+# module hack/build-k8s.sh builds the binaries from.
+K8S_VERSION := $(shell sed -n 's|^[[:space:]]*k8s.io/kubernetes v||p' hack/go.mod | head -n 1)
 LOCALBIN    := $(CURDIR)/bin
 TOOLS       := $(LOCALBIN)/tools
 # Test binaries (etcd, kube-apiserver, kubectl); KUBEBUILDER_ASSETS wins when set.
@@ -118,7 +120,7 @@ test-unit: ## Unit tests, fuzz seeds, manifest and Helm chart golden tests and f
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 		if [ -n "$$unformatted" ]; then echo "not gofmt-clean: $$unformatted"; exit 1; fi
 	go vet ./...
-	go test -count=1 ./pkg/... ./internal/... ./cmd/... ./test/manifests/...
+	go test -count=1 ./pkg/... ./internal/... ./cmd/... ./test/manifests/... ./test/framework/...
 	@# The Helm chart against the manifests: a module of its own (test/helm/go.mod), Helm's SDK kept out of the binaries' dependencies.
 	cd test/helm && go vet ./... && go test -count=1 ./...
 

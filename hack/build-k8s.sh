@@ -9,8 +9,10 @@
 # already holds a binary, that one is used and nothing is built.
 set -euo pipefail
 
-K8S_VERSION=1.37.2
 here=$(cd "$(dirname "$0")" && pwd)
+# The version is the one hack/go.mod requires: the module built below.
+K8S_VERSION=$(sed -n 's|^[[:space:]]*k8s.io/kubernetes v||p' "$here/go.mod" | head -n 1)
+[ -n "$K8S_VERSION" ] || { echo "build-k8s: no k8s.io/kubernetes requirement in $here/go.mod" >&2; exit 1; }
 root=$(cd "$here/.." && pwd)
 out=${K8S_BIN_DIR:-$root/bin/k8s/$K8S_VERSION}
 mkdir -p "$out"

@@ -1,8 +1,25 @@
 // Package policy holds every decision about GPU power limits that can be made
-// from the objects alone: the annotation grammar, how many GPUs a pod holds,
-// which GPU products it can land on, the settable range of those products, the
-// default limit a pod gets, and the verdict on a pod at admission.
+// from the objects alone. It does no I/O and keeps no state; callers hand it
+// the pod and a read-only view of the cluster, so every rule here is a table
+// test. By file:
 //
-// It does no I/O and keeps no state; callers hand it the pod and a read-only
-// view of the cluster, so every rule here is a table test.
+//   - keys.go: the names users and other components type (annotations,
+//     labels, resources) and their field paths.
+//   - limit.go: the annotation grammar (ParseLimit, ValidateLimitSyntax).
+//   - demand.go: how many GPUs a pod holds, and of which kind (DemandOf).
+//   - products.go: which GPU products a pod can land on (CandidatesOf,
+//     PlacementOf) and how a product label is normalised.
+//   - catalog.go, catalog.csv, bounds.go: the products' settable ranges and
+//     the bounds over a pod's candidates.
+//   - defaults.go: the default limit a pod gets (DefaultRule).
+//   - admission.go: the verdict on a pod at admission (Admission.Mutate,
+//     Admission.Validate).
+//   - stamp.go: the signed stamp that tells an admitted limit from a typed one.
+//   - budget.go: what a pod costs a budget, the denial message, and the
+//     committed watts counted from live pods and reservations (CountCommitted).
+//   - reservation.go: the budget ledger's decision on one request
+//     (DecideReservation).
+//   - gpucap.go: the per-GPU decision on a node: which cap a GPU gets from
+//     the pods that hold it (ResolveGPU, Clamp).
+//   - arith.go: saturating arithmetic for every sum of user numbers.
 package policy
