@@ -116,16 +116,18 @@ test-cluster: cluster-binaries $(TOOLS)/helm ## Both manifests as real pods on a
 test: test-unit test-integration test-e2e test-cluster ## Run every test: unit, integration, end to end on a real API server, and both manifests on a real node (root).
 
 .PHONY: test-unit
-test-unit: ## Unit tests, fuzz seeds, manifest and Helm chart golden tests and formatting/vet checks; no API server.
+test-unit: ## The one-minute loop: unit tests, fuzz seeds, manifest and Helm chart golden tests, gofmt and vet; no API server, no binary built.
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 		if [ -n "$$unformatted" ]; then echo "not gofmt-clean: $$unformatted"; exit 1; fi
 	go vet ./...
-	go test -count=1 ./pkg/... ./internal/... ./cmd/... ./test/manifests/... ./test/framework/...
+	@# The images' TestBuilt* tests compile both binaries: test-integration runs them.
+	go test -count=1 -skip '^TestBuilt' ./pkg/... ./internal/... ./cmd/... ./test/manifests/... ./test/framework/...
 	@# The Helm chart against the manifests: a module of its own (test/helm/go.mod), Helm's SDK kept out of the binaries' dependencies.
 	cd test/helm && go vet ./... && go test -count=1 ./...
 
 .PHONY: test-integration
-test-integration: envtest ## Integration tests on a real kube-apiserver + etcd (builds them first).
+test-integration: envtest ## Integration tests on a real kube-apiserver + etcd (builds them first), and both binaries built as the Dockerfiles build them.
+	go test -count=1 -run '^TestBuilt' ./test/manifests/...
 	go test -count=1 ./test/integration/...
 
 .PHONY: test-e2e

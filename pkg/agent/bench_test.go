@@ -12,6 +12,7 @@ import (
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
 	"github.com/dynamo-power/gpu-power/pkg/podmap"
 )
 
@@ -28,7 +29,7 @@ func (a allocations) List(context.Context) ([]podmap.PodDevices, error) { return
 // node with 8 GPUs, 110 pods and 64 GPU processes on the fake NVML, when
 // nothing needs to change: the cost the agent pays every 15 s.
 func BenchmarkReconcileSteadyState(b *testing.B) {
-	gpus := nvmlctl.H100s(8)
+	gpus := nvmlfake.H100s(8)
 	proc := fstest.MapFS{}
 	var pods podList
 	var alloc allocations
@@ -52,7 +53,7 @@ func BenchmarkReconcileSteadyState(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	e := &Enforcer{NVML: nvmlctl.NewFake(gpus...), Ledger: ledger, RequireValidation: true, Log: logr.Discard()}
+	e := &Enforcer{NVML: nvmlfake.New(gpus...), Ledger: ledger, RequireValidation: true, Log: logr.Discard()}
 	r := &Runner{Enforcer: e, Pods: pods, PodResources: alloc, Proc: proc, Log: logr.Discard()}
 	if err := r.Cycle(b.Context()); err != nil {
 		b.Fatal(err)
@@ -61,10 +62,10 @@ func BenchmarkReconcileSteadyState(b *testing.B) {
 	if len(in.Holders) != 8 || in.Holders[gpus[0].UUID].Len() != 1 {
 		b.Fatalf("holders %v; want each GPU held by its pod", in.Holders)
 	}
-	if g, _ := e.NVML.(*nvmlctl.Fake).GPU(gpus[7].UUID); g.Limit != 250_000 {
+	if g, _ := e.NVML.(*nvmlfake.Fake).GPU(gpus[7].UUID); g.Limit != 250_000 {
 		b.Fatalf("setup: GPU 7 at %d mW", g.Limit)
 	}
-	writes := len(e.NVML.(*nvmlctl.Fake).Calls())
+	writes := len(e.NVML.(*nvmlfake.Fake).Calls())
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := r.Cycle(b.Context()); err != nil {
@@ -72,8 +73,8 @@ func BenchmarkReconcileSteadyState(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	for _, c := range e.NVML.(*nvmlctl.Fake).Calls()[writes:] {
-		if c.Op == nvmlctl.OpSetPowerLimit {
+	for _, c := range e.NVML.(*nvmlfake.Fake).Calls()[writes:] {
+		if c.Op == nvmlfake.OpSetPowerLimit {
 			b.Fatal("a steady-state cycle wrote a limit")
 		}
 	}

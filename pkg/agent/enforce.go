@@ -65,8 +65,28 @@ type GPUReport struct {
 	Err      error
 }
 
+// GPUs are the node's GPUs as NVML listed them, once for a cycle.
+type GPUs struct {
+	Devices []nvmlctl.Device
+	// Err is the listing's error for the GPUs that did not answer: they are
+	// left out of Devices (nvmlctl.Library.Devices), and out of the ledger's
+	// recovery (Ledger.Settle) this cycle.
+	Err error
+}
+
+// ListGPUs lists the node's GPUs; it fails when NVML lists none.
+func ListGPUs(nv nvmlctl.Library) (GPUs, error) {
+	devices, err := nv.Devices()
+	if len(devices) == 0 && err != nil {
+		return GPUs{}, fmt.Errorf("list GPUs: %w", err)
+	}
+	return GPUs{Devices: devices, Err: err}, nil
+}
+
 // Inputs are the node's state that one reconcile reads.
 type Inputs struct {
+	// GPUs are the GPUs to reconcile (ListGPUs).
+	GPUs GPUs
 	// Holders maps a GPU UUID to the pods holding it (podmap.Build).
 	Holders podmap.Holders
 	// Pods are this node's non-terminal pods by UID.
@@ -80,7 +100,7 @@ type Inputs struct {
 }
 
 // EventRecorder records an Event on a pod, with the signature of client-go's
-// events.k8s.io recorder: cmd/agent's recorder and client-go's
+// events.k8s.io recorder: pkg/agent/events' Recorder and client-go's
 // events.FakeRecorder (tests) implement it.
 type EventRecorder interface {
 	Eventf(regarding, related runtime.Object, eventtype, reason, action, note string, args ...any)
@@ -115,14 +135,11 @@ type Enforcer struct {
 	strays sets.Set[podmap.Stray]
 }
 
-// Reconcile brings every GPU to its desired limit. With dryRun it only
+// Reconcile brings every GPU of in.GPUs to its desired limit. With dryRun it only
 // reports what it would do and writes nothing, to any GPU or to the ledger.
 // An error on one GPU is reported on that GPU; the others go on.
 func (e *Enforcer) Reconcile(ctx context.Context, in Inputs, dryRun bool) ([]GPUReport, error) {
-	devices, listErr := e.NVML.Devices()
-	if len(devices) == 0 && listErr != nil {
-		return nil, fmt.Errorf("list GPUs: %w", listErr)
-	}
+	devices, listErr := in.GPUs.Devices, in.GPUs.Err
 	reports := make([]GPUReport, 0, len(devices))
 	var failed []error
 	// evaluated are the GPUs read and decided without an error: recovery
@@ -193,7 +210,7 @@ func (e *Enforcer) reconcileGPU(dev nvmlctl.Device, in Inputs, dryRun bool, stra
 		r.Action = ActionHold
 		if !dryRun {
 			e.Log.V(1).Info("Left GPU as it is: kubelet's allocation of it cannot be attributed this cycle", "gpu", dev.Index, "uuid", dev.UUID,
-				"limitWatts", limits.Current/1000, "reason", why.Error())
+				"limitWatts", limits.Current.WattsDown(), "reason", why.Error())
 			e.tellOnce(pods, "held/"+dev.UUID+"/"+why.Error(), ReasonHeld,
 				"The power limit of GPU %d (%s) is left as it is: %v", dev.Index, dev.UUID, why)
 		}
@@ -201,7 +218,7 @@ func (e *Enforcer) reconcileGPU(dev nvmlctl.Device, in Inputs, dryRun bool, stra
 	}
 	d := policy.ResolveGPU(holders, e.RequireValidation)
 	r.Conflict = d.Conflict
-	e.explain(dev, d, pods)
+	e.explain(dev, d, in.Pods)
 	own, owned := e.Ledger.Get(dev.UUID)
 
 	if d.Cap == 0 {
@@ -212,7 +229,7 @@ func (e *Enforcer) reconcileGPU(dev nvmlctl.Device, in Inputs, dryRun bool, stra
 			r.Action = ActionForget
 			if !dryRun {
 				e.Log.Info("Forgot GPU whose original power limit is unknown; leaving it as it is", "gpu", dev.Index, "uuid", dev.UUID,
-					"limitWatts", limits.Current/1000)
+					"limitWatts", limits.Current.WattsDown())
 				r.Err = e.Ledger.Forget(dev.UUID)
 			}
 			return r
@@ -232,7 +249,7 @@ func (e *Enforcer) reconcileGPU(dev nvmlctl.Device, in Inputs, dryRun bool, stra
 		if ours && !dryRun {
 			e.Log.Info("Took the GPU's limit for a cap of this agent's: no ledger on record, and a pod holding it asks this limit; "+
 				"its default comes back when its pods go", "gpu", dev.Index, "uuid", dev.UUID,
-				"limitWatts", limits.Current/1000, "defaultWatts", limits.Default/1000)
+				"limitWatts", limits.Current.WattsDown(), "defaultWatts", limits.Default.WattsDown())
 		}
 	}
 	if limits.Current == target {
@@ -259,17 +276,17 @@ func (e *Enforcer) reconcileGPU(dev nvmlctl.Device, in Inputs, dryRun bool, stra
 	if err := e.set(dev, own, owned, target, limits, r.Action, r.Pods); err != nil {
 		r.Err = err
 		e.tellOnce(deciding, fmt.Sprintf("failed/%s/%d/%v", dev.UUID, target, err), ReasonFailed,
-			"Could not set the power limit of GPU %d (%s) to %d W: %v", dev.Index, dev.UUID, target/1000, err)
+			"Could not set the power limit of GPU %d (%s) to %d W: %v", dev.Index, dev.UUID, target.WattsDown(), err)
 		return r
 	}
 	for _, p := range deciding {
 		e.event(p, corev1.EventTypeNormal, ReasonApplied, "Set the power limit of GPU %d (%s) to %d W (was %d W)",
-			dev.Index, dev.UUID, target/1000, limits.Current/1000)
+			dev.Index, dev.UUID, target.WattsDown(), limits.Current.WattsDown())
 	}
 	if clamped {
 		for _, p := range deciding {
 			e.event(p, corev1.EventTypeWarning, ReasonClamped, "Requested %d W is outside GPU %d's settable range %d-%d W; set %d W",
-				d.Cap, dev.Index, limits.Min/1000, limits.Max/1000, target/1000)
+				d.Cap, dev.Index, limits.Min.WattsDown(), limits.Max.WattsDown(), target.WattsDown())
 		}
 	}
 	return r
@@ -282,11 +299,11 @@ func (e *Enforcer) record(r GPUReport) {
 	}
 	applied := 0.0
 	if own, ok := e.Ledger.Get(r.UUID); ok {
-		applied = float64(own.Applied) / 1000
+		applied = own.Applied.WattsExact()
 	}
 	draw := -1.0
 	if d, err := e.NVML.PowerDraw(r.UUID); err == nil {
-		draw = float64(d) / 1000
+		draw = d.WattsExact()
 	}
 	e.Metrics.observe(r, applied, draw, r.Conflict)
 	capped, err := e.NVML.PowerCapped(r.UUID)
@@ -355,9 +372,9 @@ func (e *Enforcer) set(dev nvmlctl.Device, own Ownership, owned bool, target pol
 	}
 	if action == ActionRepair {
 		e.Log.Info("Repairing power limit changed by someone else", "gpu", dev.Index, "uuid", dev.UUID,
-			"fromWatts", limits.Current/1000, "toWatts", target/1000)
+			"fromWatts", limits.Current.WattsDown(), "toWatts", target.WattsDown())
 	}
-	e.Log.Info(fmt.Sprintf("Setting power limit to %dW (was %dW)", target/1000, limits.Current/1000),
+	e.Log.Info(fmt.Sprintf("Setting power limit to %dW (was %dW)", target.WattsDown(), limits.Current.WattsDown()),
 		"gpu", dev.Index, "uuid", dev.UUID, "pods", pods)
 	writeErr := e.NVML.SetPowerLimit(dev.UUID, target)
 	after, readErr := e.NVML.PowerLimits(dev.UUID)
@@ -389,13 +406,41 @@ func (e *Enforcer) restore(dev nvmlctl.Device, own Ownership, limits nvmlctl.Pow
 		if err := e.Ledger.Put(dev.UUID, own); err != nil {
 			return fmt.Errorf("record intent before restoring: %w", err)
 		}
-		e.Log.Info(fmt.Sprintf("Restoring power limit to %dW (was %dW)", own.Original/1000, limits.Current/1000),
+		e.Log.Info(fmt.Sprintf("Restoring power limit to %dW (was %dW)", own.Original.WattsDown(), limits.Current.WattsDown()),
 			"gpu", dev.Index, "uuid", dev.UUID)
 		if err := e.NVML.SetPowerLimit(dev.UUID, own.Original); err != nil {
 			return fmt.Errorf("restore power limit: %w", err) // still owned: retried next cycle
 		}
 	}
 	return e.Ledger.Forget(dev.UUID)
+}
+
+// RestoreAll gives every GPU the agent owns its original limit back: on
+// uninstall, or with --restore-on-exit.
+func (e *Enforcer) RestoreAll() error {
+	index := map[string]int{}
+	devices, _ := e.NVML.Devices()
+	for _, d := range devices {
+		index[d.UUID] = d.Index
+	}
+	var errs []error
+	for _, uuid := range e.Ledger.Owned() {
+		own, _ := e.Ledger.Get(uuid)
+		limits, err := e.NVML.PowerLimits(uuid)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("GPU %s: read power limits: %w", uuid, err))
+			continue
+		}
+		dev := nvmlctl.Device{UUID: uuid, Index: index[uuid]}
+		if own.Original == 0 {
+			errs = append(errs, e.Ledger.Forget(uuid))
+			continue
+		}
+		if err := e.restore(dev, own, limits); err != nil {
+			errs = append(errs, fmt.Errorf("GPU %s: %w", uuid, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // reportStrays tells each pod with a process on dev that kubelet did not
@@ -456,19 +501,8 @@ func (e *Enforcer) signed(p *corev1.Pod, stamp string) bool {
 
 // explain tells pods, once per change, why their limit does not count or
 // what they share the GPU with.
-func (e *Enforcer) explain(dev nvmlctl.Device, d policy.GPUDecision, pods []*corev1.Pod) {
-	byUID := func(hs []policy.Holder) []*corev1.Pod {
-		var out []*corev1.Pod
-		for _, h := range hs {
-			for _, p := range pods {
-				if p.UID == h.UID {
-					out = append(out, p)
-				}
-			}
-		}
-		return out
-	}
-	for _, p := range byUID(d.NotValidated) {
+func (e *Enforcer) explain(dev nvmlctl.Device, d policy.GPUDecision, pods map[types.UID]*corev1.Pod) {
+	for _, p := range podsOf(d.NotValidated, pods) {
 		if e.SkippedNamespaces.Has(p.Namespace) {
 			e.tellOnce([]*corev1.Pod{p}, "unvalidated/"+p.Annotations[policy.AnnotationPowerLimit], ReasonNotValidated,
 				"Power limit %q is not enforced on GPU %d: the power webhook does not intercept namespace %s, so no stamp there is its own",
@@ -490,14 +524,14 @@ func (e *Enforcer) explain(dev nvmlctl.Device, d policy.GPUDecision, pods []*cor
 		for _, h := range d.Deciding {
 			asks = append(asks, h.Pod+"="+h.Limit+"W")
 		}
-		for _, p := range byUID(d.Deciding) {
+		for _, p := range podsOf(d.Deciding, pods) {
 			e.tellOnce([]*corev1.Pod{p}, "conflict/"+strings.Join(asks, ","), ReasonConflict,
 				"GPU %d (%s) is shared by pods asking for different limits (%s); the lowest, %d W, applies",
 				dev.Index, dev.UUID, strings.Join(asks, ", "), d.Cap)
 		}
 	}
 	if d.Cap > 0 {
-		for _, p := range byUID(d.Unlimited) {
+		for _, p := range podsOf(d.Unlimited, pods) {
 			e.tellOnce([]*corev1.Pod{p}, fmt.Sprintf("unlimited/%s/%d", dev.UUID, d.Cap), ReasonConflict,
 				"Pod has no power limit but shares GPU %d (%s) with pods that cap it at %d W", dev.Index, dev.UUID, d.Cap)
 		}
@@ -529,6 +563,8 @@ func (e *Enforcer) event(p *corev1.Pod, eventType, reason, note string, args ...
 	}
 }
 
+// podsOf are the pods of holders, in their order: the one way a decision's
+// holders are joined back to their pods.
 func podsOf(hs []policy.Holder, pods map[types.UID]*corev1.Pod) []*corev1.Pod {
 	out := make([]*corev1.Pod, 0, len(hs))
 	for _, h := range hs {

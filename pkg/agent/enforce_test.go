@@ -17,16 +17,17 @@ import (
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
 	"github.com/dynamo-power/gpu-power/pkg/podmap"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
-var gpu = []string{nvmlctl.FakeUUID(0), nvmlctl.FakeUUID(1), nvmlctl.FakeUUID(2), nvmlctl.FakeUUID(3)}
+var gpu = []string{nvmlfake.UUID(0), nvmlfake.UUID(1), nvmlfake.UUID(2), nvmlfake.UUID(3)}
 
 // node is a test node: four fake H100s, a ledger, and the pods on it.
 type node struct {
 	t        *testing.T
-	nvml     *nvmlctl.Fake
+	nvml     *nvmlfake.Fake
 	dir      string
 	enforcer *Enforcer
 	events   *events.FakeRecorder
@@ -37,7 +38,7 @@ type node struct {
 }
 
 func newNode(t *testing.T) *node {
-	n := &node{t: t, nvml: nvmlctl.NewFake(nvmlctl.H100s(4)...), dir: t.TempDir(),
+	n := &node{t: t, nvml: nvmlfake.New(nvmlfake.H100s(4)...), dir: t.TempDir(),
 		pods: map[types.UID]*corev1.Pod{}, holders: podmap.Holders{}}
 	n.restartAgent()
 	return n
@@ -85,9 +86,19 @@ func (n *node) remove(p *corev1.Pod) {
 	}
 }
 
+// gpus lists the node's GPUs, as a cycle does before it reconciles.
+func (n *node) gpus() GPUs {
+	n.t.Helper()
+	gpus, err := ListGPUs(n.nvml)
+	if err != nil {
+		n.t.Logf("list GPUs: %v", err)
+	}
+	return gpus
+}
+
 func (n *node) reconcile() map[string]GPUReport {
 	n.t.Helper()
-	reports, err := n.enforcer.Reconcile(n.t.Context(), Inputs{Holders: n.holders, Pods: n.pods}, false)
+	reports, err := n.enforcer.Reconcile(n.t.Context(), Inputs{GPUs: n.gpus(), Holders: n.holders, Pods: n.pods}, false)
 	out := map[string]GPUReport{}
 	for _, r := range reports {
 		out[r.UUID] = r
@@ -110,7 +121,7 @@ func (n *node) limitW(uuid string) int64 {
 func (n *node) writes(uuid string) int {
 	count := 0
 	for _, c := range n.nvml.Calls() {
-		if c.Op == nvmlctl.OpSetPowerLimit && c.UUID == uuid {
+		if c.Op == nvmlfake.OpSetPowerLimit && c.UUID == uuid {
 			count++
 		}
 	}
@@ -275,7 +286,7 @@ func TestNVMLFailureOnOneGPUSparesTheOthers(t *testing.T) {
 	n := newNode(t)
 	n.run("a", "250", gpu[0])
 	n.run("b", "300", gpu[1])
-	n.nvml.FailNext(nvmlctl.OpSetPowerLimit, gpu[0], nvmlctl.ErrNotPermitted)
+	n.nvml.FailNext(nvmlfake.OpSetPowerLimit, gpu[0], nvmlctl.ErrNotPermitted)
 	reports := n.reconcile()
 	if r := reports[gpu[0]]; r.Err == nil || !errors.Is(r.Err, nvmlctl.ErrNotPermitted) {
 		t.Errorf("GPU 0: %v; want the NVML permission error", r.Err)
@@ -347,7 +358,7 @@ func TestCorruptLedgerNeverRestores(t *testing.T) {
 func TestDryRunWritesNothing(t *testing.T) {
 	n := newNode(t)
 	n.run("decode-0", "250", gpu[0])
-	reports, err := n.enforcer.Reconcile(t.Context(), Inputs{Holders: n.holders, Pods: n.pods}, true)
+	reports, err := n.enforcer.Reconcile(t.Context(), Inputs{GPUs: n.gpus(), Holders: n.holders, Pods: n.pods}, true)
 	if err != nil {
 		t.Fatal(err)
 	}

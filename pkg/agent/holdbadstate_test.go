@@ -16,7 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
-	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
 	"github.com/dynamo-power/gpu-power/pkg/podmap"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
@@ -73,8 +73,8 @@ func TestUnparsableDeviceIDFreezesEveryGPU(t *testing.T) {
 // restored, then capped again the cycle after.
 func TestFailedMIGParentLookupFreezesEveryGPU(t *testing.T) {
 	n := newNode(t)
-	mig := nvmlctl.FakeMIGUUID(0, 1)
-	if err := n.nvml.Update(gpu[0], func(g *nvmlctl.FakeGPU) { g.MIGEnabled, g.MIGDevices = true, []string{mig} }); err != nil {
+	mig := nvmlfake.MIGUUID(0, 1)
+	if err := n.nvml.Update(gpu[0], func(g *nvmlfake.GPU) { g.MIGEnabled, g.MIGDevices = true, []string{mig} }); err != nil {
 		t.Fatal(err)
 	}
 	p := startedPod("mig-0", "uid-m0", "250")
@@ -83,7 +83,7 @@ func TestFailedMIGParentLookupFreezesEveryGPU(t *testing.T) {
 	if err := r.Cycle(t.Context()); err != nil || n.limitW(gpu[0]) != 250 {
 		t.Fatalf("setup: %v, GPU 0 at %d W", err, n.limitW(gpu[0]))
 	}
-	n.nvml.FailNext(nvmlctl.OpMIGParent, mig, errors.New("NVML: unknown error"))
+	n.nvml.FailNext(nvmlfake.OpMIGParent, mig, errors.New("NVML: unknown error"))
 	err := r.Cycle(t.Context())
 	if got := n.limitW(gpu[0]); got != 250 || err == nil {
 		t.Errorf("one failed MIG parent lookup: GPU 0 at %d W, cycle error %v; want 250 W kept and the cycle failed", got, err)

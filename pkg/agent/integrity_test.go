@@ -19,6 +19,7 @@ import (
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
 	"github.com/dynamo-power/gpu-power/pkg/podmap"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
@@ -154,7 +155,7 @@ func TestStrayProcessIsReportedNeverObeyed(t *testing.T) {
 	n.pods[sneaky.UID] = sneaky // asked no GPU; NVIDIA_VISIBLE_DEVICES=all
 	strays := []podmap.Stray{{GPU: gpu[0], PID: 4242, Pod: sneaky.UID}, {GPU: gpu[1], PID: 4242, Pod: sneaky.UID}}
 	for range 3 {
-		if _, err := n.enforcer.Reconcile(t.Context(), Inputs{Holders: n.holders, Pods: n.pods, Strays: strays}, false); err != nil {
+		if _, err := n.enforcer.Reconcile(t.Context(), Inputs{GPUs: n.gpus(), Holders: n.holders, Pods: n.pods, Strays: strays}, false); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -276,7 +277,7 @@ func TestRecoveryGoesOnForAGPUNVMLCouldNotRead(t *testing.T) {
 	p := n.run("decode-0", "250", gpu[0])
 	n.reconcile()
 	n.wipeLedger()
-	n.nvml.FailNext(nvmlctl.OpPowerLimits, gpu[0], errors.New("NVML: timeout"))
+	n.nvml.FailNext(nvmlfake.OpPowerLimits, gpu[0], errors.New("NVML: timeout"))
 	n.reconcile() // recovery cycle: GPU 0 unreadable, still recovering
 	n.reconcile() // GPU 0 readable: 250 W is the lost cap, adopted
 	n.remove(p)
@@ -312,9 +313,9 @@ func TestStrayOnAnUnreadableGPUIsStillReported(t *testing.T) {
 	sneaky := testpod.MakePod("sneaky", "llm").UID("0b6a4e2c-1111-4c8e-9a57-000000000001").Obj()
 	n.pods[sneaky.UID] = sneaky
 	strays := []podmap.Stray{{GPU: gpu[0], PID: 4242, Pod: sneaky.UID}}
-	n.nvml.FailNext(nvmlctl.OpPowerLimits, gpu[0], errors.New("NVML: timeout"))
+	n.nvml.FailNext(nvmlfake.OpPowerLimits, gpu[0], errors.New("NVML: timeout"))
 	for range 2 {
-		_, _ = n.enforcer.Reconcile(t.Context(), Inputs{Holders: n.holders, Pods: n.pods, Strays: strays}, false)
+		_, _ = n.enforcer.Reconcile(t.Context(), Inputs{GPUs: n.gpus(), Holders: n.holders, Pods: n.pods, Strays: strays}, false)
 	}
 	if got := testutil.ToFloat64(n.metrics.unallocated.WithLabelValues(gpu[0])); got != 1 {
 		t.Errorf("dynamo_power_agent_unallocated_processes_total{gpu=%s} = %v; want 1", gpu[0], got)

@@ -152,18 +152,17 @@ func (m *Metrics) observe(r GPUReport, applied, draw float64, conflict bool) {
 	for _, c := range []*prometheus.CounterVec{m.writes, m.failures, m.clamps, m.conflicts, m.repairs, m.restores, m.adoptions, m.unallocated, m.holds} {
 		c.WithLabelValues(g)
 	}
-	w := func(mw int64) float64 { return float64(mw) / 1000 }
 	l := r.Limits
 	if r.Action != ActionError {
-		m.current.WithLabelValues(g).Set(w(int64(l.Current)))
-		m.enforced.WithLabelValues(g).Set(w(int64(l.Enforced)))
-		m.defaults.WithLabelValues(g).Set(w(int64(l.Default)))
-		m.minimum.WithLabelValues(g).Set(w(int64(l.Min)))
-		m.maximum.WithLabelValues(g).Set(w(int64(l.Max)))
+		m.current.WithLabelValues(g).Set(l.Current.WattsExact())
+		m.enforced.WithLabelValues(g).Set(l.Enforced.WattsExact())
+		m.defaults.WithLabelValues(g).Set(l.Default.WattsExact())
+		m.minimum.WithLabelValues(g).Set(l.Min.WattsExact())
+		m.maximum.WithLabelValues(g).Set(l.Max.WattsExact())
 	}
 	requested := 0.0
 	if r.Action != ActionRestore && r.Action != ActionForget {
-		requested = w(int64(r.Desired))
+		requested = r.Desired.WattsExact()
 	}
 	m.requested.WithLabelValues(g).Set(requested)
 	m.applied.WithLabelValues(g).Set(applied)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
 	"github.com/dynamo-power/gpu-power/pkg/podmap"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
@@ -66,7 +67,7 @@ dynamo_power_agent_gpu_pod_info{gpu="`+gpu[0]+`",namespace="batch",pod="train-0"
 	n.expect(info, "gauge", "")
 	// inspect (a dry run) changes no series.
 	n.run("decode-1", "300", gpu[2])
-	if _, err := n.enforcer.Reconcile(t.Context(), Inputs{Holders: n.holders, Pods: n.pods}, true); err != nil {
+	if _, err := n.enforcer.Reconcile(t.Context(), Inputs{GPUs: n.gpus(), Holders: n.holders, Pods: n.pods}, true); err != nil {
 		t.Fatal(err)
 	}
 	n.expect(info, "gauge", "")
@@ -102,21 +103,21 @@ func TestPowerCappedSecondsFollowNVML(t *testing.T) {
 
 	// A read that fails keeps the last value; NOT_SUPPORTED has no series,
 	// whether NVML says so for a call or for the GPU.
-	n.nvml.FailNext(nvmlctl.OpPowerCapped, gpu[0], nvmlctl.ErrGPULost)
-	n.nvml.FailAlways(nvmlctl.OpPowerCapped, gpu[1], nvmlctl.ErrNotSupported)
-	must(t, n.nvml.Update(gpu[2], func(g *nvmlctl.FakeGPU) { g.PowerCappedUnsupported = true }))
+	n.nvml.FailNext(nvmlfake.OpPowerCapped, gpu[0], nvmlctl.ErrGPULost)
+	n.nvml.FailAlways(nvmlfake.OpPowerCapped, gpu[1], nvmlctl.ErrNotSupported)
+	must(t, n.nvml.Update(gpu[2], func(g *nvmlfake.GPU) { g.PowerCappedUnsupported = true }))
 	n.reconcile()
 	n.expect(capped, "counter", series("3.5", "", "", "0"))
 
 	// The driver's count starts again (driver reload, GPU reset): the
 	// series follows it down, which Prometheus takes for a counter reset.
-	must(t, n.nvml.Update(gpu[0], func(g *nvmlctl.FakeGPU) { g.PowerCapped = 250 * time.Millisecond }))
+	must(t, n.nvml.Update(gpu[0], func(g *nvmlfake.GPU) { g.PowerCapped = 250 * time.Millisecond }))
 	n.reconcile()
 	n.expect(capped, "counter", series("0.25", "", "", "0"))
 
 	// Reading it never writes a GPU setting.
 	for _, c := range n.nvml.Calls() {
-		if c.Op == nvmlctl.OpSetPowerLimit && c.UUID != gpu[0] {
+		if c.Op == nvmlfake.OpSetPowerLimit && c.UUID != gpu[0] {
 			t.Errorf("a GPU no pod caps was written: %+v", c)
 		}
 	}
@@ -151,7 +152,7 @@ func TestLastSuccessfulReconcileAdvancesOnlyOnSuccess(t *testing.T) {
 	}
 	r.PodResources = alloc
 	p.Annotations[policy.AnnotationPowerLimit], p.Annotations[policy.AnnotationPowerLimitValidated] = "300", "300"
-	n.nvml.FailNext(nvmlctl.OpSetPowerLimit, gpu[0], nvmlctl.ErrNotPermitted)
+	n.nvml.FailNext(nvmlfake.OpSetPowerLimit, gpu[0], nvmlctl.ErrNotPermitted)
 	if err := r.Cycle(t.Context()); err == nil {
 		t.Fatal("a cycle whose write failed succeeded")
 	}
@@ -205,7 +206,7 @@ func TestAlertSeriesAreExported(t *testing.T) {
 	n.run("a", "300", gpu[1])
 	n.run("b", "250", gpu[1])
 	n.run("c", "250", gpu[0])
-	n.nvml.FailNext(nvmlctl.OpSetPowerLimit, gpu[1], nvmlctl.ErrNotPermitted)
+	n.nvml.FailNext(nvmlfake.OpSetPowerLimit, gpu[1], nvmlctl.ErrNotPermitted)
 	n.reconcile()
 	must(t, n.nvml.SetLimitExternally(gpu[0], 500_000))
 	n.reconcile()

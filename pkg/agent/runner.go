@@ -15,7 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 
-	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
 	"github.com/dynamo-power/gpu-power/pkg/podmap"
 )
 
@@ -172,13 +171,13 @@ func (r *Runner) Gather(ctx context.Context) (Inputs, error) {
 	}
 
 	nv := r.Enforcer.NVML
-	devices, devErr := nv.Devices()
-	if len(devices) == 0 && devErr != nil {
-		return Inputs{}, fmt.Errorf("list GPUs: %w", devErr)
+	gpus, err := ListGPUs(nv)
+	if err != nil {
+		return Inputs{}, err
 	}
-	byIndex := make(map[int]string, len(devices))
+	byIndex := make(map[int]string, len(gpus.Devices))
 	var procs []podmap.Process
-	for _, d := range devices {
+	for _, d := range gpus.Devices {
 		byIndex[d.Index] = d.UUID
 		ps, err := nv.Processes(d.UUID)
 		if err != nil {
@@ -219,7 +218,7 @@ func (r *Runner) Gather(ctx context.Context) (Inputs, error) {
 	if err := r.unattributable(res.Unattributable, pods); err != nil {
 		return Inputs{}, err
 	}
-	return Inputs{Holders: res.Holders, Pods: pods, Strays: res.Strays, Frozen: res.Frozen}, nil
+	return Inputs{GPUs: gpus, Holders: res.Holders, Pods: pods, Strays: res.Strays, Frozen: res.Frozen}, nil
 }
 
 // reportTwiceListed tells a pod whose name kubelet lists twice, which a
@@ -286,32 +285,4 @@ func (r *Runner) allocation(ctx context.Context) (allocated []podmap.PodDevices,
 		r.nvmlOnly = nvmlOnly
 	}
 	return allocated, nvmlOnly, nil
-}
-
-// RestoreAll gives every GPU the agent owns its original limit back: on
-// uninstall, or with --restore-on-exit.
-func (e *Enforcer) RestoreAll() error {
-	index := map[string]int{}
-	devices, _ := e.NVML.Devices()
-	for _, d := range devices {
-		index[d.UUID] = d.Index
-	}
-	var errs []error
-	for _, uuid := range e.Ledger.Owned() {
-		own, _ := e.Ledger.Get(uuid)
-		limits, err := e.NVML.PowerLimits(uuid)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("GPU %s: read power limits: %w", uuid, err))
-			continue
-		}
-		dev := nvmlctl.Device{UUID: uuid, Index: index[uuid]}
-		if own.Original == 0 {
-			errs = append(errs, e.Ledger.Forget(uuid))
-			continue
-		}
-		if err := e.restore(dev, own, limits); err != nil {
-			errs = append(errs, fmt.Errorf("GPU %s: %w", uuid, err))
-		}
-	}
-	return errors.Join(errs...)
 }

@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
@@ -11,9 +13,36 @@ import (
 	"k8s.io/apimachinery/pkg/util/sets"
 )
 
+// Shutdown keeps the caps only for a successor: when the DaemonSet will run
+// a new agent pod on this node (a rolling update, a deleted or evicted agent
+// pod). An uninstall, a node that left the DaemonSet (it lost the label its
+// nodeSelector asks, or took a taint it does not tolerate), or restoreOnExit
+// (--restore-on-exit) gives every owned GPU back: no agent would come to do
+// it. successorWillRun reads the cluster (kube.Client.SuccessorWillRun); when
+// it cannot tell, the caps are kept.
+func (e *Enforcer) Shutdown(restoreOnExit bool, successorWillRun func(context.Context) (bool, string, error)) error {
+	restore, why := restoreOnExit, "--restore-on-exit"
+	if !restore {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		keep, reason, err := successorWillRun(ctx)
+		if err != nil {
+			e.Log.Error(err, "Could not tell whether another agent will run on this node; keeping caps for it")
+		} else if !keep {
+			restore, why = true, reason
+		}
+	}
+	if !restore {
+		e.Log.Info("Keeping GPU caps for the next agent", "ownedGPUs", len(e.Ledger.Owned()))
+		return nil
+	}
+	e.Log.Info("Restoring every capped GPU before exit", "reason", why, "ownedGPUs", len(e.Ledger.Owned()))
+	return e.RestoreAll()
+}
+
 // DaemonSet is what of the agent's DaemonSet, read at shutdown, decides
-// whether it runs a pod on a node again. cmd/agent reads it without linking
-// the apps/v1 types.
+// whether it runs a pod on a node again. pkg/agent/kube reads it without
+// linking the apps/v1 types.
 type DaemonSet struct {
 	// Deleting is set when the DaemonSet has a deletionTimestamp.
 	Deleting bool

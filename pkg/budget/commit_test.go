@@ -25,7 +25,7 @@ var budgetsResource = schema.GroupResource{Group: powerv1alpha1.GroupVersion.Gro
 
 // interceptStatus routes the ledger's status writes through write, which
 // gets the real write to call (or not).
-func interceptStatus(t *testing.T, b *Ledger, c client.Client, write func(ctx context.Context, real func() error, obj client.Object) error) {
+func interceptStatus(t *testing.T, b *Ledger, c client.Client, write func(ctx context.Context, write func() error, obj client.Object) error) {
 	t.Helper()
 	b.Metrics = NewMetrics(prometheus.NewRegistry())
 	b.Client = interceptor.NewClient(c.(client.WithWatch), interceptor.Funcs{
@@ -42,12 +42,12 @@ func charge(uid types.UID, watts int64) *reserveRequest {
 func TestConflictIsRetriedAndChargedOnce(t *testing.T) {
 	b, c := ledger(t, 0)
 	conflicts := 2
-	interceptStatus(t, b, c, func(_ context.Context, real func() error, obj client.Object) error {
+	interceptStatus(t, b, c, func(_ context.Context, write func() error, obj client.Object) error {
 		if conflicts > 0 {
 			conflicts--
 			return apierrors.NewConflict(budgetsResource, obj.GetName(), errors.New("the object has been modified"))
 		}
-		return real()
+		return write()
 	})
 	if res := b.enqueue(t.Context(), "cluster", charge("pod-1", 500)); !res.ok || res.err != nil || !res.wrote {
 		t.Fatalf("reserve after two conflicts: %+v; want charged", res)
@@ -69,7 +69,7 @@ func TestConflictIsRetriedAndChargedOnce(t *testing.T) {
 func TestConflictIsDecidedAgainOnTheWinnersVersion(t *testing.T) {
 	b, c := ledger(t, 0)
 	raced := false
-	interceptStatus(t, b, c, func(ctx context.Context, real func() error, obj client.Object) error {
+	interceptStatus(t, b, c, func(ctx context.Context, write func() error, obj client.Object) error {
 		if !raced {
 			raced = true
 			var winner powerv1alpha1.GPUPowerBudget
@@ -82,7 +82,7 @@ func TestConflictIsDecidedAgainOnTheWinnersVersion(t *testing.T) {
 			}
 			return apierrors.NewConflict(budgetsResource, obj.GetName(), errors.New("the object has been modified"))
 		}
-		return real()
+		return write()
 	})
 	res := b.enqueue(t.Context(), "cluster", charge("pod-1", 500))
 	if res.ok || res.err != nil || res.state.Committed != 800 || res.state.Total != 1000 {

@@ -2,6 +2,7 @@ package nvmlctl
 
 import (
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/dynamo-power/gpu-power/pkg/policy"
@@ -10,6 +11,10 @@ import (
 // Milliwatts is NVML's power unit; the same type the policy catalog uses, so
 // a catalog range and an NVML reading compare without conversion.
 type Milliwatts = policy.Milliwatts
+
+// MaxMilliwatts is the largest power figure NVML carries: its limits and
+// readings are uint32 milliwatts, and a larger one would wrap.
+const MaxMilliwatts = Milliwatts(math.MaxUint32)
 
 // Library is everything the agent asks of NVML. Devices are named by UUID
 // ("GPU-…"), which, unlike an index, does not change when a GPU is added,

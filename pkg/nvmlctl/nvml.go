@@ -295,7 +295,7 @@ func (n *NVML) SetPowerLimit(uuid string, limit Milliwatts) error {
 	}
 	defer n.mu.RUnlock()
 	// NVML takes a uint32; anything else would wrap into a different limit.
-	if limit < 0 || limit > maxNVMLMilliwatts {
+	if limit < 0 || limit > MaxMilliwatts {
 		return &Error{Op: "SetPowerManagementLimit", UUID: uuid, Code: CodeInvalidArgument}
 	}
 	d, err := n.handle(uuid)

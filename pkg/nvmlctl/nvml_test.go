@@ -403,3 +403,10 @@ func TestNVMLPowerCapped(t *testing.T) {
 		})
 	}
 }
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}

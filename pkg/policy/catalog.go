@@ -125,20 +125,38 @@ func (c Catalog) Lookup(label string) (Range, bool) {
 }
 
 // MinWatts is the smallest whole-watt limit in the range (rounded up).
-func (r Range) MinWatts() Watts { return Watts((r.Min + 999) / 1000) }
+func (r Range) MinWatts() Watts { return r.Min.WattsUp() }
 
 // MaxWatts is the largest whole-watt limit in the range (rounded down).
-func (r Range) MaxWatts() Watts { return Watts(r.Max / 1000) }
+func (r Range) MaxWatts() Watts { return r.Max.WattsDown() }
 
 // DefaultWatts is the factory default limit, rounded up: what an unlimited pod can draw.
-func (r Range) DefaultWatts() Watts { return Watts((r.Default + 999) / 1000) }
+func (r Range) DefaultWatts() Watts { return r.Default.WattsUp() }
 
 func (r Range) String() string {
 	return fmt.Sprintf("min %s W, default %s W, max %s W", r.Min, r.Default, r.Max)
 }
 
 // String renders milliwatts as decimal watts: 48750 -> "48.75".
+// The conversions to watts: NVML, the catalog and the ledger count
+// milliwatts; pods, people and Prometheus read watts.
+
+// WattsDown is m in whole watts, rounded down: the highest whole-watt limit
+// m allows, and a limit as logs and Events say it.
+func (m Milliwatts) WattsDown() Watts { return Watts(m / 1000) }
+
+// WattsUp is m in whole watts, rounded up: the lowest whole-watt limit at or
+// above m.
+func (m Milliwatts) WattsUp() Watts { return Watts((m + 999) / 1000) }
+
+// WattsExact is m in watts, exact: a metric's value.
+func (m Milliwatts) WattsExact() float64 { return float64(m) / 1000 }
+
+// String is m in exact decimal watts: "48.75".
 func (m Milliwatts) String() string {
 	s := fmt.Sprintf("%d.%03d", m/1000, m%1000)
 	return strings.TrimSuffix(strings.TrimRight(s, "0"), ".")
 }
+
+// MW converts whole watts to milliwatts.
+func (w Watts) MW() Milliwatts { return Milliwatts(w) * 1000 }

@@ -88,3 +88,33 @@ func FuzzParseCatalog(f *testing.F) {
 		}
 	})
 }
+
+func TestMilliwattsToWatts(t *testing.T) {
+	for _, tt := range []struct {
+		mw       policy.Milliwatts
+		down, up policy.Watts
+		exact    float64
+		text     string
+	}{
+		{48750, 48, 49, 48.75, "48.75"},
+		{700000, 700, 700, 700, "700"},
+		{1, 0, 1, 0.001, "0.001"},
+		{0, 0, 0, 0, "0"},
+	} {
+		if got := tt.mw.WattsDown(); got != tt.down {
+			t.Errorf("%d mW WattsDown = %d; want %d", tt.mw, got, tt.down)
+		}
+		if got := tt.mw.WattsUp(); got != tt.up {
+			t.Errorf("%d mW WattsUp = %d; want %d", tt.mw, got, tt.up)
+		}
+		if got := tt.mw.WattsExact(); got != tt.exact {
+			t.Errorf("%d mW WattsExact = %v; want %v", tt.mw, got, tt.exact)
+		}
+		if got := tt.mw.String(); got != tt.text {
+			t.Errorf("%d mW String = %q; want %q", tt.mw, got, tt.text)
+		}
+		if tt.down.MW() > tt.mw || tt.up.MW() < tt.mw {
+			t.Errorf("%d mW: %d W and %d W do not bracket it", tt.mw, tt.down, tt.up)
+		}
+	}
+}

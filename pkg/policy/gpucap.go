@@ -82,6 +82,3 @@ func Clamp(limit, lo, hi Milliwatts) (Milliwatts, bool) {
 	}
 	return limit, false
 }
-
-// MW converts whole watts to milliwatts.
-func (w Watts) MW() Milliwatts { return Milliwatts(w) * 1000 }

@@ -26,20 +26,20 @@ const (
 	// ReservationUndo puts the pod's reservation back to what it was before
 	// this admission and takes the delta off committed watts.
 	ReservationUndo ReservationDecision = iota + 1
-	// ReservationNothingToUndo: the reservation to release is gone, or a newer one of
-	// the same pod replaced it (which stays, counted in full).
+	// ReservationNothingToUndo means the reservation to release is gone, or a
+	// newer one of the same pod replaced it (which stays, counted in full).
 	ReservationNothingToUndo
-	// ReservationAlreadyCharged: the pod's unexpired reservation holds at least the
-	// cost (a forwarded ask whose answer was lost and that came again, or a
+	// ReservationAlreadyCharged means the pod's unexpired reservation holds at
+	// least the cost (a forwarded ask whose answer was lost and that came again, or a
 	// raise back to what the reservation still holds). It is admitted and
 	// renewed, so the pod about to be stored is not released before the
 	// cache shows it.
 	ReservationAlreadyCharged
-	// ReservationCharge: the delta fits; the reservation is written and committed grows.
+	// ReservationCharge means the delta fits: the reservation is written and committed grows.
 	ReservationCharge
-	// ReservationDeny: the delta does not fit a budget read fresh from the API server.
+	// ReservationDeny means the delta does not fit a budget read fresh from the API server.
 	ReservationDeny
-	// ReservationReadFresh: the delta does not fit, but the budget was not read fresh
+	// ReservationReadFresh means the delta does not fit, but the budget was not read fresh
 	// (it may predate a release by the reconciler): decide again on what
 	// the API server holds before denying.
 	ReservationReadFresh

@@ -17,7 +17,9 @@ func TestDecideReservation(t *testing.T) {
 	budget := func(committed int64) policy.BudgetState {
 		return policy.BudgetState{Name: "cluster", Total: 1000, Committed: committed}
 	}
-	charge := func(watts, delta int64) policy.ReservationAsk { return policy.ReservationAsk{Watts: watts, Delta: delta} }
+	charge := func(watts, delta int64) policy.ReservationAsk {
+		return policy.ReservationAsk{Watts: watts, Delta: delta}
+	}
 	release := func(watts, delta int64) policy.ReservationAsk {
 		return policy.ReservationAsk{Release: true, Watts: watts, Delta: delta}
 	}

@@ -15,12 +15,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/yaml"
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 	"github.com/dynamo-power/gpu-power/pkg/podmap"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 	"github.com/dynamo-power/gpu-power/test/realnode"
 	"github.com/dynamo-power/gpu-power/test/testdeploy"
 )
@@ -107,9 +107,9 @@ func deletePod(t *testing.T, p *corev1.Pod) {
 	if err := pods.Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		t.Fatal(err)
 	}
-	err := wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+	err := poll.Until(ctx, poll.Opts{Interval: 100 * time.Millisecond}, "pod gone", func(ctx context.Context) (bool, string, error) {
 		_, err := pods.Get(ctx, p.Name, metav1.GetOptions{})
-		return apierrors.IsNotFound(err), nil
+		return apierrors.IsNotFound(err), fmt.Sprint(err), nil
 	})
 	if err != nil {
 		t.Fatalf("pod %s/%s not gone: %v", p.Namespace, p.Name, err)
@@ -346,14 +346,12 @@ func TestEnforcementLatency(t *testing.T) {
 			}
 		}
 		w.Stop()
-		for {
-			if _, ok := gpuAt(t, watts); ok {
-				break
-			}
-			if time.Since(bound) > 4*time.Minute {
-				t.Fatalf("pod %s bound but its GPU never capped: %v", name, limits(t))
-			}
-			time.Sleep(5 * time.Millisecond)
+		// Looked at often: the time to the cap is what this measures.
+		if err := poll.Until(t.Context(), poll.Opts{Interval: 5 * time.Millisecond, Timeout: 4 * time.Minute}, name+" capped", func(context.Context) (bool, string, error) {
+			_, ok := gpuAt(t, watts)
+			return ok, "", nil
+		}); err != nil {
+			t.Fatalf("pod %s bound but its GPU never capped: %v", name, limits(t))
 		}
 		latencies = append(latencies, time.Since(bound))
 		deletePod(t, pod)

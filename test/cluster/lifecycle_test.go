@@ -22,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 	"github.com/dynamo-power/gpu-power/test/realnode"
 	"github.com/dynamo-power/gpu-power/test/testdeploy"
 )
@@ -249,7 +250,7 @@ func TestCertificateRenewalUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, p := range pods.Items {
-		envtestenv.Eventually(t, 4*time.Minute, "replica "+p.Name+" serves the new certificate", func() (bool, string) {
+		poll.Eventually(t, 4*time.Minute, "replica "+p.Name+" serves the new certificate", func() (bool, string) {
 			s := servedSerial(p.Status.PodIP)
 			return s == newSerial, "serves " + s
 		})

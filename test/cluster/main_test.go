@@ -17,8 +17,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
 	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 	"github.com/dynamo-power/gpu-power/test/realnode"
 )
 
@@ -88,7 +89,7 @@ func kubectl(t *testing.T, stdin string, args ...string) string {
 
 func eventually(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
-	envtestenv.Eventually(t, 4*time.Minute, what, cond)
+	poll.Eventually(t, 4*time.Minute, what, cond)
 }
 
 var (
@@ -124,9 +125,9 @@ func uninstalled() {
 func doInstall(t *testing.T) error { return cluster.Install(t.Context(), envtestenv.Root()) }
 
 // gpus reads the simulated GPUs' state.
-func gpus(t *testing.T) []nvmlctl.FakeGPU {
+func gpus(t *testing.T) []nvmlfake.GPU {
 	t.Helper()
-	f, err := nvmlctl.NewFakeFromFile(realnode.FakeNVMLFile)
+	f, err := nvmlfake.NewFromFile(realnode.FakeNVMLFile)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,7 @@ import (
 
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
-	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 	"github.com/dynamo-power/gpu-power/test/sandbox"
 )
 
@@ -53,7 +53,7 @@ func budgetFor(t *testing.T, name, ns string, total int64) {
 func waitBudget(t *testing.T, name, what string, ok func(powerv1alpha1.GPUPowerBudgetStatus) bool) powerv1alpha1.GPUPowerBudgetStatus {
 	t.Helper()
 	var b powerv1alpha1.GPUPowerBudget
-	envtestenv.Eventually(t, time.Minute, "budget "+name+" "+what, func() (bool, string) {
+	poll.Eventually(t, time.Minute, "budget "+name+" "+what, func() (bool, string) {
 		if err := sb.Client.Get(t.Context(), types.NamespacedName{Name: name}, &b); err != nil {
 			return false, err.Error()
 		}
@@ -245,7 +245,7 @@ func TestSecurityBudgetVisibleWindow(t *testing.T) {
 	t.Cleanup(func() { _ = sb.Client.Delete(context.Background(), b) })
 	created := time.Now()
 	var admitted int
-	envtestenv.Eventually(t, 30*time.Second, "the new budget charges pods", func() (bool, string) {
+	poll.Eventually(t, 30*time.Second, "the new budget charges pods", func() (bool, string) {
 		err := sb.Client.Create(ctx, unboundPod("probe", ns, "1", "300"), client.DryRunAll)
 		if err == nil {
 			admitted++
@@ -277,7 +277,7 @@ func TestSecuritySharedBoards(t *testing.T) {
 		pod := unboundPod("on-"+tc.node, ns, "1", "250")
 		pod.Spec.NodeName = tc.node
 		// The webhook's node cache may not have the new node yet.
-		envtestenv.Eventually(t, 30*time.Second, "a limit on "+tc.node+" denied", func() (bool, string) {
+		poll.Eventually(t, 30*time.Second, "a limit on "+tc.node+" denied", func() (bool, string) {
 			err := sb.Client.Create(ctx, pod.DeepCopy(), client.DryRunAll)
 			return err != nil && strings.Contains(err.Error(), tc.want), fmt.Sprint(err)
 		})

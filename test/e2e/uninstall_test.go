@@ -12,7 +12,7 @@ import (
 
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 
-	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 	"github.com/dynamo-power/gpu-power/test/sandbox"
 	"github.com/dynamo-power/gpu-power/test/testdeploy"
 )
@@ -28,7 +28,7 @@ func TestUninstall(t *testing.T) {
 	if _, err := sb.Kubectl(ctx, pod, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
-	envtestenv.Eventually(t, 2*time.Minute, "uninstall-probe's GPU capped", func() (bool, string) {
+	poll.Eventually(t, 2*time.Minute, "uninstall-probe's GPU capped", func() (bool, string) {
 		idx := sb.GPUsOf("default", "uninstall-probe")
 		gpus, err := sb.GPUs()
 		if err != nil || len(idx) != 1 {
@@ -65,7 +65,7 @@ func TestUninstall(t *testing.T) {
 	if _, err := sb.Kubectl(ctx, forged, "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
-	envtestenv.Eventually(t, 2*time.Minute, "PowerLimitNotValidated on forged-stamp", func() (bool, string) {
+	poll.Eventually(t, 2*time.Minute, "PowerLimitNotValidated on forged-stamp", func() (bool, string) {
 		var events corev1.EventList
 		if err := sb.Client.List(ctx, &events, client.InNamespace("default")); err != nil {
 			return false, err.Error()

@@ -1,6 +1,9 @@
-// Package envtestenv is what every test level shares: the Kubernetes test
-// binaries that `make envtest` builds from Go modules (hack/build-k8s.sh), an
-// admin kubeconfig, and waiting for conditions and for binaries to be ready.
+// Package envtestenv is what the envtest and sandbox levels share: the
+// Kubernetes test binaries that `make envtest` builds from Go modules
+// (hack/build-k8s.sh) and kubectl among them (AssetsDir, Kubectl,
+// KubectlFor), an admin kubeconfig (WriteKubeconfig), the repository root,
+// a TestMain wrapper (Main), a loopback port (FreeAddr) and a binary's
+// readiness probe (Ready). Waiting for conditions is test/framework/poll.
 package envtestenv
 
 import (
@@ -11,6 +14,8 @@ import (
 	"runtime"
 
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/dynamo-power/gpu-power/test/framework/kubectl"
 )
 
 // K8sVersion is the version hack/build-k8s.sh builds.
@@ -50,6 +55,15 @@ func Kubectl() (string, error) {
 		return "", fmt.Errorf("no kubectl: run `make envtest` to build it: %w", err)
 	}
 	return p, nil
+}
+
+// KubectlFor returns a runner of Kubectl's binary against kubeconfig.
+func KubectlFor(kubeconfig string) (kubectl.Runner, error) {
+	bin, err := Kubectl()
+	if err != nil {
+		return kubectl.Runner{}, err
+	}
+	return kubectl.Runner{Bin: bin, Kubeconfig: kubeconfig}, nil
 }
 
 func fileExists(p string) bool {

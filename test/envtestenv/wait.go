@@ -1,15 +1,11 @@
 package envtestenv
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"testing"
-	"time"
-
-	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // Main runs a test package whose tests share one environment: setup starts
@@ -21,20 +17,6 @@ func Main(m *testing.M, what string, setup func(*testing.M) (int, error)) {
 		os.Exit(1)
 	}
 	os.Exit(code)
-}
-
-// Eventually polls cond until it holds, failing the test with the last thing
-// cond saw when it does not within timeout.
-func Eventually(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	var last string
-	if err := wait.PollUntilContextTimeout(t.Context(), 50*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
-		ok, why := cond()
-		last = why
-		return ok, nil
-	}); err != nil {
-		t.Fatalf("%s: never happened; last seen: %s", what, last)
-	}
 }
 
 // Ready reports whether a binary's /readyz on probeAddr passes.

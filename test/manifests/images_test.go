@@ -65,6 +65,9 @@ func args(steps [][2]string, instr string) []string {
 	return out
 }
 
+// The TestBuilt tests compile both binaries as the Dockerfiles do, so they
+// run with the integration level (make test-integration), not make test-unit.
+//
 // buildLike runs the Dockerfile's go build command here, writing to a
 // temporary folder instead of /out, and returns the binary: what the image
 // would ship, short of the base image.
@@ -88,8 +91,8 @@ func buildLike(t *testing.T, steps [][2]string, name string) string {
 	return filepath.Join(out, name)
 }
 
-// TestWebhookImage: a static binary on distroless, as non-root.
-func TestWebhookImage(t *testing.T) {
+// TestBuiltWebhookImage: a static binary on distroless, as non-root.
+func TestBuiltWebhookImage(t *testing.T) {
 	steps := dockerfile(t, "webhook.Dockerfile")
 	final := finalStage(steps)
 	if from := final[0][1]; !strings.HasPrefix(from, "gcr.io/distroless/static-") || !strings.HasSuffix(from, ":nonroot") {
@@ -112,9 +115,9 @@ func TestWebhookImage(t *testing.T) {
 	}
 }
 
-// TestAgentImage: glibc for the cgo binary, no NVML library bundled, and no
+// TestBuiltAgentImage: glibc for the cgo binary, no NVML library bundled, and no
 // glibc symbol newer than the runtime image's Debian 12 (glibc 2.36) has.
-func TestAgentImage(t *testing.T) {
+func TestBuiltAgentImage(t *testing.T) {
 	steps := dockerfile(t, "agent.Dockerfile")
 	final := finalStage(steps)
 	if from := final[0][1]; from != "gcr.io/distroless/base-debian12" {

@@ -2,13 +2,11 @@ package realnode
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/dynamo-power/gpu-power/test/framework/kubectl"
 )
 
 // HelmRelease and HelmChart: the release the real node installs the chart
@@ -43,14 +41,9 @@ func HelmValues(clientCA []byte) ([]byte, error) {
 // Helm runs the helm CLI (helm) against the cluster as its admin. Helm's
 // cache, configuration and data live in home, not in the caller's $HOME.
 func (c *Cluster) Helm(ctx context.Context, helm, home string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, helm, append([]string{"--kubeconfig", Kubeconfig}, args...)...)
-	cmd.Env = append(os.Environ(),
-		"HELM_CACHE_HOME="+filepath.Join(home, "cache"),
-		"HELM_CONFIG_HOME="+filepath.Join(home, "config"),
-		"HELM_DATA_HOME="+filepath.Join(home, "data"))
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("helm %s: %w\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out), nil
+	return kubectl.Runner{Bin: helm, Kubeconfig: Kubeconfig, Env: []string{
+		"HELM_CACHE_HOME=" + filepath.Join(home, "cache"),
+		"HELM_CONFIG_HOME=" + filepath.Join(home, "config"),
+		"HELM_DATA_HOME=" + filepath.Join(home, "data"),
+	}}.Run(ctx, "", args...)
 }

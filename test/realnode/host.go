@@ -2,6 +2,7 @@ package realnode
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -14,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 )
 
 // HostState is what a real node changes on the machine outside its own
@@ -316,7 +319,8 @@ func killCgroupTree(root string) {
 // retrying while killed processes are still exiting.
 func removeCgroupTree(root string) error {
 	var last error
-	for range 50 {
+	// Teardown runs after a test's context ended too: the timeout bounds it.
+	if poll.Until(context.Background(), poll.Opts{Interval: 100 * time.Millisecond, Timeout: 5 * time.Second}, "cgroup "+root+" removed", func(context.Context) (bool, string, error) {
 		var dirs []string
 		_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 			if err == nil && d.IsDir() {
@@ -324,9 +328,6 @@ func removeCgroupTree(root string) error {
 			}
 			return nil
 		})
-		if len(dirs) == 0 {
-			return nil
-		}
 		last = nil
 		for i := len(dirs) - 1; i >= 0; i-- {
 			if err := syscall.Rmdir(dirs[i]); err != nil && !errors.Is(err, syscall.ENOENT) {
@@ -334,10 +335,12 @@ func removeCgroupTree(root string) error {
 			}
 		}
 		if last == nil {
-			return nil
+			return true, "", nil
 		}
 		killCgroupTree(root)
-		time.Sleep(100 * time.Millisecond)
+		return false, last.Error(), nil
+	}) == nil {
+		return nil
 	}
 	return last
 }

@@ -1,6 +1,7 @@
 package realnode
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 )
 
 // Proc is a process the harness started, named so that teardown can tell it
@@ -86,19 +89,16 @@ func (p Proc) Stop(grace time.Duration) error {
 	if err := syscall.Kill(p.PID, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("stop %s (pid %d): %w", p.Name, p.PID, err)
 	}
-	deadline := time.Now().Add(grace)
-	for time.Now().Before(deadline) {
-		if !p.Alive() {
-			return nil
-		}
-		time.Sleep(100 * time.Millisecond)
+	// Teardown runs after a test's context ended too: the grace bounds it.
+	exited := func(context.Context) (bool, string, error) { return !p.Alive(), "", nil }
+	every := poll.Opts{Interval: 100 * time.Millisecond, Timeout: grace}
+	if poll.Until(context.Background(), every, p.Name+" exited", exited) == nil {
+		return nil
 	}
 	_ = syscall.Kill(p.PID, syscall.SIGKILL)
-	for range 100 {
-		if !p.Alive() {
-			return nil
-		}
-		time.Sleep(100 * time.Millisecond)
+	every.Timeout = 10 * time.Second
+	if poll.Until(context.Background(), every, p.Name+" killed", exited) == nil {
+		return nil
 	}
 	return fmt.Errorf("stop %s (pid %d): still running after SIGKILL", p.Name, p.PID)
 }

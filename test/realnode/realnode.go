@@ -25,13 +25,14 @@ import (
 	nodev1 "k8s.io/api/node/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
 	"github.com/dynamo-power/gpu-power/test/admissionauth"
+	"github.com/dynamo-power/gpu-power/test/framework/kubectl"
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 )
 
 // The cluster's fixed places and addresses. Pods live on a bridge of their
@@ -102,13 +103,7 @@ type Cluster struct {
 
 // Kubectl runs kubectl against the cluster as its admin.
 func (c *Cluster) Kubectl(ctx context.Context, stdin string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, filepath.Join(c.K8sBin, "kubectl"), append([]string{"--kubeconfig", Kubeconfig}, args...)...)
-	cmd.Stdin = strings.NewReader(stdin)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("kubectl %s: %w\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out), nil
+	return kubectl.Runner{Bin: filepath.Join(c.K8sBin, "kubectl"), Kubeconfig: Kubeconfig}.Run(ctx, stdin, args...)
 }
 
 // RequiredBinaries are the Kubernetes binaries a node runs.
@@ -172,22 +167,18 @@ func (s *State) running() bool {
 }
 
 // Up starts the cluster and returns once the node is Ready and advertises
-// its GPUs. A cluster left by a crashed run is torn down first.
+// its GPUs. A cluster left by a crashed run is torn down first. Its steps
+// run in order, each a method of bringUp; once the host is recorded, a
+// failing step tears down what the earlier ones started.
 func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 	if o.GPUs == 0 {
 		o.GPUs = 2
 	}
-	logf := o.Logf
-	started := time.Now()
-	step := func(format string, args ...any) {
-		logf("[%5.1fs] %s", time.Since(started).Seconds(), fmt.Sprintf(format, args...))
+	b := &bringUp{o: o, started: time.Now(), pki: pki{dir: filepath.Join(Dir, "pki")}, binDir: filepath.Join(Dir, "bin")}
+	if err := checkBinaries(o.K8sBin); err != nil {
+		return nil, err
 	}
-	for _, b := range RequiredBinaries {
-		if _, err := os.Stat(filepath.Join(o.K8sBin, b)); err != nil {
-			return nil, fmt.Errorf("%s not found in %s: run `make cluster-binaries` (hack/build-k8s.sh)", b, o.K8sBin)
-		}
-	}
-	if err := ensurePackages(logf); err != nil {
+	if err := ensurePackages(o.Logf); err != nil {
 		return nil, err
 	}
 	unlock, err := lock()
@@ -195,69 +186,162 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 		return nil, err
 	}
 	defer unlock()
-	if old, err := readState(); err != nil {
-		return nil, err
-	} else if old != nil {
-		if old.running() {
-			return nil, fmt.Errorf("a cluster started by %s (pid %d) is already up: one per machine; `make cluster-down` stops it", old.Owner, old.OwnerPID)
-		}
-		step("cleaning up a cluster left by a run that did not tear it down")
-		if err := down(old, logf); err != nil {
-			return nil, fmt.Errorf("clean up the previous cluster: %w", err)
-		}
-	}
-	if o.ForgetFirstUse {
-		removed, err := ForgetFirstUse()
-		if err != nil {
-			return nil, fmt.Errorf("meet the host as a fresh machine: %w", err)
-		}
-		step("fresh host: removed the first-use artefacts %v (of %d known)", removed, len(firstUseArtefacts))
-	}
-	before, err := SnapshotHost()
-	if err != nil {
+	if err := b.cleanUpLeftover(); err != nil {
 		return nil, err
 	}
-	ownerStart, _ := startTime(os.Getpid())
-	st := &State{Owner: o.Owner, OwnerPID: os.Getpid(), OwnerStart: ownerStart, Before: before, GPUs: o.GPUs}
-	for _, d := range []string{"logs", "bin", "images", "etcd", "apiserver", "cni/net.d", "cni/ipam", "containerd"} {
-		if err := os.MkdirAll(filepath.Join(Dir, d), 0o755); err != nil {
-			return nil, err
-		}
-	}
-	if err := st.write(); err != nil {
+	if err := b.recordHost(); err != nil {
 		return nil, err
 	}
 	// From here on a failure tears down what started.
 	defer func() {
 		if err != nil {
-			logf("start failed; logs are in %s/logs; tearing down", Dir)
-			if dumpErr := dumpLogs(logf); dumpErr != nil {
-				logf("%v", dumpErr)
-			}
-			if derr := down(st, logf); derr != nil {
-				logf("teardown: %v", derr)
-			}
+			b.tearDownFailed()
 		}
 	}()
-	launch := func(name, bin string, args ...string) error {
-		p, err := start(filepath.Join(Dir, "logs"), name, bin, args, nil)
+	for _, step := range []func(context.Context) error{
+		b.writeCredentials,
+		b.createBridge,
+		b.startEtcd,
+		b.startAPIServer,
+		b.installCertManagerCRDs,
+		b.startControllers,
+		b.buildNodeBinaries,
+		b.startContainerd,
+		b.importImages,
+		b.startKubelet,
+		b.startAddons,
+		b.createRuntimeClass,
+	} {
+		if err := step(ctx); err != nil {
+			return nil, err
+		}
+	}
+	b.c.State = *b.st
+	b.step("cluster up: KUBECONFIG=%s", Kubeconfig)
+	return b.c, nil
+}
+
+// pollInterval is how often Up looks at a component it started: they come
+// up in seconds.
+const pollInterval = 200 * time.Millisecond
+
+// bringUp is a cluster being started: what Up's steps hand on to later ones.
+type bringUp struct {
+	o       Options
+	started time.Time
+	st      *State // recorded in stateFile, from recordHost on
+	pki     pki
+	binDir  string // the node's own binaries and images' contents
+	// admissionConfig lets the API server authenticate to the webhook
+	// (writeCredentials).
+	admissionConfig string
+	etcdURL         string
+	c               *Cluster // from startAPIServer on
+}
+
+// step prints progress with the seconds since Up began.
+func (b *bringUp) step(format string, args ...any) {
+	b.o.Logf("[%5.1fs] %s", time.Since(b.started).Seconds(), fmt.Sprintf(format, args...))
+}
+
+// launch starts a component, in the control plane's cgroup, and records it
+// so that teardown stops it.
+func (b *bringUp) launch(name, bin string, args ...string) error {
+	p, err := start(filepath.Join(Dir, "logs"), name, bin, args, nil)
+	if err != nil {
+		return err
+	}
+	joinControlPlaneCgroup(p.PID)
+	b.st.Procs = append(b.st.Procs, p)
+	return b.st.write()
+}
+
+// checkBinaries fails with the make target to run when a Kubernetes binary
+// is missing from k8sBin.
+func checkBinaries(k8sBin string) error {
+	for _, b := range RequiredBinaries {
+		if _, err := os.Stat(filepath.Join(k8sBin, b)); err != nil {
+			return fmt.Errorf("%s not found in %s: run `make cluster-binaries` (hack/build-k8s.sh)", b, k8sBin)
+		}
+	}
+	return nil
+}
+
+// cleanUpLeftover tears down a cluster a run left behind, and refuses when
+// that cluster still runs: one per machine.
+func (b *bringUp) cleanUpLeftover() error {
+	old, err := readState()
+	if err != nil || old == nil {
+		return err
+	}
+	if old.running() {
+		return fmt.Errorf("a cluster started by %s (pid %d) is already up: one per machine; `make cluster-down` stops it", old.Owner, old.OwnerPID)
+	}
+	b.step("cleaning up a cluster left by a run that did not tear it down")
+	if err := down(old, b.o.Logf); err != nil {
+		return fmt.Errorf("clean up the previous cluster: %w", err)
+	}
+	return nil
+}
+
+// recordHost snapshots the host (after forgetting the first-use artefacts
+// when asked), makes the cluster's folders and writes the state file that
+// teardown reads.
+func (b *bringUp) recordHost() error {
+	if b.o.ForgetFirstUse {
+		removed, err := ForgetFirstUse()
 		if err != nil {
+			return fmt.Errorf("meet the host as a fresh machine: %w", err)
+		}
+		b.step("fresh host: removed the first-use artefacts %v (of %d known)", removed, len(firstUseArtefacts))
+	}
+	before, err := SnapshotHost()
+	if err != nil {
+		return err
+	}
+	ownerStart, _ := startTime(os.Getpid())
+	st := &State{Owner: b.o.Owner, OwnerPID: os.Getpid(), OwnerStart: ownerStart, Before: before, GPUs: b.o.GPUs}
+	for _, d := range []string{"logs", "bin", "images", "etcd", "apiserver", "cni/net.d", "cni/ipam", "containerd"} {
+		if err := os.MkdirAll(filepath.Join(Dir, d), 0o755); err != nil {
 			return err
 		}
-		joinControlPlaneCgroup(p.PID)
-		st.Procs = append(st.Procs, p)
-		return st.write()
 	}
+	if err := st.write(); err != nil {
+		return err
+	}
+	b.st = st
+	return nil
+}
 
-	p := pki{dir: filepath.Join(Dir, "pki")}
-	if err := p.write(); err != nil {
-		return nil, fmt.Errorf("certificates: %w", err)
+// tearDownFailed shows the components' logs and tears down what started.
+func (b *bringUp) tearDownFailed() {
+	logf := b.o.Logf
+	logf("start failed; logs are in %s/logs; tearing down", Dir)
+	if dumpErr := dumpLogs(logf); dumpErr != nil {
+		logf("%v", dumpErr)
 	}
-	// The API server authenticates to the webhook with a client certificate.
+	if derr := down(b.st, logf); derr != nil {
+		logf("teardown: %v", derr)
+	}
+}
+
+// writeCredentials writes the cluster's certificates and kubeconfigs, and
+// the client certificate the API server authenticates to the webhook with.
+func (b *bringUp) writeCredentials(context.Context) error {
+	if err := b.pki.write(); err != nil {
+		return fmt.Errorf("certificates: %w", err)
+	}
 	webhookAuth, err := admissionauth.Write(filepath.Dir(APIServerAuth().CA), admissionauth.ServiceHost)
 	if err != nil {
-		return nil, fmt.Errorf("webhook client certificate: %w", err)
+		return fmt.Errorf("webhook client certificate: %w", err)
 	}
+	b.admissionConfig = webhookAuth.AdmissionConfig
+	return nil
+}
+
+// createBridge makes the pods' bridge, holding the node's and the API
+// server's addresses.
+func (b *bringUp) createBridge(context.Context) error {
 	for _, args := range [][]string{
 		// A bridge without an address of its own takes the lowest MAC of
 		// its ports, so adding or removing a pod's veth could change it and
@@ -269,37 +353,48 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 		{"link", "set", Bridge, "up"},
 	} {
 		if err := run("ip", args...); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	step("bridge %s: node %s, API server %s", Bridge, NodeIP, APIServerIP)
+	b.step("bridge %s: node %s, API server %s", Bridge, NodeIP, APIServerIP)
+	return nil
+}
 
+// startEtcd runs etcd on two free loopback ports and waits until it is
+// healthy.
+func (b *bringUp) startEtcd(ctx context.Context) error {
 	etcdPort, peerPort, err := freePorts()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", etcdPort)
+	b.etcdURL = fmt.Sprintf("http://127.0.0.1:%d", etcdPort)
 	peerURL := fmt.Sprintf("http://127.0.0.1:%d", peerPort)
-	if err := launch("etcd", filepath.Join(o.K8sBin, "etcd"), "--data-dir", filepath.Join(Dir, "etcd"),
-		"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL,
+	if err := b.launch("etcd", filepath.Join(b.o.K8sBin, "etcd"), "--data-dir", filepath.Join(Dir, "etcd"),
+		"--listen-client-urls", b.etcdURL, "--advertise-client-urls", b.etcdURL,
 		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL, "--initial-cluster", "default="+peerURL,
 		"--unsafe-no-fsync"); err != nil {
-		return nil, err
+		return err
 	}
-	if err := waitFor(ctx, time.Minute, "etcd healthy", func() (bool, error) {
-		resp, err := http.Get(etcdURL + "/health")
+	if err := poll.Until(ctx, poll.Opts{Interval: pollInterval, Timeout: time.Minute}, "etcd healthy", func(context.Context) (bool, string, error) {
+		resp, err := http.Get(b.etcdURL + "/health")
 		if err != nil {
-			return false, nil //nolint:nilerr // not up yet
+			return false, err.Error(), nil // not up yet
 		}
 		_ = resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
+		return resp.StatusCode == http.StatusOK, resp.Status, nil
 	}); err != nil {
-		return nil, err
+		return err
 	}
-	step("etcd healthy")
+	b.step("etcd healthy")
+	return nil
+}
 
-	if err := launch("kube-apiserver", filepath.Join(o.K8sBin, "kube-apiserver"),
-		"--etcd-servers", etcdURL,
+// startAPIServer runs kube-apiserver on the service range's first address
+// and waits until it is ready; the Cluster exists from here on.
+func (b *bringUp) startAPIServer(ctx context.Context) error {
+	p := b.pki
+	if err := b.launch("kube-apiserver", filepath.Join(b.o.K8sBin, "kube-apiserver"),
+		"--etcd-servers", b.etcdURL,
 		"--bind-address", APIServerIP, "--secure-port", "443", "--advertise-address", APIServerIP,
 		"--service-cluster-ip-range", ServiceSubnet,
 		"--cert-dir", filepath.Join(Dir, "apiserver"),
@@ -315,135 +410,178 @@ func Up(ctx context.Context, o Options) (c *Cluster, err error) {
 		// Webhooks are reached at their Service's endpoints: no kube-proxy.
 		"--enable-aggregator-routing=true",
 		"--allow-privileged=true",
-		"--admission-control-config-file", webhookAuth.AdmissionConfig,
+		"--admission-control-config-file", b.admissionConfig,
 	); err != nil {
-		return nil, err
+		return err
 	}
 	cfg, client, err := adminClient()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if err := waitFor(ctx, 2*time.Minute, "kube-apiserver ready", func() (bool, error) {
+	if err := poll.Until(ctx, poll.Opts{Interval: pollInterval, Timeout: 2 * time.Minute}, "kube-apiserver ready", func(ctx context.Context) (bool, string, error) {
 		body, err := client.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
-		return err == nil && string(body) == "ok", nil
+		if err != nil {
+			return false, err.Error(), nil // not up yet
+		}
+		return string(body) == "ok", string(body), nil
 	}); err != nil {
-		return nil, err
+		return err
 	}
-	step("kube-apiserver ready at %s", APIServerURL)
-	c = &Cluster{Config: cfg, Client: client, K8sBin: o.K8sBin}
-	crds, err := certManagerCRDs(o.Root)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := c.Kubectl(ctx, "", "apply", "--server-side", "-f", crds); err != nil {
-		return nil, err
-	}
-	if _, err := c.Kubectl(ctx, "", "wait", "--for", "condition=Established", "--timeout", "2m", "crd", "--all"); err != nil {
-		return nil, err
-	}
-	step("cert-manager CRDs established")
+	b.step("kube-apiserver ready at %s", APIServerURL)
+	b.c = &Cluster{Config: cfg, Client: client, K8sBin: b.o.K8sBin}
+	return nil
+}
 
-	if err := launch("kube-controller-manager", filepath.Join(o.K8sBin, "kube-controller-manager"),
+// installCertManagerCRDs applies cert-manager's CRDs from the module cache
+// and waits until they are established.
+func (b *bringUp) installCertManagerCRDs(ctx context.Context) error {
+	crds, err := certManagerCRDs(b.o.Root)
+	if err != nil {
+		return err
+	}
+	if _, err := b.c.Kubectl(ctx, "", "apply", "--server-side", "-f", crds); err != nil {
+		return err
+	}
+	if _, err := b.c.Kubectl(ctx, "", "wait", "--for", "condition=Established", "--timeout", "2m", "crd", "--all"); err != nil {
+		return err
+	}
+	b.step("cert-manager CRDs established")
+	return nil
+}
+
+// startControllers runs kube-controller-manager and kube-scheduler.
+func (b *bringUp) startControllers(context.Context) error {
+	p := b.pki
+	if err := b.launch("kube-controller-manager", filepath.Join(b.o.K8sBin, "kube-controller-manager"),
 		"--kubeconfig", p.kubeconfig("controller-manager"),
 		"--service-account-private-key-file", p.path("sa.key"), "--root-ca-file", p.path("ca.crt"),
 		"--use-service-account-credentials=true", "--leader-elect=false", "--secure-port=0",
 	); err != nil {
-		return nil, err
+		return err
 	}
-	if err := launch("kube-scheduler", filepath.Join(o.K8sBin, "kube-scheduler"),
+	if err := b.launch("kube-scheduler", filepath.Join(b.o.K8sBin, "kube-scheduler"),
 		"--kubeconfig", p.kubeconfig("scheduler"), "--leader-elect=false", "--secure-port=0",
 	); err != nil {
-		return nil, err
+		return err
 	}
-	step("kube-controller-manager and kube-scheduler started")
+	b.step("kube-controller-manager and kube-scheduler started")
+	return nil
+}
 
-	binDir := filepath.Join(Dir, "bin")
-	if err := buildBinaries(ctx, o.Root, binDir, step); err != nil {
-		return nil, err
-	}
+// buildNodeBinaries builds this module's binaries for the node's images
+// and its addons.
+func (b *bringUp) buildNodeBinaries(ctx context.Context) error {
+	return buildBinaries(ctx, b.o.Root, b.binDir, b.step)
+}
+
+// startContainerd writes the private containerd's and the CNI's
+// configuration, runs containerd and waits until it serves.
+func (b *bringUp) startContainerd(ctx context.Context) error {
 	if err := writeFile(filepath.Join(Dir, "containerd", "config.toml"), containerdConfig()); err != nil {
-		return nil, err
+		return err
 	}
 	if err := writeFile(filepath.Join(Dir, "cni", "net.d", "10-gpu-power.conflist"), cniConfig()); err != nil {
-		return nil, err
+		return err
 	}
-	if err := launch("containerd", "containerd", "--config", filepath.Join(Dir, "containerd", "config.toml")); err != nil {
-		return nil, err
+	if err := b.launch("containerd", "containerd", "--config", filepath.Join(Dir, "containerd", "config.toml")); err != nil {
+		return err
 	}
-	if err := waitFor(ctx, time.Minute, "containerd serving", func() (bool, error) {
-		return run("ctr", "--address", ContainerdSocket, "version") == nil, nil
+	if err := poll.Until(ctx, poll.Opts{Interval: pollInterval, Timeout: time.Minute}, "containerd serving", func(context.Context) (bool, string, error) {
+		if err := run("ctr", "--address", ContainerdSocket, "version"); err != nil {
+			return false, err.Error(), nil // not up yet
+		}
+		return true, "", nil
 	}); err != nil {
-		return nil, err
+		return err
 	}
-	step("containerd serving on %s", ContainerdSocket)
-	imgs, err := writeImages(o.Root, binDir, step)
+	b.step("containerd serving on %s", ContainerdSocket)
+	return nil
+}
+
+// importImages writes the images built here and imports them into
+// containerd's k8s.io namespace: no registry.
+func (b *bringUp) importImages(context.Context) error {
+	imgs, err := writeImages(b.o.Root, b.binDir, b.step)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for _, path := range imgs {
 		if err := run("ctr", "--address", ContainerdSocket, "-n", "k8s.io", "images", "import", path); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	step("imported %d images", len(imgs))
+	b.step("imported %d images", len(imgs))
+	return nil
+}
 
-	fake := nvmlctl.NewFake(nvmlctl.H100s(o.GPUs)...)
+// startKubelet writes the simulated GPUs' state and the kubelet's
+// configuration, runs the kubelet and waits until the node is Ready.
+func (b *bringUp) startKubelet(ctx context.Context) error {
+	fake := nvmlfake.New(nvmlfake.H100s(b.o.GPUs)...)
 	if err := os.MkdirAll(filepath.Dir(FakeNVMLFile), 0o755); err != nil {
-		return nil, err
+		return err
 	}
 	if err := fake.PersistTo(FakeNVMLFile); err != nil {
-		return nil, err
+		return err
 	}
-	if err := writeFile(filepath.Join(Dir, "kubelet", "config.yaml"), kubeletConfig(p)); err != nil {
-		return nil, err
+	if err := writeFile(filepath.Join(Dir, "kubelet", "config.yaml"), kubeletConfig(b.pki)); err != nil {
+		return err
 	}
-	if err := launch("kubelet", filepath.Join(o.K8sBin, "kubelet"),
+	if err := b.launch("kubelet", filepath.Join(b.o.K8sBin, "kubelet"),
 		"--config", filepath.Join(Dir, "kubelet", "config.yaml"),
-		"--kubeconfig", p.kubeconfig("kubelet"),
+		"--kubeconfig", b.pki.kubeconfig("kubelet"),
 		"--hostname-override", NodeName, "--node-ip", NodeIP,
 		"--node-labels", "nvidia.com/gpu.present=true,nvidia.com/gpu.product="+GPUProduct,
 		"-v", "2",
 	); err != nil {
-		return nil, err
+		return err
 	}
-	if err := waitFor(ctx, 3*time.Minute, "node "+NodeName+" Ready", func() (bool, error) {
-		n, err := client.CoreV1().Nodes().Get(ctx, NodeName, metav1.GetOptions{})
+	if err := poll.Until(ctx, poll.Opts{Interval: pollInterval, Timeout: 3 * time.Minute}, "node "+NodeName+" Ready", func(ctx context.Context) (bool, string, error) {
+		n, err := b.c.Client.CoreV1().Nodes().Get(ctx, NodeName, metav1.GetOptions{})
 		if err != nil {
-			return false, nil //nolint:nilerr // not registered yet
+			return false, err.Error(), nil // not registered yet
 		}
 		for _, c := range n.Status.Conditions {
 			if c.Type == corev1.NodeReady {
-				return c.Status == corev1.ConditionTrue, nil
+				return c.Status == corev1.ConditionTrue, c.Reason, nil
 			}
 		}
-		return false, nil
+		return false, "no Ready condition", nil
 	}); err != nil {
-		return nil, err
+		return err
 	}
-	step("node %s Ready", NodeName)
+	b.step("node %s Ready", NodeName)
+	return nil
+}
 
-	if err := launch("addons", filepath.Join(binDir, "realnode"), "addons", "--gpus", fmt.Sprint(o.GPUs)); err != nil {
-		return nil, err
+// startAddons runs the fake device plugin and cert-manager (realnode
+// addons) and waits until the node advertises its GPUs.
+func (b *bringUp) startAddons(ctx context.Context) error {
+	if err := b.launch("addons", filepath.Join(b.binDir, "realnode"), "addons", "--gpus", fmt.Sprint(b.o.GPUs)); err != nil {
+		return err
 	}
-	if err := waitFor(ctx, 2*time.Minute, "node advertises its GPUs", func() (bool, error) {
-		n, err := client.CoreV1().Nodes().Get(ctx, NodeName, metav1.GetOptions{})
+	if err := poll.Until(ctx, poll.Opts{Interval: pollInterval, Timeout: 2 * time.Minute}, "node advertises its GPUs", func(ctx context.Context) (bool, string, error) {
+		n, err := b.c.Client.CoreV1().Nodes().Get(ctx, NodeName, metav1.GetOptions{})
 		if err != nil {
-			return false, nil //nolint:nilerr // retried
+			return false, err.Error(), nil // retried
 		}
 		q := n.Status.Allocatable["nvidia.com/gpu"]
-		return q.Value() == int64(o.GPUs), nil
+		return q.Value() == int64(b.o.GPUs), q.String() + " nvidia.com/gpu", nil
 	}); err != nil {
-		return nil, err
+		return err
 	}
-	step("fake device plugin registered: %d nvidia.com/gpu; cert-manager's controllers and cainjector run beside it", o.GPUs)
+	b.step("fake device plugin registered: %d nvidia.com/gpu; cert-manager's controllers and cainjector run beside it", b.o.GPUs)
+	return nil
+}
 
+// createRuntimeClass creates the nvidia RuntimeClass GPU pods name, run by
+// plain runc on this node.
+func (b *bringUp) createRuntimeClass(ctx context.Context) error {
 	rc := &nodev1.RuntimeClass{ObjectMeta: metav1.ObjectMeta{Name: "nvidia"}, Handler: "runc"}
-	if _, err := client.NodeV1().RuntimeClasses().Create(ctx, rc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return nil, err
+	if _, err := b.c.Client.NodeV1().RuntimeClasses().Create(ctx, rc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
 	}
-	c.State = *st
-	step("cluster up: KUBECONFIG=%s", Kubeconfig)
-	return c, nil
+	return nil
 }
 
 // Attach returns the cluster that is up now (started by `make cluster-up`),
@@ -574,22 +712,6 @@ func run(name string, args ...string) error {
 	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
-	}
-	return nil
-}
-
-func waitFor(ctx context.Context, timeout time.Duration, what string, cond func() (bool, error)) error {
-	var last error
-	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
-		ok, err := cond()
-		last = err
-		return ok, nil
-	})
-	if err != nil {
-		if last != nil {
-			return fmt.Errorf("%s: not within %s: %w", what, timeout, last)
-		}
-		return fmt.Errorf("%s: not within %s", what, timeout)
 	}
 	return nil
 }

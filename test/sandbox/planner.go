@@ -25,6 +25,7 @@ import (
 
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 )
 
 // reasonApplied is the Event reason the agent gives when it caps a pod's GPU:
@@ -251,7 +252,7 @@ func (p *Planner) restored(ctx context.Context, idx []int) error {
 			return false, "", err
 		}
 		for _, i := range idx {
-			if want := int64(gpus[i].Default / 1000); limits[i] != want {
+			if want := int64(gpus[i].Default.WattsDown()); limits[i] != want {
 				return false, fmt.Sprintf("GPU %d at %d W, default %d W", i, limits[i], want), nil
 			}
 		}
@@ -268,7 +269,7 @@ func (p *Planner) limits() ([]int64, error) {
 	}
 	out := make([]int64, len(gpus))
 	for _, g := range gpus {
-		out[g.Index] = int64(g.Limit / 1000)
+		out[g.Index] = int64(g.Limit.WattsDown())
 	}
 	return out, nil
 }
@@ -606,16 +607,17 @@ func (p *Planner) watchLimits(ctx context.Context, want []int64) (stop func(), c
 		wg   sync.WaitGroup
 	)
 	wg.Go(func() {
-		for ctx.Err() == nil {
+		// Until stop: ending ctx is how the wait ends when nothing changed.
+		_ = poll.Until(ctx, poll.Opts{Interval: 20 * time.Millisecond}, "a limit change", func(context.Context) (bool, string, error) {
 			got, err := p.limits()
 			if err == nil && !slices.Equal(got, want) {
 				mu.Lock()
 				seen = fmt.Sprintf("%v W, was %v W", got, want)
 				mu.Unlock()
-				return
+				return true, "", nil
 			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return false, "", nil
+		})
 	})
 	return func() { cancel(); wg.Wait() }, func() string { mu.Lock(); defer mu.Unlock(); return seen }
 }
@@ -651,7 +653,7 @@ func (p *Planner) gpuTable() error {
 	tw := tabwriter.NewWriter(p.Out, 0, 4, 2, ' ', 0)
 	_, _ = fmt.Fprintln(tw, "    GPU\tUUID\tLIMIT\tDEFAULT\tHELD BY")
 	for _, g := range gpus {
-		_, _ = fmt.Fprintf(tw, "    %d\t%s\t%d W\t%d W\t%s\n", g.Index, g.UUID, g.Limit/1000, g.Default/1000, orDash(holders[g.Index]))
+		_, _ = fmt.Fprintf(tw, "    %d\t%s\t%d W\t%d W\t%s\n", g.Index, g.UUID, g.Limit.WattsDown(), g.Default.WattsDown(), orDash(holders[g.Index]))
 	}
 	return tw.Flush()
 }

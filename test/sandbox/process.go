@@ -11,9 +11,8 @@ import (
 	"syscall"
 	"time"
 
-	"k8s.io/apimachinery/pkg/util/wait"
-
 	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 )
 
 // Binaries builds power-webhook and power-agent into dir the way `make build`
@@ -93,17 +92,15 @@ func (p *Process) Start(ctx context.Context) error {
 		_ = log.Close()
 		close(p.done)
 	}()
-	var last string
-	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 2*time.Minute, true, func(context.Context) (bool, error) {
+	err = poll.Until(ctx, poll.Opts{Timeout: 2 * time.Minute}, p.Name+" ready", func(context.Context) (bool, string, error) {
 		if !p.Running() {
-			return false, fmt.Errorf("%s exited: %s", p.Name, p.cmd.ProcessState)
+			return false, "", fmt.Errorf("%s exited: %s", p.Name, p.cmd.ProcessState)
 		}
 		ok, why := envtestenv.Ready(p.ProbeAddr)
-		last = why
-		return ok, nil
+		return ok, why, nil
 	})
 	if err != nil {
-		return fmt.Errorf("%s never became ready (last probe: %s): %w; its log ends:\n%s", p.Name, last, err, p.LogTail(30))
+		return fmt.Errorf("%w; its log ends:\n%s", err, p.LogTail(30))
 	}
 	return nil
 }

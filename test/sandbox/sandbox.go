@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -31,7 +30,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/wait"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
@@ -41,12 +39,13 @@ import (
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
-	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
 	"github.com/dynamo-power/gpu-power/pkg/podmap/podresourcestest"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 	"github.com/dynamo-power/gpu-power/test/admissionauth"
 	"github.com/dynamo-power/gpu-power/test/e2e/certmanager"
 	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 	"github.com/dynamo-power/gpu-power/test/testdeploy"
 )
 
@@ -270,18 +269,11 @@ func (s *Sandbox) StampKeyFile() string { return filepath.Join(s.StampKeyDir, "t
 // Kubectl runs kubectl against the sandbox with stdin and returns its
 // combined output.
 func (s *Sandbox) Kubectl(ctx context.Context, stdin string, args ...string) (string, error) {
-	bin, err := envtestenv.Kubectl()
+	k, err := envtestenv.KubectlFor(s.Kubeconfig)
 	if err != nil {
 		return "", err
 	}
-	cmd := exec.CommandContext(ctx, bin, append([]string{"--kubeconfig", s.Kubeconfig}, args...)...)
-	var out bytes.Buffer
-	cmd.Stdin = strings.NewReader(stdin)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		return out.String(), fmt.Errorf("kubectl %s: %w\n%s", strings.Join(args, " "), err, out.String())
-	}
-	return out.String(), nil
+	return k.Run(ctx, stdin, args...)
 }
 
 // install applies both folders as the README says and waits for
@@ -357,18 +349,10 @@ func (s *Sandbox) caInjected(ctx context.Context) (bool, string, error) {
 	return injected == len(bundles), fmt.Sprintf("%d of %d webhooks carry the CA (%d bytes)", injected, len(bundles), len(ca)), nil
 }
 
-// waitFor polls cond for up to two minutes.
-func (s *Sandbox) waitFor(ctx context.Context, what string, cond func(context.Context) (bool, string, error)) error {
-	var last string
-	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		ok, why, err := cond(ctx)
-		last = why
-		return ok, err
-	})
-	if err != nil {
-		return fmt.Errorf("%s: never happened (last seen: %s): %w", what, last, err)
-	}
-	return nil
+// waitFor polls cond for up to two minutes: the sandbox's conditions are
+// controllers' work, which takes seconds on a busy machine.
+func (s *Sandbox) waitFor(ctx context.Context, what string, cond poll.Cond) error {
+	return poll.Until(ctx, poll.Opts{Interval: 100 * time.Millisecond, Timeout: 2 * time.Minute}, what, cond)
 }
 
 // startWebhook applies the overlay (127.0.0.1 in the Certificate, a local
@@ -501,8 +485,8 @@ func (s *Sandbox) startAgent(ctx, bg context.Context) error {
 	if err := s.Client.Status().Update(ctx, node); err != nil {
 		return fmt.Errorf("node status: %w", err)
 	}
-	gpus := nvmlctl.H100s(GPUCount)
-	if err := nvmlctl.NewFake(gpus...).PersistTo(s.NVMLState); err != nil {
+	gpus := nvmlfake.H100s(GPUCount)
+	if err := nvmlfake.New(gpus...).PersistTo(s.NVMLState); err != nil {
 		return err
 	}
 	server, stop, err := podresourcestest.Serve()
@@ -532,8 +516,8 @@ func (s *Sandbox) GPUsOf(namespace, name string) []int {
 }
 
 // GPUs reads the simulated GPUs' state as the hardware holds it now.
-func (s *Sandbox) GPUs() ([]nvmlctl.FakeGPU, error) {
-	f, err := nvmlctl.NewFakeFromFile(s.NVMLState)
+func (s *Sandbox) GPUs() ([]nvmlfake.GPU, error) {
+	f, err := nvmlfake.NewFromFile(s.NVMLState)
 	if err != nil {
 		return nil, err
 	}

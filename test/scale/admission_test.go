@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 )
 
 // TestAdmissionCPU measures what the webhooks cost per admission, the way
@@ -200,35 +201,18 @@ func (b *bench) quiet() time.Duration {
 	start := time.Now()
 	prev, prevAt := b.cpus(), time.Now()
 	var rate float64
-	err := pollEvery(b.t.Context(), time.Second, time.Minute, func() bool {
+	// Delay: each look measures the second since the previous one.
+	err := poll.Until(b.t.Context(), poll.Opts{Interval: time.Second, Timeout: time.Minute, Delay: true}, "idle", func(context.Context) (bool, string, error) {
 		c, now := b.cpus(), time.Now()
 		d := c.sub(prev)
 		rate = (d.webhook + d.apiserver + d.etcd).Seconds() / now.Sub(prevAt).Seconds()
 		prev, prevAt = c, now
-		return rate < 0.2
+		return rate < 0.2, "", nil
 	})
 	if err != nil {
 		b.t.Logf("  the processes did not fall idle within a minute (last second: %.2f cores); measuring anyway", rate)
 	}
 	return time.Since(start)
-}
-
-// pollEvery calls cond every interval (not at once) until it holds.
-func pollEvery(ctx context.Context, interval, timeout time.Duration, cond func() bool) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-			if cond() {
-				return nil
-			}
-		}
-	}
 }
 
 // cpuProfile writes a CPU profile of the webhook over the next seconds.

@@ -22,13 +22,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 	"github.com/dynamo-power/gpu-power/test/sandbox"
 )
 
@@ -288,18 +288,16 @@ func (b *bench) parallel(what string, n, workers int, create func(ctx context.Co
 func (b *bench) poll(what string, interval, timeout time.Duration, cond func(ctx context.Context) (bool, string, error)) time.Duration {
 	b.t.Helper()
 	start, lastLog := time.Now(), time.Now()
-	var last string
-	err := wait.PollUntilContextTimeout(b.t.Context(), interval, timeout, true, func(ctx context.Context) (bool, error) {
+	err := poll.Until(b.t.Context(), poll.Opts{Interval: interval, Timeout: timeout}, what, func(ctx context.Context) (bool, string, error) {
 		ok, why, err := cond(ctx)
-		last = why
 		if !ok && time.Since(lastLog) >= 10*time.Second {
 			b.t.Logf("  waiting: %s (%s)", what, why)
 			lastLog = time.Now()
 		}
-		return ok, err
+		return ok, why, err
 	})
 	if err != nil {
-		b.t.Fatalf("%s: never happened within %s (last seen: %s): %v", what, timeout, last, err)
+		b.t.Fatal(err)
 	}
 	return time.Since(start)
 }

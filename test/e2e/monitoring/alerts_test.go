@@ -21,10 +21,11 @@ import (
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 	"github.com/dynamo-power/gpu-power/pkg/webhook"
 	"github.com/dynamo-power/gpu-power/test/e2e/prometheustest"
-	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 	"github.com/dynamo-power/gpu-power/test/sandbox"
 )
 
@@ -80,7 +81,7 @@ func TestAlertsFire(t *testing.T) {
 		}
 		// The GPU may have drifted before (an earlier test's restore): this
 		// repair is the one the alert must see.
-		envtestenv.Eventually(t, fireWithin, "the agent repairs the limit", func() (bool, string) {
+		poll.Eventually(t, fireWithin, "the agent repairs the limit", func() (bool, string) {
 			now := value(t, repairs)
 			return now > before, fmt.Sprintf("%s = %v, was %v", repairs, now, before)
 		})
@@ -246,9 +247,9 @@ func gpuPod(name, ns string, gpus int64, limit string) *corev1.Pod {
 	return testpod.MakePod(name, ns).GPU(gpus).Limit(limit).NodeName(sandbox.NodeName).Obj()
 }
 
-func fakeNVML(t *testing.T) *nvmlctl.Fake {
+func fakeNVML(t *testing.T) *nvmlfake.Fake {
 	t.Helper()
-	f, err := nvmlctl.NewFakeFromFile(sb.NVMLState)
+	f, err := nvmlfake.NewFromFile(sb.NVMLState)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +275,7 @@ func setFaults(t *testing.T, uuids []string, refuse bool) {
 	t.Helper()
 	f := fakeNVML(t)
 	for _, u := range uuids {
-		if err := f.Update(u, func(g *nvmlctl.FakeGPU) { g.RefuseLimitWrites = refuse }); err != nil {
+		if err := f.Update(u, func(g *nvmlfake.GPU) { g.RefuseLimitWrites = refuse }); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -288,7 +289,7 @@ func setFaults(t *testing.T, uuids []string, refuse bool) {
 func cappedAt(t *testing.T, ns, name string, watts int64) string {
 	t.Helper()
 	var uuid string
-	envtestenv.Eventually(t, fireWithin, fmt.Sprintf("%s/%s capped at %d W", ns, name, watts), func() (bool, string) {
+	poll.Eventually(t, fireWithin, fmt.Sprintf("%s/%s capped at %d W", ns, name, watts), func() (bool, string) {
 		idx := sb.GPUsOf(ns, name)
 		if len(idx) != 1 {
 			return false, fmt.Sprintf("GPUs of the pod: %v", idx)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/dynamo-power/gpu-power/test/e2e/prometheustest"
 	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 	"github.com/dynamo-power/gpu-power/test/sandbox"
 )
 
@@ -224,7 +225,7 @@ func dashboardQueries(t *testing.T) []string {
 func waitForSeries(t *testing.T, expr string) []prometheustest.Sample {
 	t.Helper()
 	var got []prometheustest.Sample
-	envtestenv.Eventually(t, fireWithin, "series of "+expr, func() (bool, string) {
+	poll.Eventually(t, fireWithin, "series of "+expr, func() (bool, string) {
 		var err error
 		got, err = prom.Query(t.Context(), expr)
 		if err != nil {

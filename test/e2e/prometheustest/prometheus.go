@@ -26,10 +26,10 @@ import (
 	"time"
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/yaml"
 
 	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 )
 
 // Ensure returns the paths of prometheus and promtool, installing Debian's
@@ -193,22 +193,22 @@ func Start(ctx context.Context, bin, dir string, jobs []Job, ruleFiles ...string
 		_ = logFile.Close()
 		close(s.done)
 	}()
-	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+	err = poll.Until(ctx, poll.Opts{Interval: 100 * time.Millisecond, Timeout: time.Minute}, "prometheus ready", func(context.Context) (bool, string, error) {
 		select {
 		case <-s.done:
-			return false, fmt.Errorf("prometheus exited: %s", s.LogTail(20))
+			return false, "", fmt.Errorf("prometheus exited: %s", s.LogTail(20))
 		default:
 		}
 		resp, err := http.Get(s.URL + "/-/ready")
 		if err != nil {
-			return false, nil
+			return false, err.Error(), nil // not listening yet
 		}
 		_ = resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
+		return resp.StatusCode == http.StatusOK, resp.Status, nil
 	})
 	if err != nil {
 		_ = s.Stop()
-		return nil, fmt.Errorf("prometheus never became ready: %w", err)
+		return nil, err
 	}
 	return s, nil
 }
@@ -288,13 +288,12 @@ func (s *Server) Alerts(ctx context.Context) ([]Alert, error) {
 // is firing, and returns it.
 func (s *Server) WaitForAlert(ctx context.Context, name string, match map[string]string, timeout time.Duration) (Alert, error) {
 	var found Alert
-	var seen []string
-	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+	err := poll.Until(ctx, poll.Opts{Interval: 250 * time.Millisecond, Timeout: timeout}, fmt.Sprintf("alert %s%v firing", name, match), func(ctx context.Context) (bool, string, error) {
 		alerts, err := s.Alerts(ctx)
 		if err != nil {
-			return false, err
+			return false, "", err
 		}
-		seen = seen[:0]
+		var seen []string
 		for _, a := range alerts {
 			seen = append(seen, a.Labels["alertname"]+"="+a.State)
 			if a.Labels["alertname"] != name || a.State != "firing" {
@@ -306,13 +305,13 @@ func (s *Server) WaitForAlert(ctx context.Context, name string, match map[string
 			}
 			if ok {
 				found = a
-				return true, nil
+				return true, "", nil
 			}
 		}
-		return false, nil
+		return false, fmt.Sprintf("alerts %v", seen), nil
 	})
 	if err != nil {
-		return Alert{}, fmt.Errorf("alert %s%v never fired (alerts now: %v): %w", name, match, seen, err)
+		return Alert{}, err
 	}
 	return found, nil
 }

@@ -26,10 +26,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
-	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
 	"github.com/dynamo-power/gpu-power/pkg/podmap/podresourcestest"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 )
 
 const nodeName = "gpu-node-0"
@@ -112,7 +113,7 @@ func newNode(t *testing.T) *node {
 	t.Helper()
 	dir := t.TempDir()
 	n := &node{t: t, dir: dir, nvml: filepath.Join(dir, "nvml.json"), kubelet: podresourcestest.Start(t)}
-	if err := nvmlctl.NewFake(nvmlctl.H100s(8)...).PersistTo(n.nvml); err != nil {
+	if err := nvmlfake.New(nvmlfake.H100s(8)...).PersistTo(n.nvml); err != nil {
 		t.Fatal(err)
 	}
 	return n
@@ -168,11 +169,11 @@ func (n *node) stop() {
 
 func (n *node) limitW(i int) int64 {
 	n.t.Helper()
-	f, err := nvmlctl.NewFakeFromFile(n.nvml)
+	f, err := nvmlfake.NewFromFile(n.nvml)
 	if err != nil {
 		n.t.Fatal(err)
 	}
-	g, err := f.GPU(nvmlctl.FakeUUID(i))
+	g, err := f.GPU(nvmlfake.UUID(i))
 	if err != nil {
 		n.t.Fatal(err)
 	}
@@ -181,7 +182,7 @@ func (n *node) limitW(i int) int64 {
 
 func (n *node) eventually(what string, cond func() (bool, string)) {
 	n.t.Helper()
-	envtestenv.Eventually(n.t, time.Minute, what, cond)
+	poll.Eventually(n.t, time.Minute, what, cond)
 }
 
 func (n *node) limitBecomes(i int, watts int64) {
@@ -210,7 +211,7 @@ func TestAgentEnforcesAdmittedLimits(t *testing.T) {
 	}
 	// kubelet allocates GPUs 0 and 1 to the pod (before any CUDA process runs).
 	n.kubelet.SetPods(podresourcestest.Pod("llm", "decode-0", podresourcestest.Container("worker",
-		podresourcestest.Devices(policy.ResourceGPU, nvmlctl.FakeUUID(0), nvmlctl.FakeUUID(1)))))
+		podresourcestest.Devices(policy.ResourceGPU, nvmlfake.UUID(0), nvmlfake.UUID(1)))))
 	n.limitBecomes(0, 250)
 	n.limitBecomes(1, 250)
 	if got := n.limitW(2); got != 700 {

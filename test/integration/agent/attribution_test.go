@@ -14,6 +14,7 @@ import (
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
 	"github.com/dynamo-power/gpu-power/pkg/podmap/podresourcestest"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 	"github.com/dynamo-power/gpu-power/test/envtestenv"
@@ -38,11 +39,11 @@ func sneakyPod(t *testing.T, n *node, name string, pid, gpu int) (*corev1.Pod, s
 	if err := os.WriteFile(filepath.Join(proc, fmt.Sprint(pid), "cgroup"), []byte(cgroup), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	f, err := nvmlctl.NewFakeFromFile(n.nvml)
+	f, err := nvmlfake.NewFromFile(n.nvml)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := f.SetProcesses(nvmlctl.FakeUUID(gpu), nvmlctl.Process{Kind: nvmlctl.Compute, PID: pid}); err != nil {
+	if err := f.SetProcesses(nvmlfake.UUID(gpu), nvmlctl.Process{Kind: nvmlctl.Compute, PID: pid}); err != nil {
 		t.Fatal(err)
 	}
 	return p, proc
@@ -55,7 +56,7 @@ func TestStrayProcessNeverSetsACap(t *testing.T) {
 	n := newNode(t)
 	victim := testpod.MakePod("victim", "llm").GPU(1).NodeName(nodeName).Obj() // GPU 0, no limit
 	n.kubelet.SetPods(podresourcestest.Pod("llm", "victim", podresourcestest.Container("worker",
-		podresourcestest.Devices(policy.ResourceGPU, nvmlctl.FakeUUID(0)))))
+		podresourcestest.Devices(policy.ResourceGPU, nvmlfake.UUID(0)))))
 	if err := k8s.Create(t.Context(), victim); err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +81,7 @@ func TestStrayProcessNeverSetsACap(t *testing.T) {
 	if got := n.limitW(0); got != 700 {
 		t.Errorf("GPU 0 at %d W: the stray process's pod capped a GPU kubelet did not allocate it", got)
 	}
-	gpu0 := fmt.Sprintf("gpu=%q", nvmlctl.FakeUUID(0))
+	gpu0 := fmt.Sprintf("gpu=%q", nvmlfake.UUID(0))
 	if got := scrape(t, "http://"+n.metrics+"/metrics", "dynamo_power_agent_unallocated_processes_total", []string{gpu0}); got != 1 {
 		t.Errorf("dynamo_power_agent_unallocated_processes_total{%s} = %v; want 1 (counted once)", gpu0, got)
 	}

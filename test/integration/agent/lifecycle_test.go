@@ -23,7 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
-	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
 	"github.com/dynamo-power/gpu-power/pkg/podmap/podresourcestest"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
@@ -58,7 +58,7 @@ func cappedPod(t *testing.T, n *node, name string) *corev1.Pod {
 	// The kubelet's allocation is in place when the pod's event reaches the
 	// agent, so the cap comes from that event and never waits for --interval.
 	n.kubelet.SetPods(podresourcestest.Pod("llm", name, podresourcestest.Container("worker",
-		podresourcestest.Devices(policy.ResourceGPU, nvmlctl.FakeUUID(0), nvmlctl.FakeUUID(1)))))
+		podresourcestest.Devices(policy.ResourceGPU, nvmlfake.UUID(0), nvmlfake.UUID(1)))))
 	if err := k8s.Create(t.Context(), p); err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +267,7 @@ func TestInspectShowsWhatTheAgentDoesAndWritesNothing(t *testing.T) {
 		1: "yes (was 700W) llm/inspected 250W none",
 		2: "no - - none",
 	} {
-		if got := strings.Join(rows[nvmlctl.FakeUUID(gpu)], " "); !strings.HasSuffix(got, want) {
+		if got := strings.Join(rows[nvmlfake.UUID(gpu)], " "); !strings.HasSuffix(got, want) {
 			t.Errorf("GPU %d: inspect shows %q; want it to end in %q\n%s", gpu, got, want, out)
 		}
 	}

@@ -11,7 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
-	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
 	"github.com/dynamo-power/gpu-power/pkg/podmap/podresourcestest"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
@@ -53,7 +53,7 @@ func TestSoakMemoryWithFatPods(t *testing.T) {
 		p := fatPod(i)
 		if i == pods-1 { // the last one holds a GPU: its cap shows the agent has seen every pod before it
 			n.kubelet.SetPods(podresourcestest.Pod("llm", p.Name, podresourcestest.Container("worker",
-				podresourcestest.Devices(policy.ResourceGPU, nvmlctl.FakeUUID(0)))))
+				podresourcestest.Devices(policy.ResourceGPU, nvmlfake.UUID(0)))))
 		}
 		if err := k8s.Create(t.Context(), p); err != nil {
 			t.Fatalf("create pod %d: %v", i, err)

@@ -13,7 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
-	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
 	"github.com/dynamo-power/gpu-power/pkg/podmap/podresourcestest"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
@@ -49,7 +49,7 @@ func (n *node) series(name string) map[string]float64 {
 // powerCappedNanoseconds grows.
 func TestAgentExportsTheSeriesTheAlertsRead(t *testing.T) {
 	n := newNode(t)
-	gpu0, gpu1, gpu2 := nvmlctl.FakeUUID(0), nvmlctl.FakeUUID(1), nvmlctl.FakeUUID(2)
+	gpu0, gpu1, gpu2 := nvmlfake.UUID(0), nvmlfake.UUID(1), nvmlfake.UUID(2)
 	capped := testpod.MakePod("info-capped", "llm").GPU(1).NodeName(nodeName).Limit("250").Stamp("250").Obj()
 	unstamped := testpod.MakePod("info-unstamped", "llm").GPU(1).NodeName(nodeName).Limit("300").Obj()
 	n.kubelet.SetPods(
@@ -81,14 +81,14 @@ func TestAgentExportsTheSeriesTheAlertsRead(t *testing.T) {
 	})
 
 	// The cap binds: the driver's counter (the state file's) grows.
-	world, err := nvmlctl.NewFakeFromFile(n.nvml)
+	world, err := nvmlfake.NewFromFile(n.nvml)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := world.AddPowerCapped(gpu0, 3*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if err := world.Update(gpu2, func(g *nvmlctl.FakeGPU) { g.PowerCappedUnsupported = true }); err != nil {
+	if err := world.Update(gpu2, func(g *nvmlfake.GPU) { g.PowerCappedUnsupported = true }); err != nil {
 		t.Fatal(err)
 	}
 	n.eventually("capped seconds follow NVML; none for a GPU where it is not supported", func() (bool, string) {

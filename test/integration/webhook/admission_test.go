@@ -1,10 +1,8 @@
 package webhook_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -183,16 +181,11 @@ func TestUpdateRevalidatesAndRestamps(t *testing.T) {
 
 func kubectl(t *testing.T, stdin string, args ...string) (string, error) {
 	t.Helper()
-	bin, err := envtestenv.Kubectl()
+	k, err := envtestenv.KubectlFor(kubeconfig)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.CommandContext(t.Context(), bin, append([]string{"--kubeconfig", kubeconfig}, args...)...)
-	cmd.Stdin = strings.NewReader(stdin)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err = cmd.Run()
-	return out.String(), err
+	return k.Run(t.Context(), stdin, args...)
 }
 
 func manifest(t *testing.T, p *corev1.Pod) string {

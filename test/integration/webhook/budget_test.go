@@ -21,7 +21,7 @@ import (
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
-	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 )
 
 const budgetLabel = "power.test/budget"
@@ -65,7 +65,7 @@ func getBudget(t *testing.T, name string) *powerv1alpha1.GPUPowerBudget {
 // reason after a minute.
 func eventually(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
-	envtestenv.Eventually(t, time.Minute, what, cond)
+	poll.Eventually(t, time.Minute, what, cond)
 }
 
 // committedBecomes waits until the reconciled status shows committed watts and

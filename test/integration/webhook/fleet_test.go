@@ -13,7 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/wait"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
@@ -21,9 +20,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/dynamo-power/gpu-power/pkg/budget"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 	powerwebhook "github.com/dynamo-power/gpu-power/pkg/webhook"
 	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 )
 
 // fleet runs webhook replicas in this process, each a whole manager with its
@@ -107,8 +108,8 @@ func (f *fleet) start() error {
 	// Short enough for the failover test, long enough that a renewal
 	// survives a busy 2-core machine.
 	const renewDeadline = 4 * time.Second
-	writer := powerwebhook.Writer{
-		Lease:   types.NamespacedName{Namespace: "dynamo-system", Name: powerwebhook.LeaderElectionID},
+	writer := budget.Writer{
+		Lease:   types.NamespacedName{Namespace: "dynamo-system", Name: budget.LeaderElectionID},
 		Address: webhookAddr, CertDir: f.wio.LocalServingCertDir,
 	}
 	lock, err := writer.Lock(restConfig, renewDeadline)
@@ -129,7 +130,7 @@ func (f *fleet) start() error {
 		// Several replicas live in this process; in production each is alone.
 		Controller:                          config.Controller{SkipNameValidation: &skipNameValidation},
 		LeaderElection:                      true,
-		LeaderElectionID:                    powerwebhook.LeaderElectionID,
+		LeaderElectionID:                    budget.LeaderElectionID,
 		LeaderElectionResourceLockInterface: lock,
 		LeaderElectionReleaseOnCancel:       true,
 		LeaseDuration:                       durationPtr(5 * time.Second),
@@ -145,7 +146,7 @@ func (f *fleet) start() error {
 	}
 	admit := &policy.Admission{Catalog: policy.DefaultCatalog(), UnknownProducts: policy.UnknownProductsDeny, Defaults: []policy.DefaultRule{decode}}
 	r := &replica{addr: webhookAddr, mgr: mgr, registry: prometheus.NewRegistry(), stopped: make(chan error, 1), exited: make(chan struct{})}
-	opts := powerwebhook.BudgetOptions{ReservationTTL: reservationTTL, Resync: 30 * time.Second, Attempts: 50, Writer: &writer}
+	opts := budget.Options{ReservationTTL: reservationTTL, Resync: 30 * time.Second, Attempts: 50, Writer: &writer}
 	ctx, cancel := context.WithCancel(f.ctx)
 	r.cancel = cancel
 	if err := powerwebhook.Setup(ctx, mgr, admit, r.registry, opts); err != nil {
@@ -160,9 +161,9 @@ func (f *fleet) start() error {
 
 	// Ready means the webhook server listens and every cache (the node index
 	// included) has synced: the same probe the Deployment uses.
-	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
-		ok, _ := envtestenv.Ready(probeAddr)
-		return ok, nil
+	if err := poll.Until(ctx, poll.Opts{Timeout: time.Minute}, "ready", func(context.Context) (bool, string, error) {
+		ok, why := envtestenv.Ready(probeAddr)
+		return ok, why, nil
 	}); err != nil {
 		cancel()
 		return fmt.Errorf("webhook replica never became ready: %w", err)
@@ -223,7 +224,9 @@ func (f *fleet) waitUntilEverySees(ctx context.Context, obj client.Object) error
 	f.mu.Lock()
 	replicas := slices.Clone(f.replicas)
 	f.mu.Unlock()
-	return wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+	// Polled often: the wait is part of every admission the fleet measures.
+	every := poll.Opts{Interval: 10 * time.Millisecond, Timeout: time.Minute}
+	return poll.Until(ctx, every, "every replica's cache holds "+client.ObjectKeyFromObject(obj).String(), func(ctx context.Context) (bool, string, error) {
 		for _, r := range replicas {
 			select {
 			case <-r.exited:
@@ -231,10 +234,10 @@ func (f *fleet) waitUntilEverySees(ctx context.Context, obj client.Object) error
 			default:
 			}
 			if err := r.mgr.GetCache().Get(ctx, client.ObjectKeyFromObject(obj), obj.DeepCopyObject().(client.Object)); err != nil {
-				return false, nil //nolint:nilerr // not there yet
+				return false, r.name + ": " + err.Error(), nil // not there yet
 			}
 		}
-		return true, nil
+		return true, "", nil
 	})
 }
 

@@ -9,12 +9,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/resourceversion"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 	"github.com/dynamo-power/gpu-power/pkg/podindex"
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 )
 
 // TestPodIndexFollowsTheAPIServer runs the webhook's pod index on the real
@@ -46,11 +46,7 @@ func TestPodIndexFollowsTheAPIServer(t *testing.T) {
 
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
-		if err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
-			return cond(), nil
-		}); err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
+		poll.Eventually(t, time.Minute, what, func() (bool, string) { return cond(), "not yet" })
 	}
 	waitFor("the first list", ix.HasSynced)
 	if p, ok := ix.Get(ns.Name, "before"); !ok || p.UID != before.UID || p.GPU == nil || p.GPU.GPUs != 1 || p.GPU.Limit != 300 {

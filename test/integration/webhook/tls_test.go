@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	powerwebhook "github.com/dynamo-power/gpu-power/pkg/webhook"
+	"github.com/dynamo-power/gpu-power/pkg/budget"
 )
 
 // TestServingTLS checks what the webhook server offers the API server:
@@ -65,7 +65,7 @@ func TestForwardedReservationsNeedTheServingKey(t *testing.T) {
 	}
 	forward := func(certs []tls.Certificate, body string) (int, string, error) {
 		c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, Certificates: certs}}} //nolint:gosec // the client, not the server, is under test
-		resp, err := c.Post("https://"+leader.addr+powerwebhook.ForwardPath, "application/json", strings.NewReader(body))
+		resp, err := c.Post("https://"+leader.addr+budget.ForwardPath, "application/json", strings.NewReader(body))
 		if err != nil {
 			return 0, "", err
 		}

@@ -26,6 +26,7 @@ import (
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
@@ -160,7 +161,7 @@ func (f *Feeder) Run(ctx context.Context, logf func(string, ...any)) error {
 	}
 	defer func() { _ = conn.Close() }()
 	lister := podresourcesv1.NewPodResourcesListerClient(conn)
-	fake, err := nvmlctl.NewFakeFromFile(f.NVMLFile)
+	fake, err := nvmlfake.NewFromFile(f.NVMLFile)
 	if err != nil {
 		return err
 	}
@@ -173,7 +174,7 @@ func (f *Feeder) Run(ctx context.Context, logf func(string, ...any)) error {
 	return nil
 }
 
-func (f *Feeder) feed(ctx context.Context, lister podresourcesv1.PodResourcesListerClient, fake *nvmlctl.Fake, logf func(string, ...any)) error {
+func (f *Feeder) feed(ctx context.Context, lister podresourcesv1.PodResourcesListerClient, fake *nvmlfake.Fake, logf func(string, ...any)) error {
 	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	resp, err := lister.List(lctx, &podresourcesv1.ListPodResourcesRequest{})

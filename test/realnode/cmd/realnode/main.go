@@ -20,8 +20,9 @@ import (
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 
-	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
 	"github.com/dynamo-power/gpu-power/test/e2e/certmanager"
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 	"github.com/dynamo-power/gpu-power/test/realnode"
 	"github.com/dynamo-power/gpu-power/test/realnode/gpusim"
 )
@@ -166,7 +167,7 @@ func addons(ctx context.Context, args []string, logf func(string, ...any)) error
 	}
 	var uuids []string
 	for i := range *gpus {
-		uuids = append(uuids, nvmlctl.FakeUUID(i))
+		uuids = append(uuids, nvmlfake.UUID(i))
 	}
 	go func() { _ = (&gpusim.Plugin{UUIDs: uuids}).Serve(ctx, logf) }()
 	go func() {
@@ -176,16 +177,15 @@ func addons(ctx context.Context, args []string, logf func(string, ...any)) error
 		}
 	}()
 	// cert-manager needs its CRDs, which `up` installs after this starts.
-	for {
-		err := certmanager.Start(ctx, kubeconfig, cfg)
-		if err == nil {
-			break
+	// Its controllers run on ctx, not on the poll's.
+	if poll.Until(ctx, poll.Opts{Interval: time.Second}, "cert-manager started", func(context.Context) (bool, string, error) {
+		if err := certmanager.Start(ctx, kubeconfig, cfg); err != nil {
+			logf("cert-manager not started yet: %v", err)
+			return false, err.Error(), nil
 		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		logf("cert-manager not started yet: %v", err)
-		time.Sleep(time.Second)
+		return true, "", nil
+	}) != nil {
+		return nil // stopped before cert-manager could start
 	}
 	logf("cert-manager controllers and cainjector started")
 	<-ctx.Done()

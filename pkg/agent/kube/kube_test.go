@@ -1,14 +1,10 @@
-package main
+package kube_test
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
-	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -16,73 +12,28 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/dynamo-power/gpu-power/internal/testlog"
+	"github.com/dynamo-power/gpu-power/pkg/agent/kube"
+	"github.com/dynamo-power/gpu-power/pkg/agent/kube/kubetest"
 )
-
-// apiServer stands in for the API server, over TLS: client-go sends a
-// kubeconfig's token to no other. The agent's client of it is built from a
-// kubeconfig, as the agent builds it.
-func apiServer(t *testing.T, h http.HandlerFunc) (*kube, *httptest.Server) {
-	t.Helper()
-	srv := httptest.NewTLSServer(h)
-	t.Cleanup(srv.Close)
-	k, err := newKube(kubeconfig(t, srv))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k, srv
-}
-
-// kubeconfig writes a kubeconfig for srv, with the token "agent-token".
-func kubeconfig(t *testing.T, srv *httptest.Server) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "kubeconfig")
-	ca := base64.StdEncoding.EncodeToString(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}))
-	cfg := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters: [{name: test, cluster: {server: %q, certificate-authority-data: %s}}]
-users: [{name: agent, user: {token: agent-token}}]
-contexts: [{name: test, context: {cluster: test, user: agent}}]
-current-context: test
-`, srv.URL, ca)
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-// writeStatus answers as the API server answers a failed request: a Status
-// with the code and its usual reason.
-func writeStatus(w http.ResponseWriter, code int) {
-	s := apierrors.NewGenericServerResponse(code, "create", schema.GroupResource{}, "", "", 0, false).ErrStatus
-	s.Kind, s.APIVersion = "Status", "v1"
-	writeJSON(w, code, s)
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(v)
-}
 
 func TestNewKube(t *testing.T) {
 	var mu sync.Mutex
 	var auth string
-	_, srv := apiServer(t, func(w http.ResponseWriter, r *http.Request) {
+	_, srv := kubetest.APIServer(t, func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		auth = r.Header.Get("Authorization")
 		mu.Unlock()
-		writeJSON(w, http.StatusOK, map[string]string{"major": "1"})
+		kubetest.WriteJSON(w, http.StatusOK, map[string]string{"major": "1"})
 	})
-	good := kubeconfig(t, srv)
+	good := kubetest.Kubeconfig(t, srv)
 	other := httptest.NewTLSServer(http.NotFoundHandler())
 	other.Close()
-	elsewhere := kubeconfig(t, other)
+	elsewhere := kubetest.Kubeconfig(t, other)
 	missing := filepath.Join(t.TempDir(), "missing")
 	for _, tc := range []struct {
 		name, flag, env string
@@ -98,17 +49,17 @@ func TestNewKube(t *testing.T) {
 			mu.Lock()
 			auth = ""
 			mu.Unlock()
-			k, err := newKube(tc.flag)
+			k, err := kube.New(tc.flag)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("newKube: %v, want an error with %q", err, tc.wantErr)
+					t.Fatalf("kube.New: %v, want an error with %q", err, tc.wantErr)
 				}
 				return
 			}
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := k.apiReachable(t.Context()); err != nil {
+			if err := k.APIReachable(t.Context()); err != nil {
 				t.Fatalf("API check: %v", err)
 			}
 			mu.Lock()
@@ -132,20 +83,20 @@ func TestAPIReachable(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			k, srv := apiServer(t, func(w http.ResponseWriter, r *http.Request) {
+			k, srv := kubetest.APIServer(t, func(w http.ResponseWriter, r *http.Request) {
 				if r.Method != http.MethodGet || r.URL.Path != "/version" {
 					t.Errorf("%s %s, want GET /version", r.Method, r.URL.Path)
 				}
 				if tc.code != http.StatusOK {
-					writeStatus(w, tc.code)
+					kubetest.WriteStatus(w, tc.code)
 					return
 				}
-				writeJSON(w, tc.code, map[string]string{"major": "1", "minor": "34"})
+				kubetest.WriteJSON(w, tc.code, map[string]string{"major": "1", "minor": "34"})
 			})
 			if tc.code == 0 {
 				srv.Close()
 			}
-			if err := k.apiReachable(t.Context()); (err != nil) != tc.wantErr {
+			if err := k.APIReachable(t.Context()); (err != nil) != tc.wantErr {
 				t.Errorf("apiReachable: %v, want error %t", err, tc.wantErr)
 			}
 		})
@@ -179,7 +130,7 @@ func TestSuccessor(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			var nodeGET bool
-			k, _ := apiServer(t, func(w http.ResponseWriter, r *http.Request) {
+			k, _ := kubetest.APIServer(t, func(w http.ResponseWriter, r *http.Request) {
 				var answer any
 				switch r.URL.Path {
 				case "/apis/apps/v1/namespaces/dynamo-system/daemonsets/power-agent":
@@ -194,15 +145,15 @@ func TestSuccessor(t *testing.T) {
 				}
 				switch body := answer.(type) {
 				case int:
-					writeStatus(w, body)
+					kubetest.WriteStatus(w, body)
 				case string:
 					w.WriteHeader(http.StatusOK)
 					_, _ = w.Write([]byte(body))
 				default:
-					writeJSON(w, http.StatusOK, body)
+					kubetest.WriteJSON(w, http.StatusOK, body)
 				}
 			})
-			keep, why, err := successor(t.Context(), k, options{namespace: "dynamo-system", daemonSet: "power-agent", nodeName: "gpu-1"})
+			keep, why, err := k.SuccessorWillRun(t.Context(), "dynamo-system", "power-agent", "gpu-1")
 			switch {
 			case tc.wantErr == "" && err != nil:
 				t.Fatalf("successor: %v", err)
@@ -247,11 +198,11 @@ func podsServer(t *testing.T) http.HandlerFunc {
 		q := r.URL.Query()
 		if r.URL.Path != "/api/v1/pods" || q.Get("fieldSelector") != "spec.nodeName=gpu-1" {
 			t.Errorf("GET %s, want the pods of node gpu-1 alone", r.URL)
-			writeStatus(w, http.StatusBadRequest)
+			kubetest.WriteStatus(w, http.StatusBadRequest)
 			return
 		}
 		if q.Get("watch") != "true" {
-			writeJSON(w, http.StatusOK, corev1.PodList{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "PodList"},
+			kubetest.WriteJSON(w, http.StatusOK, corev1.PodList{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "PodList"},
 				ListMeta: metav1.ListMeta{ResourceVersion: "1"}, Items: []corev1.Pod{pod}})
 			return
 		}
@@ -271,9 +222,9 @@ func podsServer(t *testing.T) http.HandlerFunc {
 
 func TestSyncPods(t *testing.T) {
 	t.Run("the node's pods listed", func(t *testing.T) {
-		k, _ := apiServer(t, podsServer(t))
-		pods := k.podInformer("gpu-1")
-		if !syncPods(stopAtEnd(t.Context(), t, pods), newLog(t).logger, pods) {
+		k, _ := kubetest.APIServer(t, podsServer(t))
+		pods := k.PodInformer("gpu-1")
+		if !kube.SyncPods(stopAtEnd(t.Context(), t, pods), testlog.New(t).Logger, pods) {
 			t.Fatal("the pod cache did not sync")
 		}
 		obj, ok, err := pods.GetIndexer().GetByKey("llm/decode-0")
@@ -287,12 +238,12 @@ func TestSyncPods(t *testing.T) {
 	t.Run("API server failing: gives up when ctx ends", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
-		k, _ := apiServer(t, func(w http.ResponseWriter, _ *http.Request) {
+		k, _ := kubetest.APIServer(t, func(w http.ResponseWriter, _ *http.Request) {
 			cancel() // the agent is stopped while it waits
-			writeStatus(w, http.StatusServiceUnavailable)
+			kubetest.WriteStatus(w, http.StatusServiceUnavailable)
 		})
-		pods := k.podInformer("gpu-1")
-		if syncPods(stopAtEnd(ctx, t, pods), newLog(t).logger, pods) {
+		pods := k.PodInformer("gpu-1")
+		if kube.SyncPods(stopAtEnd(ctx, t, pods), testlog.New(t).Logger, pods) {
 			t.Error("synced without an answer")
 		}
 	})
@@ -304,16 +255,9 @@ func stopAtEnd(parent context.Context, t *testing.T, informer cache.SharedIndexI
 	ctx, cancel := context.WithCancel(parent)
 	t.Cleanup(func() {
 		cancel()
-		if !eventually(informer.IsStopped) {
+		if !testlog.Eventually(informer.IsStopped) {
 			t.Error("the pod informer went on after ctx ended")
 		}
 	})
 	return ctx
-}
-
-// eventually polls cond until it holds, and is false if it has not held
-// after 10 s.
-func eventually(cond func() bool) bool {
-	return wait.PollUntilContextTimeout(context.Background(), time.Millisecond, 10*time.Second, true,
-		func(context.Context) (bool, error) { return cond(), nil }) == nil
 }

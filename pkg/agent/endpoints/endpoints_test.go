@@ -1,4 +1,4 @@
-package main
+package endpoints
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/dynamo-power/gpu-power/internal/testlog"
 )
 
 func TestProbes(t *testing.T) {
@@ -32,7 +34,7 @@ func TestProbes(t *testing.T) {
 		{"no metrics on the probe port", nil, "/metrics", http.StatusNotFound, "404 page not found"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := probesHandler(func(*http.Request) error { return tc.ready })
+			h := ProbesHandler(func(*http.Request) error { return tc.ready })
 			w := httptest.NewRecorder()
 			h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, tc.path, nil))
 			if w.Code != tc.wantCode || !strings.Contains(w.Body.String(), tc.wantBody) {
@@ -43,7 +45,7 @@ func TestProbes(t *testing.T) {
 }
 
 func TestMetricsHandler(t *testing.T) {
-	h := metricsHandler(newRegistry())
+	h := MetricsHandler(NewRegistry())
 	for _, tc := range []struct {
 		path     string
 		wantCode int
@@ -74,31 +76,31 @@ func TestServe(t *testing.T) {
 		{name: "port taken: the agent stops at start", addr: taken.Addr().String(), wantErr: "listen for probes on " + taken.Addr().String()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			logs := newLog(t)
-			err := serve(t.Context(), logs.logger, "probes", tc.addr, http.NotFoundHandler())
+			logs := testlog.New(t)
+			err := Serve(t.Context(), logs.Logger, "probes", tc.addr, http.NotFoundHandler())
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("serve: %v, want an error with %q", err, tc.wantErr)
 				}
 				return
 			}
-			if err != nil || len(logs.find("Serving")) != 0 {
-				t.Errorf("serve: %v, logged %s; want nothing served", err, logs.all())
+			if err != nil || len(logs.Find("Serving")) != 0 {
+				t.Errorf("serve: %v, logged %s; want nothing served", err, logs.All())
 			}
 		})
 	}
 }
 
 func TestServeUntilContextEnds(t *testing.T) {
-	logs := newLog(t)
+	logs := testlog.New(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	if err := serve(ctx, logs.logger, "probes", "127.0.0.1:0", probesHandler(func(*http.Request) error { return nil })); err != nil {
+	if err := Serve(ctx, logs.Logger, "probes", "127.0.0.1:0", ProbesHandler(func(*http.Request) error { return nil })); err != nil {
 		t.Fatal(err)
 	}
-	serving := logs.find("Serving")
+	serving := logs.Find("Serving")
 	if len(serving) != 1 || serving[0]["endpoint"] != "probes" {
-		t.Fatalf("logged %s, want one Serving line for probes", logs.all())
+		t.Fatalf("logged %s, want one Serving line for probes", logs.All())
 	}
 	healthz := "http://" + serving[0]["address"].(string) + "/healthz"
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
@@ -115,7 +117,7 @@ func TestServeUntilContextEnds(t *testing.T) {
 		t.Fatalf("GET %s: %q, %v", healthz, body, err)
 	}
 	cancel()
-	if !eventually(func() bool { _, err := get(); return err != nil }) {
+	if !testlog.Eventually(func() bool { _, err := get(); return err != nil }) {
 		t.Errorf("%s still served after ctx ended", healthz)
 	}
 }

@@ -1,4 +1,4 @@
-package nvmlctl
+package nvmlfake
 
 import (
 	"bytes"
@@ -6,15 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
 )
 
-// FakeState is everything a Fake knows, and the JSON of its state file:
+// State is everything a Fake knows, and the JSON of its state file:
 //
 //	{
 //	  "devices": [
@@ -40,28 +41,28 @@ import (
 //	  ]
 //	}
 //
-// The field names are those of the NVML probe (facts/h100-nvml-probe.json)
+// The field names are those of the NVML probe (testdata/h100-nvml-probe.json)
 // and unknown fields are ignored, so a probe taken on a real node seeds a
 // fake as it is. testdata/h100x2.json is an example.
-type FakeState struct {
-	Devices []FakeGPU `json:"devices"`
+type State struct {
+	Devices []GPU `json:"devices"`
 }
 
-// FakeGPU is one GPU of a Fake.
-type FakeGPU struct {
-	Index      int        `json:"index"`
-	UUID       string     `json:"uuid"`
-	Name       string     `json:"name"`
-	Min        Milliwatts `json:"minLimitMilliwatts"`
-	Max        Milliwatts `json:"maxLimitMilliwatts"`
-	Default    Milliwatts `json:"defaultLimitMilliwatts"`
-	Limit      Milliwatts `json:"limitMilliwatts"`
-	Enforced   Milliwatts `json:"enforcedLimitMilliwatts"`
-	Draw       Milliwatts `json:"usageMilliwatts"`
-	MIGEnabled bool       `json:"migEnabled,omitempty"`
-	MIGDevices []string   `json:"migDevices,omitempty"`
-	Lost       bool       `json:"lost,omitempty"`
-	Processes  []Process  `json:"processes,omitempty"`
+// GPU is one GPU of a Fake.
+type GPU struct {
+	Index      int                `json:"index"`
+	UUID       string             `json:"uuid"`
+	Name       string             `json:"name"`
+	Min        nvmlctl.Milliwatts `json:"minLimitMilliwatts"`
+	Max        nvmlctl.Milliwatts `json:"maxLimitMilliwatts"`
+	Default    nvmlctl.Milliwatts `json:"defaultLimitMilliwatts"`
+	Limit      nvmlctl.Milliwatts `json:"limitMilliwatts"`
+	Enforced   nvmlctl.Milliwatts `json:"enforcedLimitMilliwatts"`
+	Draw       nvmlctl.Milliwatts `json:"usageMilliwatts"`
+	MIGEnabled bool               `json:"migEnabled,omitempty"`
+	MIGDevices []string           `json:"migDevices,omitempty"`
+	Lost       bool               `json:"lost,omitempty"`
+	Processes  []nvmlctl.Process  `json:"processes,omitempty"`
 
 	// PowerCapped is the driver's cumulative time the GPU was held below its
 	// application clocks by its power limit (what PowerCapped reads), in
@@ -89,13 +90,12 @@ const (
 	maxFakeName         = 96
 	maxFakeUUID         = 96
 	maxFakePID          = 1 << 22
-	maxNVMLMilliwatts   = Milliwatts(math.MaxUint32) // NVML limits are uint32
 	fakeStateFileFormat = "fake GPU state"
 )
 
-// H100Probe is the H100 the probe read on a real node (driver 580.159.04):
+// h100Probe is the H100 the probe read on a real node (driver 580.159.04):
 // the template of H100s.
-var H100Probe = FakeGPU{
+var h100Probe = GPU{
 	Name:     "NVIDIA H100 80GB HBM3",
 	Min:      200000,
 	Max:      700000,
@@ -106,44 +106,44 @@ var H100Probe = FakeGPU{
 }
 
 // H100s returns n idle H100s at their default limit with indexes 0..n-1 and
-// fixed UUIDs (FakeUUID(i)), so tests and demos name the same GPUs every run.
-func H100s(n int) []FakeGPU {
-	gpus := make([]FakeGPU, n)
+// fixed UUIDs (UUID(i)), so tests and demos name the same GPUs every run.
+func H100s(n int) []GPU {
+	gpus := make([]GPU, n)
 	for i := range gpus {
-		gpus[i] = H100Probe
+		gpus[i] = h100Probe
 		gpus[i].Index = i
-		gpus[i].UUID = FakeUUID(i)
+		gpus[i].UUID = UUID(i)
 	}
 	return gpus
 }
 
-// FakeUUID is the UUID H100s gives the GPU with index i.
-func FakeUUID(i int) string {
+// UUID is the UUID H100s gives the GPU with index i.
+func UUID(i int) string {
 	return fmt.Sprintf("GPU-f4ce0000-0000-4000-8000-%012x", i)
 }
 
-// FakeMIGUUID is a MIG device UUID for MIG device j of the GPU with index i,
-// for FakeGPU.MIGDevices.
-func FakeMIGUUID(i, j int) string {
+// MIGUUID is a MIG device UUID for MIG device j of the GPU with index i,
+// for GPU.MIGDevices.
+func MIGUUID(i, j int) string {
 	return fmt.Sprintf("MIG-f4ce0000-0000-4000-9000-%06x%06x", i, j)
 }
 
-// ParseFakeState reads a state file's content, checks it and fills the
+// parseState reads a state file's content, checks it and fills the
 // implied fields (limit, enforced limit). Devices come back in index order.
-func ParseFakeState(data []byte) (FakeState, error) {
-	var s FakeState
+func parseState(data []byte) (State, error) {
+	var s State
 	if len(data) > maxStateFile {
 		return s, fmt.Errorf("%s: %d bytes, more than %d", fakeStateFileFormat, len(data), maxStateFile)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&s); err != nil {
-		return FakeState{}, fmt.Errorf("%s: %w", fakeStateFileFormat, err)
+		return State{}, fmt.Errorf("%s: %w", fakeStateFileFormat, err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return FakeState{}, fmt.Errorf("%s: trailing data after the JSON object", fakeStateFileFormat)
+		return State{}, fmt.Errorf("%s: trailing data after the JSON object", fakeStateFileFormat)
 	}
 	if err := s.normalize(); err != nil {
-		return FakeState{}, err
+		return State{}, err
 	}
 	return s, nil
 }
@@ -152,7 +152,7 @@ func ParseFakeState(data []byte) (FakeState, error) {
 // the fake relies on. It runs on every state the fake adopts, from a file or
 // from a test, so an inconsistent GPU is an error up front rather than a
 // strange answer later.
-func (s *FakeState) normalize() error {
+func (s *State) normalize() error {
 	if len(s.Devices) > maxFakeGPUs {
 		return fmt.Errorf("%s: %d devices, more than %d", fakeStateFileFormat, len(s.Devices), maxFakeGPUs)
 	}
@@ -180,11 +180,11 @@ func (s *FakeState) normalize() error {
 			uuids[u] = true
 		}
 	}
-	slices.SortFunc(s.Devices, func(a, b FakeGPU) int { return a.Index - b.Index })
+	slices.SortFunc(s.Devices, func(a, b GPU) int { return a.Index - b.Index })
 	return nil
 }
 
-func (g *FakeGPU) check() error {
+func (g *GPU) check() error {
 	switch {
 	case g.Index < 0 || g.Index >= maxFakeGPUs:
 		return fmt.Errorf("index %d out of range 0..%d", g.Index, maxFakeGPUs-1)
@@ -192,15 +192,15 @@ func (g *FakeGPU) check() error {
 		return fmt.Errorf("uuid %q: want GPU-<uuid>", g.UUID)
 	case g.Name == "" || len(g.Name) > maxFakeName:
 		return fmt.Errorf("name %q: want 1..%d bytes", g.Name, maxFakeName)
-	case g.Min <= 0 || g.Max < g.Min || g.Max > maxNVMLMilliwatts:
-		return fmt.Errorf("constraints %d..%d mW: want 0 < min <= max <= %d", g.Min, g.Max, maxNVMLMilliwatts)
+	case g.Min <= 0 || g.Max < g.Min || g.Max > nvmlctl.MaxMilliwatts:
+		return fmt.Errorf("constraints %d..%d mW: want 0 < min <= max <= %d", g.Min, g.Max, nvmlctl.MaxMilliwatts)
 	case g.Default < g.Min || g.Default > g.Max:
 		return fmt.Errorf("default limit %d mW outside %d..%d", g.Default, g.Min, g.Max)
 	case g.Limit < g.Min || g.Limit > g.Max:
 		return fmt.Errorf("limit %d mW outside %d..%d", g.Limit, g.Min, g.Max)
-	case g.Enforced < 0 || g.Enforced > maxNVMLMilliwatts:
+	case g.Enforced < 0 || g.Enforced > nvmlctl.MaxMilliwatts:
 		return fmt.Errorf("enforced limit %d mW out of range", g.Enforced)
-	case g.Draw < 0 || g.Draw > maxNVMLMilliwatts:
+	case g.Draw < 0 || g.Draw > nvmlctl.MaxMilliwatts:
 		return fmt.Errorf("power draw %d mW out of range", g.Draw)
 	case g.PowerCapped < 0:
 		return fmt.Errorf("power-capped time %d ns is negative", g.PowerCapped)
@@ -220,7 +220,7 @@ func (g *FakeGPU) check() error {
 		if p.PID <= 0 || p.PID > maxFakePID {
 			return fmt.Errorf("process pid %d out of range 1..%d", p.PID, maxFakePID)
 		}
-		if _, ok := processKindNames[p.Kind]; !ok {
+		if _, err := p.Kind.MarshalText(); err != nil { // not a kind NVML lists
 			return fmt.Errorf("process %d: kind %d unknown", p.PID, p.Kind)
 		}
 	}
@@ -242,26 +242,26 @@ func validUUID(u, prefix string) bool {
 	return true
 }
 
-func readFakeState(path string) (FakeState, error) {
+func readState(path string) (State, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return FakeState{}, fmt.Errorf("read fake state: %w", err)
+		return State{}, fmt.Errorf("read fake state: %w", err)
 	}
 	defer func() { _ = f.Close() }() // read-only: a failed close loses nothing
 	data, err := io.ReadAll(io.LimitReader(f, maxStateFile+1))
 	if err != nil {
-		return FakeState{}, fmt.Errorf("read fake state %s: %w", path, err)
+		return State{}, fmt.Errorf("read fake state %s: %w", path, err)
 	}
-	s, err := ParseFakeState(data)
+	s, err := parseState(data)
 	if err != nil {
-		return FakeState{}, fmt.Errorf("read %s: %w", path, err)
+		return State{}, fmt.Errorf("read %s: %w", path, err)
 	}
 	return s, nil
 }
 
-// writeFakeState replaces path atomically (temp file, fsync, rename), so a
+// writeState replaces path atomically (temp file, fsync, rename), so a
 // reader in another process sees the old state or the new one, never half.
-func writeFakeState(path string, s FakeState) error {
+func writeState(path string, s State) error {
 	data, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode fake state: %w", err)

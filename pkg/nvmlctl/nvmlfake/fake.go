@@ -1,4 +1,4 @@
-package nvmlctl
+package nvmlfake
 
 import (
 	"errors"
@@ -8,6 +8,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
 )
 
 // Op names a Library method, for fault injection and the call record.
@@ -43,7 +45,7 @@ type Call struct {
 	Op   Op
 	UUID string
 	// Limit is the limit asked for, for OpSetPowerLimit.
-	Limit Milliwatts
+	Limit nvmlctl.Milliwatts
 }
 
 // Fake is a Library without hardware. It answers like NVML does, down to the
@@ -54,8 +56,8 @@ type Call struct {
 // NVML_ERROR_UNINITIALIZED. Setting a limit also sets the enforced limit;
 // set Enforced with Update to model an out-of-band limiter.
 //
-// A Fake keeps its state in memory, or, after PersistTo or NewFakeFromFile,
-// in a JSON state file (see FakeState) that it reads before every call and
+// A Fake keeps its state in memory, or, after PersistTo or NewFromFile,
+// in a JSON state file (see State) that it reads before every call and
 // rewrites atomically after every change, so another process sees what the
 // "hardware" was set to and can change processes, limits or lose a GPU.
 // Two processes that change the file at the same moment: the last rename
@@ -64,7 +66,7 @@ type Call struct {
 // A Fake is safe for concurrent use.
 type Fake struct {
 	mu       sync.Mutex
-	state    FakeState
+	state    State
 	path     string // "" keeps the state in memory
 	faults   []fault
 	calls    []Call
@@ -78,22 +80,22 @@ type fault struct {
 	left int // calls it still fails; < 0: every call
 }
 
-var _ Library = (*Fake)(nil)
+var _ nvmlctl.Library = (*Fake)(nil)
 
-// NewFake returns a Fake with these GPUs (H100s(8)... for a DGX H100). It
-// panics on GPUs that break FakeState's rules: a test built them.
-func NewFake(gpus ...FakeGPU) *Fake {
-	s := FakeState{Devices: cloneGPUs(gpus)}
+// New returns a Fake with these GPUs (H100s(8)... for a DGX H100). It
+// panics on GPUs that break State's rules: a test built them.
+func New(gpus ...GPU) *Fake {
+	s := State{Devices: cloneGPUs(gpus)}
 	if err := s.normalize(); err != nil {
-		panic(fmt.Sprintf("nvmlctl.NewFake: %v", err))
+		panic(fmt.Sprintf("nvmlfake.New: %v", err))
 	}
 	return &Fake{state: s}
 }
 
-// NewFakeFromFile returns a Fake whose state lives in the state file at path,
+// NewFromFile returns a Fake whose state lives in the state file at path,
 // which must exist and be valid.
-func NewFakeFromFile(path string) (*Fake, error) {
-	s, err := readFakeState(path)
+func NewFromFile(path string) (*Fake, error) {
+	s, err := readState(path)
 	if err != nil {
 		return nil, err
 	}
@@ -104,7 +106,7 @@ func NewFakeFromFile(path string) (*Fake, error) {
 func (f *Fake) PersistTo(path string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := writeFakeState(path, f.state); err != nil {
+	if err := writeState(path, f.state); err != nil {
 		return err
 	}
 	f.path = path
@@ -120,16 +122,9 @@ func (f *Fake) FailNext(op Op, uuid string, err error) {
 	f.addFault(fault{op: op, uuid: uuid, err: err, left: 1})
 }
 
-// FailAlways is FailNext for every call until ClearFaults.
+// FailAlways is FailNext for every call.
 func (f *Fake) FailAlways(op Op, uuid string, err error) {
 	f.addFault(fault{op: op, uuid: uuid, err: err, left: -1})
-}
-
-// ClearFaults removes every injected fault.
-func (f *Fake) ClearFaults() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.faults = nil
 }
 
 func (f *Fake) addFault(ft fault) {
@@ -151,34 +146,34 @@ func (f *Fake) Calls() []Call {
 }
 
 // State returns the current state: what the "hardware" is set to.
-func (f *Fake) State() (FakeState, error) {
+func (f *Fake) State() (State, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.load(); err != nil {
-		return FakeState{}, err
+		return State{}, err
 	}
-	return FakeState{Devices: cloneGPUs(f.state.Devices)}, nil
+	return State{Devices: cloneGPUs(f.state.Devices)}, nil
 }
 
 // GPU returns the current state of one GPU.
-func (f *Fake) GPU(uuid string) (FakeGPU, error) {
+func (f *Fake) GPU(uuid string) (GPU, error) {
 	s, err := f.State()
 	if err != nil {
-		return FakeGPU{}, err
+		return GPU{}, err
 	}
 	for _, g := range s.Devices {
 		if g.UUID == uuid {
 			return g, nil
 		}
 	}
-	return FakeGPU{}, fmt.Errorf("fake GPU %s: %w", uuid, ErrNotFound)
+	return GPU{}, fmt.Errorf("fake GPU %s: %w", uuid, nvmlctl.ErrNotFound)
 }
 
 // Update changes a GPU as the world outside the agent would: a workload
 // starts (Processes), the draw changes, a firmware limiter lowers Enforced.
-// The result must still satisfy FakeState's rules. Update is not a Library
+// The result must still satisfy State's rules. Update is not a Library
 // call: no fault applies and nothing is recorded.
-func (f *Fake) Update(uuid string, change func(*FakeGPU)) error {
+func (f *Fake) Update(uuid string, change func(*GPU)) error {
 	unlock, err := f.lockForChange()
 	if err != nil {
 		return err
@@ -187,10 +182,10 @@ func (f *Fake) Update(uuid string, change func(*FakeGPU)) error {
 	if err := f.load(); err != nil {
 		return err
 	}
-	next := FakeState{Devices: cloneGPUs(f.state.Devices)}
-	i := slices.IndexFunc(next.Devices, func(g FakeGPU) bool { return g.UUID == uuid })
+	next := State{Devices: cloneGPUs(f.state.Devices)}
+	i := slices.IndexFunc(next.Devices, func(g GPU) bool { return g.UUID == uuid })
 	if i < 0 {
-		return fmt.Errorf("update fake GPU %s: %w", uuid, ErrNotFound)
+		return fmt.Errorf("update fake GPU %s: %w", uuid, nvmlctl.ErrNotFound)
 	}
 	change(&next.Devices[i])
 	if err := next.normalize(); err != nil {
@@ -200,31 +195,31 @@ func (f *Fake) Update(uuid string, change func(*FakeGPU)) error {
 }
 
 // SetProcesses replaces the processes running on a GPU.
-func (f *Fake) SetProcesses(uuid string, procs ...Process) error {
-	return f.Update(uuid, func(g *FakeGPU) { g.Processes = slices.Clone(procs) })
+func (f *Fake) SetProcesses(uuid string, procs ...nvmlctl.Process) error {
+	return f.Update(uuid, func(g *GPU) { g.Processes = slices.Clone(procs) })
 }
 
 // SetLimitExternally sets a GPU's limit as nvidia-smi or another agent would:
 // the drift the agent has to notice. Like NVML, it refuses a limit outside
 // the constraints.
-func (f *Fake) SetLimitExternally(uuid string, limit Milliwatts) error {
-	return f.Update(uuid, func(g *FakeGPU) { g.Limit, g.Enforced = limit, limit })
+func (f *Fake) SetLimitExternally(uuid string, limit nvmlctl.Milliwatts) error {
+	return f.Update(uuid, func(g *GPU) { g.Limit, g.Enforced = limit, limit })
 }
 
 // AddPowerCapped adds d to the time a GPU was held back by its power cap
-// (FakeGPU.PowerCapped), as the driver's counter grows while a cap binds.
+// (GPU.PowerCapped), as the driver's counter grows while a cap binds.
 func (f *Fake) AddPowerCapped(uuid string, d time.Duration) error {
-	return f.Update(uuid, func(g *FakeGPU) { g.PowerCapped += d })
+	return f.Update(uuid, func(g *GPU) { g.PowerCapped += d })
 }
 
 // LoseGPU makes a GPU fall off the bus: every later call that names it, or
 // one of its MIG devices, fails with ErrGPULost.
 func (f *Fake) LoseGPU(uuid string) error {
-	return f.Update(uuid, func(g *FakeGPU) { g.Lost = true })
+	return f.Update(uuid, func(g *GPU) { g.Lost = true })
 }
 
 // Devices implements Library.
-func (f *Fake) Devices() ([]Device, error) {
+func (f *Fake) Devices() ([]nvmlctl.Device, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.begin(Call{Op: OpDevices}); err != nil {
@@ -234,7 +229,7 @@ func (f *Fake) Devices() ([]Device, error) {
 	if err := f.injected(OpDevices, ""); err != nil {
 		return nil, err
 	}
-	var devs []Device
+	var devs []nvmlctl.Device
 	var errs []error
 	for _, g := range f.state.Devices {
 		if err := f.injected(OpDevices, g.UUID); err != nil {
@@ -242,27 +237,27 @@ func (f *Fake) Devices() ([]Device, error) {
 			continue
 		}
 		if g.Lost {
-			errs = append(errs, &Error{Op: nvmlOps[OpDevices], UUID: g.UUID, Code: CodeGPUIsLost})
+			errs = append(errs, &nvmlctl.Error{Op: nvmlOps[OpDevices], UUID: g.UUID, Code: nvmlctl.CodeGPUIsLost})
 			continue
 		}
-		devs = append(devs, Device{Index: g.Index, UUID: g.UUID, Name: g.Name, MIGEnabled: g.MIGEnabled})
+		devs = append(devs, nvmlctl.Device{Index: g.Index, UUID: g.UUID, Name: g.Name, MIGEnabled: g.MIGEnabled})
 	}
 	return devs, errors.Join(errs...)
 }
 
 // PowerLimits implements Library.
-func (f *Fake) PowerLimits(uuid string) (PowerLimits, error) {
+func (f *Fake) PowerLimits(uuid string) (nvmlctl.PowerLimits, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	g, err := f.device(Call{Op: OpPowerLimits, UUID: uuid})
 	if err != nil {
-		return PowerLimits{}, err
+		return nvmlctl.PowerLimits{}, err
 	}
-	return PowerLimits{Min: g.Min, Max: g.Max, Default: g.Default, Current: g.Limit, Enforced: g.Enforced}, nil
+	return nvmlctl.PowerLimits{Min: g.Min, Max: g.Max, Default: g.Default, Current: g.Limit, Enforced: g.Enforced}, nil
 }
 
 // PowerDraw implements Library.
-func (f *Fake) PowerDraw(uuid string) (Milliwatts, error) {
+func (f *Fake) PowerDraw(uuid string) (nvmlctl.Milliwatts, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	g, err := f.device(Call{Op: OpPowerDraw, UUID: uuid})
@@ -272,8 +267,8 @@ func (f *Fake) PowerDraw(uuid string) (Milliwatts, error) {
 	return g.Draw, nil
 }
 
-// PowerCapped implements Library: FakeGPU.PowerCapped, or ErrNotSupported
-// where FakeGPU.PowerCappedUnsupported says the GPU does not keep it.
+// PowerCapped implements Library: GPU.PowerCapped, or ErrNotSupported
+// where GPU.PowerCappedUnsupported says the GPU does not keep it.
 func (f *Fake) PowerCapped(uuid string) (time.Duration, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -282,13 +277,13 @@ func (f *Fake) PowerCapped(uuid string) (time.Duration, error) {
 		return 0, err
 	}
 	if g.PowerCappedUnsupported {
-		return 0, &Error{Op: nvmlOps[OpPowerCapped], UUID: uuid, Code: CodeNotSupported}
+		return 0, &nvmlctl.Error{Op: nvmlOps[OpPowerCapped], UUID: uuid, Code: nvmlctl.CodeNotSupported}
 	}
 	return g.PowerCapped, nil
 }
 
 // Processes implements Library.
-func (f *Fake) Processes(uuid string) ([]Process, error) {
+func (f *Fake) Processes(uuid string) ([]nvmlctl.Process, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	g, err := f.device(Call{Op: OpProcesses, UUID: uuid})
@@ -299,7 +294,7 @@ func (f *Fake) Processes(uuid string) ([]Process, error) {
 }
 
 // SetPowerLimit implements Library.
-func (f *Fake) SetPowerLimit(uuid string, limit Milliwatts) error {
+func (f *Fake) SetPowerLimit(uuid string, limit nvmlctl.Milliwatts) error {
 	unlock, err := f.lockForChange()
 	if err != nil {
 		return err
@@ -311,11 +306,11 @@ func (f *Fake) SetPowerLimit(uuid string, limit Milliwatts) error {
 	}
 	switch {
 	case g.RefuseLimitWrites:
-		return &Error{Op: nvmlOps[OpSetPowerLimit], UUID: uuid, Code: CodeNoPermission}
+		return &nvmlctl.Error{Op: nvmlOps[OpSetPowerLimit], UUID: uuid, Code: nvmlctl.CodeNoPermission}
 	case limit < g.Min || limit > g.Max:
-		return &Error{Op: nvmlOps[OpSetPowerLimit], UUID: uuid, Code: CodeInvalidArgument}
+		return &nvmlctl.Error{Op: nvmlOps[OpSetPowerLimit], UUID: uuid, Code: nvmlctl.CodeInvalidArgument}
 	}
-	next := FakeState{Devices: cloneGPUs(f.state.Devices)}
+	next := State{Devices: cloneGPUs(f.state.Devices)}
 	for i := range next.Devices {
 		if next.Devices[i].UUID == uuid {
 			next.Devices[i].Limit, next.Devices[i].Enforced = limit, limit
@@ -337,16 +332,16 @@ func (f *Fake) MIGParent(migUUID string) (string, error) {
 	for _, g := range f.state.Devices {
 		if g.UUID == migUUID {
 			// NVML answers a GPU handle's IsMigDeviceHandle with false.
-			return "", &Error{Op: "IsMigDeviceHandle", UUID: migUUID, Code: CodeInvalidArgument}
+			return "", &nvmlctl.Error{Op: "IsMigDeviceHandle", UUID: migUUID, Code: nvmlctl.CodeInvalidArgument}
 		}
 		if slices.Contains(g.MIGDevices, migUUID) {
 			if g.Lost {
-				return "", &Error{Op: nvmlOps[OpMIGParent], UUID: migUUID, Code: CodeGPUIsLost}
+				return "", &nvmlctl.Error{Op: nvmlOps[OpMIGParent], UUID: migUUID, Code: nvmlctl.CodeGPUIsLost}
 			}
 			return g.UUID, nil
 		}
 	}
-	return "", &Error{Op: "DeviceGetHandleByUUID", UUID: migUUID, Code: CodeNotFound}
+	return "", &nvmlctl.Error{Op: "DeviceGetHandleByUUID", UUID: migUUID, Code: nvmlctl.CodeNotFound}
 }
 
 // Shutdown implements Library.
@@ -371,33 +366,33 @@ func (f *Fake) begin(c Call) error {
 	}
 	f.calls = append(f.calls, c)
 	if f.shutdown {
-		return &Error{Op: nvmlOps[c.Op], UUID: c.UUID, Code: CodeUninitialized}
+		return &nvmlctl.Error{Op: nvmlOps[c.Op], UUID: c.UUID, Code: nvmlctl.CodeUninitialized}
 	}
 	return f.load()
 }
 
 // device starts a call about one GPU and returns it, or the error NVML would
 // give. f.mu is held.
-func (f *Fake) device(c Call) (FakeGPU, error) {
+func (f *Fake) device(c Call) (GPU, error) {
 	if err := f.begin(c); err != nil {
-		return FakeGPU{}, err
+		return GPU{}, err
 	}
 	if err := f.injected(c.Op, c.UUID); err != nil {
-		return FakeGPU{}, err
+		return GPU{}, err
 	}
 	for _, g := range f.state.Devices {
 		if g.UUID == c.UUID {
 			if g.Lost {
-				return FakeGPU{}, &Error{Op: nvmlOps[c.Op], UUID: c.UUID, Code: CodeGPUIsLost}
+				return GPU{}, &nvmlctl.Error{Op: nvmlOps[c.Op], UUID: c.UUID, Code: nvmlctl.CodeGPUIsLost}
 			}
 			return g, nil
 		}
 		if slices.Contains(g.MIGDevices, c.UUID) {
 			// Power and process queries are the whole board's.
-			return FakeGPU{}, &Error{Op: nvmlOps[c.Op], UUID: c.UUID, Code: CodeNotSupported}
+			return GPU{}, &nvmlctl.Error{Op: nvmlOps[c.Op], UUID: c.UUID, Code: nvmlctl.CodeNotSupported}
 		}
 	}
-	return FakeGPU{}, &Error{Op: "DeviceGetHandleByUUID", UUID: c.UUID, Code: CodeNotFound}
+	return GPU{}, &nvmlctl.Error{Op: "DeviceGetHandleByUUID", UUID: c.UUID, Code: nvmlctl.CodeNotFound}
 }
 
 // injected returns the error of the first fault matching op on uuid, and
@@ -414,8 +409,8 @@ func (f *Fake) injected(op Op, uuid string) error {
 			}
 		}
 		// A bare code is dressed as NVML would return it; other errors pass as given.
-		if code, ok := ft.err.(Code); ok { //nolint:errorlint // only an unwrapped Code is dressed
-			return &Error{Op: nvmlOps[op], UUID: uuid, Code: code}
+		if code, ok := ft.err.(nvmlctl.Code); ok { //nolint:errorlint // only an unwrapped Code is dressed
+			return &nvmlctl.Error{Op: nvmlOps[op], UUID: uuid, Code: code}
 		}
 		return ft.err
 	}
@@ -428,7 +423,7 @@ func (f *Fake) load() error {
 	if f.path == "" {
 		return nil
 	}
-	s, err := readFakeState(f.path)
+	s, err := readState(f.path)
 	if err != nil {
 		return err
 	}
@@ -463,9 +458,9 @@ func (f *Fake) lockForChange() (unlock func(), err error) {
 }
 
 // commit adopts next and writes it to the state file. f.mu is held.
-func (f *Fake) commit(next FakeState) error {
+func (f *Fake) commit(next State) error {
 	if f.path != "" {
-		if err := writeFakeState(f.path, next); err != nil {
+		if err := writeState(f.path, next); err != nil {
 			return err
 		}
 	}
@@ -473,7 +468,7 @@ func (f *Fake) commit(next FakeState) error {
 	return nil
 }
 
-func cloneGPUs(gpus []FakeGPU) []FakeGPU {
+func cloneGPUs(gpus []GPU) []GPU {
 	out := slices.Clone(gpus)
 	for i := range out {
 		out[i].MIGDevices = slices.Clone(out[i].MIGDevices)

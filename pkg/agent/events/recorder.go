@@ -1,4 +1,4 @@
-package main
+package events
 
 import (
 	"context"
@@ -14,8 +14,9 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/tools/reference"
 	"k8s.io/klog/v2"
+
+	"github.com/dynamo-power/gpu-power/pkg/agent/kube"
 )
 
 // eventTries bounds the POSTs of one Event: client-go's broadcaster tries 12
@@ -23,12 +24,12 @@ import (
 // and a queue held for two minutes would drop the newer ones.
 const eventTries = 5
 
-// eventRecorder posts events.k8s.io/v1 Events on pods, as controller-runtime's
+// Recorder posts events.k8s.io/v1 Events on pods, as controller-runtime's
 // recorder did. client-go's recorders would link strategic merge patch and its
 // OpenAPI models (3 MB of the binary, all of it resident) to merge repeated
 // Events, and the agent tells a pod each thing once.
-type eventRecorder struct {
-	kube     *kube
+type Recorder struct {
+	kube     *kube.Client
 	instance string
 	log      logr.Logger
 	queue    chan *eventsv1.Event
@@ -37,17 +38,17 @@ type eventRecorder struct {
 	retryWait time.Duration
 }
 
-// newEventRecorder queues Events; post sends them.
-func newEventRecorder(k *kube, log logr.Logger) *eventRecorder {
+// NewRecorder queues Events; Post sends them.
+func NewRecorder(k *kube.Client, log logr.Logger) *Recorder {
 	host, _ := os.Hostname() // the pod's name, as client-go names the instance
-	return &eventRecorder{kube: k, instance: "power-agent-" + host, log: log,
+	return &Recorder{kube: k, instance: "power-agent-" + host, log: log,
 		queue: make(chan *eventsv1.Event, 256), retryWait: 500 * time.Millisecond}
 }
 
 // Eventf queues the Event: a reconcile never waits for the API server, and an
 // Event that finds the queue full is dropped, as client-go drops it.
-func (r *eventRecorder) Eventf(regarding, _ runtime.Object, eventtype, reason, action, note string, args ...any) {
-	ref, err := reference.GetReference(r.kube.scheme, regarding)
+func (r *Recorder) Eventf(regarding, _ runtime.Object, eventtype, reason, action, note string, args ...any) {
+	ref, err := r.kube.Reference(regarding)
 	if err != nil {
 		r.log.Error(err, "Could not record event", "reason", reason)
 		return
@@ -65,8 +66,8 @@ func (r *eventRecorder) Eventf(regarding, _ runtime.Object, eventtype, reason, a
 	}
 }
 
-// post sends the queued Events, in order, until ctx is done.
-func (r *eventRecorder) post(ctx context.Context) {
+// Post sends the queued Events, in order, until ctx is done.
+func (r *Recorder) Post(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -81,7 +82,7 @@ func (r *eventRecorder) post(ctx context.Context) {
 // behind it wait meanwhile: the API server that could not take this one
 // (down, throttling, overloaded) would not take the next either, and waiting
 // keeps their tries for when it is back rather than spending them now.
-func (r *eventRecorder) record(ctx context.Context, e *eventsv1.Event) {
+func (r *Recorder) record(ctx context.Context, e *eventsv1.Event) {
 	pod := klog.KRef(e.Regarding.Namespace, e.Regarding.Name)
 	body, err := json.Marshal(e)
 	if err != nil {
@@ -90,8 +91,7 @@ func (r *eventRecorder) record(ctx context.Context, e *eventsv1.Event) {
 	}
 	wait := r.retryWait
 	for try := 1; ; try++ {
-		err = r.kube.rest.Post().AbsPath("/apis/events.k8s.io/v1/namespaces", e.Namespace, "events").
-			SetHeader("Content-Type", "application/json").Body(body).Timeout(10 * time.Second).Do(ctx).Error()
+		err = r.kube.PostEvent(ctx, e.Namespace, body)
 		if err == nil {
 			r.log.V(1).Info("Recorded event", "pod", pod, "type", e.Type, "reason", e.Reason, "note", e.Note)
 			return

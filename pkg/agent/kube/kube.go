@@ -1,4 +1,4 @@
-package main
+package kube
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -15,24 +16,22 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/reference"
 	"k8s.io/klog/v2"
 
 	"github.com/dynamo-power/gpu-power/pkg/agent"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
-// kube is the agent's whole view of the API server: one REST client over a
-// scheme of core/v1 alone. controller-runtime and the typed clientset would
-// link and register every API group's types, and those pages are most of the
-// agent's memory on every GPU node (docs/benchmarks.md).
-type kube struct {
+// Client is the agent's REST client of the API server, over core/v1 alone.
+type Client struct {
 	scheme *runtime.Scheme
 	rest   *rest.RESTClient
 }
 
-// newKube connects as controller-runtime did: --kubeconfig, then $KUBECONFIG
-// or ~/.kube/config, then the pod's service account.
-func newKube(kubeconfig string) (*kube, error) {
+// New connects as controller-runtime did: kubeconfig (--kubeconfig), then
+// $KUBECONFIG or ~/.kube/config, then the pod's service account.
+func New(kubeconfig string) (*Client, error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	rules.ExplicitPath = kubeconfig
 	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
@@ -53,14 +52,14 @@ func newKube(kubeconfig string) (*kube, error) {
 	if err != nil {
 		return nil, fmt.Errorf("API client: %w", err)
 	}
-	return &kube{scheme: scheme, rest: c}, nil
+	return &Client{scheme: scheme, rest: c}, nil
 }
 
-// podInformer keeps this node's pods: an initial list, then a watch, and no
+// PodInformer keeps this node's pods: an initial list, then a watch, and no
 // resync, so no periodic LIST. It keeps each pod trimmed to what the agent
 // reads (trimPod).
-func (k *kube) podInformer(node string) cache.SharedIndexInformer {
-	lw := cache.NewListWatchFromClient(k.rest, "pods", metav1.NamespaceAll, fields.OneTermEqualSelector("spec.nodeName", node))
+func (c *Client) PodInformer(node string) cache.SharedIndexInformer {
+	lw := cache.NewListWatchFromClient(c.rest, "pods", metav1.NamespaceAll, fields.OneTermEqualSelector("spec.nodeName", node))
 	informer := cache.NewSharedIndexInformerWithOptions(lw, &corev1.Pod{}, cache.SharedIndexInformerOptions{})
 	if err := informer.SetTransform(trimPod); err != nil {
 		panic(err) // only fails on a started informer
@@ -104,25 +103,53 @@ func trimPod(obj any) (any, error) {
 	}, nil
 }
 
-// syncPods runs the pod informer until ctx is done and waits for its first
+// SyncPods runs the pod informer until ctx is done and waits for its first
 // full view of the node; false when ctx ends first.
-func syncPods(ctx context.Context, log logr.Logger, pods cache.SharedIndexInformer) bool {
+func SyncPods(ctx context.Context, log logr.Logger, pods cache.SharedIndexInformer) bool {
 	go pods.Run(ctx.Done())
 	return cache.WaitForNamedCacheSyncWithContext(klog.NewContext(ctx, log), pods.HasSynced)
 }
 
-// apiReachable is one small GET per cycle; the version endpoint is cheap for
+// APIReachable is one small GET per cycle; the version endpoint is cheap for
 // the API server.
-func (k *kube) apiReachable(ctx context.Context) error {
-	_, err := k.rest.Get().AbsPath("/version").Timeout(5 * time.Second).Do(ctx).Raw()
+func (c *Client) APIReachable(ctx context.Context) error {
+	_, err := c.rest.Get().AbsPath("/version").Timeout(5 * time.Second).Do(ctx).Raw()
 	return err
+}
+
+// SuccessorWillRun reads the agent's DaemonSet and its node and decides
+// (agent.SuccessorWillRun) whether another agent will run on the node, and if
+// not, why. It fails only when it cannot tell.
+func (c *Client) SuccessorWillRun(ctx context.Context, namespace, daemonSet, nodeName string) (bool, string, error) {
+	ds, err := c.daemonSet(ctx, namespace, daemonSet)
+	switch {
+	case apierrors.IsNotFound(err), apierrors.IsForbidden(err), apierrors.IsUnauthorized(err):
+		// Forbidden and Unauthorized too: `kubectl delete -f daemonset.yaml`
+		// removes our RBAC, or our ServiceAccount and with it our token, with
+		// the DaemonSet. No successor runs without them.
+		ds = nil
+	case err != nil:
+		return false, "", fmt.Errorf("read DaemonSet %s/%s: %w", namespace, daemonSet, err)
+	}
+	var node *corev1.Node
+	if ds != nil && !ds.Deleting {
+		node, err = c.node(ctx, nodeName)
+		switch {
+		case apierrors.IsNotFound(err):
+			node = nil // a deleted node: nothing schedules to it until its kubelet registers it again
+		case err != nil:
+			return false, "", fmt.Errorf("read node %s: %w", nodeName, err)
+		}
+	}
+	keep, why := agent.SuccessorWillRun(ds, node)
+	return keep, why, nil
 }
 
 // daemonSet reads what of the agent's DaemonSet says where it runs pods:
 // an API error (NotFound, Forbidden) when it cannot. It decodes into
 // agent.DaemonSet's fields, so the agent links no apps/v1 types.
-func (k *kube) daemonSet(ctx context.Context, namespace, name string) (*agent.DaemonSet, error) {
-	raw, err := k.rest.Get().AbsPath("/apis/apps/v1/namespaces", namespace, "daemonsets", name).Do(ctx).Raw()
+func (c *Client) daemonSet(ctx context.Context, namespace, name string) (*agent.DaemonSet, error) {
+	raw, err := c.rest.Get().AbsPath("/apis/apps/v1/namespaces", namespace, "daemonsets", name).Do(ctx).Raw()
 	if err != nil {
 		return nil, err
 	}
@@ -142,10 +169,31 @@ func (k *kube) daemonSet(ctx context.Context, namespace, name string) (*agent.Da
 
 // node reads the agent's node (its labels and taints decide whether the
 // DaemonSet runs a successor there).
-func (k *kube) node(ctx context.Context, name string) (*corev1.Node, error) {
+func (c *Client) node(ctx context.Context, name string) (*corev1.Node, error) {
 	var n corev1.Node
-	if err := k.rest.Get().Resource("nodes").Name(name).Do(ctx).Into(&n); err != nil {
+	if err := c.rest.Get().Resource("nodes").Name(name).Do(ctx).Into(&n); err != nil {
 		return nil, err
 	}
 	return &n, nil
+}
+
+// Reference is an Event's reference to obj, a kind of the client's scheme.
+func (c *Client) Reference(obj runtime.Object) (*corev1.ObjectReference, error) {
+	return reference.GetReference(c.scheme, obj)
+}
+
+// PostEvent creates an events.k8s.io/v1 Event, body its JSON, in namespace.
+func (c *Client) PostEvent(ctx context.Context, namespace string, body []byte) error {
+	return c.rest.Post().AbsPath("/apis/events.k8s.io/v1/namespaces", namespace, "events").
+		SetHeader("Content-Type", "application/json").Body(body).Timeout(10 * time.Second).Do(ctx).Error()
+}
+
+// OnChange calls f on every pod the informer adds, updates or deletes.
+func OnChange(informer cache.SharedIndexInformer, f func()) error {
+	_, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { f() },
+		UpdateFunc: func(any, any) { f() },
+		DeleteFunc: func(any) { f() },
+	})
+	return err
 }

@@ -1,4 +1,4 @@
-package main
+package kube_test
 
 import (
 	"context"
@@ -17,10 +17,12 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/reference"
 
 	"github.com/dynamo-power/gpu-power/pkg/agent"
+	"github.com/dynamo-power/gpu-power/pkg/agent/kube"
+	"github.com/dynamo-power/gpu-power/pkg/agent/kube/kubetest"
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
 	"github.com/dynamo-power/gpu-power/pkg/podmap"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
@@ -79,12 +81,12 @@ func (k kubelet) List(context.Context) ([]podmap.PodDevices, error) { return k, 
 
 // seen records what the agent tells pods, as the agent's recorder builds it.
 type seen struct {
-	scheme *runtime.Scheme
+	kube   *kube.Client
 	events []string
 }
 
 func (s *seen) Eventf(regarding, _ runtime.Object, eventtype, reason, action, note string, args ...any) {
-	ref, err := reference.GetReference(s.scheme, regarding)
+	ref, err := s.kube.Reference(regarding)
 	s.events = append(s.events, fmt.Sprintf("%+v %v %s %s %s %s", ref, err, eventtype, reason, action, fmt.Sprintf(note, args...)))
 }
 
@@ -93,7 +95,7 @@ func (s *seen) Eventf(regarding, _ runtime.Object, eventtype, reason, action, no
 // whole pods and once with the pods the informer keeps, and wants the same
 // outcome: if the agent starts reading a field trimPod drops, this fails.
 func TestTrimPodKeepsWhatTheAgentReads(t *testing.T) {
-	k, _ := apiServer(t, podsServer(t))
+	k, _ := kubetest.APIServer(t, podsServer(t))
 	whole := pods{
 		richPod(0, "250", "250", corev1.PodRunning, true),
 		richPod(1, "300", "300", corev1.PodRunning, true),                                               // shares GPU 0: a conflict
@@ -114,15 +116,15 @@ func TestTrimPodKeepsWhatTheAgentReads(t *testing.T) {
 	}
 	var trimmed pods
 	for _, p := range whole {
-		tp, err := trimPod(p.DeepCopy())
+		tp, err := kube.TrimPod(p.DeepCopy())
 		if err != nil {
 			t.Fatal(err)
 		}
 		trimmed = append(trimmed, tp.(*corev1.Pod))
 	}
-	gpu := func(i int) podmap.DeviceRef { return podmap.DeviceRef{Kind: podmap.KindGPU, UUID: nvmlctl.FakeUUID(i)} }
+	gpu := func(i int) podmap.DeviceRef { return podmap.DeviceRef{Kind: podmap.KindGPU, UUID: nvmlfake.UUID(i)} }
 	replica := func(i int) podmap.DeviceRef {
-		return podmap.DeviceRef{Kind: podmap.KindGPU, UUID: nvmlctl.FakeUUID(i), Part: true}
+		return podmap.DeviceRef{Kind: podmap.KindGPU, UUID: nvmlfake.UUID(i), Part: true}
 	}
 	alloc := kubelet{
 		{Namespace: "llm", Name: "worker-0", Devices: []podmap.DeviceRef{replica(0)}},
@@ -135,14 +137,14 @@ func TestTrimPodKeepsWhatTheAgentReads(t *testing.T) {
 		{Namespace: "llm", Name: "worker-7", Devices: []podmap.DeviceRef{gpu(4)}},
 	}
 	run := func(ps pods) ([]agent.GPUReport, []string) {
-		gpus := nvmlctl.H100s(5)
+		gpus := nvmlfake.H100s(5)
 		gpus[3].Processes = []nvmlctl.Process{{Kind: nvmlctl.Compute, PID: 77}}
 		ledger, err := agent.OpenLedger(t.TempDir())
 		if err != nil {
 			t.Fatal(err)
 		}
-		rec := &seen{scheme: k.scheme}
-		e := &agent.Enforcer{NVML: nvmlctl.NewFake(gpus...), Ledger: ledger, RequireValidation: true, StampKey: key, Recorder: rec, Log: logr.Discard()}
+		rec := &seen{kube: k}
+		e := &agent.Enforcer{NVML: nvmlfake.New(gpus...), Ledger: ledger, RequireValidation: true, StampKey: key, Recorder: rec, Log: logr.Discard()}
 		proc := fstest.MapFS{"77/cgroup": {Data: []byte("0::/kubepods/pod" + string(whole[7].UID) + "/abc\n")}}
 		r := &agent.Runner{Enforcer: e, Pods: ps, PodResources: alloc, Proc: proc, Log: logr.Discard()}
 		var reports []agent.GPUReport
@@ -178,7 +180,7 @@ func TestTrimPodKeepsWhatTheAgentReads(t *testing.T) {
 
 func TestTrimPod(t *testing.T) {
 	whole := richPod(1, "250", "250", corev1.PodRunning, true)
-	got, err := trimPod(whole.DeepCopy())
+	got, err := kube.TrimPod(whole.DeepCopy())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,19 +193,19 @@ func TestTrimPod(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("trimPod = %+v; want %+v", got, want)
 	}
-	again, _ := trimPod(got)
+	again, _ := kube.TrimPod(got)
 	if !reflect.DeepEqual(again, want) {
 		t.Errorf("trimPod is not idempotent: %+v", again)
 	}
-	long, _ := trimPod(richPod(2, strings.Repeat("9", 1<<20), "", corev1.PodRunning, true))
-	if v := long.(*corev1.Pod).Annotations[policy.AnnotationPowerLimit]; len(v) != maxKeptAnnotation+3 {
+	long, _ := kube.TrimPod(richPod(2, strings.Repeat("9", 1<<20), "", corev1.PodRunning, true))
+	if v := long.(*corev1.Pod).Annotations[policy.AnnotationPowerLimit]; len(v) != kube.MaxKeptAnnotation+3 {
 		t.Errorf("a 1 MiB limit annotation is kept as %d bytes", len(v))
 	}
-	if none, _ := trimPod(richPod(3, "", "", corev1.PodRunning, true)); none.(*corev1.Pod).Annotations != nil {
+	if none, _ := kube.TrimPod(richPod(3, "", "", corev1.PodRunning, true)); none.(*corev1.Pod).Annotations != nil {
 		t.Errorf("a pod without power annotations keeps %v", none.(*corev1.Pod).Annotations)
 	}
 	tomb := cache.DeletedFinalStateUnknown{Key: "llm/x", Obj: want}
-	if got, _ := trimPod(tomb); !reflect.DeepEqual(got, tomb) {
+	if got, _ := kube.TrimPod(tomb); !reflect.DeepEqual(got, tomb) {
 		t.Errorf("trimPod changed a tombstone: %+v", got)
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package endpoints
 
 import (
 	"context"
@@ -16,9 +16,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 )
 
-// newRegistry holds the agent's metrics and what controller-runtime exported
+// NewRegistry holds the agent's metrics and what controller-runtime exported
 // alongside them: Go runtime, process, and client-go request counts.
-func newRegistry() *prometheus.Registry {
+func NewRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "rest_client_requests_total",
@@ -38,15 +38,16 @@ func (r requestResult) Increment(_ context.Context, code, method, host string) {
 	r.WithLabelValues(code, method, host).Inc()
 }
 
-func metricsHandler(reg prometheus.Gatherer) http.Handler {
+// MetricsHandler serves /metrics from reg.
+func MetricsHandler(reg prometheus.Gatherer) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.HTTPErrorOnError}))
 	return mux
 }
 
-// probesHandler serves /healthz and /readyz (and a check by name below each)
+// ProbesHandler serves /healthz and /readyz (and a check by name below each)
 // as controller-runtime's manager does, so probes read the same.
-func probesHandler(ready healthz.Checker) http.Handler {
+func ProbesHandler(ready healthz.Checker) http.Handler {
 	mux := http.NewServeMux()
 	for path, checks := range map[string]map[string]healthz.Checker{
 		"/healthz": {"ping": healthz.Ping},
@@ -59,9 +60,9 @@ func probesHandler(ready healthz.Checker) http.Handler {
 	return mux
 }
 
-// serve listens on addr now, so a taken port stops the agent at start, and
+// Serve listens on addr now, so a taken port stops the agent at start, and
 // serves h until ctx is done. "" and "0" disable it.
-func serve(ctx context.Context, log logr.Logger, what, addr string, h http.Handler) error {
+func Serve(ctx context.Context, log logr.Logger, what, addr string, h http.Handler) error {
 	if addr == "" || addr == "0" {
 		return nil
 	}

@@ -1,4 +1,4 @@
-package nvmlctl_test
+package nvmlfake
 
 import (
 	"errors"
@@ -14,14 +14,14 @@ import (
 )
 
 var (
-	gpu0 = nvmlctl.FakeUUID(0)
-	gpu1 = nvmlctl.FakeUUID(1)
-	mig1 = nvmlctl.FakeMIGUUID(1, 0)
+	gpu0 = UUID(0)
+	gpu1 = UUID(1)
+	mig1 = MIGUUID(1, 0)
 )
 
 // twoH100s is a node with two H100s, the second in MIG mode with one MIG device.
-func twoH100s() []nvmlctl.FakeGPU {
-	gpus := nvmlctl.H100s(2)
+func twoH100s() []GPU {
+	gpus := H100s(2)
 	gpus[1].MIGEnabled = true
 	gpus[1].MIGDevices = []string{mig1}
 	return gpus
@@ -30,7 +30,7 @@ func twoH100s() []nvmlctl.FakeGPU {
 func TestFakeAnswersLikeNVML(t *testing.T) {
 	tests := []struct {
 		name    string
-		prepare func(t *testing.T, f *nvmlctl.Fake)
+		prepare func(t *testing.T, f *Fake)
 		call    func(l nvmlctl.Library) (any, error)
 		want    any
 		wantErr error // errors.Is target; nil: must succeed
@@ -55,15 +55,15 @@ func TestFakeAnswersLikeNVML(t *testing.T) {
 			func(l nvmlctl.Library) (any, error) { return l.PowerCapped(gpu0) },
 			time.Duration(0), nil},
 		{"the time held back by the cap is what the world added",
-			func(t *testing.T, f *nvmlctl.Fake) {
+			func(t *testing.T, f *Fake) {
 				must(t, f.AddPowerCapped(gpu0, time.Second))
 				must(t, f.AddPowerCapped(gpu0, 500*time.Millisecond))
 			},
 			func(l nvmlctl.Library) (any, error) { return l.PowerCapped(gpu0) },
 			1500 * time.Millisecond, nil},
 		{"a GPU that does not keep the time is not supported",
-			func(t *testing.T, f *nvmlctl.Fake) {
-				must(t, f.Update(gpu0, func(g *nvmlctl.FakeGPU) { g.PowerCappedUnsupported = true }))
+			func(t *testing.T, f *Fake) {
+				must(t, f.Update(gpu0, func(g *GPU) { g.PowerCappedUnsupported = true }))
 			},
 			func(l nvmlctl.Library) (any, error) { return l.PowerCapped(gpu0) },
 			nil, nvmlctl.ErrNotSupported},
@@ -113,7 +113,7 @@ func TestFakeAnswersLikeNVML(t *testing.T) {
 			func(l nvmlctl.Library) (any, error) { return l.MIGParent("MIG-nope") },
 			nil, nvmlctl.ErrNotFound},
 		{"processes of every kind, as set",
-			func(t *testing.T, f *nvmlctl.Fake) {
+			func(t *testing.T, f *Fake) {
 				must(t, f.SetProcesses(gpu0,
 					nvmlctl.Process{Kind: nvmlctl.Compute, PID: 440, UsedMemory: 660602880},
 					nvmlctl.Process{Kind: nvmlctl.MPSCompute, PID: 441}))
@@ -126,27 +126,27 @@ func TestFakeAnswersLikeNVML(t *testing.T) {
 			func(l nvmlctl.Library) (any, error) { return l.Processes(gpu1) },
 			[]nvmlctl.Process(nil), nil},
 		{"someone else's limit is what the next read sees",
-			func(t *testing.T, f *nvmlctl.Fake) { must(t, f.SetLimitExternally(gpu0, 300000)) },
+			func(t *testing.T, f *Fake) { must(t, f.SetLimitExternally(gpu0, 300000)) },
 			func(l nvmlctl.Library) (any, error) {
 				p, err := l.PowerLimits(gpu0)
 				return p.Current, err
 			},
 			nvmlctl.Milliwatts(300000), nil},
 		{"an injected permission error keeps its code",
-			func(_ *testing.T, f *nvmlctl.Fake) {
-				f.FailNext(nvmlctl.OpSetPowerLimit, gpu0, nvmlctl.ErrNotPermitted)
+			func(_ *testing.T, f *Fake) {
+				f.FailNext(OpSetPowerLimit, gpu0, nvmlctl.ErrNotPermitted)
 			},
 			func(l nvmlctl.Library) (any, error) { return nil, l.SetPowerLimit(gpu0, 300000) },
 			nil, nvmlctl.ErrNotPermitted},
 		{"a fault on another GPU leaves this one alone",
-			func(_ *testing.T, f *nvmlctl.Fake) {
-				f.FailNext(nvmlctl.OpSetPowerLimit, gpu1, nvmlctl.ErrNotPermitted)
+			func(_ *testing.T, f *Fake) {
+				f.FailNext(OpSetPowerLimit, gpu1, nvmlctl.ErrNotPermitted)
 			},
 			func(l nvmlctl.Library) (any, error) { return nil, l.SetPowerLimit(gpu0, 300000) },
 			nil, nil},
 		{"FailNext fails once",
-			func(t *testing.T, f *nvmlctl.Fake) {
-				f.FailNext(nvmlctl.OpPowerDraw, "", nvmlctl.ErrNotSupported)
+			func(t *testing.T, f *Fake) {
+				f.FailNext(OpPowerDraw, "", nvmlctl.ErrNotSupported)
 				if _, err := f.PowerDraw(gpu0); !errors.Is(err, nvmlctl.ErrNotSupported) {
 					t.Fatalf("first call: %v, want not supported", err)
 				}
@@ -154,8 +154,8 @@ func TestFakeAnswersLikeNVML(t *testing.T) {
 			func(l nvmlctl.Library) (any, error) { return l.PowerDraw(gpu0) },
 			nvmlctl.Milliwatts(121822), nil},
 		{"FailAlways fails every call",
-			func(t *testing.T, f *nvmlctl.Fake) {
-				f.FailAlways(nvmlctl.OpPowerDraw, gpu0, nvmlctl.ErrNotSupported)
+			func(t *testing.T, f *Fake) {
+				f.FailAlways(OpPowerDraw, gpu0, nvmlctl.ErrNotSupported)
 				for range 3 {
 					if _, err := f.PowerDraw(gpu0); !errors.Is(err, nvmlctl.ErrNotSupported) {
 						t.Fatalf("call: %v, want not supported", err)
@@ -165,29 +165,29 @@ func TestFakeAnswersLikeNVML(t *testing.T) {
 			func(l nvmlctl.Library) (any, error) { return l.PowerDraw(gpu0) },
 			nil, nvmlctl.ErrNotSupported},
 		{"an injected non-NVML error comes back as it is",
-			func(_ *testing.T, f *nvmlctl.Fake) { f.FailNext(nvmlctl.OpProcesses, gpu0, os.ErrDeadlineExceeded) },
+			func(_ *testing.T, f *Fake) { f.FailNext(OpProcesses, gpu0, os.ErrDeadlineExceeded) },
 			func(l nvmlctl.Library) (any, error) { return l.Processes(gpu0) },
 			nil, os.ErrDeadlineExceeded},
 		{"a lost GPU fails every call that names it",
-			func(t *testing.T, f *nvmlctl.Fake) { must(t, f.LoseGPU(gpu0)) },
+			func(t *testing.T, f *Fake) { must(t, f.LoseGPU(gpu0)) },
 			func(l nvmlctl.Library) (any, error) { return l.PowerLimits(gpu0) },
 			nil, nvmlctl.ErrGPULost},
 		{"a lost GPU's MIG devices are lost with it",
-			func(t *testing.T, f *nvmlctl.Fake) { must(t, f.LoseGPU(gpu1)) },
+			func(t *testing.T, f *Fake) { must(t, f.LoseGPU(gpu1)) },
 			func(l nvmlctl.Library) (any, error) { return l.MIGParent(mig1) },
 			nil, nvmlctl.ErrGPULost},
 		{"every call after Shutdown is uninitialized",
-			func(t *testing.T, f *nvmlctl.Fake) { must(t, f.Shutdown()) },
+			func(t *testing.T, f *Fake) { must(t, f.Shutdown()) },
 			func(l nvmlctl.Library) (any, error) { return l.Devices() },
 			nil, nvmlctl.ErrUninitialized},
 		{"Shutdown twice is uninitialized, as NVML's refcount says",
-			func(t *testing.T, f *nvmlctl.Fake) { must(t, f.Shutdown()) },
+			func(t *testing.T, f *Fake) { must(t, f.Shutdown()) },
 			func(l nvmlctl.Library) (any, error) { return nil, l.Shutdown() },
 			nil, nvmlctl.ErrUninitialized},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f := nvmlctl.NewFake(twoH100s()...)
+			f := New(twoH100s()...)
 			if tt.prepare != nil {
 				tt.prepare(t, f)
 			}
@@ -213,13 +213,13 @@ func TestFakeAnswersLikeNVML(t *testing.T) {
 }
 
 func TestFakeDevicesGoOnPastALostGPU(t *testing.T) {
-	f := nvmlctl.NewFake(nvmlctl.H100s(3)...)
-	must(t, f.LoseGPU(nvmlctl.FakeUUID(1)))
+	f := New(H100s(3)...)
+	must(t, f.LoseGPU(UUID(1)))
 	devs, err := f.Devices()
 	if !errors.Is(err, nvmlctl.ErrGPULost) {
 		t.Fatalf("error = %v, want GPU lost", err)
 	}
-	if !strings.Contains(err.Error(), nvmlctl.FakeUUID(1)) {
+	if !strings.Contains(err.Error(), UUID(1)) {
 		t.Errorf("error %q does not name the lost GPU", err)
 	}
 	if len(devs) != 2 || devs[0].Index != 0 || devs[1].Index != 2 {
@@ -228,8 +228,8 @@ func TestFakeDevicesGoOnPastALostGPU(t *testing.T) {
 }
 
 func TestFakeRejectedWriteChangesNothing(t *testing.T) {
-	f := nvmlctl.NewFake(nvmlctl.H100s(1)...)
-	f.FailNext(nvmlctl.OpSetPowerLimit, gpu0, nvmlctl.ErrNotPermitted)
+	f := New(H100s(1)...)
+	f.FailNext(OpSetPowerLimit, gpu0, nvmlctl.ErrNotPermitted)
 	_ = f.SetPowerLimit(gpu0, 300000)
 	_ = f.SetPowerLimit(gpu0, 900000)
 	g, err := f.GPU(gpu0)
@@ -237,9 +237,9 @@ func TestFakeRejectedWriteChangesNothing(t *testing.T) {
 	if g.Limit != 700000 {
 		t.Errorf("limit = %d mW after two refused writes, want 700000", g.Limit)
 	}
-	want := []nvmlctl.Call{
-		{Op: nvmlctl.OpSetPowerLimit, UUID: gpu0, Limit: 300000},
-		{Op: nvmlctl.OpSetPowerLimit, UUID: gpu0, Limit: 900000},
+	want := []Call{
+		{Op: OpSetPowerLimit, UUID: gpu0, Limit: 300000},
+		{Op: OpSetPowerLimit, UUID: gpu0, Limit: 900000},
 	}
 	if got := f.Calls(); !reflect.DeepEqual(got, want) {
 		t.Errorf("calls = %+v, want %+v", got, want)
@@ -247,8 +247,8 @@ func TestFakeRejectedWriteChangesNothing(t *testing.T) {
 }
 
 func TestFakeErrorNamesCallGPUAndCode(t *testing.T) {
-	f := nvmlctl.NewFake(nvmlctl.H100s(1)...)
-	f.FailNext(nvmlctl.OpSetPowerLimit, gpu0, nvmlctl.ErrNotPermitted)
+	f := New(H100s(1)...)
+	f.FailNext(OpSetPowerLimit, gpu0, nvmlctl.ErrNotPermitted)
 	err := f.SetPowerLimit(gpu0, 300000)
 	want := "nvml SetPowerManagementLimit " + gpu0 + ": NVML_ERROR_NO_PERMISSION"
 	if err == nil || err.Error() != want {
@@ -261,20 +261,20 @@ func TestFakeErrorNamesCallGPUAndCode(t *testing.T) {
 }
 
 func TestFakeConcurrentUse(t *testing.T) {
-	f := nvmlctl.NewFake(nvmlctl.H100s(8)...)
+	f := New(H100s(8)...)
 	var wg sync.WaitGroup
 	for i := range 8 {
 		wg.Go(func() {
 			for w := range 50 {
-				_ = f.SetPowerLimit(nvmlctl.FakeUUID(i), nvmlctl.Milliwatts(200000+w*1000))
-				_, _ = f.PowerLimits(nvmlctl.FakeUUID(i))
+				_ = f.SetPowerLimit(UUID(i), nvmlctl.Milliwatts(200000+w*1000))
+				_, _ = f.PowerLimits(UUID(i))
 				_, _ = f.Devices()
 			}
 		})
 	}
 	wg.Wait()
 	for i := range 8 {
-		g, err := f.GPU(nvmlctl.FakeUUID(i))
+		g, err := f.GPU(UUID(i))
 		must(t, err)
 		if g.Limit != 249000 {
 			t.Errorf("GPU %d limit = %d, want the last write 249000", i, g.Limit)
@@ -284,11 +284,11 @@ func TestFakeConcurrentUse(t *testing.T) {
 
 func TestFakeStateFileIsSharedWithAnotherProcess(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "gpus.json")
-	agent := nvmlctl.NewFake(twoH100s()...)
+	agent := New(twoH100s()...)
 	must(t, agent.PersistTo(path))
 
 	// The "other process": a second Fake on the same file.
-	world, err := nvmlctl.NewFakeFromFile(path)
+	world, err := NewFromFile(path)
 	must(t, err)
 
 	must(t, agent.SetPowerLimit(gpu0, 250000))
@@ -319,7 +319,7 @@ func TestFakeStateFileIsSharedWithAnotherProcess(t *testing.T) {
 	// The file on disk is the schema, readable by anything.
 	data, err := os.ReadFile(path)
 	must(t, err)
-	s, err := nvmlctl.ParseFakeState(data)
+	s, err := parseState(data)
 	must(t, err)
 	if s.Devices[0].Limit != 400000 || len(s.Devices[1].Processes) != 1 || s.Devices[0].PowerCapped != 2*time.Second ||
 		!strings.Contains(string(data), `"powerCappedNanoseconds": 2000000000`) {
@@ -335,14 +335,14 @@ func TestFakeStateFileIsSharedWithAnotherProcess(t *testing.T) {
 // every change of both is kept.
 func TestFakeStateFileLosesNoConcurrentChange(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "gpus.json")
-	agent := nvmlctl.NewFake(twoH100s()...)
+	agent := New(twoH100s()...)
 	must(t, agent.PersistTo(path))
-	world, err := nvmlctl.NewFakeFromFile(path)
+	world, err := NewFromFile(path)
 	must(t, err)
 
 	const each = 50
-	addProcess := func(f *nvmlctl.Fake, pid int) error {
-		return f.Update(gpu0, func(g *nvmlctl.FakeGPU) {
+	addProcess := func(f *Fake, pid int) error {
+		return f.Update(gpu0, func(g *GPU) {
 			g.Processes = append(g.Processes, nvmlctl.Process{Kind: nvmlctl.Compute, PID: pid})
 		})
 	}
@@ -376,7 +376,7 @@ func TestFakeStateFileLosesNoConcurrentChange(t *testing.T) {
 
 func TestFakeStateFileBrokenByAnotherProcess(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "gpus.json")
-	f := nvmlctl.NewFake(nvmlctl.H100s(1)...)
+	f := New(H100s(1)...)
 	must(t, f.PersistTo(path))
 	must(t, os.WriteFile(path, []byte("{"), 0o644))
 	if _, err := f.PowerLimits(gpu0); err == nil || !strings.Contains(err.Error(), path) {
@@ -402,7 +402,7 @@ func TestFakeFromTestdata(t *testing.T) {
 			must(t, err)
 			path := filepath.Join(t.TempDir(), tt.file)
 			must(t, os.WriteFile(path, data, 0o644))
-			f, err := nvmlctl.NewFakeFromFile(path)
+			f, err := NewFromFile(path)
 			must(t, err)
 			devs, err := f.Devices()
 			must(t, err)
@@ -444,7 +444,7 @@ func TestParseFakeStateRejects(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := nvmlctl.ParseFakeState([]byte(tt.json))
+			_, err := parseState([]byte(tt.json))
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("error = %v, want one containing %q", err, tt.want)
 			}
@@ -453,16 +453,11 @@ func TestParseFakeStateRejects(t *testing.T) {
 }
 
 func TestFakeUpdateKeepsTheRules(t *testing.T) {
-	f := nvmlctl.NewFake(nvmlctl.H100s(1)...)
+	f := New(H100s(1)...)
 	if err := f.SetLimitExternally(gpu0, 100000); err == nil {
 		t.Error("an external limit below the minimum was accepted")
 	}
-	f.FailAlways(nvmlctl.OpPowerDraw, "", nvmlctl.ErrGPULost)
-	f.ClearFaults()
-	if _, err := f.PowerDraw(gpu0); err != nil {
-		t.Errorf("draw after ClearFaults: %v", err)
-	}
-	if err := f.Update("GPU-nope", func(*nvmlctl.FakeGPU) {}); !errors.Is(err, nvmlctl.ErrNotFound) {
+	if err := f.Update("GPU-nope", func(*GPU) {}); !errors.Is(err, nvmlctl.ErrNotFound) {
 		t.Errorf("update of an unknown GPU: %v, want not found", err)
 	}
 }
@@ -477,12 +472,12 @@ func FuzzParseFakeState(f *testing.F) {
 	}
 	f.Add([]byte(`{"devices":[{"index":3,"uuid":"GPU-x","name":"n","minLimitMilliwatts":1,"maxLimitMilliwatts":1,"defaultLimitMilliwatts":1}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		s, err := nvmlctl.ParseFakeState(data)
+		s, err := parseState(data)
 		if err != nil {
 			return
 		}
 		// Whatever is accepted is a fake that answers without panicking.
-		fake := nvmlctl.NewFake(s.Devices...)
+		fake := New(s.Devices...)
 		devs, _ := fake.Devices()
 		for _, g := range s.Devices {
 			l, err := fake.PowerLimits(g.UUID)
@@ -510,10 +505,10 @@ func must(t *testing.T, err error) {
 }
 
 func TestFakeCallRecordIsBounded(t *testing.T) {
-	f := nvmlctl.NewFake(nvmlctl.H100s(1)...)
+	f := New(H100s(1)...)
 	const n = 10_000
 	for w := range n {
-		_ = f.SetPowerLimit(nvmlctl.FakeUUID(0), nvmlctl.Milliwatts(200000+w%500*1000))
+		_ = f.SetPowerLimit(UUID(0), nvmlctl.Milliwatts(200000+w%500*1000))
 	}
 	calls := f.Calls()
 	if len(calls) != 4096 {
@@ -532,20 +527,20 @@ func TestFakeCallRecordIsBounded(t *testing.T) {
 // that file (the agent's) sees it, and lifting it lets writes through again.
 func TestRefuseLimitWritesReachesAnotherProcess(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "nvml.json")
-	gpus := nvmlctl.H100s(1)
-	if err := nvmlctl.NewFake(gpus...).PersistTo(path); err != nil {
+	gpus := H100s(1)
+	if err := New(gpus...).PersistTo(path); err != nil {
 		t.Fatal(err)
 	}
-	test, err := nvmlctl.NewFakeFromFile(path)
+	test, err := NewFromFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	agent, err := nvmlctl.NewFakeFromFile(path)
+	agent, err := NewFromFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	uuid := gpus[0].UUID
-	if err := test.Update(uuid, func(g *nvmlctl.FakeGPU) { g.RefuseLimitWrites = true }); err != nil {
+	if err := test.Update(uuid, func(g *GPU) { g.RefuseLimitWrites = true }); err != nil {
 		t.Fatal(err)
 	}
 	var nvmlErr *nvmlctl.Error
@@ -555,7 +550,7 @@ func TestRefuseLimitWritesReachesAnotherProcess(t *testing.T) {
 	if g, _ := test.GPU(uuid); g.Limit == 400_000 {
 		t.Fatal("a refused write changed the limit")
 	}
-	if err := test.Update(uuid, func(g *nvmlctl.FakeGPU) { g.RefuseLimitWrites = false }); err != nil {
+	if err := test.Update(uuid, func(g *GPU) { g.RefuseLimitWrites = false }); err != nil {
 		t.Fatal(err)
 	}
 	if err := agent.SetPowerLimit(uuid, 400_000); err != nil {

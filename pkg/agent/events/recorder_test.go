@@ -1,4 +1,4 @@
-package main
+package events
 
 import (
 	"context"
@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
-	"github.com/go-logr/logr/funcr"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
@@ -23,6 +21,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"github.com/dynamo-power/gpu-power/internal/testlog"
+	"github.com/dynamo-power/gpu-power/pkg/agent/kube/kubetest"
 )
 
 var decodePod = &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "decode-0", Namespace: "llm", UID: "pod-1"}}
@@ -63,9 +64,9 @@ func (a *eventsAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case -1:
 		panic(http.ErrAbortHandler)
 	case http.StatusCreated:
-		writeJSON(w, code, e)
+		kubetest.WriteJSON(w, code, e)
 	default:
-		writeStatus(w, code)
+		kubetest.WriteStatus(w, code)
 	}
 }
 
@@ -77,23 +78,23 @@ func (a *eventsAPI) counts() (posts, stored int) {
 
 // newRecorder is the agent's recorder against api, with 1 ms for the first
 // retry's 500 ms; post is not started.
-func newRecorder(t *testing.T, api *eventsAPI) (*eventRecorder, *logLines) {
+func newRecorder(t *testing.T, api *eventsAPI) (*Recorder, *testlog.Lines) {
 	api.t = t
-	k, _ := apiServer(t, api.ServeHTTP)
-	logs := newLog(t)
-	r := newEventRecorder(k, logs.logger)
+	k, _ := kubetest.APIServer(t, api.ServeHTTP)
+	logs := testlog.New(t)
+	r := NewRecorder(k, logs.Logger)
 	r.retryWait = time.Millisecond
 	return r, logs
 }
 
 // start runs the poster; stop ends its ctx and fails the test unless it
 // returns promptly. Every test stops it at its end.
-func start(t *testing.T, r *eventRecorder) (stop func()) {
+func start(t *testing.T, r *Recorder) (stop func()) {
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		r.post(ctx)
+		r.Post(ctx)
 	}()
 	stop = func() {
 		cancel()
@@ -113,7 +114,7 @@ func TestEventRecorderPosts(t *testing.T) {
 	start(t, r)
 	r.Eventf(decodePod, nil, corev1.EventTypeWarning, "PowerLimitConflict", "SetPowerLimit",
 		"pods %s and %s share GPU %d", "decode-0", "decode-1", 2)
-	logs.waitFor(t, "Recorded event")
+	logs.WaitFor(t, "Recorded event")
 
 	api.mu.Lock()
 	defer api.mu.Unlock()
@@ -167,7 +168,7 @@ func TestEventRecorderRetries(t *testing.T) {
 			r, logs := newRecorder(t, api)
 			start(t, r)
 			r.Eventf(decodePod, nil, corev1.EventTypeNormal, "PowerLimitSet", "SetPowerLimit", "set to 250 W")
-			logs.waitFor(t, tc.wantLog)
+			logs.WaitFor(t, tc.wantLog)
 			wantStored := 0
 			if tc.landed {
 				wantStored = 1
@@ -175,8 +176,8 @@ func TestEventRecorderRetries(t *testing.T) {
 			if posts, stored := api.counts(); posts != tc.wantPosts || stored != wantStored {
 				t.Errorf("%d POSTs, %d Events stored; want %d POSTs, landed %t", posts, stored, tc.wantPosts, tc.landed)
 			}
-			if !tc.landed && len(logs.find("Could not record event")) != 1 {
-				t.Errorf("the lost Event logged %d times, want once", len(logs.find("Could not record event")))
+			if !tc.landed && len(logs.Find("Could not record event")) != 1 {
+				t.Errorf("the lost Event logged %d times, want once", len(logs.Find("Could not record event")))
 			}
 		})
 	}
@@ -214,7 +215,7 @@ func TestEventRecorderFullQueue(t *testing.T) {
 	for range cap(r.queue) {
 		r.Eventf(decodePod, nil, corev1.EventTypeNormal, "PowerLimitSet", "SetPowerLimit", "set to 250 W")
 	}
-	if dropped := logs.find("Dropped event: too many waiting"); len(dropped) != 0 {
+	if dropped := logs.Find("Dropped event: too many waiting"); len(dropped) != 0 {
 		t.Fatalf("dropped before the queue was full: %v", dropped)
 	}
 	returned := make(chan struct{})
@@ -227,7 +228,7 @@ func TestEventRecorderFullQueue(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Eventf blocked on a full queue")
 	}
-	dropped := logs.find("Dropped event: too many waiting")
+	dropped := logs.Find("Dropped event: too many waiting")
 	if len(dropped) != 1 || dropped[0]["reason"] != "PowerLimitRestored" {
 		t.Errorf("logged drops %v, want the one PowerLimitRestored", dropped)
 	}
@@ -237,8 +238,8 @@ func TestEventfUnknownKind(t *testing.T) {
 	api := &eventsAPI{}
 	r, logs := newRecorder(t, api)
 	r.Eventf(&appsv1.DaemonSet{}, nil, corev1.EventTypeNormal, "PowerLimitSet", "SetPowerLimit", "set")
-	if len(logs.find("Could not record event")) != 1 || len(r.queue) != 0 {
-		t.Errorf("an object outside the agent's scheme: %d queued, logs %v", len(r.queue), logs.all())
+	if len(logs.Find("Could not record event")) != 1 || len(r.queue) != 0 {
+		t.Errorf("an object outside the agent's scheme: %d queued, logs %v", len(r.queue), logs.All())
 	}
 }
 
@@ -258,59 +259,12 @@ func TestEventRecorderStops(t *testing.T) {
 			stop := start(t, r)
 			if tc.waiting != "" {
 				r.Eventf(decodePod, nil, corev1.EventTypeNormal, "PowerLimitSet", "SetPowerLimit", "set to 250 W")
-				logs.waitFor(t, tc.waiting)
+				logs.WaitFor(t, tc.waiting)
 			}
 			stop()
-			if lost := logs.find("Could not record event"); len(lost) != len(tc.script) {
-				t.Errorf("logged %d Events lost, want %d: %s", len(lost), len(tc.script), logs.all())
+			if lost := logs.Find("Could not record event"); len(lost) != len(tc.script) {
+				t.Errorf("logged %d Events lost, want %d: %s", len(lost), len(tc.script), logs.All())
 			}
 		})
-	}
-}
-
-// logLines keeps what the agent logged, V(1) included, one map per line.
-type logLines struct {
-	logger logr.Logger
-	mu     sync.Mutex
-	lines  []map[string]any
-}
-
-func newLog(t *testing.T) *logLines {
-	l := &logLines{}
-	l.logger = funcr.NewJSON(func(obj string) {
-		var line map[string]any
-		if err := json.Unmarshal([]byte(obj), &line); err != nil {
-			t.Errorf("log line %s: %v", obj, err)
-		}
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		l.lines = append(l.lines, line)
-	}, funcr.Options{Verbosity: 1})
-	return l
-}
-
-func (l *logLines) find(msg string) []map[string]any {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var found []map[string]any
-	for _, line := range l.lines {
-		if line["msg"] == msg {
-			found = append(found, line)
-		}
-	}
-	return found
-}
-
-func (l *logLines) all() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	b, _ := json.Marshal(l.lines)
-	return string(b)
-}
-
-func (l *logLines) waitFor(t *testing.T, msg string) {
-	t.Helper()
-	if !eventually(func() bool { return len(l.find(msg)) > 0 }) {
-		t.Fatalf("no log %q; logged: %s", msg, l.all())
 	}
 }
