@@ -70,8 +70,8 @@ images: ## Build both images, no Docker needed, as bin/images/power-{webhook,age
 
 .PHONY: demo
 demo: envtest build ## Play the planner scenario here (real API server + cert-manager, both binaries, simulated GPUs); exits 0 only if every step behaved.
-	@echo "go build -o bin/power-sandbox ./test/sandbox/cmd/sandbox"
-	@go build -o bin/power-sandbox ./test/sandbox/cmd/sandbox
+	@echo "go build -o bin/power-sandbox ./test/framework/sandbox/cmd/sandbox"
+	@go build -o bin/power-sandbox ./test/framework/sandbox/cmd/sandbox
 	bin/power-sandbox --bin-dir bin demo
 
 .PHONY: up
@@ -80,8 +80,8 @@ ifeq ($(REAL_NODE),1)
 	$(MAKE) up-real-node
 else
 	$(MAKE) envtest build
-	@echo "go build -o bin/power-sandbox ./test/sandbox/cmd/sandbox"
-	@go build -o bin/power-sandbox ./test/sandbox/cmd/sandbox
+	@echo "go build -o bin/power-sandbox ./test/framework/sandbox/cmd/sandbox"
+	@go build -o bin/power-sandbox ./test/framework/sandbox/cmd/sandbox
 	bin/power-sandbox --bin-dir bin $(if $(SANDBOX_DIR),--dir $(SANDBOX_DIR)) up
 endif
 
@@ -95,20 +95,19 @@ cluster-binaries: ## Build etcd, kube-apiserver, kubectl, kubelet, kube-controll
 
 .PHONY: cluster-up
 cluster-up: cluster-binaries ## Start a real one-node cluster here (containerd, kubelet, controllers; GPUs simulated); prints the KUBECONFIG.
-	go run ./test/realnode/cmd/realnode up --k8s-bin $(KUBEBUILDER_ASSETS) --gpus $(GPUS)
+	go run ./test/framework/realnode/cmd/realnode up --k8s-bin $(KUBEBUILDER_ASSETS) --gpus $(GPUS)
 
 .PHONY: up-real-node
 up-real-node: cluster-binaries ## `make up` on a real node: cluster-up, then both manifests applied and Ready (Linux, root).
-	go run ./test/realnode/cmd/realnode up --install --k8s-bin $(KUBEBUILDER_ASSETS) --gpus $(GPUS)
+	go run ./test/framework/realnode/cmd/realnode up --install --k8s-bin $(KUBEBUILDER_ASSETS) --gpus $(GPUS)
 
 .PHONY: cluster-down
 cluster-down: ## Stop the real node and put the machine back as it was.
-	go run ./test/realnode/cmd/realnode down
+	go run ./test/framework/realnode/cmd/realnode down
 
 .PHONY: test-cluster
 test-cluster: cluster-binaries $(TOOLS)/helm ## Both manifests as real pods on a real kubelet, then the Helm chart installed and uninstalled there; teardown restores the host.
-	go test -count=1 ./test/realnode/...
-	go test -count=1 -timeout 40m -v ./test/cluster/...
+	go test -count=1 -timeout 40m -v ./test/e2e_node/...
 
 ##@ Test
 

@@ -4,7 +4,7 @@
 // build (flags, environment), the image of each (entrypoint, user, labels,
 // layers), the tarball each is written as (an OCI image layout and a docker
 // archive in one), and the push to a registry. `make images` (cmd/images)
-// and the real-node harness (test/realnode) both build their images here, so
+// and the real-node harness (test/framework/realnode) both build their images here, so
 // the images a user pushes are the ones the real-node suite runs.
 //
 // An image is up to three layers: a base of generated files (/etc/passwd and

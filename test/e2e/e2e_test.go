@@ -1,4 +1,4 @@
-// Package e2e_test runs the whole system in the sandbox (test/sandbox): both
+// Package e2e_test runs the whole system in the sandbox (test/framework/sandbox): both
 // manifest folders applied unchanged with kubectl to a real API server where
 // cert-manager's own controllers and cainjector run, the webhook binary
 // serving the certificate cert-manager issued, the agent binary on simulated
@@ -20,9 +20,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/dynamo-power/gpu-power/test/envtestenv"
-	"github.com/dynamo-power/gpu-power/test/sandbox"
-	"github.com/dynamo-power/gpu-power/test/testdeploy"
+	"github.com/dynamo-power/gpu-power/test/framework/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/framework/sandbox"
+	"github.com/dynamo-power/gpu-power/test/framework/testdeploy"
 )
 
 var sb *sandbox.Sandbox

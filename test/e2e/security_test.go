@@ -23,7 +23,7 @@ import (
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 	"github.com/dynamo-power/gpu-power/test/framework/poll"
-	"github.com/dynamo-power/gpu-power/test/sandbox"
+	"github.com/dynamo-power/gpu-power/test/framework/sandbox"
 )
 
 // tenantNamespace creates a namespace labelled for its own budgets and

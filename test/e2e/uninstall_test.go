@@ -13,8 +13,8 @@ import (
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 
 	"github.com/dynamo-power/gpu-power/test/framework/poll"
-	"github.com/dynamo-power/gpu-power/test/sandbox"
-	"github.com/dynamo-power/gpu-power/test/testdeploy"
+	"github.com/dynamo-power/gpu-power/test/framework/sandbox"
+	"github.com/dynamo-power/gpu-power/test/framework/testdeploy"
 )
 
 // The uninstall runs last: its file sorts after every other test's.

@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/dynamo-power/gpu-power/internal/imagebuild"
-	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/framework/envtestenv"
 )
 
 // dockerfile is the instructions of a Dockerfile, continuation lines joined

@@ -21,12 +21,13 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/utils/ptr"
 	sigsyaml "sigs.k8s.io/yaml"
 
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 	powerwebhook "github.com/dynamo-power/gpu-power/pkg/webhook"
-	"github.com/dynamo-power/gpu-power/test/testdeploy"
+	"github.com/dynamo-power/gpu-power/test/framework/testdeploy"
 )
 
 // object is one YAML document of a manifest file.
@@ -167,7 +168,7 @@ func TestWebhookConfigurations(t *testing.T) {
 			t.Errorf("%s: timeoutSeconds %v; want %d", c.name, c.timeout, c.wantTimeout)
 		}
 		wantRules := []admissionv1.RuleWithOperations{{Operations: []admissionv1.OperationType{admissionv1.Create, admissionv1.Update},
-			Rule: admissionv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}, Scope: ptr(admissionv1.NamespacedScope)}}}
+			Rule: admissionv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}, Scope: ptr.To(admissionv1.NamespacedScope)}}}
 		if !reflect.DeepEqual(c.rules, wantRules) {
 			t.Errorf("%s: rules %+v; want CREATE and UPDATE of pods only", c.name, c.rules)
 		}

@@ -11,7 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	sigsyaml "sigs.k8s.io/yaml"
 
-	"github.com/dynamo-power/gpu-power/test/testdeploy"
+	"github.com/dynamo-power/gpu-power/test/framework/testdeploy"
 )
 
 func optionalFile(name string) string {

@@ -6,8 +6,8 @@ import (
 	"regexp"
 	"testing"
 
-	"github.com/dynamo-power/gpu-power/test/e2e/prometheustest"
-	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/framework/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/framework/prometheustest"
 )
 
 // TestControllerToolsVersionIsTheMakefiles: the monitoring tests generate

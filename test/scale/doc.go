@@ -1,6 +1,6 @@
 // Package scale holds two opt-in load drivers for the power webhook (issue
 // 13: a 100,000-pod cluster in fixed memory, at a fraction of today's CPU per
-// admission). Both run the sandbox of test/sandbox (a real kube-apiserver and
+// admission). Both run the sandbox of test/framework/sandbox (a real kube-apiserver and
 // etcd, cert-manager, both webhook configurations of deploy/webhook/ and the
 // real power-webhook binary as its own process) and measure that process
 // from outside: its live heap after a forced GC (--pprof-bind-address), its

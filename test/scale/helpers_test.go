@@ -27,9 +27,9 @@ import (
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
-	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/framework/envtestenv"
 	"github.com/dynamo-power/gpu-power/test/framework/poll"
-	"github.com/dynamo-power/gpu-power/test/sandbox"
+	"github.com/dynamo-power/gpu-power/test/framework/sandbox"
 )
 
 // bench is a started sandbox and what the drivers measure it with.

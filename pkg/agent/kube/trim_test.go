@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/ptr"
 
 	"github.com/dynamo-power/gpu-power/pkg/agent"
 	"github.com/dynamo-power/gpu-power/pkg/agent/kube"
@@ -47,7 +48,7 @@ func richPod(i int, limit, stamp string, phase corev1.PodPhase, started bool) *c
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "StatefulSet", Name: "worker", UID: "sts-1"}},
 		},
 		Spec: corev1.PodSpec{
-			NodeName: "gpu-1", RuntimeClassName: ptr("nvidia"), SchedulerName: "default-scheduler", Priority: ptr(int32(1000)),
+			NodeName: "gpu-1", RuntimeClassName: ptr.To("nvidia"), SchedulerName: "default-scheduler", Priority: ptr.To(int32(1000)),
 			NodeSelector: map[string]string{policy.LabelGPUProduct: "NVIDIA-H100-80GB-HBM3"},
 			Containers: []corev1.Container{{Name: "main", Image: "registry.example/worker:1",
 				Env:       []corev1.EnvVar{{Name: "NVIDIA_VISIBLE_DEVICES", Value: "all"}, {Name: "BIG", Value: strings.Repeat("y", 4096)}},
@@ -68,8 +69,6 @@ func richPod(i int, limit, stamp string, phase corev1.PodPhase, started bool) *c
 	}
 	return p
 }
-
-func ptr[T any](v T) *T { return &v }
 
 type pods []*corev1.Pod
 

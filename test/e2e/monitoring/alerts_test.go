@@ -24,9 +24,9 @@ import (
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 	"github.com/dynamo-power/gpu-power/pkg/webhook"
-	"github.com/dynamo-power/gpu-power/test/e2e/prometheustest"
 	"github.com/dynamo-power/gpu-power/test/framework/poll"
-	"github.com/dynamo-power/gpu-power/test/sandbox"
+	"github.com/dynamo-power/gpu-power/test/framework/prometheustest"
+	"github.com/dynamo-power/gpu-power/test/framework/sandbox"
 )
 
 // fireWithin bounds how long an alert may take to fire once its condition

@@ -19,10 +19,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/dynamo-power/gpu-power/test/e2e/prometheustest"
-	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/framework/envtestenv"
 	"github.com/dynamo-power/gpu-power/test/framework/poll"
-	"github.com/dynamo-power/gpu-power/test/sandbox"
+	"github.com/dynamo-power/gpu-power/test/framework/prometheustest"
+	"github.com/dynamo-power/gpu-power/test/framework/sandbox"
 )
 
 // forScale shortens every `for` of the live rules: ten minutes become six

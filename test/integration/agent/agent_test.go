@@ -29,7 +29,7 @@ import (
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
 	"github.com/dynamo-power/gpu-power/pkg/podmap/podresourcestest"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
-	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/framework/envtestenv"
 	"github.com/dynamo-power/gpu-power/test/framework/poll"
 )
 

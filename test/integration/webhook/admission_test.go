@@ -17,7 +17,7 @@ import (
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
-	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/framework/envtestenv"
 )
 
 const (

@@ -19,7 +19,7 @@ import (
 
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 	powerwebhook "github.com/dynamo-power/gpu-power/pkg/webhook"
-	"github.com/dynamo-power/gpu-power/test/admissionauth"
+	"github.com/dynamo-power/gpu-power/test/framework/admissionauth"
 )
 
 // apiserverCertificate is the API server's client certificate for the

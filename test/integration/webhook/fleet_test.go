@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
@@ -23,7 +24,7 @@ import (
 	"github.com/dynamo-power/gpu-power/pkg/budget"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 	powerwebhook "github.com/dynamo-power/gpu-power/pkg/webhook"
-	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/framework/envtestenv"
 	"github.com/dynamo-power/gpu-power/test/framework/poll"
 )
 
@@ -128,14 +129,14 @@ func (f *fleet) start() error {
 		Cache:                  powerwebhook.CacheOptions(),
 		Client:                 powerwebhook.ClientOptions(),
 		// Several replicas live in this process; in production each is alone.
-		Controller:                          config.Controller{SkipNameValidation: &skipNameValidation},
+		Controller:                          config.Controller{SkipNameValidation: ptr.To(true)},
 		LeaderElection:                      true,
 		LeaderElectionID:                    budget.LeaderElectionID,
 		LeaderElectionResourceLockInterface: lock,
 		LeaderElectionReleaseOnCancel:       true,
-		LeaseDuration:                       durationPtr(5 * time.Second),
-		RenewDeadline:                       durationPtr(renewDeadline),
-		RetryPeriod:                         durationPtr(500 * time.Millisecond),
+		LeaseDuration:                       ptr.To(5 * time.Second),
+		RenewDeadline:                       ptr.To(renewDeadline),
+		RetryPeriod:                         ptr.To(500 * time.Millisecond),
 	})
 	if err != nil {
 		return err
@@ -250,7 +251,3 @@ func (f *fleet) registries() []*prometheus.Registry {
 	}
 	return regs
 }
-
-var skipNameValidation = true
-
-func durationPtr(d time.Duration) *time.Duration { return &d }

@@ -26,8 +26,8 @@ import (
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 	powerwebhook "github.com/dynamo-power/gpu-power/pkg/webhook"
-	"github.com/dynamo-power/gpu-power/test/admissionauth"
-	"github.com/dynamo-power/gpu-power/test/envtestenv"
+	"github.com/dynamo-power/gpu-power/test/framework/admissionauth"
+	"github.com/dynamo-power/gpu-power/test/framework/envtestenv"
 )
 
 const (

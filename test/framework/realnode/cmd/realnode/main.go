@@ -1,0 +1,193 @@
+// Command realnode starts (`up`) and stops (`down`) a real one-node cluster
+// on this machine for tests and demos, and prints the manifests for it
+// (`webhook-manifests`, `agent-manifest`) and the Helm chart's values for it
+// (`helm-values`); `addons` is the process it starts for cert-manager's
+// controllers and the simulated GPUs. Run it as root.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
+	"github.com/dynamo-power/gpu-power/test/framework/certmanager"
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
+	"github.com/dynamo-power/gpu-power/test/framework/realnode"
+	"github.com/dynamo-power/gpu-power/test/framework/realnode/gpusim"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: realnode up|down|webhook-manifests|agent-manifest|helm-values|addons [flags]")
+		os.Exit(2)
+	}
+	if err := run(os.Args[1], os.Args[2:]); err != nil {
+		fmt.Fprintf(os.Stderr, "realnode: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(cmd string, args []string) error {
+	logf := func(format string, args ...any) { fmt.Printf("realnode: "+format+"\n", args...) }
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	var err error
+	switch cmd {
+	case "up":
+		err = up(ctx, args, logf)
+	case "down":
+		err = realnode.Down(logf)
+	case "addons":
+		err = addons(ctx, args, logf)
+	case "webhook-manifests":
+		err = webhookManifests(args)
+	case "agent-manifest":
+		err = agentManifest(args)
+	case "helm-values":
+		err = helmValues()
+	default:
+		err = fmt.Errorf("unknown command %q (want up, down, webhook-manifests, agent-manifest, helm-values or addons)", cmd)
+	}
+	return err
+}
+
+func up(ctx context.Context, args []string, logf func(string, ...any)) error {
+	fs := flag.NewFlagSet("up", flag.ExitOnError)
+	root := fs.String("root", ".", "Repository root.")
+	k8sBin := fs.String("k8s-bin", "bin/k8s/1.37.2", "Folder of the Kubernetes binaries (hack/build-k8s.sh).")
+	gpus := fs.Int("gpus", 2, "Simulated H100s.")
+	install := fs.Bool("install", false, "Also apply both manifests (deploy/webhook/, deploy/agent/daemonset.yaml) and wait until they are Ready.")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	absRoot, err := filepath.Abs(*root)
+	if err != nil {
+		return err
+	}
+	absBin, err := filepath.Abs(*k8sBin)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
+	defer cancel()
+	c, err := realnode.Up(ctx, realnode.Options{Root: absRoot, K8sBin: absBin, GPUs: *gpus, Owner: "make cluster-up", Logf: logf})
+	if err != nil || !*install {
+		return err
+	}
+	logf("installing: deploy/webhook/ with the API server's client CA, then the agent DaemonSet")
+	if err := c.Install(ctx, absRoot); err != nil {
+		return err
+	}
+	logf("installed; try: KUBECONFIG=%s kubectl get pods -A", realnode.Kubeconfig)
+	return nil
+}
+
+// webhookManifests prints deploy/webhook/ with the API server's client CA
+// of the running cluster (docs/cluster.md).
+func webhookManifests(args []string) error {
+	fs := flag.NewFlagSet("webhook-manifests", flag.ExitOnError)
+	dir := fs.String("d", "deploy/webhook", "The shipped webhook manifests.")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ca, err := os.ReadFile(realnode.APIServerAuth().CA)
+	if err != nil {
+		return fmt.Errorf("the cluster's webhook client CA (is it up?): %w", err)
+	}
+	out, err := realnode.WebhookManifests(*dir, ca)
+	if err != nil {
+		return err
+	}
+	_, err = os.Stdout.Write(out)
+	return err
+}
+
+// agentManifest prints the shipped agent DaemonSet with the one change a
+// node with simulated GPUs needs (docs/cluster.md).
+func agentManifest(args []string) error {
+	fs := flag.NewFlagSet("agent-manifest", flag.ExitOnError)
+	file := fs.String("f", "deploy/agent/daemonset.yaml", "The shipped agent manifest.")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	out, err := realnode.AgentManifest(*file)
+	if err != nil {
+		return err
+	}
+	_, err = os.Stdout.Write(out)
+	return err
+}
+
+// helmValues prints the chart values that make the real node's changes
+// (the API server's client CA of the running cluster, --fake-nvml), for
+// `helm install -f -` (docs/cluster.md).
+func helmValues() error {
+	ca, err := os.ReadFile(realnode.APIServerAuth().CA)
+	if err != nil {
+		return fmt.Errorf("the cluster's webhook client CA (is it up?): %w", err)
+	}
+	out, err := realnode.HelmValues(ca)
+	if err != nil {
+		return err
+	}
+	_, err = os.Stdout.Write(out)
+	return err
+}
+
+// addons runs cert-manager's controllers and cainjector, the fake device
+// plugin and the fake NVML's process feeder until SIGTERM.
+func addons(ctx context.Context, args []string, logf func(string, ...any)) error {
+	fs := flag.NewFlagSet("addons", flag.ExitOnError)
+	gpus := fs.Int("gpus", 2, "Simulated H100s.")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	// cert-manager's cainjector runs on controller-runtime, which logs
+	// through klog like the rest of this process.
+	ctrl.SetLogger(klog.NewKlogr())
+	kubeconfig := filepath.Join(realnode.Dir, "pki", "addons.kubeconfig")
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	var uuids []string
+	for i := range *gpus {
+		uuids = append(uuids, nvmlfake.UUID(i))
+	}
+	go func() { _ = (&gpusim.Plugin{UUIDs: uuids}).Serve(ctx, logf) }()
+	go func() {
+		f := &gpusim.Feeder{Client: client, NodeName: realnode.NodeName, NVMLFile: realnode.FakeNVMLFile, Period: 200 * time.Millisecond}
+		if err := f.Run(ctx, logf); err != nil {
+			logf("Feeder stopped: %v", err)
+		}
+	}()
+	// cert-manager needs its CRDs, which `up` installs after this starts.
+	// Its controllers run on ctx, not on the poll's.
+	if poll.Until(ctx, poll.Opts{Interval: time.Second}, "cert-manager started", func(context.Context) (bool, string, error) {
+		if err := certmanager.Start(ctx, kubeconfig, cfg); err != nil {
+			logf("cert-manager not started yet: %v", err)
+			return false, err.Error(), nil
+		}
+		return true, "", nil
+	}) != nil {
+		return nil // stopped before cert-manager could start
+	}
+	logf("cert-manager controllers and cainjector started")
+	<-ctx.Done()
+	return nil
+}

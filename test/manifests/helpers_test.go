@@ -1,3 +1,0 @@
-package manifests_test
-
-func ptr[T any](v T) *T { return &v }
