@@ -1,7 +1,6 @@
 package testlog
 
 import (
-	"context"
 	"encoding/json"
 	"sync"
 	"testing"
@@ -9,7 +8,8 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/go-logr/logr/funcr"
-	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 )
 
 // Lines keeps what was logged to Logger.
@@ -58,14 +58,7 @@ func (l *Lines) All() string {
 // WaitFor waits for a line with message msg, and fails t when none comes.
 func (l *Lines) WaitFor(t *testing.T, msg string) {
 	t.Helper()
-	if !Eventually(func() bool { return len(l.Find(msg)) > 0 }) {
-		t.Fatalf("no log %q; logged: %s", msg, l.All())
-	}
-}
-
-// Eventually polls cond until it holds, and is false if it has not held
-// after 10 s.
-func Eventually(cond func() bool) bool {
-	return wait.PollUntilContextTimeout(context.Background(), time.Millisecond, 10*time.Second, true,
-		func(context.Context) (bool, error) { return cond(), nil }) == nil
+	poll.Eventually(t, 10*time.Second, "log line "+msg, func() (bool, string) {
+		return len(l.Find(msg)) > 0, "logged: " + l.All()
+	})
 }

@@ -1,6 +1,9 @@
 // Package testpod builds pods for tests in one readable line:
 //
 //	testpod.MakePod("decode-0", "llm").GPU(4).Limit("250").Obj()
+//
+// and declares, once, what of a pod pkg/policy reads (PolicyView, view.go),
+// the view the webhook's decoder and policy's own tests are held to.
 package testpod
 
 import (

@@ -403,58 +403,8 @@ func (b *Ledger) commit(ctx context.Context, name string, q *budgetQueue, batch 
 		if err != nil {
 			return fill(results, reserveResult{err: err})
 		}
-		st := &budget.Status
-		readFresh, reserved := false, 0
-		now := b.Now()
-		for i, r := range batch {
-			if r.op == opRecount {
-				continue // its result was set by prepareBase
-			}
-			j := slices.IndexFunc(st.Reservations, func(x powerv1alpha1.Reservation) bool { return x.PodUID == r.uid })
-			var held *policy.HeldReservation
-			if j >= 0 {
-				held = &policy.HeldReservation{Watts: st.Reservations[j].Watts, Expires: st.Reservations[j].Expires.Time}
-			}
-			ask := policy.ReservationAsk{Release: r.op == opRelease, Watts: r.watts, Delta: r.delta}
-			switch policy.DecideReservation(ask, held, stateOf(budget), fresh, now) {
-			case policy.ReservationUndo:
-				if r.prior != nil {
-					st.Reservations[j] = *r.prior
-				} else {
-					st.Reservations = slices.Delete(st.Reservations, j, j+1)
-				}
-				st.CommittedWatts = policy.SatSub(st.CommittedWatts, r.delta)
-				changed = true
-				results[i] = reserveResult{ok: true}
-			case policy.ReservationNothingToUndo:
-				results[i] = reserveResult{ok: true}
-			case policy.ReservationAlreadyCharged:
-				if exp := b.expiry(now); st.Reservations[j].Expires.Before(&exp) {
-					st.Reservations[j].Expires, changed = exp, true
-				}
-				results[i] = reserveResult{ok: true}
-			case policy.ReservationCharge:
-				res := powerv1alpha1.Reservation{PodUID: r.uid, Pod: r.pod, Watts: r.watts, Expires: b.expiry(now)}
-				var prior *powerv1alpha1.Reservation
-				if j >= 0 {
-					prior = st.Reservations[j].DeepCopy()
-					st.Reservations[j] = res
-				} else {
-					st.Reservations = append(st.Reservations, res)
-				}
-				st.CommittedWatts = policy.SatAdd(st.CommittedWatts, r.delta)
-				changed = true
-				reserved++
-				results[i] = reserveResult{ok: true, wrote: true, prior: prior}
-			case policy.ReservationDeny:
-				results[i] = reserveResult{state: stateOf(budget)}
-			case policy.ReservationReadFresh:
-				readFresh = true
-			}
-			if readFresh {
-				break
-			}
-		}
+		applied, reserved, readFresh := b.apply(budget, batch, results, fresh)
+		changed = changed || applied
 		if readFresh {
 			q.last = nil
 			continue
@@ -462,7 +412,7 @@ func (b *Ledger) commit(ctx context.Context, name string, q *budgetQueue, batch 
 		if !changed {
 			return results
 		}
-		st.AvailableWatts = policy.SatSub(budget.Spec.TotalWatts, st.CommittedWatts)
+		budget.Status.AvailableWatts = policy.SatSub(budget.Spec.TotalWatts, budget.Status.CommittedWatts)
 		err = b.Client.Status().Update(ctx, budget)
 		switch {
 		case err == nil:
@@ -486,6 +436,63 @@ func (b *Ledger) commit(ctx context.Context, name string, q *budgetQueue, batch 
 	}
 	q.last = nil
 	return fill(results, reserveResult{err: fmt.Errorf("reserve GPU power in budget %s: still conflicting after %d attempts; retry", name, b.Attempts)})
+}
+
+// apply decides each charge and release of a batch in order
+// (policy.DecideReservation) against budget, as the earlier ones left it,
+// and applies the decisions to its status, setting their results. It
+// reports whether the status changed, how many reservations it wrote, and
+// whether the base must be read fresh before anything is denied.
+func (b *Ledger) apply(budget *powerv1alpha1.GPUPowerBudget, batch []*reserveRequest, results []reserveResult, fresh bool) (changed bool, reserved int, readFresh bool) {
+	st := &budget.Status
+	now := b.Now()
+	for i, r := range batch {
+		if r.op == opRecount {
+			continue // its result was set by prepareBase
+		}
+		j := slices.IndexFunc(st.Reservations, func(x powerv1alpha1.Reservation) bool { return x.PodUID == r.uid })
+		var held *policy.HeldReservation
+		if j >= 0 {
+			held = &policy.HeldReservation{Watts: st.Reservations[j].Watts, Expires: st.Reservations[j].Expires.Time}
+		}
+		ask := policy.ReservationAsk{Release: r.op == opRelease, Watts: r.watts, Delta: r.delta}
+		switch policy.DecideReservation(ask, held, stateOf(budget), fresh, now) {
+		case policy.ReservationUndo:
+			if r.prior != nil {
+				st.Reservations[j] = *r.prior
+			} else {
+				st.Reservations = slices.Delete(st.Reservations, j, j+1)
+			}
+			st.CommittedWatts = policy.SatSub(st.CommittedWatts, r.delta)
+			changed = true
+			results[i] = reserveResult{ok: true}
+		case policy.ReservationNothingToUndo:
+			results[i] = reserveResult{ok: true}
+		case policy.ReservationAlreadyCharged:
+			if exp := b.expiry(now); st.Reservations[j].Expires.Before(&exp) {
+				st.Reservations[j].Expires, changed = exp, true
+			}
+			results[i] = reserveResult{ok: true}
+		case policy.ReservationCharge:
+			res := powerv1alpha1.Reservation{PodUID: r.uid, Pod: r.pod, Watts: r.watts, Expires: b.expiry(now)}
+			var prior *powerv1alpha1.Reservation
+			if j >= 0 {
+				prior = st.Reservations[j].DeepCopy()
+				st.Reservations[j] = res
+			} else {
+				st.Reservations = append(st.Reservations, res)
+			}
+			st.CommittedWatts = policy.SatAdd(st.CommittedWatts, r.delta)
+			changed = true
+			reserved++
+			results[i] = reserveResult{ok: true, wrote: true, prior: prior}
+		case policy.ReservationDeny:
+			results[i] = reserveResult{state: stateOf(budget)}
+		case policy.ReservationReadFresh:
+			return changed, reserved, true
+		}
+	}
+	return changed, reserved, false
 }
 
 // expiry is when a reservation made now stops counting if its pod has not

@@ -67,7 +67,7 @@ func TestBudgetDenial(t *testing.T) {
 	}
 }
 
-func TestRecompute(t *testing.T) {
+func TestCountCommitted(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
 	later, earlier := now.Add(time.Minute), now.Add(-time.Second)
 	tests := []struct {

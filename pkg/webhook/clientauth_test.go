@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -23,6 +24,8 @@ import (
 	"time"
 
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 )
 
 // testCA signs certificates for the tests.
@@ -139,13 +142,10 @@ func TestClientAuth(t *testing.T) {
 	t.Cleanup(cancel)
 	go func() { _ = srv.Start(ctx) }()
 	ready := srv.StartedChecker()
-	deadline := time.Now().Add(10 * time.Second)
-	for ready(nil) != nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("the readiness check never passed: %v", ready(nil))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.Eventually(t, 10*time.Second, "the webhook server's readiness check", func() (bool, string) {
+		err := ready(nil)
+		return err == nil, fmt.Sprint(err)
+	})
 
 	post := func(certs ...tls.Certificate) error {
 		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
@@ -263,9 +263,10 @@ func BenchmarkHandshake(b *testing.B) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			go func() { _ = srv.Start(ctx) }()
-			for srv.StartedChecker()(nil) != nil {
-				time.Sleep(10 * time.Millisecond)
-			}
+			poll.Eventually(b, 10*time.Second, "the webhook server's readiness check", func() (bool, string) {
+				err := srv.StartedChecker()(nil)
+				return err == nil, fmt.Sprint(err)
+			})
 			cfg := &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{apiserver}} //nolint:gosec // benchmark
 			b.ResetTimer()
 			for b.Loop() {

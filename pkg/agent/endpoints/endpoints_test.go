@@ -9,8 +9,10 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dynamo-power/gpu-power/internal/testlog"
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 )
 
 func TestProbes(t *testing.T) {
@@ -117,7 +119,8 @@ func TestServeUntilContextEnds(t *testing.T) {
 		t.Fatalf("GET %s: %q, %v", healthz, body, err)
 	}
 	cancel()
-	if !testlog.Eventually(func() bool { _, err := get(); return err != nil }) {
-		t.Errorf("%s still served after ctx ended", healthz)
-	}
+	poll.Eventually(t, 10*time.Second, healthz+" to stop being served once ctx ended", func() (bool, string) {
+		_, err := get()
+		return err != nil, "still served"
+	})
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/dynamo-power/gpu-power/internal/testlog"
 	"github.com/dynamo-power/gpu-power/pkg/agent/kube"
 	"github.com/dynamo-power/gpu-power/pkg/agent/kube/kubetest"
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
 )
 
 func TestNewKube(t *testing.T) {
@@ -255,8 +256,10 @@ func stopAtEnd(parent context.Context, t *testing.T, informer cache.SharedIndexI
 	ctx, cancel := context.WithCancel(parent)
 	t.Cleanup(func() {
 		cancel()
-		if !testlog.Eventually(informer.IsStopped) {
-			t.Error("the pod informer went on after ctx ended")
+		// t.Context() has ended by now: the wait has a context of its own.
+		if err := poll.Until(context.Background(), poll.Opts{Timeout: 10 * time.Second}, "the pod informer to stop once ctx ended",
+			func(context.Context) (bool, string, error) { return informer.IsStopped(), "", nil }); err != nil {
+			t.Error(err)
 		}
 	})
 	return ctx
