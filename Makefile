@@ -3,9 +3,10 @@
 SHELL := /usr/bin/env bash -o pipefail
 .SHELLFLAGS := -ec
 
-# The Kubernetes version is the one place hack/go.mod requires it: the
-# module hack/build-k8s.sh builds the binaries from.
-K8S_VERSION := $(shell sed -n 's|^[[:space:]]*k8s.io/kubernetes v||p' hack/go.mod | head -n 1)
+# The Kubernetes version is written in one place, hack/go.mod, whose
+# k8s.io/kubernetes module hack/build-k8s.sh builds the binaries from; the
+# script is the one reader of it.
+K8S_VERSION := $(shell hack/build-k8s.sh --version)
 LOCALBIN    := $(CURDIR)/bin
 TOOLS       := $(LOCALBIN)/tools
 # Test binaries (etcd, kube-apiserver, kubectl); KUBEBUILDER_ASSETS wins when set.
@@ -119,14 +120,14 @@ test-unit: ## The one-minute loop: unit tests, fuzz seeds, manifest and Helm cha
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 		if [ -n "$$unformatted" ]; then echo "not gofmt-clean: $$unformatted"; exit 1; fi
 	go vet ./...
-	@# The images' TestBuilt* tests compile both binaries: test-integration runs them.
+	@# The TestBuilt* tests (images, Dockerfiles) compile both binaries: test-integration runs them.
 	go test -count=1 -skip '^TestBuilt' ./pkg/... ./internal/... ./cmd/... ./test/manifests/... ./test/framework/...
 	@# The Helm chart against the manifests: a module of its own (test/helm/go.mod), Helm's SDK kept out of the binaries' dependencies.
 	cd test/helm && go vet ./... && go test -count=1 ./...
 
 .PHONY: test-integration
 test-integration: envtest ## Integration tests on a real kube-apiserver + etcd (builds them first), and both binaries built as the Dockerfiles build them.
-	go test -count=1 -run '^TestBuilt' ./test/manifests/...
+	go test -count=1 -run '^TestBuilt' ./internal/imagebuild/ ./test/manifests/...
 	go test -count=1 ./test/integration/...
 
 .PHONY: test-e2e

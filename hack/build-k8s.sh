@@ -4,6 +4,8 @@
 # Go modules into bin/k8s/<version>/, so no downloaded binary is ever needed.
 #
 #   hack/build-k8s.sh [binary ...]     default: etcd kube-apiserver kubectl
+#   hack/build-k8s.sh --version        prints the version built (the Makefile
+#                                      and test/framework/envtestenv ask it)
 #
 # A binary already built is skipped. When KUBEBUILDER_ASSETS names a folder that
 # already holds a binary, that one is used and nothing is built.
@@ -13,6 +15,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 # The version is the one hack/go.mod requires: the module built below.
 K8S_VERSION=$(sed -n 's|^[[:space:]]*k8s.io/kubernetes v||p' "$here/go.mod" | head -n 1)
 [ -n "$K8S_VERSION" ] || { echo "build-k8s: no k8s.io/kubernetes requirement in $here/go.mod" >&2; exit 1; }
+if [ "${1:-}" = --version ]; then
+	echo "$K8S_VERSION"
+	exit 0
+fi
 root=$(cd "$here/.." && pwd)
 out=${K8S_BIN_DIR:-$root/bin/k8s/$K8S_VERSION}
 mkdir -p "$out"

@@ -1,5 +1,8 @@
 // Command power-webhook admits GPU pods: it defaults, checks and stamps their
-// per-GPU power limit (see pkg/policy for the rules).
+// per-GPU power limit (see pkg/policy for the rules) and charges them to the
+// GPUPowerBudgets that select their namespace; one replica, elected by a
+// Lease, writes the budgets and recounts them (pkg/budget). Its flags are in
+// flags.go.
 package main
 
 import (

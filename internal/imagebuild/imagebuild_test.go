@@ -38,11 +38,11 @@ func moduleRoot(t *testing.T) string {
 	return root
 }
 
-// TestMakeImages is `make images` twice, the first time pushing to a
+// TestBuiltImages is `make images` twice, the first time pushing to a
 // registry in this process: both images hold the binary built, run it as
 // the Dockerfiles say, read back from their archives and the registry with
 // the same digest, and the second build gives the same digests and bytes.
-func TestMakeImages(t *testing.T) {
+func TestBuiltImages(t *testing.T) {
 	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	defer srv.Close()
 	repo := strings.TrimPrefix(srv.URL, "http://") + "/team"

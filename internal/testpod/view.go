@@ -6,13 +6,15 @@ import (
 	corev1 "k8s.io/api/core/v1"
 )
 
-// PolicyView is the one declaration of what of a pod pkg/policy reads:
-// identity, labels, annotations, node name, node selector, affinity,
-// resource claims, and each container's name, restart policy and
-// nvidia.com/ resources. Two tests hold the code to it:
-// policy's FuzzPolicyReadsOnlyThePodView (every decision is the same on a
-// pod and on its view) and the webhook's decoder tests (decodePod reads
-// exactly the view).
+// PolicyView is the one declaration of what of a pod pkg/policy's admission
+// and budget decisions read (Mutate, Validate, DemandOf, ChargeableOf,
+// CostOf, PlacementOf, CandidatesOf): identity, labels, annotations, node
+// name, node selector, affinity, resource claims, and each container's
+// name, restart policy and nvidia.com/ resources. Two tests hold the code
+// to it: policy's FuzzPolicyReadsOnlyThePodView (every such decision is the
+// same on a pod and on its view) and the webhook's decoder tests (decodePod
+// reads exactly the view). StampKey.Validated reads the creation time too:
+// it judges stored pods (the pod index, the agent), never a decoded one.
 func PolicyView(p *corev1.Pod) *corev1.Pod {
 	out := &corev1.Pod{}
 	out.Name, out.GenerateName, out.Namespace, out.UID = p.Name, p.GenerateName, p.Namespace, p.UID

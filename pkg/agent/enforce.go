@@ -191,7 +191,8 @@ func (e *Enforcer) Reconcile(ctx context.Context, in Inputs, dryRun bool) ([]GPU
 
 func (e *Enforcer) reconcileGPU(dev nvmlctl.Device, in Inputs, dryRun bool, strays sets.Set[podmap.Stray]) GPUReport {
 	r := GPUReport{Index: dev.Index, UUID: dev.UUID, Name: dev.Name, Action: ActionNone}
-	holders, pods := e.holders(dev.UUID, in)
+	holders := e.holders(dev.UUID, in)
+	pods := podsOf(holders, in.Pods)
 	for _, h := range holders {
 		r.Pods = append(r.Pods, h.Pod)
 	}
@@ -322,8 +323,8 @@ func (e *Enforcer) recordHolders(in Inputs) {
 	holding := sets.New[podOnGPU]()
 	unvalidated := sets.New[types.UID]()
 	for uuid := range in.Holders {
-		hs, pods := e.holders(uuid, in)
-		for _, p := range pods {
+		hs := e.holders(uuid, in)
+		for _, p := range podsOf(hs, in.Pods) {
 			holding.Insert(podOnGPU{gpu: uuid, namespace: p.Namespace, pod: p.Name})
 		}
 		d := policy.ResolveGPU(hs, e.RequireValidation)
@@ -472,10 +473,10 @@ func (e *Enforcer) reportStrays(dev nvmlctl.Device, in Inputs, seen sets.Set[pod
 	}
 }
 
-// holders turns the pod UIDs holding a GPU into policy holders, sorted.
-func (e *Enforcer) holders(uuid string, in Inputs) ([]policy.Holder, []*corev1.Pod) {
+// holders turns the pod UIDs holding a GPU into policy holders, sorted by
+// pod; podsOf joins them back to their pods.
+func (e *Enforcer) holders(uuid string, in Inputs) []policy.Holder {
 	var hs []policy.Holder
-	var pods []*corev1.Pod
 	for uid := range in.Holders[uuid] {
 		p, ok := in.Pods[uid]
 		if !ok {
@@ -487,10 +488,9 @@ func (e *Enforcer) holders(uuid string, in Inputs) ([]policy.Holder, []*corev1.P
 			stamp, hasStamp = "", false // the webhook never saw this pod: whoever wrote the stamp, it was not the webhook
 		}
 		hs = append(hs, policy.Holder{Pod: p.Namespace + "/" + p.Name, UID: p.UID, Limit: limit, Stamp: stamp, HasLimit: hasLimit, HasStamp: hasStamp})
-		pods = append(pods, p)
 	}
 	slices.SortFunc(hs, func(a, b policy.Holder) int { return strings.Compare(a.Pod, b.Pod) })
-	return hs, pods
+	return hs
 }
 
 // signed reports whether a pod's stamp carries the webhook's signature (or

@@ -115,7 +115,7 @@ func (n *node) limitW(uuid string) int64 {
 	if err != nil {
 		n.t.Fatal(err)
 	}
-	return int64(g.Limit / 1000)
+	return int64(g.Limit.WattsDown())
 }
 
 func (n *node) writes(uuid string) int {

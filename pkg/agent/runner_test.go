@@ -8,6 +8,8 @@ import (
 
 	"github.com/go-logr/logr/testr"
 
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl"
+	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
 	"github.com/dynamo-power/gpu-power/pkg/podmap"
 )
 
@@ -50,5 +52,20 @@ func TestFreeze(t *testing.T) {
 				t.Errorf("readiness right after a good cycle: %v", err)
 			}
 		})
+	}
+}
+
+// A cycle's GPUs are listed once: a GPU that does not answer is left out with
+// the listing's error kept for the cycle, and a listing with no GPU fails it.
+func TestListGPUs(t *testing.T) {
+	nv := nvmlfake.New(nvmlfake.H100s(2)...)
+	nv.FailAlways(nvmlfake.OpDevices, nvmlfake.UUID(1), &nvmlctl.Error{Op: "DeviceGetHandleByIndex", Code: nvmlctl.CodeGPUIsLost})
+	gpus, err := ListGPUs(nv)
+	if err != nil || len(gpus.Devices) != 1 || gpus.Devices[0].UUID != nvmlfake.UUID(0) || !errors.Is(gpus.Err, nvmlctl.ErrGPULost) {
+		t.Fatalf("one GPU lost: %+v, %v; want the other listed and the loss kept", gpus, err)
+	}
+	nv.FailAlways(nvmlfake.OpDevices, "", &nvmlctl.Error{Op: "DeviceGetCount", Code: nvmlctl.CodeUninitialized})
+	if gpus, err := ListGPUs(nv); err == nil || len(gpus.Devices) != 0 {
+		t.Fatalf("no GPU listed: %+v, %v; want the cycle failed", gpus, err)
 	}
 }

@@ -112,8 +112,8 @@ type reserveResult struct {
 	wrote bool
 	prior *powerv1alpha1.Reservation
 	err   error
-	// recount is what a recount found on the version written.
-	recount recount
+	// recounted is what a recount found on the version written.
+	recounted recountResult
 }
 
 // Selecting returns the budgets that charge pods of a namespace, by name. A
@@ -532,7 +532,7 @@ func (b *Ledger) prepareBase(ctx context.Context, budget *powerv1alpha1.GPUPower
 		if err != nil {
 			return false, err
 		}
-		results[i] = reserveResult{ok: true, recount: found}
+		results[i] = reserveResult{ok: true, recounted: found}
 		changed = changed || c
 	}
 	return changed, nil

@@ -155,7 +155,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	if res.err != nil {
 		return reconcile.Result{}, fmt.Errorf("update budget %s status: %w", budget.Name, res.err)
 	}
-	found := res.recount
+	found := res.recounted
 	if found.behind {
 		log.FromContext(ctx).V(1).Info("Waiting for the pod cache to catch up with the budget before releasing watts",
 			"budget", budget.Name, "budgetVersion", budget.ResourceVersion, "podsVersion", r.PodsSeen())
@@ -169,9 +169,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	return reconcile.Result{RequeueAfter: r.nextCheck(&found.next, found.now)}, nil
 }
 
-// recount is what a recount found on the version of the budget the ledger
+// recountResult is what a recount found on the version of the budget the ledger
 // then wrote.
-type recount struct {
+type recountResult struct {
 	next  powerv1alpha1.GPUPowerBudgetStatus // the status written
 	total int64
 	now   time.Time
@@ -184,8 +184,8 @@ type recount struct {
 // recount rewrites b's status from the live pods it charges and its
 // reservations, run by the ledger on the base of the batch that carries the
 // reconciler's request. It reports whether the status changed.
-func (r *Reconciler) recount(ctx context.Context, b *powerv1alpha1.GPUPowerBudget) (recount, bool, error) {
-	found := recount{now: r.Now(), total: b.Spec.TotalWatts}
+func (r *Reconciler) recount(ctx context.Context, b *powerv1alpha1.GPUPowerBudget) (recountResult, bool, error) {
+	found := recountResult{now: r.Now(), total: b.Spec.TotalWatts}
 	if errs := ValidateSpec(&b.Spec); len(errs) > 0 {
 		changed := r.markInvalid(b, errs.ToAggregate().Error())
 		found.next = *b.Status.DeepCopy() // exported as stored, not as zeros

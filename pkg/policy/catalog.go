@@ -137,7 +137,6 @@ func (r Range) String() string {
 	return fmt.Sprintf("min %s W, default %s W, max %s W", r.Min, r.Default, r.Max)
 }
 
-// String renders milliwatts as decimal watts: 48750 -> "48.75".
 // The conversions to watts: NVML, the catalog and the ledger count
 // milliwatts; pods, people and Prometheus read watts.
 

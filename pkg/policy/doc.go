@@ -9,16 +9,17 @@
 //   - demand.go: how many GPUs a pod holds, and of which kind (DemandOf).
 //   - products.go: which GPU products a pod can land on (CandidatesOf,
 //     PlacementOf) and how a product label is normalised.
-//   - catalog.go, catalog.csv, bounds.go: the products' settable ranges and
-//     the bounds over a pod's candidates.
+//   - catalog.go, catalog.csv, bounds.go: the products' settable ranges, the
+//     bounds over a pod's candidates, and the milliwatt/watt conversions
+//     (Milliwatts.WattsDown, WattsUp, WattsExact; Watts.MW).
 //   - defaults.go: the default limit a pod gets (DefaultRule).
 //   - admission.go: the verdict on a pod at admission (Admission.Mutate,
 //     Admission.Validate).
 //   - stamp.go: the signed stamp that tells an admitted limit from a typed one.
-//   - budget.go: what a pod costs a budget, the denial message, and the
-//     committed watts counted from live pods and reservations (CountCommitted).
-//   - reservation.go: the budget ledger's decision on one request
-//     (DecideReservation).
+//   - budget.go: the budget algorithm: what a pod costs a budget, the
+//     ledger's decision on each request (DecideReservation), the denial
+//     message, and committed watts counted from live pods and reservations
+//     (CountCommitted).
 //   - gpucap.go: the per-GPU decision on a node: which cap a GPU gets from
 //     the pods that hold it (ResolveGPU, Clamp).
 //   - arith.go: saturating arithmetic for every sum of user numbers.

@@ -97,5 +97,7 @@ func FuzzPolicyReadsOnlyThePodView(f *testing.F) {
 		same("ChargeableOf", policy.ChargeableOf(pod), policy.ChargeableOf(view))
 		same("CostOf", adm.Catalog.CostOf(pod, cluster, true), adm.Catalog.CostOf(view, cluster, true))
 		same("DemandOf", policy.DemandOf(&pod.Spec), policy.DemandOf(&view.Spec))
+		same("PlacementOf", policy.PlacementOf(&pod.Spec), policy.PlacementOf(&view.Spec))
+		same("CandidatesOf", policy.CandidatesOf(pod, cluster), policy.CandidatesOf(view, cluster))
 	})
 }

@@ -5,7 +5,10 @@
 // JSON patch (handler.go), the guards of the subresources and bindings that
 // could change a pod's power annotations, the GPUPowerBudget validating
 // webhook (budgetvalidator.go), client-certificate authentication of the API
-// server (clientauth.go), the admission metrics (metrics.go), and Setup, which
-// wires the caches, the indexes (pkg/nodeindex, pkg/podindex), the handlers and
-// budget enforcement into a controller-runtime manager.
+// server (clientauth.go: ClientAuth, NewServer), the admission metrics
+// (metrics.go), and Setup (setup.go), which wires the caches, the indexes
+// (pkg/nodeindex, pkg/podindex), the handlers and budget enforcement
+// (pkg/budget) into a controller-runtime manager, with the manager's options
+// beside it: CacheOptions (and its namespace transform, TrimNamespace),
+// ClientOptions and ServerOptions.
 package webhook

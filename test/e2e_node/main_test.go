@@ -143,7 +143,7 @@ func limits(t *testing.T) map[string]int {
 	t.Helper()
 	out := map[string]int{}
 	for _, g := range gpus(t) {
-		out[g.UUID] = int(g.Limit / 1000)
+		out[g.UUID] = int(g.Limit.WattsDown())
 	}
 	return out
 }

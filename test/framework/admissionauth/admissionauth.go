@@ -3,7 +3,9 @@
 // server") sets one up on a real control plane: a CA of its own (the
 // webhook's --client-ca-file), a client certificate it signs, and the
 // AdmissionConfiguration (--admission-control-config-file) whose kubeconfig
-// makes both webhook admission plugins present it to the webhook's hosts.
+// makes both webhook admission plugins present it to the webhook's hosts
+// (Write, Files; Paths names them in a folder). OtherCA and Issue make the
+// certificates of callers that are not the API server, for the attacks.
 package admissionauth
 
 import (

@@ -1,7 +1,9 @@
 // Package certmanager runs cert-manager's own controllers and cainjector, from
-// the cert-manager module, inside a test process against a real API server:
-// the certificates the webhook serves with are issued by real cert-manager
-// code, with no cluster and no downloaded binary.
+// the cert-manager module, inside a test process against a real API server
+// (Start): the certificates the webhook serves with are issued by real
+// cert-manager code, with no cluster and no downloaded binary. CRDDir is
+// the folder of cert-manager's CRDs in the module cache, for a test API
+// server to install.
 package certmanager
 
 import (

@@ -1,13 +1,13 @@
 // Package envtestenv is what the envtest and sandbox levels share: the
-// Kubernetes test binaries that `make envtest` builds from Go modules
-// (hack/build-k8s.sh) and kubectl among them (AssetsDir, Kubectl,
-// KubectlFor), an admin kubeconfig (WriteKubeconfig), the repository root,
-// a TestMain wrapper (Main), a loopback port (FreeAddr) and a binary's
-// readiness probe (Ready). Waiting for conditions is test/framework/poll.
+// Kubernetes version (K8sVersion, from hack/go.mod through
+// hack/build-k8s.sh) and the test binaries `make envtest` builds from Go
+// modules, kubectl among them (AssetsDir, Kubectl, KubectlFor), an admin
+// kubeconfig (WriteKubeconfig), the repository root (Root), a TestMain
+// wrapper (Main), a loopback port (FreeAddr) and a binary's readiness probe
+// (Ready). Waiting for conditions is test/framework/poll.
 package envtestenv
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -20,20 +20,14 @@ import (
 	"github.com/dynamo-power/gpu-power/test/framework/kubectl"
 )
 
-// K8sVersion is the Kubernetes version hack/go.mod requires: the one place
-// it is written, and the module hack/build-k8s.sh builds the binaries from.
+// K8sVersion is the Kubernetes version the binaries are built at, as
+// hack/build-k8s.sh reads it from hack/go.mod (the one place it is written).
 func K8sVersion() (string, error) {
-	mod, err := os.ReadFile(filepath.Join(Root(), "hack", "go.mod"))
+	out, err := exec.Command(filepath.Join(Root(), "hack", "build-k8s.sh"), "--version").Output()
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("hack/build-k8s.sh --version: %w", err)
 	}
-	for _, line := range strings.Split(string(mod), "\n") {
-		f := strings.Fields(strings.TrimPrefix(strings.TrimSpace(line), "require "))
-		if len(f) >= 2 && f[0] == "k8s.io/kubernetes" && strings.HasPrefix(f[1], "v") {
-			return strings.TrimPrefix(f[1], "v"), nil
-		}
-	}
-	return "", errors.New("hack/go.mod requires no k8s.io/kubernetes")
+	return strings.TrimSpace(string(out)), nil
 }
 
 // Root is the repository root.

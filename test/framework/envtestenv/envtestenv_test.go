@@ -3,17 +3,22 @@ package envtestenv
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
-// The version bin/k8s is named by is hack/go.mod's, the module the
-// binaries are built from.
+// The version bin/k8s is named by is hack/go.mod's k8s.io/kubernetes
+// requirement, the module the binaries are built from.
 func TestK8sVersionIsHackGoMods(t *testing.T) {
 	v, err := K8sVersion()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(Root(), "hack", "go.mod")); err != nil || v == "" || v[0] < '1' || v[0] > '9' {
-		t.Fatalf("K8sVersion = %q (%v); want hack/go.mod's k8s.io/kubernetes version without its v", v, err)
+	mod, err := os.ReadFile(filepath.Join(Root(), "hack", "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v == "" || !strings.Contains(string(mod), "\tk8s.io/kubernetes v"+v+"\n") {
+		t.Fatalf("K8sVersion = %q; hack/go.mod requires no k8s.io/kubernetes v%s", v, v)
 	}
 }

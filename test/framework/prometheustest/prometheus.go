@@ -14,7 +14,6 @@ package prometheustest
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -28,6 +27,7 @@ import (
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/dynamo-power/gpu-power/test/framework/apt"
 	"github.com/dynamo-power/gpu-power/test/framework/envtestenv"
 	"github.com/dynamo-power/gpu-power/test/framework/poll"
 )
@@ -46,19 +46,8 @@ func Ensure(logf func(string, ...any)) (prometheus, promtool string, err error) 
 	if p, t, err := find(); err == nil {
 		return p, t, nil
 	}
-	if _, err := exec.LookPath("apt-get"); err != nil {
-		return "", "", errors.New("prometheus and promtool are missing and there is no apt-get to install them")
-	}
-	logf("installing prometheus (and promtool) with apt-get...")
-	for _, args := range [][]string{
-		{"update", "-q"},
-		{"install", "-y", "-q", "--no-install-recommends", "prometheus"},
-	} {
-		cmd := exec.Command("apt-get", args...)
-		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return "", "", fmt.Errorf("apt-get %s: %w\n%s", strings.Join(args, " "), err, out)
-		}
+	if err := apt.Install(logf, "prometheus and promtool", "prometheus"); err != nil {
+		return "", "", err
 	}
 	return find()
 }

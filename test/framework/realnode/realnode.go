@@ -5,6 +5,14 @@
 // plugin and the fake NVML's state file). It changes the host only in ways
 // it records first and puts back at teardown; one such cluster runs per
 // machine. It never runs in a shipped binary.
+//
+// It holds Up (Options, the named steps of bring-up), Attach, Down and
+// RestartKubelet on a Cluster (State, Proc; Kubectl, Helm, Install,
+// InstallAgent); the host record that teardown restores and tests compare
+// (HostState, SnapshotHost, Before, ForgetFirstUse); the images built here
+// (ShippedImage, ImageFiles); and the overlays on the shipped manifests and
+// chart for this node (WebhookManifests and APIServerAuth, AgentManifest,
+// HelmValues, HelmBinary).
 package realnode
 
 import (
@@ -31,6 +39,8 @@ import (
 
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
 	"github.com/dynamo-power/gpu-power/test/framework/admissionauth"
+	"github.com/dynamo-power/gpu-power/test/framework/apt"
+	"github.com/dynamo-power/gpu-power/test/framework/certmanager"
 	"github.com/dynamo-power/gpu-power/test/framework/kubectl"
 	"github.com/dynamo-power/gpu-power/test/framework/poll"
 )
@@ -435,7 +445,7 @@ func (b *bringUp) startAPIServer(ctx context.Context) error {
 // installCertManagerCRDs applies cert-manager's CRDs from the module cache
 // and waits until they are established.
 func (b *bringUp) installCertManagerCRDs(ctx context.Context) error {
-	crds, err := certManagerCRDs(b.o.Root)
+	crds, err := certmanager.CRDDir()
 	if err != nil {
 		return err
 	}
@@ -731,32 +741,7 @@ func ensurePackages(logf func(string, ...any)) error {
 	if !missing {
 		return nil
 	}
-	if _, err := exec.LookPath("apt-get"); err != nil {
-		return errors.New("containerd, runc and the CNI plugins are missing and there is no apt-get to install them")
-	}
-	logf("installing containerd, runc and containernetworking-plugins with apt-get...")
-	for _, args := range [][]string{
-		{"update", "-q"},
-		{"install", "-y", "-q", "--no-install-recommends", "containerd", "runc", "containernetworking-plugins"},
-	} {
-		cmd := exec.Command("apt-get", args...)
-		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("apt-get %s: %w\n%s", strings.Join(args, " "), err, out)
-		}
-	}
-	return nil
-}
-
-// certManagerCRDs is the folder of cert-manager's CRDs in the module cache.
-func certManagerCRDs(root string) (string, error) {
-	cmd := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/cert-manager/cert-manager")
-	cmd.Dir = root
-	out, err := cmd.Output()
-	if err != nil {
-		return "", fmt.Errorf("locate cert-manager in the module cache: %w", err)
-	}
-	return filepath.Join(strings.TrimSpace(string(out)), "deploy", "crds"), nil
+	return apt.Install(logf, "containerd, runc and the CNI plugins", "containerd", "runc", "containernetworking-plugins")
 }
 
 func freePorts() (int, int, error) {

@@ -5,6 +5,11 @@
 // power-agent binary on simulated H100s beside a simulated kubelet. The e2e
 // tests, `make demo` and `make up` all run on it.
 //
+// It holds Start (Options, Sandbox: Kubectl, GPUs and GPUsOf, Metric,
+// ServedCertificate, the API server's and etcd's pids, Stop), the processes
+// it runs (Process, and Binaries, which builds them), ParseCertificate, and
+// the planner's day `make demo` plays (Planner, Step, WorkerPod).
+//
 // The only overlay on the shipped manifests: both webhook configurations call
 // the webhook at a local URL instead of through the Service, and the serving
 // Certificate also names 127.0.0.1. The API server authenticates to the

@@ -1,4 +1,6 @@
-// Package testdeploy locates the shipped manifests for tests at every level.
+// Package testdeploy locates the shipped manifests for tests at every level:
+// WebhookDir (deploy/webhook/), AgentFile (deploy/agent/daemonset.yaml) and
+// ExampleBudget (the commented example GPUPowerBudget of deploy/webhook/).
 package testdeploy
 
 import (

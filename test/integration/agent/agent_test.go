@@ -177,7 +177,7 @@ func (n *node) limitW(i int) int64 {
 	if err != nil {
 		n.t.Fatal(err)
 	}
-	return int64(g.Limit / 1000)
+	return int64(g.Limit.WattsDown())
 }
 
 func (n *node) eventually(what string, cond func() (bool, string)) {
