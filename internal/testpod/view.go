@@ -1,16 +1,17 @@
 package testpod
 
 import (
-	"strings"
-
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
 // PolicyView is the one declaration of what of a pod pkg/policy's admission
 // and budget decisions read (Mutate, Validate, DemandOf, ChargeableOf,
 // CostOf, PlacementOf, CandidatesOf): identity, labels, annotations, node
 // name, node selector, affinity, resource claims, and each container's
-// name, restart policy and nvidia.com/ resources. Two tests hold the code
+// name, restart policy and the resources policy reads (nvidia.com/ and
+// deviceclass.resource.kubernetes.io/). Two tests hold the code
 // to it: policy's FuzzPolicyReadsOnlyThePodView (every such decision is the
 // same on a pod and on its view) and the webhook's decoder tests (decodePod
 // reads exactly the view). StampKey.Validated reads the creation time too:
@@ -41,7 +42,7 @@ func viewContainers(cs []corev1.Container) []corev1.Container {
 func nvidiaOnly(list corev1.ResourceList) corev1.ResourceList {
 	var out corev1.ResourceList
 	for name, q := range list {
-		if strings.HasPrefix(string(name), "nvidia.com/") {
+		if policy.ReadsResource(string(name)) {
 			if out == nil {
 				out = corev1.ResourceList{}
 			}

@@ -11,10 +11,17 @@ import (
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
-// Index is the cluster view admission reads: the GPU product label of each
-// node. Informer events keep it current, so a request costs a map lookup, not
-// a scan of every node.
+// Index is the cluster view admission reads (a policy.Cluster): the GPU
+// product label of each node, and, through DRA, the products of the devices
+// dynamic resource allocation publishes. Informer events keep it current, so
+// a request costs a map lookup, not a scan of every node.
 type Index struct {
+	// DRA, when set, answers DRAProducts: the devices dynamic resource
+	// allocation publishes (pkg/draindex). Nil: a cluster without DRA.
+	DRA interface {
+		Products(resource corev1.ResourceName, node string) []string
+	}
+
 	mu       sync.RWMutex
 	product  map[string]string // node name -> nvidia.com/gpu.product ("" when unlabelled)
 	nodesPer map[string]int    // product -> number of nodes with it
@@ -41,6 +48,14 @@ func (x *Index) GPUProducts() []string {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	return x.products
+}
+
+// DRAProducts implements policy.Cluster.
+func (x *Index) DRAProducts(resource corev1.ResourceName, node string) []string {
+	if x.DRA == nil {
+		return nil
+	}
+	return x.DRA.Products(resource, node)
 }
 
 // Set records a node's product label.

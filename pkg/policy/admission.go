@@ -243,6 +243,9 @@ func (a *Admission) check(pod *corev1.Pod, demand GPUDemand, limit string, rule 
 	case len(demand.MIG) > 0:
 		return deny(fmt.Sprintf("the pod requests MIG slices (%s), and a power limit applies to a whole board shared by every slice on it; "+
 			"remove the annotation or request whole %s", joinNames(demand.MIG), ResourceGPU))
+	case demand.Passthrough:
+		return deny(fmt.Sprintf("the pod requests GPUs bound to vfio-pci for a virtual machine (%s): the guest's driver runs them, and the node's NVML cannot cap them; remove the annotation",
+			ResourceDRAVFIO))
 	case demand.Claims:
 		return deny(fmt.Sprintf("the pod gets devices through resourceClaims (dynamic resource allocation), which power limits do not support yet; "+
 			"remove the annotation or request %s", ResourceGPU))
@@ -257,12 +260,12 @@ func (a *Admission) check(pod *corev1.Pod, demand GPUDemand, limit string, rule 
 	}
 	b := a.Catalog.BoundsOf(cands.Labels)
 	if len(b.Known) == 0 {
-		msg := unknownProductsMessage(cands)
+		msg, advice := unknownProductsMessage(cands)
 		if a.UnknownProducts == UnknownProductsWarn {
 			v.Warnings = append(v.Warnings, fmt.Sprintf("%s: %q was not checked: %s", AnnotationPowerLimit, limit, msg))
 			return v
 		}
-		return deny(msg + "; pin the pod to a known product with a nodeSelector on " + LabelGPUProduct + ", or ask the cluster operator to add the product to the power webhook's catalog")
+		return deny(msg + "; " + advice)
 	}
 	if len(b.Unknown) > 0 {
 		v.Warnings = append(v.Warnings, fmt.Sprintf("%s: %q was not checked against %s (from %s): no power range is known for %s",
@@ -316,17 +319,23 @@ func (a *Admission) sharedBoard(d GPUDemand, cands Candidates, v *Verdict) strin
 		"(the cluster operator can allow it with the webhook's --time-sliced-gpus=lowest-wins)"
 }
 
-func unknownProductsMessage(c Candidates) string {
-	if len(c.Labels) == 0 {
-		if c.From == "the cluster's GPU nodes" {
-			return fmt.Sprintf("no node in the cluster has a %s label, so there is no GPU to check the limit against", LabelGPUProduct)
-		}
-		if strings.HasPrefix(c.From, "node ") {
-			return fmt.Sprintf("%s has no %s label, or does not exist", c.From, LabelGPUProduct)
-		}
-		return fmt.Sprintf("the %s allows no %s value", c.From, LabelGPUProduct)
+func unknownProductsMessage(c Candidates) (msg, advice string) {
+	advice = "pin the pod to a known product with a nodeSelector on " + LabelGPUProduct + ", or ask the cluster operator to add the product to the power webhook's catalog"
+	switch {
+	case c.OnlyDRA && len(c.Labels) == 0:
+		return fmt.Sprintf("%s: no ResourceSlice has such a device yet, so there is no GPU to check the limit against", c.From),
+			"retry once the GPUs' DRA driver has published them (kubectl get resourceslices)"
+	case c.OnlyDRA:
+		return fmt.Sprintf("no power range is known for GPU product %s (the productName of %s)", quoteAll(c.Labels), c.From),
+			"ask the cluster operator to add the product to the power webhook's catalog (its productName, spaces as dashes)"
+	case len(c.Labels) == 0 && c.From == "the cluster's GPU nodes":
+		return fmt.Sprintf("no node in the cluster has a %s label, so there is no GPU to check the limit against", LabelGPUProduct), advice
+	case len(c.Labels) == 0 && strings.HasPrefix(c.From, "node "):
+		return fmt.Sprintf("%s has no %s label, or does not exist", c.From, LabelGPUProduct), advice
+	case len(c.Labels) == 0:
+		return fmt.Sprintf("the %s allows no %s value", c.From, LabelGPUProduct), advice
 	}
-	return fmt.Sprintf("no power range is known for GPU product %s (%s from %s)", quoteAll(c.Labels), LabelGPUProduct, c.From)
+	return fmt.Sprintf("no power range is known for GPU product %s (%s from %s)", quoteAll(c.Labels), LabelGPUProduct, c.From), advice
 }
 
 func quoteAll(values []string) string {

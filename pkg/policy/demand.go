@@ -17,7 +17,8 @@ import (
 // waits for an autoscaler to bring its first GPU node is still admitted.
 const DefaultMaxGPUsPerPod = 256
 
-// GPUDemand is what a pod asks of NVIDIA GPUs.
+// GPUDemand is what a pod asks of NVIDIA GPUs, through the device plugin's
+// resources or NVIDIA's DRA DeviceClasses as extended resources.
 type GPUDemand struct {
 	// GPUs is the effective whole-GPU request (nvidia.com/gpu and the
 	// time-sliced nvidia.com/gpu.shared): what the scheduler reserves. It
@@ -30,6 +31,10 @@ type GPUDemand struct {
 	MIG []corev1.ResourceName
 	// Claims is set when the pod gets devices through DRA resourceClaims.
 	Claims bool
+	// Passthrough is set when the pod requests GPUs bound to vfio-pci for a
+	// virtual machine (ResourceDRAVFIO): counted in GPUs, but driven by the
+	// guest's driver, not the node's NVML.
+	Passthrough bool
 }
 
 // DemandOf computes a pod's GPU demand the way the scheduler computes an
@@ -64,13 +69,19 @@ func DemandOf(spec *corev1.PodSpec) GPUDemand {
 	return d
 }
 
+// wholeGPUResources are the resources that give a pod whole GPUs: the
+// device plugin's, and NVIDIA's DRA classes' (each DeviceClass is also an
+// extended resource, served through a ResourceClaim the scheduler makes).
+var wholeGPUResources = []corev1.ResourceName{ResourceGPU, ResourceGPUShared, ResourceDRAGPU, ResourceDRAVFIO}
+
 // containerGPUs adds up a container's whole-GPU resources.
 func (d *GPUDemand) containerGPUs(c *corev1.Container) int64 {
 	var n int64
-	for _, name := range []corev1.ResourceName{ResourceGPU, ResourceGPUShared} {
+	for _, name := range wholeGPUResources {
 		if g := resourceCount(c, name); g > 0 {
 			n = SatAdd(n, g)
 			d.Shared = d.Shared || name == ResourceGPUShared
+			d.Passthrough = d.Passthrough || name == ResourceDRAVFIO
 		}
 	}
 	return n
@@ -102,7 +113,7 @@ func resourceCount(c *corev1.Container, name corev1.ResourceName) int64 {
 func (d *GPUDemand) addMIG(c *corev1.Container) {
 	for _, list := range []corev1.ResourceList{c.Resources.Requests, c.Resources.Limits} {
 		for name, q := range list {
-			if strings.HasPrefix(string(name), ResourceMIGPrefix) && !q.IsZero() {
+			if (name == ResourceDRAMIG || strings.HasPrefix(string(name), ResourceMIGPrefix)) && !q.IsZero() {
 				d.MIG = append(d.MIG, name)
 			}
 		}

@@ -1,6 +1,10 @@
 package policy
 
-import "k8s.io/apimachinery/pkg/util/validation/field"
+import (
+	"strings"
+
+	"k8s.io/apimachinery/pkg/util/validation/field"
+)
 
 // The contract: names users and other components type. Nothing else in the
 // module spells these strings.
@@ -26,7 +30,34 @@ const (
 	// ResourceMIGPrefix starts the extended resources of MIG slices
 	// (nvidia.com/mig-1g.10gb and the like).
 	ResourceMIGPrefix = "nvidia.com/mig-"
+
+	// ResourceDeviceClassPrefix starts the extended resource every
+	// DeviceClass has implicitly: a pod asking for
+	// deviceclass.resource.kubernetes.io/<class>: N gets N devices of the
+	// class through dynamic resource allocation (DRA).
+	ResourceDeviceClassPrefix = "deviceclass.resource.kubernetes.io/"
+	// DriverGPU is NVIDIA's DRA driver: the driver of its devices, and the
+	// domain of their attributes (productName, uuid, type, parentUUID).
+	DriverGPU = "gpu.nvidia.com"
+	// DeviceClassGPU, DeviceClassMIG and DeviceClassVFIO are the
+	// DeviceClasses NVIDIA's DRA driver installs: whole GPUs, MIG devices,
+	// and GPUs bound to vfio-pci for passthrough to a virtual machine.
+	DeviceClassGPU  = "gpu.nvidia.com"
+	DeviceClassMIG  = "mig.nvidia.com"
+	DeviceClassVFIO = "vfio.gpu.nvidia.com"
+	// ResourceDRAGPU, ResourceDRAMIG and ResourceDRAVFIO are those classes'
+	// extended resources.
+	ResourceDRAGPU  = ResourceDeviceClassPrefix + DeviceClassGPU
+	ResourceDRAMIG  = ResourceDeviceClassPrefix + DeviceClassMIG
+	ResourceDRAVFIO = ResourceDeviceClassPrefix + DeviceClassVFIO
 )
+
+// ReadsResource reports whether policy reads a resource of a container:
+// NVIDIA's (nvidia.com/) and every DeviceClass's (ResourceDeviceClassPrefix);
+// the webhook's decoder skips the rest.
+func ReadsResource(name string) bool {
+	return strings.HasPrefix(name, "nvidia.com/") || strings.HasPrefix(name, ResourceDeviceClassPrefix)
+}
 
 var (
 	annotationsPath = field.NewPath("metadata", "annotations")

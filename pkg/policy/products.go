@@ -16,6 +16,20 @@ type Cluster interface {
 	// GPUProducts returns every distinct nvidia.com/gpu.product label value
 	// on the cluster's nodes, as written, sorted.
 	GPUProducts() []string
+	// DRAProducts returns the products of the devices dynamic resource
+	// allocation can give a pod that requests an extended resource: the
+	// devices of the DeviceClasses that name it their extendedResourceName
+	// (or of <class>, for deviceclass.resource.kubernetes.io/<class>), on
+	// node, or on every node when node is "". Products are catalog keys
+	// (DRAProduct), sorted and distinct; none when no class serves it.
+	DRAProducts(resource corev1.ResourceName, node string) []string
+}
+
+// DRAProduct is the catalog key of a device's productName attribute (NVML's
+// name, "NVIDIA H100 80GB HBM3"), as GPU Feature Discovery writes the same
+// name in its label: spaces become dashes.
+func DRAProduct(productName string) string {
+	return strings.ReplaceAll(strings.TrimSpace(productName), " ", "-")
 }
 
 // NormalizeProduct maps a GPU Feature Discovery product label to the catalog
@@ -34,8 +48,12 @@ type Candidates struct {
 	// Labels are the nvidia.com/gpu.product values as written, sorted, distinct.
 	Labels []string
 	// From says where they came from, for messages: `node "gpu-7"`,
-	// "nodeSelector", "required node affinity" or "the cluster's GPU nodes".
+	// "nodeSelector", "required node affinity", "the cluster's GPU nodes",
+	// "the devices DRA publishes for <resource>", or several joined by "and".
 	From string
+	// OnlyDRA is set when they are all DRA devices' products
+	// (Placement.OnlyDRA).
+	OnlyDRA bool
 }
 
 // CandidatesOf finds the products a pod can land on. A pod bound to a node has
@@ -60,12 +78,19 @@ type Placement struct {
 	// PinnedBy names what pins them, for messages: "nodeSelector",
 	// "required node affinity" or both; empty when nothing does.
 	PinnedBy string
+	// DRA are the whole-GPU resources the pod requests that dynamic resource
+	// allocation can serve (nvidia.com/gpu on a cluster whose DeviceClass
+	// names it, NVIDIA's DeviceClasses' own), sorted; OnlyDRA is set when it
+	// requests no resource the device plugin serves.
+	DRA     []corev1.ResourceName
+	OnlyDRA bool
 }
 
 // PlacementOf reads a pod spec's placement.
 func PlacementOf(spec *corev1.PodSpec) Placement {
+	dra, onlyDRA := draResources(spec)
 	if spec.NodeName != "" {
-		return Placement{Node: spec.NodeName}
+		return Placement{Node: spec.NodeName, DRA: dra, OnlyDRA: onlyDRA}
 	}
 	var pinned []string
 	var from []string
@@ -81,25 +106,68 @@ func PlacementOf(spec *corev1.PodSpec) Placement {
 		from = append(from, "required node affinity")
 	}
 	if from == nil {
-		return Placement{}
+		return Placement{DRA: dra, OnlyDRA: onlyDRA}
 	}
 	slices.Sort(pinned)
 	return Placement{Pinned: slices.Compact(pinned), PinnedBy: strings.Join(from, " and ")}
 }
 
-// Candidates resolves a placement against the cluster's nodes.
+// draResources are the whole-GPU resources a pod spec requests that DRA can
+// serve, and whether it requests only those.
+func draResources(spec *corev1.PodSpec) ([]corev1.ResourceName, bool) {
+	var dra []corev1.ResourceName
+	devicePlugin := false
+	for _, cs := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
+		for i := range cs {
+			for _, name := range wholeGPUResources {
+				if resourceCount(&cs[i], name) == 0 {
+					continue
+				}
+				if name != ResourceGPUShared && !slices.Contains(dra, name) {
+					dra = append(dra, name)
+				}
+				devicePlugin = devicePlugin || name == ResourceGPU || name == ResourceGPUShared
+			}
+		}
+	}
+	slices.Sort(dra)
+	return dra, len(dra) > 0 && !devicePlugin
+}
+
+// Candidates resolves a placement against the cluster's nodes and the
+// devices DRA publishes. A pod pinned to products by label is held to them:
+// only nodes with the label can take it.
 func (p Placement) Candidates(cluster Cluster) Candidates {
-	switch {
-	case p.Node != "":
-		c := Candidates{From: fmt.Sprintf("node %q", p.Node)}
-		if product, found := cluster.NodeGPUProduct(p.Node); found && product != "" {
+	if p.Node == "" && p.PinnedBy != "" {
+		return Candidates{Labels: p.Pinned, From: p.PinnedBy}
+	}
+	c := Candidates{OnlyDRA: p.OnlyDRA}
+	var from []string
+	if p.Node != "" {
+		from = append(from, fmt.Sprintf("node %q", p.Node))
+		if product, found := cluster.NodeGPUProduct(p.Node); found && product != "" && !p.OnlyDRA {
 			c.Labels = []string{product}
 		}
-		return c
-	case p.PinnedBy == "":
-		return Candidates{Labels: cluster.GPUProducts(), From: "the cluster's GPU nodes"}
+	} else if !p.OnlyDRA {
+		c.Labels, from = cluster.GPUProducts(), append(from, "the cluster's GPU nodes")
 	}
-	return Candidates{Labels: p.Pinned, From: p.PinnedBy}
+	merged := false
+	for _, r := range p.DRA {
+		products := cluster.DRAProducts(r, p.Node)
+		if len(products) > 0 {
+			// The cluster's slices are its own: merged into a copy.
+			c.Labels, merged = append(slices.Clone(c.Labels), products...), true
+		}
+		if p.Node == "" && (len(products) > 0 || p.OnlyDRA) {
+			from = append(from, fmt.Sprintf("the devices DRA publishes for %s", r))
+		}
+	}
+	if merged {
+		slices.Sort(c.Labels)
+		c.Labels = slices.Compact(c.Labels)
+	}
+	c.From = strings.Join(from, " and ")
+	return c
 }
 
 // affinityProducts returns the products required node affinity allows, and

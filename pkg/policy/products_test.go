@@ -19,6 +19,9 @@ func (c fakeCluster) NodeGPUProduct(node string) (string, bool) {
 	return p, ok
 }
 
+// DRAProducts implements policy.Cluster: no DRA devices (draCluster has some).
+func (c fakeCluster) DRAProducts(corev1.ResourceName, string) []string { return nil }
+
 func (c fakeCluster) GPUProducts() []string {
 	var out []string
 	for _, p := range c {

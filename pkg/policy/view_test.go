@@ -27,7 +27,8 @@ func randomPod(seed int64, gpus uint8, limit string, node uint8) *corev1.Pod {
 		func(l *corev1.ResourceList, c randfill.Continue) {
 			*l = corev1.ResourceList{}
 			for range c.Intn(4) {
-				name := pick(c, string(policy.ResourceGPU), "nvidia.com/gpu.shared", "nvidia.com/mig-1g.10gb", "cpu", "memory")
+				name := pick(c, string(policy.ResourceGPU), "nvidia.com/gpu.shared", "nvidia.com/mig-1g.10gb", "cpu", "memory",
+					policy.ResourceDRAGPU, policy.ResourceDRAMIG, policy.ResourceDRAVFIO)
 				(*l)[corev1.ResourceName(name)] = *resource.NewQuantity(c.Int63n(9), resource.DecimalSI)
 			}
 		},

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"sync"
 
 	"github.com/go-json-experiment/json/jsontext"
@@ -14,6 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	sigsjson "sigs.k8s.io/json"
+
+	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
 // decodePod reads the parts of a pod that power policy looks at: identity, labels, annotations,
@@ -171,12 +172,12 @@ func decodeContainers(d *jsontext.Decoder) ([]corev1.Container, error) {
 // a hostile caller's megabyte of digits is refused before any arithmetic.
 const maxQuantityLen = 64
 
-// decodeNVIDIAResources keeps the nvidia.com/ entries of a resource list: the
-// only resources power policy reads.
+// decodeNVIDIAResources keeps the entries of a resource list that power
+// policy reads (policy.ReadsResource): NVIDIA's and the DeviceClasses'.
 func decodeNVIDIAResources(d *jsontext.Decoder) (corev1.ResourceList, error) {
 	var out corev1.ResourceList
 	err := eachField(d, func(name string) error {
-		if !strings.HasPrefix(name, "nvidia.com/") {
+		if !policy.ReadsResource(name) {
 			return d.SkipValue()
 		}
 		tok, err := d.ReadToken()
