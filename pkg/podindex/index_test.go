@@ -18,6 +18,8 @@ func TestIndexKeepsWhatBudgetsRead(t *testing.T) {
 	const h100 = "NVIDIA-H100-80GB-HBM3"
 	finished := testpod.MakePod("done", "llm").UID("u").GPU(2).Limit("300").Obj()
 	finished.Status.Phase = corev1.PodSucceeded
+	// nvidia.com/gpu may be served by DRA on some nodes (policy.Placement.DRA).
+	gpuOnly := []corev1.ResourceName{policy.ResourceGPU}
 	cases := []struct {
 		name string
 		pod  *corev1.Pod
@@ -27,11 +29,11 @@ func TestIndexKeepsWhatBudgetsRead(t *testing.T) {
 		{"GPU pod with a limit: no placement kept", testpod.MakePod("a", "llm").UID("u").GPU(4).Limit("300").NodeName("n1").Obj(),
 			Pod{UID: "u", GPU: &GPUPod{Chargeable: policy.Chargeable{GPUs: 4, Limit: 300}}}},
 		{"invalid limit counts as none", testpod.MakePod("a", "llm").UID("u").GPU(1).Limit("03").NodeName("n1").Obj(),
-			Pod{UID: "u", GPU: &GPUPod{Chargeable: policy.Chargeable{GPUs: 1, Placement: &policy.Placement{Node: "n1"}}}}},
+			Pod{UID: "u", GPU: &GPUPod{Chargeable: policy.Chargeable{GPUs: 1, Placement: &policy.Placement{Node: "n1", DRA: gpuOnly}}}}},
 		{"unbound, unlimited, pinned by nodeSelector", testpod.MakePod("a", "llm").UID("u").GPU(1).Product(h100).Obj(),
 			Pod{UID: "u", GPU: &GPUPod{Chargeable: policy.Chargeable{GPUs: 1, Placement: &policy.Placement{Pinned: []string{h100}, PinnedBy: "nodeSelector"}}}}},
 		{"unbound, unlimited, pinned by nothing", testpod.MakePod("a", "llm").UID("u").GPU(1).Obj(),
-			Pod{UID: "u", GPU: &GPUPod{Chargeable: policy.Chargeable{GPUs: 1, Placement: &policy.Placement{}}}}},
+			Pod{UID: "u", GPU: &GPUPod{Chargeable: policy.Chargeable{GPUs: 1, Placement: &policy.Placement{DRA: gpuOnly}}}}},
 		{"sidecar and app GPUs add up", testpod.MakePod("a", "llm").UID("u").Sidecar("s", 1).Container("b", 2).Limit("200").Obj(),
 			Pod{UID: "u", GPU: &GPUPod{Chargeable: policy.Chargeable{GPUs: 3, Limit: 200}}}},
 		{"finished", finished, Pod{UID: "u", GPU: &GPUPod{Chargeable: policy.Chargeable{GPUs: 2, Limit: 300}, Finished: true}}},

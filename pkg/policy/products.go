@@ -130,9 +130,18 @@ func draResources(spec *corev1.PodSpec) ([]corev1.ResourceName, bool) {
 			}
 		}
 	}
+	if len(dra) == 1 && dra[0] == ResourceGPU {
+		// Nearly every GPU pod: one shared slice, not one each in a cache of
+		// every GPU pod.
+		return onlyResourceGPU, false
+	}
 	slices.Sort(dra)
 	return dra, len(dra) > 0 && !devicePlugin
 }
+
+// onlyResourceGPU is the DRA of a pod that requests nvidia.com/gpu alone;
+// never modified.
+var onlyResourceGPU = []corev1.ResourceName{ResourceGPU}
 
 // Candidates resolves a placement against the cluster's nodes and the
 // devices DRA publishes. A pod pinned to products by label is held to them:
