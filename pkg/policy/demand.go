@@ -69,15 +69,15 @@ func DemandOf(spec *corev1.PodSpec) GPUDemand {
 	return d
 }
 
-// wholeGPUResources are the resources that give a pod whole GPUs: the
+// WholeGPUResources are the resources that give a pod whole GPUs: the
 // device plugin's, and NVIDIA's DRA classes' (each DeviceClass is also an
 // extended resource, served through a ResourceClaim the scheduler makes).
-var wholeGPUResources = []corev1.ResourceName{ResourceGPU, ResourceGPUShared, ResourceDRAGPU, ResourceDRAVFIO}
+var WholeGPUResources = []corev1.ResourceName{ResourceGPU, ResourceGPUShared, ResourceDRAGPU, ResourceDRAVFIO}
 
 // containerGPUs adds up a container's whole-GPU resources.
 func (d *GPUDemand) containerGPUs(c *corev1.Container) int64 {
 	var n int64
-	for _, name := range wholeGPUResources {
+	for _, name := range WholeGPUResources {
 		if g := resourceCount(c, name); g > 0 {
 			n = SatAdd(n, g)
 			d.Shared = d.Shared || name == ResourceGPUShared

@@ -119,7 +119,7 @@ func draResources(spec *corev1.PodSpec) ([]corev1.ResourceName, bool) {
 	devicePlugin := false
 	for _, cs := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
 		for i := range cs {
-			for _, name := range wholeGPUResources {
+			for _, name := range WholeGPUResources {
 				if resourceCount(&cs[i], name) == 0 {
 					continue
 				}

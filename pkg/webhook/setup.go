@@ -9,10 +9,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
+	resourcev1 "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -21,6 +25,7 @@ import (
 
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/pkg/budget"
+	"github.com/dynamo-power/gpu-power/pkg/draindex"
 	"github.com/dynamo-power/gpu-power/pkg/nodeindex"
 	"github.com/dynamo-power/gpu-power/pkg/podindex"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
@@ -31,8 +36,10 @@ import (
 // each (Setup).
 func CacheOptions() cache.Options {
 	return cache.Options{ByObject: map[client.Object]cache.ByObject{
-		&corev1.Node{}:      {Transform: nodeindex.Trim},
-		&corev1.Namespace{}: {Transform: TrimNamespace},
+		&corev1.Node{}:              {Transform: nodeindex.Trim},
+		&corev1.Namespace{}:         {Transform: TrimNamespace},
+		&resourcev1.DeviceClass{}:   {Transform: draindex.TrimClass},
+		&resourcev1.ResourceSlice{}: {Transform: draindex.TrimSlice},
 	}}
 }
 
@@ -76,6 +83,11 @@ func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, re
 		return fmt.Errorf("node informer: %w", err)
 	}
 	synced := []interface{ HasSynced() bool }{indexed}
+	draSynced, err := watchDRA(ctx, mgr, nodes)
+	if err != nil {
+		return err
+	}
+	synced = append(synced, draSynced...)
 	for _, obj := range []client.Object{&corev1.Namespace{}, &powerv1alpha1.GPUPowerBudget{}} {
 		inf, err := mgr.GetCache().GetInformer(ctx, obj, cache.BlockUntilSynced(false))
 		if err != nil {
@@ -130,6 +142,40 @@ func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, re
 		}
 		return 1
 	}))
+}
+
+// watchDRA feeds the node index's view of DRA (pkg/draindex) from
+// DeviceClass and ResourceSlice informers, and returns their registrations
+// for readiness. On an API server without resource.k8s.io/v1 no pod gets
+// GPUs through DRA, and nothing is watched.
+func watchDRA(ctx context.Context, mgr manager.Manager, nodes *nodeindex.Index) ([]interface{ HasSynced() bool }, error) {
+	log := mgr.GetLogger().WithName("dra")
+	gk := schema.GroupKind{Group: resourcev1.GroupName, Kind: "ResourceSlice"}
+	if _, err := mgr.GetRESTMapper().RESTMapping(gk, resourcev1.SchemeGroupVersion.Version); err != nil {
+		if meta.IsNoMatchError(err) {
+			log.Info("The API server serves no resource.k8s.io/v1: pods' GPUs are checked as the device plugin's only")
+			return nil, nil
+		}
+		return nil, fmt.Errorf("resource.k8s.io/v1: %w", err)
+	}
+	dra := draindex.New(log)
+	var synced []interface{ HasSynced() bool }
+	for obj, h := range map[client.Object]toolscache.ResourceEventHandler{
+		&resourcev1.DeviceClass{}:   dra.ClassHandler(),
+		&resourcev1.ResourceSlice{}: dra.SliceHandler(),
+	} {
+		inf, err := mgr.GetCache().GetInformer(ctx, obj, cache.BlockUntilSynced(false))
+		if err != nil {
+			return nil, fmt.Errorf("informer for %T: %w", obj, err)
+		}
+		reg, err := inf.AddEventHandler(h)
+		if err != nil {
+			return nil, fmt.Errorf("informer for %T: %w", obj, err)
+		}
+		synced = append(synced, reg)
+	}
+	nodes.DRA = dra
+	return synced, nil
 }
 
 // newPodFeed starts keeping pods current on every replica, read as protobuf

@@ -173,8 +173,13 @@ func TestWebhookConfigurations(t *testing.T) {
 			t.Errorf("%s: rules %+v; want CREATE and UPDATE of pods only", c.name, c.rules)
 		}
 		if len(c.conds) != 1 || !strings.Contains(c.conds[0].Expression, policy.AnnotationPowerLimit) ||
-			!strings.Contains(c.conds[0].Expression, policy.AnnotationPowerLimitValidated) || !strings.Contains(c.conds[0].Expression, policy.ResourceGPU) {
+			!strings.Contains(c.conds[0].Expression, policy.AnnotationPowerLimitValidated) {
 			t.Errorf("%s: matchConditions must let through only pods with a power annotation or a GPU request", c.name)
+		}
+		for _, r := range policy.WholeGPUResources {
+			if len(c.conds) == 1 && !strings.Contains(c.conds[0].Expression, `"`+string(r)+`"`) {
+				t.Errorf("%s: matchConditions do not let through pods requesting %s: a budget would not charge them", c.name, r)
+			}
 		}
 	}
 	if m.ReinvocationPolicy == nil || *m.ReinvocationPolicy != admissionv1.IfNeededReinvocationPolicy {
@@ -260,6 +265,7 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 			{APIGroups: []string{"power.dynamo.nvidia.com"}, Resources: []string{"gpupowerbudgets"}, Verbs: []string{"get", "list", "watch"}},
 			{APIGroups: []string{"power.dynamo.nvidia.com"}, Resources: []string{"gpupowerbudgets/status"}, Verbs: []string{"get", "update", "patch"}},
 			{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+			{APIGroups: []string{"resource.k8s.io"}, Resources: []string{"deviceclasses", "resourceslices"}, Verbs: []string{"list", "watch"}},
 		}},
 		{"Role", "power-webhook-leader-election", []rbacv1.PolicyRule{
 			{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "create", "update"}},
@@ -267,6 +273,7 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 		{"ClusterRole", "power-agent-role", []rbacv1.PolicyRule{
 			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
 			{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+			{APIGroups: []string{"resource.k8s.io"}, Resources: []string{"resourceslices"}, Verbs: []string{"list", "watch"}},
 			{APIGroups: []string{"apps"}, Resources: []string{"daemonsets"}, Verbs: []string{"get"}},
 			{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get"}},
 		}},

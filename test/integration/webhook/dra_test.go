@@ -1,0 +1,118 @@
+package webhook_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	resourcev1 "k8s.io/api/resource/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/dynamo-power/gpu-power/pkg/policy"
+	"github.com/dynamo-power/gpu-power/test/framework/poll"
+)
+
+// nvidiaGPUClass is the DeviceClass NVIDIA's DRA driver installs for whole
+// GPUs, with its selector.
+func nvidiaGPUClass(extendedResource *string) *resourcev1.DeviceClass {
+	return &resourcev1.DeviceClass{ObjectMeta: metav1.ObjectMeta{Name: policy.DeviceClassGPU}, Spec: resourcev1.DeviceClassSpec{
+		Selectors: []resourcev1.DeviceSelector{{CEL: &resourcev1.CELDeviceSelector{
+			Expression: "device.driver == 'gpu.nvidia.com' && device.attributes['gpu.nvidia.com'].type == 'gpu'"}}},
+		ExtendedResourceName: extendedResource,
+	}}
+}
+
+// draNode is a node whose GPUs only DRA publishes (no device plugin, no GPU
+// Feature Discovery label): two H100s, with NVIDIA's attribute names.
+func draNode(t *testing.T, name string) {
+	t.Helper()
+	str := func(s string) resourcev1.DeviceAttribute { return resourcev1.DeviceAttribute{StringValue: ptr.To(s)} }
+	var devices []resourcev1.Device
+	for i, uuid := range []string{"GPU-11111111-1111-1111-1111-111111111111", "GPU-66666666-6666-6666-6666-666666666666"} {
+		devices = append(devices, resourcev1.Device{Name: "gpu-" + string(rune('0'+i)), Attributes: map[resourcev1.QualifiedName]resourcev1.DeviceAttribute{
+			"type": str("gpu"), "uuid": str(uuid), "productName": str("NVIDIA H100 80GB HBM3"), "architecture": str("Hopper"),
+		}})
+	}
+	for _, o := range []client.Object{
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}},
+		&resourcev1.ResourceSlice{ObjectMeta: metav1.ObjectMeta{Name: name + "-gpu.nvidia.com"}, Spec: resourcev1.ResourceSliceSpec{
+			Driver: policy.DriverGPU, Pool: resourcev1.ResourcePool{Name: name, Generation: 1, ResourceSliceCount: 1},
+			NodeName: ptr.To(name), Devices: devices,
+		}},
+	} {
+		if err := k8s.Create(t.Context(), o); err != nil {
+			t.Fatalf("create %s: %v", o.GetName(), err)
+		}
+		t.Cleanup(func() { _ = k8s.Delete(t.Context(), o) })
+	}
+}
+
+// createdOrDenied creates the pod, waiting until the webhooks' DRA view has
+// what the test made: a denial that says no device is published yet is
+// retried.
+func createdOrDenied(t *testing.T, p *corev1.Pod) error {
+	t.Helper()
+	var err error
+	poll.Eventually(t, 30*time.Second, "the webhooks to see the published devices", func() (bool, string) {
+		err = create(t, k8s, p.DeepCopy())
+		if err != nil && (strings.Contains(err.Error(), "no ResourceSlice has such a device yet") || strings.Contains(err.Error(), "has no nvidia.com/gpu.product label")) {
+			return false, err.Error()
+		}
+		return true, ""
+	})
+	return err
+}
+
+// Whole GPUs through NVIDIA's DeviceClass, as extended resources the
+// scheduler serves with a ResourceClaim: the webhooks see them (their
+// matchConditions), count them, and check the limit against the products
+// the published devices are.
+func TestDRAServedGPUs(t *testing.T) {
+	class := nvidiaGPUClass(nil)
+	if err := k8s.Create(t.Context(), class); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k8s.Delete(t.Context(), class) })
+	draNode(t, "dra-0")
+
+	const field = "metadata.annotations[dynamo.nvidia.com/gpu-power-limit]"
+	err := createdOrDenied(t, pod("dra-too-high").Resource(0, policy.ResourceDRAGPU, 1).Limit("900").Obj())
+	if want := field + `: Invalid value: "900": above the 700 W maximum of NVIDIA-H100-80GB-HBM3; set 200 to 700 W`; !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("900 W on a DRA H100: %v; want %q", err, want)
+	}
+	if err := createdOrDenied(t, pod("dra-ok").Resource(0, policy.ResourceDRAGPU, 2).Limit("300").Obj()); err != nil {
+		t.Fatalf("300 W on two DRA H100s: %v", err)
+	}
+	if got := powerAnnotations(annotations(t, "dra-ok")); got != `limit="300" stamp="300"` {
+		t.Errorf("stored pod has %s; want the limit stamped", got)
+	}
+	err = create(t, k8s, pod("dra-vfio").Resource(0, policy.ResourceDRAVFIO, 1).Limit("300").Obj())
+	if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "GPUs bound to vfio-pci for a virtual machine") {
+		t.Errorf("a limit on vfio passthrough GPUs: %v; want it denied, saying why", err)
+	}
+
+	// A pod without a limit or annotation still reaches both webhooks: a
+	// budget charges it.
+	before := admissions(t)
+	if err := create(t, k8s, pod("dra-unlimited").Resource(0, policy.ResourceDRAGPU, 1).Obj()); err != nil {
+		t.Fatal(err)
+	}
+	if got := admissions(t) - before; got != 2 {
+		t.Errorf("an unlimited DRA GPU pod made %v admission calls; want 2 (mutate and validate)", got)
+	}
+
+	// nvidia.com/gpu on a DRA-only node: once the class names it its
+	// extendedResourceName, the node's DRA devices bound the limit.
+	class.Spec.ExtendedResourceName = ptr.To(policy.ResourceGPU)
+	if err := k8s.Update(t.Context(), class); err != nil {
+		t.Fatal(err)
+	}
+	err = createdOrDenied(t, pod("dra-plain").GPU(1).NodeName("dra-0").Limit("150").Obj())
+	if want := field + `: Invalid value: "150": below the 200 W minimum of NVIDIA-H100-80GB-HBM3; set 200 to 700 W`; !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("150 W nvidia.com/gpu on a DRA node: %v; want %q", err, want)
+	}
+}
