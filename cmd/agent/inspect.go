@@ -44,16 +44,19 @@ func runInspect(log logr.Logger, o options, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		pods := k.PodInformer(o.nodeName)
-		if !kube.SyncPods(ctx, log, pods) {
-			return fmt.Errorf("list the pods of node %s: %w", o.nodeName, ctx.Err())
+		view, err := k.NodeView(ctx, o.nodeName)
+		if err != nil {
+			return err
+		}
+		if !view.Sync(ctx, log) {
+			return fmt.Errorf("list the pods and ResourceSlices of node %s: %w", o.nodeName, ctx.Err())
 		}
 		pr, err := podmap.NewPodResourcesClient(o.podResourcesSocket, podmap.DefaultListTimeout)
 		if err != nil {
 			return err
 		}
 		defer func() { _ = pr.Close() }()
-		r := &agent.Runner{Enforcer: e, Pods: corelisters.NewPodLister(pods.GetIndexer()), PodResources: pr,
+		r := &agent.Runner{Enforcer: e, Pods: corelisters.NewPodLister(view.Pods.GetIndexer()), Slices: view.ResourceSlices, PodResources: pr,
 			RequirePodResources: o.requirePodResources, Proc: os.DirFS(o.proc), Log: e.Log}
 		if in, err = r.Gather(ctx); err != nil {
 			return err

@@ -108,7 +108,10 @@ func run(log logr.Logger, o options) error {
 		return err
 	}
 
-	pods := k.PodInformer(o.nodeName)
+	view, err := k.NodeView(ctx, o.nodeName)
+	if err != nil {
+		return err
+	}
 	// Events queued before SIGTERM still go out while the agent shuts down.
 	eventsCtx, stopEvents := context.WithCancel(context.Background())
 	defer stopEvents()
@@ -116,18 +119,18 @@ func run(log logr.Logger, o options) error {
 	go recorder.Post(eventsCtx)
 	enforcer := &agent.Enforcer{NVML: lib, Ledger: ledger, RequireValidation: o.requireValidation, SkippedNamespaces: skipped,
 		StampKey: stampKey, Recorder: recorder, Log: log, Metrics: metrics}
-	r := &agent.Runner{Enforcer: enforcer, Pods: corelisters.NewPodLister(pods.GetIndexer()), PodsSynced: pods.HasSynced,
-		APIReachable: k.APIReachable, PodResources: podResources, RequirePodResources: o.requirePodResources,
+	r := &agent.Runner{Enforcer: enforcer, Pods: corelisters.NewPodLister(view.Pods.GetIndexer()), PodsSynced: view.Synced,
+		Slices: view.ResourceSlices, APIReachable: k.APIReachable, PodResources: podResources, RequirePodResources: o.requirePodResources,
 		Proc: os.DirFS(o.proc), Interval: o.interval, Debounce: o.debounce, Log: log}
-	if err := kube.OnChange(pods, r.Trigger); err != nil {
+	if err := view.OnChange(r.Trigger); err != nil {
 		return err
 	}
 	runner.Store(r)
 	log.Info("Starting power agent", "node", o.nodeName, "interval", o.interval, "stateDir", o.stateDir,
 		"requireValidation", o.requireValidation, "signedStamps", stampKey != nil, "requirePodResources", o.requirePodResources,
 		"webhookSkippedNamespaces", sets.List(skipped), "ownedGPUs", len(ledger.Owned()))
-	// The first cycle waits for the node's pods, as under controller-runtime's manager.
-	if kube.SyncPods(ctx, log, pods) {
+	// The first cycle waits for the node's pods (and slices), as under controller-runtime's manager.
+	if view.Sync(ctx, log) {
 		r.Run(ctx)
 	}
 	return enforcer.Shutdown(o.restoreOnExit, func(ctx context.Context) (bool, string, error) {

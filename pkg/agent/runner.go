@@ -11,6 +11,7 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	resourcev1 "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
@@ -39,6 +40,9 @@ type Runner struct {
 	Enforcer   *Enforcer
 	Pods       PodLister
 	PodsSynced func() bool
+	// Slices are the node's ResourceSlices (nil without DRA): the GPUs of
+	// the devices NVIDIA's DRA driver allocates (podmap.DRAResolver).
+	Slices func() []*resourcev1.ResourceSlice
 	// APIReachable checks the API server answers. A cache keeps serving its
 	// last state when the API server is gone, and pods deleted meanwhile would
 	// still look like they hold their GPUs (or the reverse), so the agent
@@ -201,6 +205,7 @@ func (r *Runner) Gather(ctx context.Context) (Inputs, error) {
 		NVMLOnly: nvmlOnly,
 		Resolver: podmap.Resolver{
 			MIGParent: nv.MIGParent,
+			DRADevice: podmap.DRAResolver(r.slices()),
 			GPUByIndex: func(i int) (string, error) {
 				if uuid, ok := byIndex[i]; ok {
 					return uuid, nil
@@ -219,6 +224,13 @@ func (r *Runner) Gather(ctx context.Context) (Inputs, error) {
 		return Inputs{}, err
 	}
 	return Inputs{GPUs: gpus, Holders: res.Holders, Pods: pods, Strays: res.Strays, Frozen: res.Frozen}, nil
+}
+
+func (r *Runner) slices() []*resourcev1.ResourceSlice {
+	if r.Slices == nil {
+		return nil
+	}
+	return r.Slices()
 }
 
 // reportTwiceListed tells a pod whose name kubelet lists twice, which a

@@ -99,7 +99,7 @@ func productOf(driver string, d *resourcev1.Device) string {
 	if driver != policy.DriverGPU {
 		return ""
 	}
-	name, typ := stringAttribute(d, "productName"), stringAttribute(d, "type")
+	name, typ := policy.DriverAttribute(d, "productName"), policy.DriverAttribute(d, "type")
 	if name == "" || len(name) > maxProductName {
 		return ""
 	}
@@ -107,20 +107,9 @@ func productOf(driver string, d *resourcev1.Device) string {
 	case "gpu":
 		return policy.DRAProduct(name)
 	case "mig":
-		return policy.DRAProduct(name) + "-MIG-" + stringAttribute(d, "profile")
+		return policy.DRAProduct(name) + "-MIG-" + policy.DriverAttribute(d, "profile")
 	}
 	return "" // vfio: not driven by the node's NVML
-}
-
-// stringAttribute is one of the driver's attributes, named with or without
-// its domain.
-func stringAttribute(d *resourcev1.Device, name string) string {
-	for _, key := range []resourcev1.QualifiedName{resourcev1.QualifiedName(name), resourcev1.QualifiedName(policy.DriverGPU + "/" + name)} {
-		if a, ok := d.Attributes[key]; ok && a.StringValue != nil {
-			return *a.StringValue
-		}
-	}
-	return ""
 }
 
 // setClass records a DeviceClass and evaluates every slice against it again.

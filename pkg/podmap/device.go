@@ -21,6 +21,10 @@ const (
 	// device lives on ("3:1" is MIG device 1 of GPU 3): the device plugin's
 	// index ID strategy.
 	KindIndex
+	// KindDRA is a device NVIDIA's DRA driver allocated, named by its pool
+	// and device name ("gpu-3" in the node's pool); only the driver's
+	// ResourceSlice says which GPU it is.
+	KindDRA
 )
 
 // DeviceRef is a device ID from PodResources, reduced to what names a GPU:
@@ -32,14 +36,19 @@ type DeviceRef struct {
 	UUID string
 	// Index is the GPU's NVML index for KindIndex.
 	Index int
+	// Pool and Device name a KindDRA device.
+	Pool, Device string
 	// Part is set for a share of a GPU (a replica, "::N") or a MIG device,
 	// which several pods may hold at once. A whole GPU is one pod's alone.
 	Part bool
 }
 
 func (r DeviceRef) String() string {
-	if r.Kind == KindIndex {
+	switch r.Kind {
+	case KindIndex:
 		return strconv.Itoa(r.Index)
+	case KindDRA:
+		return policy.DriverGPU + "/" + r.Pool + "/" + r.Device
 	}
 	return r.UUID
 }
@@ -121,6 +130,9 @@ func smallDecimal(s string, digits int) (int, bool) {
 type Resolver struct {
 	// MIGParent returns the UUID ("GPU-…") of the GPU a MIG device ("MIG-…") lives on.
 	MIGParent func(migUUID string) (string, error)
+	// DRADevice returns the UUID of the GPU a device of NVIDIA's DRA driver
+	// is (DRAResolver), or lives on for a MIG device.
+	DRADevice func(pool, device string) (string, error)
 	// GPUByIndex returns the UUID of the GPU with this NVML index; the device
 	// plugin's index IDs are NVML's indexes.
 	GPUByIndex func(index int) (string, error)
@@ -137,6 +149,8 @@ func (r Resolver) GPU(ref DeviceRef) (string, error) {
 		uuid, err = r.MIGParent(ref.UUID)
 	case ref.Kind == KindIndex && r.GPUByIndex != nil:
 		uuid, err = r.GPUByIndex(ref.Index)
+	case ref.Kind == KindDRA && r.DRADevice != nil:
+		uuid, err = r.DRADevice(ref.Pool, ref.Device)
 	default:
 		return "", fmt.Errorf("resolve device %s: no lookup for its kind", ref)
 	}

@@ -15,6 +15,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
+
+	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
 const (
@@ -83,7 +85,8 @@ func (c *PodResourcesClient) Close() error {
 }
 
 // List returns the pods that hold NVIDIA GPU devices (nvidia.com/gpu,
-// nvidia.com/mig-*), in kubelet's order; other resources are ignored. Kubelet
+// nvidia.com/mig-*, and the devices NVIDIA's DRA driver prepared for their
+// ResourceClaims), in kubelet's order; other resources are ignored. Kubelet
 // may still list pods that have finished, and names them by namespace/name
 // only: telling those apart is the caller's, from its pod cache.
 //
@@ -136,8 +139,48 @@ func gpuDevices(pr *podresourcesv1.PodResources) PodDevices {
 				}
 			}
 		}
+		for _, claim := range c.GetDynamicResources() {
+			for _, d := range claim.GetClaimResources() {
+				if d.GetDriverName() != policy.DriverGPU {
+					continue
+				}
+				ref, err := draDevice(d.GetPoolName(), d.GetDeviceName())
+				switch {
+				case err != nil:
+					p.Invalid = append(p.Invalid, fmt.Errorf("pod %s/%s container %s claim %s: %w", p.Namespace, p.Name, c.GetName(), claim.GetClaimName(), err))
+				case !slices.Contains(p.Devices, ref):
+					// Kubelet lists every device of a claim for each container
+					// that names the claim: the pod holds it once.
+					p.Devices = append(p.Devices, ref)
+				}
+			}
+		}
 	}
 	return p
+}
+
+// maxPoolName and maxDeviceName are the API's bounds on a pool's and a
+// device's name (a DNS subdomain, a DNS label).
+const (
+	maxPoolName   = 253
+	maxDeviceName = 63
+)
+
+// draDevice is a device of NVIDIA's DRA driver. Several pods may hold one
+// device (a shared claim, admin access), so it is a share (Part): the
+// lowest limit among its holders caps it.
+func draDevice(pool, device string) (DeviceRef, error) {
+	if pool == "" || len(pool) > maxPoolName || device == "" || len(device) > maxDeviceName {
+		return DeviceRef{}, fmt.Errorf("DRA device %q in pool %q: not a device name the API accepts", truncate(device, maxDeviceName), truncate(pool, maxPoolName))
+	}
+	return DeviceRef{Kind: KindDRA, Pool: pool, Device: device, Part: true}, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
 }
 
 // fileType names a file's type for an error.

@@ -48,6 +48,14 @@ func TestListGPUDevicesPerPod(t *testing.T) {
 		prt.Pod("ml", "mixed", prt.Container("c",
 			prt.Devices("example.com/fpga", "not-a-gpu"),
 			prt.Devices(policy.ResourceGPU, "GPU-bogus", gpuFake))),
+		// DRA: kubelet lists every device of a claim for each container
+		// that names it, and other drivers' devices beside NVIDIA's.
+		prt.Pod("llm", "dra",
+			prt.Claims(prt.Container("a"), prt.Claim("llm", "dra-gpus-x1", policy.DriverGPU, "node-a", "gpu-0", "gpu-1"),
+				prt.Claim("llm", "dra-nic", "nic.example.com", "node-a", "eth0")),
+			prt.Claims(prt.Container("b"), prt.Claim("llm", "dra-gpus-x1", policy.DriverGPU, "node-a", "gpu-0", "gpu-1"))),
+		prt.Pod("llm", "dra-bogus", prt.Claims(prt.Container("a"),
+			prt.Claim("llm", "c", policy.DriverGPU, "node-a", strings.Repeat("x", 64)))),
 	)
 	c := newClient(t, srv.Socket, 0)
 
@@ -66,6 +74,8 @@ func TestListGPUDevicesPerPod(t *testing.T) {
 		{"ml/shared", []podmap.DeviceRef{{Kind: podmap.KindGPU, UUID: gpuH100, Part: true}, {Kind: podmap.KindMIG, UUID: migH100, Part: true}}, nil},
 		{"ml/by-index", []podmap.DeviceRef{index(0), index(1)}, nil},
 		{"ml/mixed", []podmap.DeviceRef{gpu(gpuFake)}, []string{`pod ml/mixed container c: device "GPU-bogus" of nvidia.com/gpu`}},
+		{"llm/dra", []podmap.DeviceRef{{Kind: podmap.KindDRA, Pool: "node-a", Device: "gpu-0", Part: true}, {Kind: podmap.KindDRA, Pool: "node-a", Device: "gpu-1", Part: true}}, nil},
+		{"llm/dra-bogus", nil, []string{`pod llm/dra-bogus container a claim c: DRA device "xxx`}},
 	}
 	if len(pods) != len(want) {
 		t.Fatalf("List = %+v; want pods %+v", pods, want)

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	resourcev1 "k8s.io/api/resource/v1"
 )
 
 // Cluster is the read-only view of the cluster's GPU nodes that admission needs.
@@ -30,6 +31,18 @@ type Cluster interface {
 // name in its label: spaces become dashes.
 func DRAProduct(productName string) string {
 	return strings.ReplaceAll(strings.TrimSpace(productName), " ", "-")
+}
+
+// DriverAttribute is a string attribute NVIDIA's DRA driver publishes on a
+// device (type, uuid, parentUUID, productName, profile), named with or
+// without the driver's domain; "" when it has none.
+func DriverAttribute(d *resourcev1.Device, name string) string {
+	for _, key := range []resourcev1.QualifiedName{resourcev1.QualifiedName(name), resourcev1.QualifiedName(DriverGPU + "/" + name)} {
+		if a, ok := d.Attributes[key]; ok && a.StringValue != nil {
+			return *a.StringValue
+		}
+	}
+	return ""
 }
 
 // NormalizeProduct maps a GPU Feature Discovery product label to the catalog

@@ -4,3 +4,5 @@ package kube
 var TrimPod = trimPod
 
 const MaxKeptAnnotation = maxKeptAnnotation
+
+var TrimSlice = trimSlice

@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	resourcev1 "k8s.io/api/resource/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -23,10 +25,12 @@ import (
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
-// Client is the agent's REST client of the API server, over core/v1 alone.
+// Client is the agent's REST client of the API server, over core/v1 and,
+// for the node's ResourceSlices, resource.k8s.io/v1 alone.
 type Client struct {
 	scheme *runtime.Scheme
 	rest   *rest.RESTClient
+	dra    *rest.RESTClient
 }
 
 // New connects as controller-runtime did: kubeconfig (--kubeconfig), then
@@ -45,14 +49,75 @@ func New(kubeconfig string) (*Client, error) {
 	if err := corev1.AddToScheme(scheme); err != nil {
 		return nil, err
 	}
-	cfg.APIPath, cfg.GroupVersion = "/api", &corev1.SchemeGroupVersion
+	if err := resourcev1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
 	cfg.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
 	cfg.UserAgent = rest.DefaultKubernetesUserAgent()
+	draCfg := rest.CopyConfig(cfg)
+	cfg.APIPath, cfg.GroupVersion = "/api", &corev1.SchemeGroupVersion
+	draCfg.APIPath, draCfg.GroupVersion = "/apis", &resourcev1.SchemeGroupVersion
 	c, err := rest.RESTClientFor(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("API client: %w", err)
 	}
-	return &Client{scheme: scheme, rest: c}, nil
+	dra, err := rest.RESTClientFor(draCfg)
+	if err != nil {
+		return nil, fmt.Errorf("API client: %w", err)
+	}
+	return &Client{scheme: scheme, rest: c, dra: dra}, nil
+}
+
+// ServesDRA reports whether the API server serves resource.k8s.io/v1: on
+// one that does not, no device comes from DRA and there are no
+// ResourceSlices to watch.
+func (c *Client) ServesDRA(ctx context.Context) (bool, error) {
+	err := c.rest.Get().AbsPath("/apis", resourcev1.GroupName, resourcev1.SchemeGroupVersion.Version).Timeout(10 * time.Second).Do(ctx).Error()
+	switch {
+	case err == nil:
+		return true, nil
+	case apierrors.IsNotFound(err):
+		return false, nil
+	}
+	return false, fmt.Errorf("discover %s: %w", resourcev1.SchemeGroupVersion, err)
+}
+
+// SliceInformer keeps this node's ResourceSlices of NVIDIA's DRA driver
+// (the GPU each device it allocates is): an initial list, then a watch,
+// each slice trimmed to what the agent reads (trimSlice).
+func (c *Client) SliceInformer(node string) cache.SharedIndexInformer {
+	lw := cache.NewListWatchFromClient(c.dra, "resourceslices", metav1.NamespaceAll, fields.OneTermEqualSelector("spec.nodeName", node))
+	informer := cache.NewSharedIndexInformerWithOptions(lw, &resourcev1.ResourceSlice{}, cache.SharedIndexInformerOptions{})
+	if err := informer.SetTransform(trimSlice); err != nil {
+		panic(err) // only fails on a started informer
+	}
+	return informer
+}
+
+// trimSlice keeps of a ResourceSlice what podmap.DRAResolver reads: its
+// driver, pool and generation, and each device's name with NVIDIA's type,
+// uuid and parentUUID attributes; other drivers' slices keep no device.
+func trimSlice(obj any) (any, error) {
+	rs, ok := obj.(*resourcev1.ResourceSlice)
+	if !ok {
+		return obj, nil
+	}
+	out := &resourcev1.ResourceSlice{ObjectMeta: metav1.ObjectMeta{Name: rs.Name, UID: rs.UID, ResourceVersion: rs.ResourceVersion},
+		Spec: resourcev1.ResourceSliceSpec{Driver: rs.Spec.Driver, Pool: rs.Spec.Pool, NodeName: rs.Spec.NodeName}}
+	if rs.Spec.Driver != policy.DriverGPU {
+		return out, nil
+	}
+	for _, d := range rs.Spec.Devices {
+		kept := resourcev1.Device{Name: d.Name, Attributes: map[resourcev1.QualifiedName]resourcev1.DeviceAttribute{}}
+		for name, a := range d.Attributes {
+			switch strings.TrimPrefix(string(name), policy.DriverGPU+"/") {
+			case "type", "uuid", "parentUUID":
+				kept.Attributes[name] = a
+			}
+		}
+		out.Spec.Devices = append(out.Spec.Devices, kept)
+	}
+	return out, nil
 }
 
 // PodInformer keeps this node's pods: an initial list, then a watch, and no
@@ -103,11 +168,15 @@ func trimPod(obj any) (any, error) {
 	}, nil
 }
 
-// SyncPods runs the pod informer until ctx is done and waits for its first
-// full view of the node; false when ctx ends first.
-func SyncPods(ctx context.Context, log logr.Logger, pods cache.SharedIndexInformer) bool {
-	go pods.Run(ctx.Done())
-	return cache.WaitForNamedCacheSyncWithContext(klog.NewContext(ctx, log), pods.HasSynced)
+// Sync runs informers until ctx is done and waits for their first full view
+// of the node; false when ctx ends first.
+func Sync(ctx context.Context, log logr.Logger, informers ...cache.SharedIndexInformer) bool {
+	synced := make([]cache.InformerSynced, len(informers))
+	for i, inf := range informers {
+		go inf.Run(ctx.Done())
+		synced[i] = inf.HasSynced
+	}
+	return cache.WaitForNamedCacheSyncWithContext(klog.NewContext(ctx, log), synced...)
 }
 
 // APIReachable is one small GET per cycle; the version endpoint is cheap for
@@ -188,7 +257,76 @@ func (c *Client) PostEvent(ctx context.Context, namespace string, body []byte) e
 		SetHeader("Content-Type", "application/json").Body(body).Timeout(10 * time.Second).Do(ctx).Error()
 }
 
-// OnChange calls f on every pod the informer adds, updates or deletes.
+// NodeView is what the agent watches of its node: its pods and, where the
+// API server serves DRA, its ResourceSlices.
+type NodeView struct {
+	Pods cache.SharedIndexInformer
+	// Slices is nil on an API server without resource.k8s.io/v1.
+	Slices cache.SharedIndexInformer
+}
+
+// NodeView makes the informers of node's view (not started: Sync).
+func (c *Client) NodeView(ctx context.Context, node string) (*NodeView, error) {
+	v := &NodeView{Pods: c.PodInformer(node)}
+	dra, err := c.ServesDRA(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if dra {
+		v.Slices = c.SliceInformer(node)
+	}
+	return v, nil
+}
+
+func (v *NodeView) informers() []cache.SharedIndexInformer {
+	if v.Slices == nil {
+		return []cache.SharedIndexInformer{v.Pods}
+	}
+	return []cache.SharedIndexInformer{v.Pods, v.Slices}
+}
+
+// Sync runs the view's informers until ctx is done and waits for their first
+// full view of the node; false when ctx ends first.
+func (v *NodeView) Sync(ctx context.Context, log logr.Logger) bool {
+	return Sync(ctx, log, v.informers()...)
+}
+
+// Synced reports whether every informer of the view has synced.
+func (v *NodeView) Synced() bool {
+	for _, inf := range v.informers() {
+		if !inf.HasSynced() {
+			return false
+		}
+	}
+	return true
+}
+
+// ResourceSlices are the node's slices as last seen (none without DRA);
+// the cache's own: read them, never change them.
+func (v *NodeView) ResourceSlices() []*resourcev1.ResourceSlice {
+	if v.Slices == nil {
+		return nil
+	}
+	var out []*resourcev1.ResourceSlice
+	for _, obj := range v.Slices.GetStore().List() {
+		if rs, ok := obj.(*resourcev1.ResourceSlice); ok {
+			out = append(out, rs)
+		}
+	}
+	return out
+}
+
+// OnChange calls f on every change of a pod or slice of the view.
+func (v *NodeView) OnChange(f func()) error {
+	for _, inf := range v.informers() {
+		if err := OnChange(inf, f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// OnChange calls f on every object the informer adds, updates or deletes.
 func OnChange(informer cache.SharedIndexInformer, f func()) error {
 	_, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { f() },

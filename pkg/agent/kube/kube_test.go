@@ -225,7 +225,7 @@ func TestSyncPods(t *testing.T) {
 	t.Run("the node's pods listed", func(t *testing.T) {
 		k, _ := kubetest.APIServer(t, podsServer(t))
 		pods := k.PodInformer("gpu-1")
-		if !kube.SyncPods(stopAtEnd(t.Context(), t, pods), testlog.New(t).Logger, pods) {
+		if !kube.Sync(stopAtEnd(t.Context(), t, pods), testlog.New(t).Logger, pods) {
 			t.Fatal("the pod cache did not sync")
 		}
 		obj, ok, err := pods.GetIndexer().GetByKey("llm/decode-0")
@@ -244,7 +244,7 @@ func TestSyncPods(t *testing.T) {
 			kubetest.WriteStatus(w, http.StatusServiceUnavailable)
 		})
 		pods := k.PodInformer("gpu-1")
-		if kube.SyncPods(stopAtEnd(ctx, t, pods), testlog.New(t).Logger, pods) {
+		if kube.Sync(stopAtEnd(ctx, t, pods), testlog.New(t).Logger, pods) {
 			t.Error("synced without an answer")
 		}
 	})

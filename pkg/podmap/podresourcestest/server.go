@@ -117,3 +117,19 @@ func Container(name string, devices ...*podresourcesv1.ContainerDevices) *podres
 func Devices(resource string, ids ...string) *podresourcesv1.ContainerDevices {
 	return &podresourcesv1.ContainerDevices{ResourceName: resource, DeviceIds: ids}
 }
+
+// Claims adds to a container's entry the devices DRA drivers prepared for
+// its ResourceClaims, as kubelet lists them under dynamic_resources.
+func Claims(c *podresourcesv1.ContainerResources, claims ...*podresourcesv1.DynamicResource) *podresourcesv1.ContainerResources {
+	c.DynamicResources = append(c.DynamicResources, claims...)
+	return c
+}
+
+// Claim builds one ResourceClaim's entry: the devices of driver in pool.
+func Claim(namespace, name, driver, pool string, devices ...string) *podresourcesv1.DynamicResource {
+	claim := &podresourcesv1.DynamicResource{ClaimNamespace: namespace, ClaimName: name}
+	for _, d := range devices {
+		claim.ClaimResources = append(claim.ClaimResources, &podresourcesv1.ClaimResource{DriverName: driver, PoolName: pool, DeviceName: d})
+	}
+	return claim
+}
