@@ -13,9 +13,10 @@ import (
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
-func draSlice(driver, pool string, generation int64, devices ...resourcev1.Device) *resourcev1.ResourceSlice {
-	return &resourcev1.ResourceSlice{ObjectMeta: metav1.ObjectMeta{Name: pool + "-" + driver},
-		Spec: resourcev1.ResourceSliceSpec{Driver: driver, Pool: resourcev1.ResourcePool{Name: pool, Generation: generation}, NodeName: ptr.To(pool), Devices: devices}}
+// draSlice is a slice of node-a's pool.
+func draSlice(driver string, generation int64, devices ...resourcev1.Device) *resourcev1.ResourceSlice {
+	return &resourcev1.ResourceSlice{ObjectMeta: metav1.ObjectMeta{Name: "node-a-" + driver},
+		Spec: resourcev1.ResourceSliceSpec{Driver: driver, Pool: resourcev1.ResourcePool{Name: "node-a", Generation: generation}, NodeName: ptr.To("node-a"), Devices: devices}}
 }
 
 func draDev(name string, attrs ...string) resourcev1.Device {
@@ -33,7 +34,7 @@ const (
 
 func TestDRAResolver(t *testing.T) {
 	resolve := podmap.DRAResolver([]*resourcev1.ResourceSlice{
-		draSlice(policy.DriverGPU, "node-a", 2,
+		draSlice(policy.DriverGPU, 2,
 			draDev("gpu-0", "type", "gpu", "uuid", uuid0),
 			draDev("gpu-1", "gpu.nvidia.com/type", "gpu", "gpu.nvidia.com/uuid", uuid1),
 			draDev("gpu-1-mig-1g.10gb-19-0", "type", "mig", "uuid", "MIG-22222222-2222-2222-2222-222222222222", "parentUUID", uuid1),
@@ -41,11 +42,11 @@ func TestDRAResolver(t *testing.T) {
 			draDev("gpu-3", "type", "gpu", "uuid", "not-a-uuid")),
 		// The older generation of the same pool no longer counts.
 		func() *resourcev1.ResourceSlice {
-			s := draSlice(policy.DriverGPU, "node-a", 1, draDev("gpu-9", "type", "gpu", "uuid", uuid0))
+			s := draSlice(policy.DriverGPU, 1, draDev("gpu-9", "type", "gpu", "uuid", uuid0))
 			s.Name = "old"
 			return s
 		}(),
-		draSlice("gpu.amd.com", "node-a", 5, draDev("gpu-0", "type", "gpu", "uuid", uuid1)),
+		draSlice("gpu.amd.com", 5, draDev("gpu-0", "type", "gpu", "uuid", uuid1)),
 	})
 	r := podmap.Resolver{DRADevice: resolve}
 	dra := func(device string) podmap.DeviceRef {
@@ -74,7 +75,7 @@ func TestDRAResolver(t *testing.T) {
 // One DRA device under several pods (a shared claim, an admin-access claim)
 // is held by each of them; it is not frozen as a whole GPU listed twice is.
 func TestBuildSharesDRADevices(t *testing.T) {
-	resolve := podmap.DRAResolver([]*resourcev1.ResourceSlice{draSlice(policy.DriverGPU, "node-a", 1, draDev("gpu-0", "type", "gpu", "uuid", uuid0))})
+	resolve := podmap.DRAResolver([]*resourcev1.ResourceSlice{draSlice(policy.DriverGPU, 1, draDev("gpu-0", "type", "gpu", "uuid", uuid0))})
 	dev := podmap.DeviceRef{Kind: podmap.KindDRA, Pool: "node-a", Device: "gpu-0", Part: true}
 	res := podmap.Build(podmap.Sources{
 		Pods: []podmap.PodDevices{
