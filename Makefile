@@ -89,6 +89,8 @@ endif
 ##@ Real node (Linux, as root; docs/cluster.md)
 
 GPUS ?= 2
+# Simulated H100s beyond GPUS that a fake of NVIDIA's DRA driver publishes.
+DRA_GPUS ?= 2
 
 .PHONY: cluster-binaries
 cluster-binaries: ## Build etcd, kube-apiserver, kubectl, kubelet, kube-controller-manager, kube-scheduler from Go modules (skipped when built).
@@ -96,11 +98,11 @@ cluster-binaries: ## Build etcd, kube-apiserver, kubectl, kubelet, kube-controll
 
 .PHONY: cluster-up
 cluster-up: cluster-binaries ## Start a real one-node cluster here (containerd, kubelet, controllers; GPUs simulated); prints the KUBECONFIG.
-	go run ./test/framework/realnode/cmd/realnode up --k8s-bin $(KUBEBUILDER_ASSETS) --gpus $(GPUS)
+	go run ./test/framework/realnode/cmd/realnode up --k8s-bin $(KUBEBUILDER_ASSETS) --gpus $(GPUS) --dra-gpus $(DRA_GPUS)
 
 .PHONY: up-real-node
 up-real-node: cluster-binaries ## `make up` on a real node: cluster-up, then both manifests applied and Ready (Linux, root).
-	go run ./test/framework/realnode/cmd/realnode up --install --k8s-bin $(KUBEBUILDER_ASSETS) --gpus $(GPUS)
+	go run ./test/framework/realnode/cmd/realnode up --install --k8s-bin $(KUBEBUILDER_ASSETS) --gpus $(GPUS) --dra-gpus $(DRA_GPUS)
 
 .PHONY: cluster-down
 cluster-down: ## Stop the real node and put the machine back as it was.

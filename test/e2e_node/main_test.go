@@ -49,7 +49,7 @@ func setup(m *testing.M) (int, error) {
 	// As a machine that never ran the node's tools: what they create once
 	// goes before the host is recorded, and must be accepted after teardown.
 	fresh := os.Getenv("REALNODE_FRESH_HOST") == "1"
-	c, err := realnode.Up(ctx, realnode.Options{Root: envtestenv.Root(), K8sBin: assets, GPUs: 2, Owner: "test", Logf: logf, ForgetFirstUse: fresh})
+	c, err := realnode.Up(ctx, realnode.Options{Root: envtestenv.Root(), K8sBin: assets, GPUs: 2, DRAGPUs: 2, Owner: "test", Logf: logf, ForgetFirstUse: fresh})
 	if err != nil {
 		return 0, err
 	}

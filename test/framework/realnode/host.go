@@ -46,11 +46,11 @@ var (
 	}
 	// nodePaths are created by kubelet, containerd, CNI and the agent.
 	nodePaths = []string{
-		Dir, "/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/var/lib/cni",
+		Dir, KubeletDir, "/var/log/pods", "/var/log/containers", "/var/lib/cni",
 		"/run/containerd", "/run/netns", "/var/lib/power-agent", "/var/lib/containerd", "/opt/containerd",
 	}
 	// mountPrefixes are where a node mounts (pod volumes, netns, rootfs).
-	mountPrefixes = []string{Dir, "/var/lib/kubelet", "/run/containerd", "/run/netns", "/var/lib/containerd"}
+	mountPrefixes = []string{Dir, KubeletDir, "/run/containerd", "/run/netns", "/var/lib/containerd"}
 	// systemDirs are listed before and after to catch anything else left.
 	systemDirs = []string{"/var/lib", "/var/log", "/run", "/etc", "/opt"}
 	cgroupRoot = "/sys/fs/cgroup"

@@ -38,6 +38,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
+	"github.com/dynamo-power/gpu-power/pkg/policy"
 	"github.com/dynamo-power/gpu-power/test/framework/admissionauth"
 	"github.com/dynamo-power/gpu-power/test/framework/apt"
 	"github.com/dynamo-power/gpu-power/test/framework/certmanager"
@@ -62,6 +63,9 @@ const (
 	// PauseImage is the sandbox image, and the workload image of test pods.
 	PauseImage       = "gpu-power.local/pause:dev"
 	ContainerdSocket = Dir + "/containerd/containerd.sock"
+	// KubeletDir is the kubelet's --root-dir (its default): plugins
+	// register under it.
+	KubeletDir = "/var/lib/kubelet"
 	// FakeNVMLFile is the simulated GPUs' state, in the agent's state
 	// folder (a hostPath the DaemonSet already mounts).
 	FakeNVMLFile = "/var/lib/power-agent/fake-nvml.json"
@@ -81,8 +85,12 @@ type Options struct {
 	// K8sBin holds etcd, kube-apiserver, kubectl, kubelet,
 	// kube-controller-manager and kube-scheduler.
 	K8sBin string
-	// GPUs is the number of simulated H100s (default 2).
+	// GPUs is the number of simulated H100s the device plugin serves
+	// (default 2).
 	GPUs int
+	// DRAGPUs is the number of simulated H100s after those that a fake of
+	// NVIDIA's DRA driver publishes (gpusim.DRADriver); none by default.
+	DRAGPUs int
 	// Owner names who started the cluster ("make cluster-up", "test").
 	Owner string
 	// Logf prints progress.
@@ -101,6 +109,7 @@ type State struct {
 	Before     HostState `json:"before"`
 	Procs      []Proc    `json:"procs"`
 	GPUs       int       `json:"gpus"`
+	DRAGPUs    int       `json:"draGPUs,omitempty"`
 }
 
 // Cluster is a running cluster.
@@ -310,7 +319,7 @@ func (b *bringUp) recordHost() error {
 		return err
 	}
 	ownerStart, _ := startTime(os.Getpid())
-	st := &State{Owner: b.o.Owner, OwnerPID: os.Getpid(), OwnerStart: ownerStart, Before: before, GPUs: b.o.GPUs}
+	st := &State{Owner: b.o.Owner, OwnerPID: os.Getpid(), OwnerStart: ownerStart, Before: before, GPUs: b.o.GPUs, DRAGPUs: b.o.DRAGPUs}
 	for _, d := range []string{"logs", "bin", "images", "etcd", "apiserver", "cni/net.d", "cni/ipam", "containerd"} {
 		if err := os.MkdirAll(filepath.Join(Dir, d), 0o755); err != nil {
 			return err
@@ -527,7 +536,7 @@ func (b *bringUp) importImages(context.Context) error {
 // startKubelet writes the simulated GPUs' state and the kubelet's
 // configuration, runs the kubelet and waits until the node is Ready.
 func (b *bringUp) startKubelet(ctx context.Context) error {
-	fake := nvmlfake.New(nvmlfake.H100s(b.o.GPUs)...)
+	fake := nvmlfake.New(nvmlfake.H100s(b.o.GPUs + b.o.DRAGPUs)...)
 	if err := os.MkdirAll(filepath.Dir(FakeNVMLFile), 0o755); err != nil {
 		return err
 	}
@@ -567,7 +576,7 @@ func (b *bringUp) startKubelet(ctx context.Context) error {
 // startAddons runs the fake device plugin and cert-manager (realnode
 // addons) and waits until the node advertises its GPUs.
 func (b *bringUp) startAddons(ctx context.Context) error {
-	if err := b.launch("addons", filepath.Join(b.binDir, "realnode"), "addons", "--gpus", fmt.Sprint(b.o.GPUs)); err != nil {
+	if err := b.launch("addons", filepath.Join(b.binDir, "realnode"), "addons", "--gpus", fmt.Sprint(b.o.GPUs), "--dra-gpus", fmt.Sprint(b.o.DRAGPUs)); err != nil {
 		return err
 	}
 	if err := poll.Until(ctx, poll.Opts{Interval: pollInterval, Timeout: 2 * time.Minute}, "node advertises its GPUs", func(ctx context.Context) (bool, string, error) {
@@ -581,6 +590,25 @@ func (b *bringUp) startAddons(ctx context.Context) error {
 		return err
 	}
 	b.step("fake device plugin registered: %d nvidia.com/gpu; cert-manager's controllers and cainjector run beside it", b.o.GPUs)
+	if b.o.DRAGPUs == 0 {
+		return nil
+	}
+	if err := poll.Until(ctx, poll.Opts{Interval: pollInterval, Timeout: 2 * time.Minute}, "the DRA driver publishes its GPUs", func(ctx context.Context) (bool, string, error) {
+		list, err := b.c.Client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + NodeName})
+		if err != nil {
+			return false, err.Error(), nil // retried
+		}
+		n := 0
+		for _, rs := range list.Items {
+			if rs.Spec.Driver == policy.DriverGPU {
+				n += len(rs.Spec.Devices)
+			}
+		}
+		return n == b.o.DRAGPUs, fmt.Sprintf("%d devices of %s published", n, policy.DriverGPU), nil
+	}); err != nil {
+		return err
+	}
+	b.step("fake DRA driver %s registered: %d GPUs in a ResourceSlice, DeviceClass %s", policy.DriverGPU, b.o.DRAGPUs, policy.DeviceClassGPU)
 	return nil
 }
 

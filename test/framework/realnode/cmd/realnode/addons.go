@@ -20,10 +20,12 @@ import (
 )
 
 // addons runs cert-manager's controllers and cainjector, the fake device
-// plugin and the fake NVML's process feeder until SIGTERM.
+// plugin, the fake DRA driver (with --dra-gpus) and the fake NVML's process
+// feeder until SIGTERM.
 func addons(ctx context.Context, args []string, logf func(string, ...any)) error {
 	fs := flag.NewFlagSet("addons", flag.ExitOnError)
-	gpus := fs.Int("gpus", 2, "Simulated H100s.")
+	gpus := fs.Int("gpus", 2, "Simulated H100s the device plugin serves.")
+	draGPUs := fs.Int("dra-gpus", 0, "Simulated H100s after those that the fake DRA driver publishes.")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -44,6 +46,18 @@ func addons(ctx context.Context, args []string, logf func(string, ...any)) error
 		uuids = append(uuids, nvmlfake.UUID(i))
 	}
 	go func() { _ = (&gpusim.Plugin{UUIDs: uuids}).Serve(ctx, logf) }()
+	if *draGPUs > 0 {
+		dra := &gpusim.DRADriver{Client: client, NodeName: realnode.NodeName, GPUs: map[int]string{}, KubeletDir: realnode.KubeletDir,
+			Product: nvmlfake.H100s(1)[0].Name}
+		for i := *gpus; i < *gpus+*draGPUs; i++ {
+			dra.GPUs[i] = nvmlfake.UUID(i)
+		}
+		go func() {
+			if err := dra.Run(ctx, logf); err != nil {
+				logf("DRA driver stopped: %v", err)
+			}
+		}()
+	}
 	go func() {
 		f := &gpusim.Feeder{Client: client, NodeName: realnode.NodeName, NVMLFile: realnode.FakeNVMLFile, Period: 200 * time.Millisecond}
 		if err := f.Run(ctx, logf); err != nil {

@@ -58,7 +58,8 @@ func up(ctx context.Context, args []string, logf func(string, ...any)) error {
 	fs := flag.NewFlagSet("up", flag.ExitOnError)
 	root := fs.String("root", ".", "Repository root.")
 	k8sBin := fs.String("k8s-bin", "", "Folder of the Kubernetes binaries, bin/k8s/<version> (hack/build-k8s.sh; make cluster-up passes it).")
-	gpus := fs.Int("gpus", 2, "Simulated H100s.")
+	gpus := fs.Int("gpus", 2, "Simulated H100s the device plugin serves.")
+	draGPUs := fs.Int("dra-gpus", 0, "Simulated H100s after those that a fake of NVIDIA's DRA driver publishes.")
 	install := fs.Bool("install", false, "Also apply both manifests (deploy/webhook/, deploy/agent/daemonset.yaml) and wait until they are Ready.")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -76,7 +77,7 @@ func up(ctx context.Context, args []string, logf func(string, ...any)) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
 	defer cancel()
-	c, err := realnode.Up(ctx, realnode.Options{Root: absRoot, K8sBin: absBin, GPUs: *gpus, Owner: "make cluster-up", Logf: logf})
+	c, err := realnode.Up(ctx, realnode.Options{Root: absRoot, K8sBin: absBin, GPUs: *gpus, DRAGPUs: *draGPUs, Owner: "make cluster-up", Logf: logf})
 	if err != nil || !*install {
 		return err
 	}
