@@ -57,6 +57,9 @@ type slice struct {
 	devices    []resourcev1.Device
 	driver     string
 	matches    counts
+	// byClass are the devices with an NVIDIA product each class matches
+	// (indexes into devices), for requests that narrow a class (Match).
+	byClass map[string][]int
 }
 
 type poolKey struct{ driver, pool string }
@@ -164,9 +167,11 @@ func (x *Index) reevaluate() {
 	}
 }
 
-// match is what a slice's devices give, class by class. Called with mu held.
+// match is what a slice's devices give, class by class, and records which
+// devices each class matches. Called with mu held.
 func (x *Index) match(s *slice) counts {
 	out := counts{}
+	s.byClass = map[string][]int{}
 	for i := range s.devices {
 		d := &s.devices[i]
 		product := productOf(s.driver, d)
@@ -174,7 +179,8 @@ func (x *Index) match(s *slice) counts {
 			continue
 		}
 		for name, c := range x.classes {
-			if len(c.resources) > 0 && x.matches(name, c, s.driver, d) {
+			if len(c.resources) > 0 && x.matches(name, c.selectors, s.driver, d) {
+				s.byClass[name] = append(s.byClass[name], i)
 				for _, r := range c.resources {
 					out.add(r, s.node, product, 1)
 				}
@@ -184,10 +190,56 @@ func (x *Index) match(s *slice) counts {
 	return out
 }
 
-// matches reports whether a device passes every selector of a class, as
-// the scheduler evaluates them; an evaluation error is no match.
-func (x *Index) matches(name string, c *class, driver string, d *resourcev1.Device) bool {
-	for _, sel := range c.selectors {
+// Match counts the published devices a claim's request can get, by node
+// and product: those its DeviceClass matches that its own selectors match
+// too, in the newest generation of each pool. A class that does not exist,
+// or a selector that does not compile, matches nothing (the API server
+// refuses such a claim when it is written).
+func (x *Index) Match(class string, selectors []resourcev1.DeviceSelector) map[string]map[string]int {
+	var compiled []dracel.CompilationResult
+	compiler := dracel.GetCompiler(dracel.Features{})
+	for _, s := range selectors {
+		if s.CEL == nil {
+			continue
+		}
+		res := compiler.CompileCELExpression(s.CEL.Expression, dracel.Options{})
+		if res.Error != nil {
+			return nil
+		}
+		compiled = append(compiled, res)
+	}
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	newest := map[poolKey]int64{}
+	for _, s := range x.slices {
+		if g, ok := newest[s.pool]; !ok || s.generation > g {
+			newest[s.pool] = s.generation
+		}
+	}
+	out := map[string]map[string]int{}
+	for _, s := range x.slices {
+		if s.generation != newest[s.pool] {
+			continue
+		}
+		for _, i := range s.byClass[class] {
+			d := &s.devices[i]
+			if !x.matches(class, compiled, s.driver, d) {
+				continue
+			}
+			if out[s.node] == nil {
+				out[s.node] = map[string]int{}
+			}
+			out[s.node][productOf(s.driver, d)]++
+		}
+	}
+	return out
+}
+
+// matches reports whether a device passes every selector (a class's, or a
+// request's), as the scheduler evaluates them; an evaluation error is no
+// match.
+func (x *Index) matches(name string, selectors []dracel.CompilationResult, driver string, d *resourcev1.Device) bool {
+	for _, sel := range selectors {
 		ok, _, err := sel.DeviceMatches(context.Background(), dracel.Device{Driver: driver, Attributes: d.Attributes, Capacity: d.Capacity})
 		if err != nil {
 			x.log.V(1).Info("DeviceClass selector failed on a device", "deviceClass", name, "device", d.Name, "error", err.Error())

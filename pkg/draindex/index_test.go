@@ -164,3 +164,42 @@ func TestTrimKeepsWhatTheIndexReads(t *testing.T) {
 func toolscacheTombstone(obj any) toolscache.DeletedFinalStateUnknown {
 	return toolscache.DeletedFinalStateUnknown{Key: "gone", Obj: obj}
 }
+
+// A claim's request narrows its class with selectors of its own: what it can
+// get is what both match, counted by node.
+func TestMatch(t *testing.T) {
+	x := New(testr.New(t))
+	x.ClassHandler().OnAdd(nvidiaClass(policy.DeviceClassGPU, "gpu", nil), true)
+	x.SliceHandler().OnAdd(nodeSlice("a", policy.DriverGPU, "node-a", 1, gpuDevice("gpu-0", "gpu", h100), gpuDevice("gpu-1", "gpu", h100)), true)
+	x.SliceHandler().OnAdd(nodeSlice("b", policy.DriverGPU, "node-b", 1, gpuDevice("gpu-0", "gpu", l4)), true)
+	sel := func(expr string) []resourcev1.DeviceSelector {
+		return []resourcev1.DeviceSelector{{CEL: &resourcev1.CELDeviceSelector{Expression: expr}}}
+	}
+	for _, tt := range []struct {
+		name      string
+		class     string
+		selectors []resourcev1.DeviceSelector
+		want      map[string]map[string]int
+	}{
+		{"the class alone", policy.DeviceClassGPU, nil,
+			map[string]map[string]int{"node-a": {"NVIDIA-H100-80GB-HBM3": 2}, "node-b": {"NVIDIA-L4": 1}}},
+		{"pinned to a product", policy.DeviceClassGPU, sel("device.attributes['gpu.nvidia.com'].productName == 'NVIDIA L4'"),
+			map[string]map[string]int{"node-b": {"NVIDIA-L4": 1}}},
+		{"a selector that does not compile", policy.DeviceClassGPU, sel("device.attributes["), nil},
+		{"a class that does not exist", "nope", nil, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got := x.Match(tt.class, tt.selectors)
+			if len(got) != len(tt.want) {
+				t.Fatalf("Match = %v; want %v", got, tt.want)
+			}
+			for node, products := range tt.want {
+				for p, n := range products {
+					if got[node][p] != n {
+						t.Errorf("Match[%s][%s] = %d; want %d (all: %v)", node, p, got[node][p], n, got)
+					}
+				}
+			}
+		})
+	}
+}

@@ -68,9 +68,11 @@ type Verdict struct {
 // GPU pod (budgetDefaults first, then a.Defaults), check a new or changed
 // limit, and set the stamp to the admitted limit, removing one the user wrote.
 // An update that leaves the limit as it was keeps the stamp the pod had.
-func (a *Admission) Mutate(op admissionv1.Operation, pod, old *corev1.Pod, cluster Cluster, budgetDefaults []DefaultRule) Verdict {
+// claims is what the pod's ResourceClaims ask of GPUs (ClaimsDemandOf; zero:
+// none read).
+func (a *Admission) Mutate(op admissionv1.Operation, pod, old *corev1.Pod, cluster Cluster, budgetDefaults []DefaultRule, claims ClaimsDemand) Verdict {
 	limit, hasLimit := pod.Annotations[AnnotationPowerLimit]
-	demand := DemandOf(&pod.Spec)
+	demand := demandWith(&pod.Spec, claims)
 	if err := a.checkGPUCount(op, demand); err != nil {
 		return Verdict{Errors: field.ErrorList{err}}
 	}
@@ -122,11 +124,11 @@ func stampFor(demand GPUDemand, limit string) string {
 // Validate re-checks the final object, whatever mutating webhooks did to it:
 // the stamp must match what Mutate would have admitted, and a new or changed
 // limit must pass every check again. It returns no Warnings: Mutate did.
-func (a *Admission) Validate(op admissionv1.Operation, pod, old *corev1.Pod, cluster Cluster) Verdict {
+func (a *Admission) Validate(op admissionv1.Operation, pod, old *corev1.Pod, cluster Cluster, claims ClaimsDemand) Verdict {
 	limit, hasLimit := pod.Annotations[AnnotationPowerLimit]
 	stamp, hasStamp := pod.Annotations[AnnotationPowerLimitValidated]
 	var v Verdict
-	demand := DemandOf(&pod.Spec)
+	demand := demandWith(&pod.Spec, claims)
 	if err := a.checkGPUCount(op, demand); err != nil {
 		v.Errors = append(v.Errors, err)
 	}
@@ -246,15 +248,21 @@ func (a *Admission) check(pod *corev1.Pod, demand GPUDemand, limit string, rule 
 	case demand.Passthrough:
 		return deny(fmt.Sprintf("the pod requests GPUs bound to vfio-pci for a virtual machine (%s): the guest's driver runs them, and the node's NVML cannot cap them; remove the annotation",
 			ResourceDRAVFIO))
-	case demand.Claims:
-		return deny(fmt.Sprintf("the pod gets devices through resourceClaims (dynamic resource allocation), which power limits do not support yet; "+
+	case demand.Claims && !demand.FromClaims.Resolved:
+		return deny(fmt.Sprintf("the pod gets devices through resourceClaims, and this cluster serves no resource.k8s.io/v1 to read them from; "+
 			"remove the annotation or request %s", ResourceGPU))
+	case len(demand.FromClaims.MIG) > 0:
+		return deny(fmt.Sprintf("%s can get MIG devices, and a power limit applies to a whole board shared by every slice on it; "+
+			"remove the annotation or ask for whole GPUs (DeviceClass %s)", strings.Join(demand.FromClaims.MIG, ", "), DeviceClassGPU))
+	case len(demand.FromClaims.Problems) > 0:
+		return deny(fmt.Sprintf("the GPUs the pod's claims get cannot be counted: %s; fix the claims or remove the annotation",
+			strings.Join(demand.FromClaims.Problems, "; ")))
 	case demand.GPUs == 0:
 		v.Warnings = append(v.Warnings, fmt.Sprintf("%s: %q has no effect: the pod requests no %s, so it is not stamped and no GPU is capped for it", AnnotationPowerLimit, limit, ResourceGPU))
 		return v
 	}
 
-	cands := CandidatesOf(pod, cluster)
+	cands := demand.FromClaims.candidates(CandidatesOf(pod, cluster), demand.GPUs == demand.FromClaims.GPUs)
 	if detail := a.sharedBoard(demand, cands, &v); detail != "" {
 		return deny(detail)
 	}

@@ -96,7 +96,7 @@ func TestMutateCreate(t *testing.T) {
 			errs: []string{limitInvalid + `"250": the pod requests MIG slices (nvidia.com/mig-1g.10gb), and a power limit applies to a whole board shared by every slice on it; remove the annotation or request whole nvidia.com/gpu`}},
 		{name: "MIG slices without a limit pass", cluster: h100Cluster, pod: pod().Resource(0, "nvidia.com/mig-1g.10gb", 1).Obj()},
 		{name: "resource claims with a limit", cluster: h100Cluster, pod: pod().ResourceClaim("gpu", "one-gpu").Limit("250").Obj(),
-			errs: []string{limitInvalid + `"250": the pod gets devices through resourceClaims (dynamic resource allocation), which power limits do not support yet; remove the annotation or request nvidia.com/gpu`}},
+			errs: []string{limitInvalid + `"250": the pod gets devices through resourceClaims, and this cluster serves no resource.k8s.io/v1 to read them from; remove the annotation or request nvidia.com/gpu`}},
 		{name: "pinned to a node", cluster: mixed, pod: pod().GPU(1).NodeName("l4-0").Limit("100").Obj(),
 			errs: []string{limitInvalid + `"100": above the 72 W maximum of NVIDIA-L4; set 40 to 72 W`}},
 		{name: "unpinned in a mixed cluster: intersection", cluster: mixed, pod: pod().GPU(1).Limit("250").Obj(),
@@ -128,7 +128,7 @@ func TestMutateCreate(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			a := newAdmission(t, tt.defaults...)
 			a.TimeSlicedGPUs = tt.timeSliced
-			v := a.Mutate(admissionv1.Create, tt.pod, nil, tt.cluster, nil)
+			v := a.Mutate(admissionv1.Create, tt.pod, nil, tt.cluster, nil, policy.ClaimsDemand{})
 			assertVerdict(t, v, tt.errs, tt.warnings)
 			if len(tt.errs) == 0 && (v.Limit != tt.limit || v.Stamp != tt.stamp) {
 				t.Errorf("limit %q stamp %q; want %q and %q", v.Limit, v.Stamp, tt.limit, tt.stamp)
@@ -140,7 +140,7 @@ func TestMutateCreate(t *testing.T) {
 func TestUnknownProductsWarn(t *testing.T) {
 	a := newAdmission(t)
 	a.UnknownProducts = policy.UnknownProductsWarn
-	v := a.Mutate(admissionv1.Create, pod().GPU(1).Limit("250").Obj(), nil, fakeCluster{"x-0": "ACME-X1"}, nil)
+	v := a.Mutate(admissionv1.Create, pod().GPU(1).Limit("250").Obj(), nil, fakeCluster{"x-0": "ACME-X1"}, nil, policy.ClaimsDemand{})
 	assertVerdict(t, v, nil, []string{`dynamo.nvidia.com/gpu-power-limit: "250" was not checked: no power range is known for GPU product "ACME-X1"`})
 	if v.Stamp != "250" {
 		t.Errorf("stamp = %q; want 250", v.Stamp)
@@ -169,7 +169,7 @@ func TestMutateUpdate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			v := newAdmission(t, "=450").Mutate(admissionv1.Update, tt.pod, tt.old, cluster, nil)
+			v := newAdmission(t, "=450").Mutate(admissionv1.Update, tt.pod, tt.old, cluster, nil, policy.ClaimsDemand{})
 			assertVerdict(t, v, tt.errs, nil)
 			if len(tt.errs) == 0 && (v.Limit != tt.limit || v.Stamp != tt.stamp) {
 				t.Errorf("limit %q stamp %q; want %q and %q", v.Limit, v.Stamp, tt.limit, tt.stamp)
@@ -206,7 +206,7 @@ func TestValidate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			v := newAdmission(t).Validate(tt.op, tt.pod, tt.old, cluster)
+			v := newAdmission(t).Validate(tt.op, tt.pod, tt.old, cluster, policy.ClaimsDemand{})
 			assertVerdict(t, v, tt.errs, nil)
 		})
 	}

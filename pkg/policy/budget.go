@@ -138,6 +138,16 @@ func BudgetDenial(requested Cost, delta int64, short []BudgetState) string {
 	return strings.Join(parts, "; ") + "; lower the per-GPU limit, use fewer GPUs, or ask for a larger budget"
 }
 
+// ClaimsNotCharged is the denial of a new pod whose GPUs come from its
+// ResourceClaims, in a namespace budgets select: budgets count a pod from
+// what it carries, and a claim's GPUs are known only from its spec at
+// admission, so they would not be charged.
+func ClaimsNotCharged(budgets []string, claims ClaimsDemand) string {
+	return fmt.Sprintf("GPU power budget %s selects the namespace, and the %d GPUs of %s are not charged to budgets yet: "+
+		"ask for them as %s: N (charged like %s), or create the pod in a namespace no budget selects",
+		strings.Join(budgets, ", "), claims.GPUs, claims.From, ResourceDRAGPU, ResourceGPU)
+}
+
 // Charge is what one live pod or reservation adds to a budget's committed watts.
 type Charge struct {
 	UID   types.UID

@@ -112,10 +112,10 @@ func TestBudgetDefaultsComeBeforeFlagDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	cluster := fakeCluster{"h100-0": h100}
-	if v := a.Mutate("CREATE", testpod.MakePod("d", "ns").GPU(1).Label("role", "decode").Obj(), nil, cluster, []policy.DefaultRule{budgetRule}); v.Limit != "300" {
+	if v := a.Mutate("CREATE", testpod.MakePod("d", "ns").GPU(1).Label("role", "decode").Obj(), nil, cluster, []policy.DefaultRule{budgetRule}, policy.ClaimsDemand{}); v.Limit != "300" {
 		t.Errorf("budget default: limit %q; want 300", v.Limit)
 	}
-	if v := a.Mutate("CREATE", testpod.MakePod("p", "ns").GPU(1).Label("role", "prefill").Obj(), nil, cluster, []policy.DefaultRule{budgetRule}); v.Limit != "450" {
+	if v := a.Mutate("CREATE", testpod.MakePod("p", "ns").GPU(1).Label("role", "prefill").Obj(), nil, cluster, []policy.DefaultRule{budgetRule}, policy.ClaimsDemand{}); v.Limit != "450" {
 		t.Errorf("flag default when no budget rule matches: limit %q; want 450", v.Limit)
 	}
 }

@@ -35,6 +35,17 @@ type GPUDemand struct {
 	// virtual machine (ResourceDRAVFIO): counted in GPUs, but driven by the
 	// guest's driver, not the node's NVML.
 	Passthrough bool
+	// FromClaims is what its ResourceClaims ask (demandWith); their GPUs
+	// are counted in GPUs.
+	FromClaims ClaimsDemand
+}
+
+// demandWith is a pod spec's demand with what its claims ask added.
+func demandWith(spec *corev1.PodSpec, claims ClaimsDemand) GPUDemand {
+	d := DemandOf(spec)
+	d.FromClaims = claims
+	d.GPUs = SatAdd(d.GPUs, claims.GPUs)
+	return d
 }
 
 // DemandOf computes a pod's GPU demand the way the scheduler computes an

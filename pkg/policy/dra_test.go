@@ -120,7 +120,7 @@ func TestDRAServedGPUs(t *testing.T) {
 			if got := policy.DemandOf(&tt.pod.Spec).GPUs; got != tt.gpus {
 				t.Errorf("DemandOf: %d GPUs; want %d", got, tt.gpus)
 			}
-			v := newAdmission(t).Mutate(admissionv1.Create, tt.pod, nil, tt.cluster, nil)
+			v := newAdmission(t).Mutate(admissionv1.Create, tt.pod, nil, tt.cluster, nil, policy.ClaimsDemand{})
 			if len(v.Errors) != len(tt.errs) {
 				t.Fatalf("errors %v; want %d containing %q", v.Errors, len(tt.errs), tt.errs)
 			}

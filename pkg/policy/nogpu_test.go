@@ -6,6 +6,8 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
 // A limit on a pod that requests no nvidia.com/gpu(.shared) is checked
@@ -17,11 +19,11 @@ func TestLimitOnAPodWithoutGPUsIsNeverStamped(t *testing.T) {
 	a := newAdmission(t)
 	p := pod().Limit("1").Obj()
 	p.Spec.Containers[0].Resources.Limits = corev1.ResourceList{"nvidia.com/a100-40gb": resource.MustParse("2")}
-	v := a.Mutate(admissionv1.Create, p, nil, fakeCluster{"h100-0": h100}, nil)
+	v := a.Mutate(admissionv1.Create, p, nil, fakeCluster{"h100-0": h100}, nil, policy.ClaimsDemand{})
 	if len(v.Errors) == 0 && v.Stamp != "" {
 		t.Errorf("a pod with no nvidia.com/gpu and limit %q was stamped %q (warnings %v); want no stamp (or a denial): nothing checked that limit", v.Limit, v.Stamp, v.Warnings)
 	}
-	v = a.Validate(admissionv1.Create, withStamp(p, "1"), nil, fakeCluster{"h100-0": h100})
+	v = a.Validate(admissionv1.Create, withStamp(p, "1"), nil, fakeCluster{"h100-0": h100}, policy.ClaimsDemand{})
 	if len(v.Errors) == 0 {
 		t.Errorf("Validate admitted limit 1 = stamp 1 on a pod with no nvidia.com/gpu; want it refused")
 	}

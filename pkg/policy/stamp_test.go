@@ -71,18 +71,18 @@ func TestSignedStamps(t *testing.T) {
 		return pod().UID("uid-1").GPU(1).NodeName("h100-0").Limit("250").Stamp("250").Obj()
 	}
 
-	if v := a.Mutate(admissionv1.Create, pod().GPU(1).Limit("250").Obj(), nil, cluster, nil); v.Stamp != "250" || v.Signature != key.SignCreate("llm", "250", now) {
+	if v := a.Mutate(admissionv1.Create, pod().GPU(1).Limit("250").Obj(), nil, cluster, nil, policy.ClaimsDemand{}); v.Stamp != "250" || v.Signature != key.SignCreate("llm", "250", now) {
 		t.Errorf("Mutate on create: stamp %q signature %q; want 250 signed at creation", v.Stamp, v.Signature)
 	}
 	raised := running()
 	raised.Annotations[policy.AnnotationPowerLimit] = "300"
-	if v := a.Mutate(admissionv1.Update, raised, running(), cluster, nil); v.Signature != key.SignUpdate("llm", "uid-1", "300") {
+	if v := a.Mutate(admissionv1.Update, raised, running(), cluster, nil, policy.ClaimsDemand{}); v.Signature != key.SignUpdate("llm", "uid-1", "300") {
 		t.Errorf("Mutate on a limit change: signature %q; want the update form for uid-1", v.Signature)
 	}
-	if v := a.Mutate(admissionv1.Create, pod().Limit("250").Obj(), nil, cluster, nil); v.Stamp != "" || v.Signature != "" {
+	if v := a.Mutate(admissionv1.Create, pod().Limit("250").Obj(), nil, cluster, nil, policy.ClaimsDemand{}); v.Stamp != "" || v.Signature != "" {
 		t.Errorf("no GPUs: stamp %q signature %q; want neither", v.Stamp, v.Signature)
 	}
-	if v := a.Mutate(admissionv1.Update, running(), with(running(), "kept"), cluster, nil); v.Signature != "kept" {
+	if v := a.Mutate(admissionv1.Update, running(), with(running(), "kept"), cluster, nil, policy.ClaimsDemand{}); v.Signature != "kept" {
 		t.Errorf("an update keeping the limit: signature %q; want the old one kept", v.Signature)
 	}
 
@@ -105,7 +105,7 @@ func TestSignedStamps(t *testing.T) {
 			[]string{signatureInvalid + `"` + stale[:40] + `…" (56 bytes, truncated): must stay as it was while dynamo.nvidia.com/gpu-power-limit is unchanged; only the power webhook sets it`}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			assertVerdict(t, a.Validate(tt.op, tt.pod, tt.old, cluster), tt.errs, nil)
+			assertVerdict(t, a.Validate(tt.op, tt.pod, tt.old, cluster, policy.ClaimsDemand{}), tt.errs, nil)
 		})
 	}
 }

@@ -91,10 +91,10 @@ func FuzzPolicyReadsOnlyThePodView(f *testing.F) {
 				t.Fatalf("%s differs between the pod and its PolicyView:\npod:  %+v\nview: %+v", what, full, fromView)
 			}
 		}
-		same("Mutate(CREATE)", adm.Mutate(admissionv1.Create, pod, nil, cluster, defaults), adm.Mutate(admissionv1.Create, view, nil, cluster, defaults))
-		same("Mutate(UPDATE)", adm.Mutate(admissionv1.Update, pod, old, cluster, nil), adm.Mutate(admissionv1.Update, view, oldView, cluster, nil))
-		same("Validate(CREATE)", adm.Validate(admissionv1.Create, pod, nil, cluster), adm.Validate(admissionv1.Create, view, nil, cluster))
-		same("Validate(UPDATE)", adm.Validate(admissionv1.Update, pod, old, cluster), adm.Validate(admissionv1.Update, view, oldView, cluster))
+		same("Mutate(CREATE)", adm.Mutate(admissionv1.Create, pod, nil, cluster, defaults, policy.ClaimsDemand{}), adm.Mutate(admissionv1.Create, view, nil, cluster, defaults, policy.ClaimsDemand{}))
+		same("Mutate(UPDATE)", adm.Mutate(admissionv1.Update, pod, old, cluster, nil, policy.ClaimsDemand{}), adm.Mutate(admissionv1.Update, view, oldView, cluster, nil, policy.ClaimsDemand{}))
+		same("Validate(CREATE)", adm.Validate(admissionv1.Create, pod, nil, cluster, policy.ClaimsDemand{}), adm.Validate(admissionv1.Create, view, nil, cluster, policy.ClaimsDemand{}))
+		same("Validate(UPDATE)", adm.Validate(admissionv1.Update, pod, old, cluster, policy.ClaimsDemand{}), adm.Validate(admissionv1.Update, view, oldView, cluster, policy.ClaimsDemand{}))
 		same("ChargeableOf", policy.ChargeableOf(pod), policy.ChargeableOf(view))
 		same("CostOf", adm.Catalog.CostOf(pod, cluster, true), adm.Catalog.CostOf(view, cluster, true))
 		same("DemandOf", policy.DemandOf(&pod.Spec), policy.DemandOf(&view.Spec))

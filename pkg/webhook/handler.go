@@ -36,6 +36,8 @@ type Mutator struct {
 	Cluster policy.Cluster
 	// Budgets supplies the budgets' default limits; nil when there are none.
 	Budgets *budget.Ledger
+	// Claims reads what pods' ResourceClaims ask; nil: no DRA.
+	Claims  *ClaimResolver
 	Metrics *Metrics
 }
 
@@ -46,6 +48,8 @@ type Validator struct {
 	Cluster policy.Cluster
 	// Budgets charges admitted pods; nil when budgets are not enforced.
 	Budgets *budget.Ledger
+	// Claims reads what pods' ResourceClaims ask; nil: no DRA.
+	Claims  *ClaimResolver
 	Metrics *Metrics
 }
 
@@ -59,7 +63,11 @@ func (m *Mutator) Handle(ctx context.Context, req admission.Request) admission.R
 				return admission.Response{}, err
 			}
 		}
-		v := forRequest(m.Policy, req).Mutate(req.Operation, pod, old, m.Cluster, budgetDefaults)
+		claims, err := m.Claims.Demand(ctx, pod)
+		if err != nil {
+			return admission.Response{}, err
+		}
+		v := forRequest(m.Policy, req).Mutate(req.Operation, pod, old, m.Cluster, budgetDefaults, claims)
 		if len(v.Errors) > 0 {
 			return deny(pod, v), nil
 		}
@@ -77,7 +85,11 @@ func (m *Mutator) Handle(ctx context.Context, req admission.Request) admission.R
 // Handle implements admission.Handler.
 func (h *Validator) Handle(ctx context.Context, req admission.Request) admission.Response {
 	return handle(ctx, "validate", h.Metrics, req, func(pod, old *corev1.Pod) (admission.Response, error) {
-		v := forRequest(h.Policy, req).Validate(req.Operation, pod, old, h.Cluster)
+		claims, err := h.Claims.Demand(ctx, pod)
+		if err != nil {
+			return admission.Response{}, err
+		}
+		v := forRequest(h.Policy, req).Validate(req.Operation, pod, old, h.Cluster, claims)
 		if len(v.Errors) > 0 {
 			return deny(pod, v), nil
 		}
@@ -85,7 +97,7 @@ func (h *Validator) Handle(ctx context.Context, req admission.Request) admission
 			return admission.Allowed(""), nil
 		}
 		dryRun := isDryRun(req)
-		denial, err := h.Budgets.Admit(ctx, req.Operation, pod, old, h.Cluster, dryRun)
+		denial, err := h.Budgets.Admit(ctx, req.Operation, pod, old, h.Cluster, dryRun, claims)
 		switch {
 		case err != nil:
 			return admission.Response{}, err

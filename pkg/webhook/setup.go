@@ -83,11 +83,15 @@ func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, re
 		return fmt.Errorf("node informer: %w", err)
 	}
 	synced := []interface{ HasSynced() bool }{indexed}
-	draSynced, err := watchDRA(ctx, mgr, nodes)
+	dra, draSynced, err := watchDRA(ctx, mgr, nodes)
 	if err != nil {
 		return err
 	}
 	synced = append(synced, draSynced...)
+	var claims *ClaimResolver
+	if dra != nil {
+		claims = &ClaimResolver{API: mgr.GetAPIReader(), DRA: dra}
+	}
 	for _, obj := range []client.Object{&corev1.Namespace{}, &powerv1alpha1.GPUPowerBudget{}} {
 		inf, err := mgr.GetCache().GetInformer(ctx, obj, cache.BlockUntilSynced(false))
 		if err != nil {
@@ -109,8 +113,8 @@ func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, re
 	}
 	m := NewMetrics(reg)
 	server := mgr.GetWebhookServer()
-	server.Register(MutatePath, NewReview(&Mutator{Policy: admit, Cluster: nodes, Budgets: ledger, Metrics: m}))
-	server.Register(ValidatePath, NewReview(&Validator{Policy: admit, Cluster: nodes, Budgets: ledger, Metrics: m}))
+	server.Register(MutatePath, NewReview(&Mutator{Policy: admit, Cluster: nodes, Budgets: ledger, Claims: claims, Metrics: m}))
+	server.Register(ValidatePath, NewReview(&Validator{Policy: admit, Cluster: nodes, Budgets: ledger, Claims: claims, Metrics: m}))
 	server.Register(BudgetValidatePath, &webhook.Admission{Handler: BudgetValidator{}})
 
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
@@ -145,18 +149,18 @@ func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, re
 }
 
 // watchDRA feeds the node index's view of DRA (pkg/draindex) from
-// DeviceClass and ResourceSlice informers, and returns their registrations
-// for readiness. On an API server without resource.k8s.io/v1 no pod gets
-// GPUs through DRA, and nothing is watched.
-func watchDRA(ctx context.Context, mgr manager.Manager, nodes *nodeindex.Index) ([]interface{ HasSynced() bool }, error) {
+// DeviceClass and ResourceSlice informers, and returns it with their
+// registrations for readiness. On an API server without resource.k8s.io/v1
+// no pod gets GPUs through DRA, nothing is watched, and the index is nil.
+func watchDRA(ctx context.Context, mgr manager.Manager, nodes *nodeindex.Index) (*draindex.Index, []interface{ HasSynced() bool }, error) {
 	log := mgr.GetLogger().WithName("dra")
 	gk := schema.GroupKind{Group: resourcev1.GroupName, Kind: "ResourceSlice"}
 	if _, err := mgr.GetRESTMapper().RESTMapping(gk, resourcev1.SchemeGroupVersion.Version); err != nil {
 		if meta.IsNoMatchError(err) {
 			log.Info("The API server serves no resource.k8s.io/v1: pods' GPUs are checked as the device plugin's only")
-			return nil, nil
+			return nil, nil, nil
 		}
-		return nil, fmt.Errorf("resource.k8s.io/v1: %w", err)
+		return nil, nil, fmt.Errorf("resource.k8s.io/v1: %w", err)
 	}
 	dra := draindex.New(log)
 	var synced []interface{ HasSynced() bool }
@@ -166,16 +170,16 @@ func watchDRA(ctx context.Context, mgr manager.Manager, nodes *nodeindex.Index) 
 	} {
 		inf, err := mgr.GetCache().GetInformer(ctx, obj, cache.BlockUntilSynced(false))
 		if err != nil {
-			return nil, fmt.Errorf("informer for %T: %w", obj, err)
+			return nil, nil, fmt.Errorf("informer for %T: %w", obj, err)
 		}
 		reg, err := inf.AddEventHandler(h)
 		if err != nil {
-			return nil, fmt.Errorf("informer for %T: %w", obj, err)
+			return nil, nil, fmt.Errorf("informer for %T: %w", obj, err)
 		}
 		synced = append(synced, reg)
 	}
 	nodes.DRA = dra
-	return synced, nil
+	return dra, synced, nil
 }
 
 // newPodFeed starts keeping pods current on every replica, read as protobuf

@@ -176,6 +176,9 @@ func TestWebhookConfigurations(t *testing.T) {
 			!strings.Contains(c.conds[0].Expression, policy.AnnotationPowerLimitValidated) {
 			t.Errorf("%s: matchConditions must let through only pods with a power annotation or a GPU request", c.name)
 		}
+		if len(c.conds) == 1 && !strings.Contains(c.conds[0].Expression, "size(object.spec.resourceClaims) > 0") {
+			t.Errorf("%s: matchConditions do not let through pods with resourceClaims: their GPUs would be neither checked nor refused where a budget applies", c.name)
+		}
 		for _, r := range policy.WholeGPUResources {
 			if len(c.conds) == 1 && !strings.Contains(c.conds[0].Expression, `"`+string(r)+`"`) {
 				t.Errorf("%s: matchConditions do not let through pods requesting %s: a budget would not charge them", c.name, r)
@@ -266,6 +269,7 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 			{APIGroups: []string{"power.dynamo.nvidia.com"}, Resources: []string{"gpupowerbudgets/status"}, Verbs: []string{"get", "update", "patch"}},
 			{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 			{APIGroups: []string{"resource.k8s.io"}, Resources: []string{"deviceclasses", "resourceslices"}, Verbs: []string{"list", "watch"}},
+			{APIGroups: []string{"resource.k8s.io"}, Resources: []string{"resourceclaimtemplates", "resourceclaims"}, Verbs: []string{"get"}},
 		}},
 		{"Role", "power-webhook-leader-election", []rbacv1.PolicyRule{
 			{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "create", "update"}},

@@ -1,6 +1,8 @@
 package webhook_test
 
 import (
+	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/dynamo-power/gpu-power/internal/testpod"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 	"github.com/dynamo-power/gpu-power/test/framework/poll"
 )
@@ -47,7 +50,7 @@ func draNode(t *testing.T, name string) {
 		if err := k8s.Create(t.Context(), o); err != nil {
 			t.Fatalf("create %s: %v", o.GetName(), err)
 		}
-		t.Cleanup(func() { _ = k8s.Delete(t.Context(), o) })
+		t.Cleanup(func() { _ = k8s.Delete(context.Background(), o) })
 	}
 }
 
@@ -76,7 +79,7 @@ func TestDRAServedGPUs(t *testing.T) {
 	if err := k8s.Create(t.Context(), class); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = k8s.Delete(t.Context(), class) })
+	t.Cleanup(func() { _ = k8s.Delete(context.Background(), class) })
 	draNode(t, "dra-0")
 
 	const field = "metadata.annotations[dynamo.nvidia.com/gpu-power-limit]"
@@ -114,5 +117,73 @@ func TestDRAServedGPUs(t *testing.T) {
 	err = createdOrDenied(t, pod("dra-plain").GPU(1).NodeName("dra-0").Limit("150").Obj())
 	if want := field + `: Invalid value: "150": below the 200 W minimum of NVIDIA-H100-80GB-HBM3; set 200 to 700 W`; !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), want) {
 		t.Fatalf("150 W nvidia.com/gpu on a DRA node: %v; want %q", err, want)
+	}
+}
+
+// claimPod asks for its GPUs through a ResourceClaim made from template,
+// which its container uses.
+func claimPod(namespace, name, template string) *testpod.Wrapper {
+	w := testpod.MakePod(name, namespace).ResourceClaim("gpus", template)
+	w.Spec.Containers[0].Resources.Claims = []corev1.ResourceClaim{{Name: "gpus"}}
+	return w
+}
+
+// GPUs a pod asks for through a ResourceClaimTemplate: the webhook reads the
+// template at admission and checks the limit against the products of the
+// devices its request can get; a template that does not exist, and a
+// budget that would not charge the GPUs, are refused, saying why.
+func TestDRAClaimTemplates(t *testing.T) {
+	class := nvidiaGPUClass(nil)
+	if err := k8s.Create(t.Context(), class); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k8s.Delete(context.Background(), class) })
+	draNode(t, "dra-1")
+	tmpl := &resourcev1.ResourceClaimTemplate{ObjectMeta: metav1.ObjectMeta{Name: "two-gpus", Namespace: testNamespace},
+		Spec: resourcev1.ResourceClaimTemplateSpec{Spec: resourcev1.ResourceClaimSpec{Devices: resourcev1.DeviceClaim{
+			Requests: []resourcev1.DeviceRequest{{Name: "gpu", Exactly: &resourcev1.ExactDeviceRequest{DeviceClassName: policy.DeviceClassGPU, Count: 2}}},
+		}}}}
+	if err := k8s.Create(t.Context(), tmpl); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k8s.Delete(context.Background(), tmpl) })
+
+	const field = "metadata.annotations[dynamo.nvidia.com/gpu-power-limit]"
+	err := createdOrDenied(t, claimPod(testNamespace, "claim-too-high", "two-gpus").Limit("900").Obj())
+	if want := field + `: Invalid value: "900": above the 700 W maximum of NVIDIA-H100-80GB-HBM3; set 200 to 700 W`; !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("900 W on the template's two H100s: %v; want %q", err, want)
+	}
+	if err := create(t, k8s, claimPod(testNamespace, "claim-ok", "two-gpus").Limit("300").Obj()); err != nil {
+		t.Fatalf("300 W on the template's two H100s: %v", err)
+	}
+	if got := powerAnnotations(annotations(t, "claim-ok")); got != `limit="300" stamp="300"` {
+		t.Errorf("stored pod has %s; want the limit stamped", got)
+	}
+	err = create(t, k8s, claimPod(testNamespace, "claim-missing", "no-such-template").Limit("300").Obj())
+	if want := `claim "gpus" (ResourceClaimTemplate "no-such-template"): not found in namespace "` + testNamespace + `": create it before the pod`; !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), want) {
+		t.Errorf("a limit with a missing template: %v; want %q", err, want)
+	}
+
+	// Where a budget applies, the claim's GPUs would not be charged: the
+	// pod is refused, not admitted for free.
+	ns := budgetNamespace(t, "dra-budgeted", map[string]string{"dra-budget": "on"})
+	t.Cleanup(func() {
+		_ = k8s.Delete(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})
+	})
+	budgetTmpl := tmpl.DeepCopy()
+	budgetTmpl.Namespace, budgetTmpl.ResourceVersion = ns, ""
+	if err := k8s.Create(t.Context(), budgetTmpl); err != nil {
+		t.Fatal(err)
+	}
+	createBudget(t, "dra-budget", 10000, "dra-budget", "on")
+	var denied error
+	attempt := 0
+	eventually(t, "the budget to select the namespace", func() (bool, string) {
+		attempt++ // a pod admitted before the webhooks saw the budget keeps its name
+		denied = create(t, k8s, claimPod(ns, fmt.Sprintf("claim-budgeted-%d", attempt), "two-gpus").Obj())
+		return denied != nil, "admitted"
+	})
+	if want := `GPU power budget "dra-budget" selects the namespace, and the 2 GPUs of claim "gpus" (ResourceClaimTemplate "two-gpus"), request "gpu" are not charged to budgets yet`; !apierrors.IsForbidden(denied) || !strings.Contains(denied.Error(), want) {
+		t.Errorf("a claim pod in a budgeted namespace: %v; want %q", denied, want)
 	}
 }

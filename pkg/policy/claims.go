@@ -1,0 +1,147 @@
+package policy
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// ClaimRequest is one device request of a pod's ResourceClaims, as the
+// webhook read it (pkg/webhook: the claim's or its template's spec) and
+// matched it against the devices DRA publishes (pkg/draindex).
+type ClaimRequest struct {
+	// Source names it for messages: `claim "gpus" (ResourceClaimTemplate
+	// "two-gpus"), request "gpu"`.
+	Source string
+	// Missing, when set, says why the request could not be read: its
+	// template or claim does not exist (yet).
+	Missing string
+	// Class is its DeviceClass.
+	Class string
+	// All is allocationMode All (every matching device on the node it gets);
+	// otherwise it asks for Count devices (ExactCount).
+	All   bool
+	Count int64
+	// AdminAccess requests get access to devices others hold (monitoring):
+	// they are not the pod's GPUs to cap or charge.
+	AdminAccess bool
+	// Devices counts the published devices it can get, by node and
+	// product (catalog keys, a MIG device's marked "-MIG-").
+	Devices map[string]map[string]int
+	// Alternatives are a firstAvailable request's subrequests, in order:
+	// the scheduler gives it one of them.
+	Alternatives []ClaimRequest
+}
+
+// ClaimsDemand is what a pod's ResourceClaims ask of NVIDIA GPUs.
+type ClaimsDemand struct {
+	// Resolved is set when the webhook read the pod's claims; a pod with
+	// claims and no resolution is refused a limit, as DRA is not served.
+	Resolved bool
+	// GPUs is the most whole GPUs the claims can get (saturating).
+	GPUs int64
+	// Products are the candidate products of those GPUs, sorted, distinct;
+	// From names the requests they come from, for messages.
+	Products []string
+	From     string
+	// MIG names the requests that can get MIG devices, and Problems says why
+	// a request's GPUs cannot be counted: a limit is refused for either.
+	MIG      []string
+	Problems []string
+}
+
+// ClaimsDemandOf applies the rules of docs/webhook.md ("GPUs from
+// ResourceClaims") to a pod's claim requests:
+//   - a request is for GPUs when a device it can get is one of NVIDIA's
+//     GPU products, or its class is NVIDIA's gpu.nvidia.com;
+//   - ExactCount counts Count devices; All counts the most devices that
+//     match it on one node (none published: the count is unbounded, a
+//     problem); firstAvailable counts its largest alternative, and its
+//     products are every alternative's;
+//   - admin-access requests and requests for other devices count nothing;
+//   - a template or claim that cannot be read is a problem.
+func ClaimsDemandOf(reqs []ClaimRequest) ClaimsDemand {
+	d := ClaimsDemand{Resolved: true}
+	var from []string
+	for _, r := range reqs {
+		gpus, products, isGPU := d.add(r)
+		if isGPU {
+			d.GPUs = SatAdd(d.GPUs, gpus)
+			d.Products = append(d.Products, products...)
+			from = append(from, r.Source)
+		}
+	}
+	slices.Sort(d.Products)
+	d.Products = slices.Compact(d.Products)
+	d.From = strings.Join(from, ", ")
+	return d
+}
+
+// add judges one request: the GPUs it can get, their products, and whether
+// it asks for GPUs at all; MIG devices and problems are recorded on d.
+func (d *ClaimsDemand) add(r ClaimRequest) (int64, []string, bool) {
+	switch {
+	case r.Missing != "":
+		d.Problems = append(d.Problems, fmt.Sprintf("%s: %s", r.Source, r.Missing))
+		return 0, nil, false
+	case r.AdminAccess:
+		return 0, nil, false
+	case len(r.Alternatives) > 0:
+		var most int64
+		var products []string
+		isGPU := false
+		for _, alt := range r.Alternatives {
+			n, p, g := d.add(alt)
+			if g {
+				most, products, isGPU = max(most, n), append(products, p...), true
+			}
+		}
+		return most, products, isGPU
+	}
+	var products []string
+	mig := false
+	for _, byProduct := range r.Devices {
+		for p := range byProduct {
+			products = append(products, p)
+			mig = mig || strings.Contains(p, "-MIG-")
+		}
+	}
+	if len(products) == 0 && r.Class != DeviceClassGPU {
+		return 0, nil, false // no NVIDIA GPU among what it can get
+	}
+	if mig {
+		d.MIG = append(d.MIG, r.Source)
+	}
+	if !r.All {
+		return max(r.Count, 1), products, true
+	}
+	var most int64
+	for _, byProduct := range r.Devices {
+		var n int64
+		for _, c := range byProduct {
+			n = SatAdd(n, int64(c))
+		}
+		most = max(most, n)
+	}
+	if most == 0 {
+		d.Problems = append(d.Problems, fmt.Sprintf("%s: allocationMode All and no ResourceSlice publishes a device it matches: how many GPUs it gets is unbounded", r.Source))
+	}
+	return most, products, true
+}
+
+// candidates adds the claims' products to the pod's other candidates;
+// onlyClaims is set when the pod's GPUs all come from claims, so that the
+// products of the nodes it could land on do not count.
+func (d ClaimsDemand) candidates(c Candidates, onlyClaims bool) Candidates {
+	if d.GPUs == 0 {
+		return c
+	}
+	from := "the devices " + d.From + " can get"
+	if onlyClaims {
+		return Candidates{Labels: d.Products, From: from, OnlyDRA: true}
+	}
+	merged := Candidates{Labels: append(slices.Clone(c.Labels), d.Products...), From: c.From + " and " + from, OnlyDRA: c.OnlyDRA}
+	slices.Sort(merged.Labels)
+	merged.Labels = slices.Compact(merged.Labels)
+	return merged
+}
