@@ -1,7 +1,9 @@
 package e2enode_test
 
 import (
+	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -9,6 +11,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
 
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
@@ -97,4 +101,201 @@ func TestDRAAllocatedGPUCappedAndRestored(t *testing.T) {
 	eventually(t, "the DRA GPU restored after the pod is gone", func() (bool, string) {
 		return limits(t)[uuid] == before[uuid], fmt.Sprintf("%d W, want %d W", limits(t)[uuid], before[uuid])
 	})
+}
+
+// claimGPUs are the simulated GPUs the scheduler allocated a claim, from its
+// devices' names (gpu-<index>).
+func claimGPUs(t *testing.T, namespace, name string) ([]string, string) {
+	t.Helper()
+	claim, err := cluster.Client.ResourceV1().ResourceClaims(namespace).Get(t.Context(), name, metav1.GetOptions{})
+	if err != nil {
+		return nil, err.Error()
+	}
+	if claim.Status.Allocation == nil {
+		return nil, "claim " + name + " not allocated"
+	}
+	var uuids []string
+	for _, r := range claim.Status.Allocation.Devices.Results {
+		index, err := strconv.Atoi(strings.TrimPrefix(r.Device, "gpu-"))
+		if r.Driver != policy.DriverGPU || err != nil {
+			t.Fatalf("claim %s allocated %s/%s; want a gpu-<index> of %s", name, r.Driver, r.Device, policy.DriverGPU)
+		}
+		uuids = append(uuids, nvmlfake.UUID(index))
+	}
+	return uuids, ""
+}
+
+// generatedClaim is the name of the claim the controller made for a pod's
+// claim from its template, as the pod's status records it.
+func generatedClaim(t *testing.T, p *corev1.Pod, claim string) (string, string) {
+	t.Helper()
+	got, err := cluster.Client.CoreV1().Pods(p.Namespace).Get(t.Context(), p.Name, metav1.GetOptions{})
+	if err != nil {
+		return "", err.Error()
+	}
+	for _, s := range got.Status.ResourceClaimStatuses {
+		if s.Name == claim && s.ResourceClaimName != nil {
+			return *s.ResourceClaimName, ""
+		}
+	}
+	return "", "no claim generated yet"
+}
+
+// capsFollowClaim waits until exactly the GPUs of the claim are at watts,
+// the other GPUs as before, and returns the claim's GPUs.
+func capsFollowClaim(t *testing.T, claimName func() (string, string), watts int, before map[string]int) []string {
+	t.Helper()
+	var uuids []string
+	eventually(t, fmt.Sprintf("the claim's GPUs capped at %d W", watts), func() (bool, string) {
+		name, why := claimName()
+		if name == "" {
+			return false, why
+		}
+		if uuids, why = claimGPUs(t, "default", name); uuids == nil {
+			return false, why
+		}
+		now := limits(t)
+		for uuid, w := range now {
+			if want := before[uuid]; slices.Contains(uuids, uuid) {
+				want = watts
+				if w != want {
+					return false, fmt.Sprintf("%s at %d W; all: %v", uuid, w, now)
+				}
+			} else if w != want {
+				return false, fmt.Sprintf("%s, not the claim's, at %d W (was %d W)", uuid, w, want)
+			}
+		}
+		return true, ""
+	})
+	t.Logf("claim's GPUs %v capped at %d W", uuids, watts)
+	return uuids
+}
+
+func restored(t *testing.T, uuids []string, before map[string]int) {
+	t.Helper()
+	eventually(t, "the claim's GPUs restored after the pod is gone", func() (bool, string) {
+		for _, uuid := range uuids {
+			if limits(t)[uuid] != before[uuid] {
+				return false, fmt.Sprintf("%s at %d W, want %d W", uuid, limits(t)[uuid], before[uuid])
+			}
+		}
+		return true, ""
+	})
+}
+
+// TestDRAClaimTemplateWithTwoGPUs: a pod whose ResourceClaimTemplate asks
+// for two GPUs is admitted against the published product; the controller
+// makes its claim, the scheduler allocates two devices, and the agent caps
+// exactly those two, and restores them when the pod goes.
+func TestDRAClaimTemplateWithTwoGPUs(t *testing.T) {
+	install(t)
+	tmpl := map[string]any{
+		"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
+		"metadata": map[string]any{"name": "two-gpus", "namespace": "default"},
+		"spec": map[string]any{"spec": map[string]any{"devices": map[string]any{"requests": []any{
+			map[string]any{"name": "gpu", "exactly": map[string]any{"deviceClassName": policy.DeviceClassGPU, "count": 2}},
+		}}}},
+	}
+	y, err := yaml.Marshal(tmpl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubectl(t, string(y), "apply", "-f", "-")
+	t.Cleanup(func() {
+		_, _ = cluster.Kubectl(context.Background(), "", "delete", "resourceclaimtemplate", "two-gpus", "--ignore-not-found")
+	})
+	before := limits(t)
+
+	p := gpuPod("claim-template", "260")
+	p.Spec.InitContainers = nil
+	p.Spec.Containers[0].Resources = corev1.ResourceRequirements{Claims: []corev1.ResourceClaim{{Name: "gpus"}}}
+	p.Spec.ResourceClaims = []corev1.PodResourceClaim{{Name: "gpus", ResourceClaimTemplateName: ptr.To("two-gpus")}}
+	pod := createPod(t, p)
+	t.Cleanup(func() { deletePod(t, pod) })
+	uuids := capsFollowClaim(t, func() (string, string) { return generatedClaim(t, pod, "gpus") }, 260, before)
+	if len(uuids) != 2 {
+		t.Errorf("the claim got %d GPUs; want the template's 2", len(uuids))
+	}
+	deletePod(t, pod)
+	restored(t, uuids, before)
+}
+
+// TestDRANamedClaimInTwoContainers: one ResourceClaim that both containers
+// of a pod use; kubelet lists its device for each, and the agent caps the
+// one GPU once.
+func TestDRANamedClaimInTwoContainers(t *testing.T) {
+	install(t)
+	claim := map[string]any{
+		"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+		"metadata": map[string]any{"name": "shared-gpu", "namespace": "default"},
+		"spec": map[string]any{"devices": map[string]any{"requests": []any{
+			map[string]any{"name": "gpu", "exactly": map[string]any{"deviceClassName": policy.DeviceClassGPU}},
+		}}},
+	}
+	y, err := yaml.Marshal(claim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubectl(t, string(y), "apply", "-f", "-")
+	t.Cleanup(func() {
+		_, _ = cluster.Kubectl(context.Background(), "", "delete", "resourceclaim", "shared-gpu", "--ignore-not-found")
+	})
+	before := limits(t)
+
+	p := gpuPod("claim-shared", "240")
+	p.Spec.InitContainers = nil
+	p.Spec.Containers[0].Resources = corev1.ResourceRequirements{Claims: []corev1.ResourceClaim{{Name: "gpu"}}}
+	sidecar := p.Spec.Containers[0]
+	sidecar.Name = "sidecar"
+	p.Spec.Containers = append(p.Spec.Containers, sidecar)
+	p.Spec.ResourceClaims = []corev1.PodResourceClaim{{Name: "gpu", ResourceClaimName: ptr.To("shared-gpu")}}
+	pod := createPod(t, p)
+	t.Cleanup(func() { deletePod(t, pod) })
+	uuids := capsFollowClaim(t, func() (string, string) { return "shared-gpu", "" }, 240, before)
+	if len(uuids) != 1 {
+		t.Errorf("the claim got %d GPUs; want 1", len(uuids))
+	}
+	deletePod(t, pod)
+	restored(t, uuids, before)
+}
+
+// TestDRAGPUsOverBudgetDenied: GPUs asked for through NVIDIA's DeviceClass
+// resource are charged to a budget like nvidia.com/gpu: a pod over it is
+// denied with the planner-facing message.
+func TestDRAGPUsOverBudgetDenied(t *testing.T) {
+	install(t)
+	ns := "dra-budgeted"
+	kubectl(t, "", "create", "namespace", ns)
+	kubectl(t, "", "label", "namespace", ns, "power.dynamo.nvidia.com/budget=dra")
+	t.Cleanup(func() { _, _ = cluster.Kubectl(context.Background(), "", "delete", "namespace", ns, "--wait=false") })
+	budget := map[string]any{
+		"apiVersion": "power.dynamo.nvidia.com/v1alpha1", "kind": "GPUPowerBudget",
+		"metadata": map[string]any{"name": "dra"},
+		"spec": map[string]any{
+			"totalWatts":        500,
+			"namespaceSelector": map[string]any{"matchLabels": map[string]any{"power.dynamo.nvidia.com/budget": "dra"}},
+		},
+	}
+	y, err := yaml.Marshal(budget)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubectl(t, string(y), "apply", "-f", "-")
+	t.Cleanup(func() {
+		_, _ = cluster.Kubectl(context.Background(), "", "delete", "gpupowerbudget", "dra", "--ignore-not-found")
+	})
+	over := draGPUPod("dra-over", "300")
+	over.Namespace = ns
+	over.Spec.Containers[0].Resources.Limits[policy.ResourceDRAGPU] = resource.MustParse("2")
+	var denied error
+	eventually(t, "the webhooks to see the budget", func() (bool, string) {
+		_, denied = cluster.Client.CoreV1().Pods(ns).Create(t.Context(), over, metav1.CreateOptions{})
+		if denied == nil {
+			deletePod(t, over) // admitted before the budget was seen
+		}
+		return denied != nil, "admitted"
+	})
+	if want := `exceeded GPU power budget "dra": requested 600 W (2 GPUs x 300 W), committed 0 W of 500 W, available 500 W`; !strings.Contains(denied.Error(), want) {
+		t.Errorf("two DRA GPUs at 300 W under a 500 W budget: %v; want %q", denied, want)
+	}
 }
