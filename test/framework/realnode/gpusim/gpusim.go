@@ -1,8 +1,11 @@
 // Package gpusim is the only simulated part of the real node: the GPUs. A
-// fake NVIDIA device plugin advertises nvidia.com/gpu to the kubelet with the
-// UUIDs of the fake NVML's devices, and a feeder writes the real host PIDs of
-// the containers the kubelet gave each GPU into the fake NVML's process
-// list, as the driver would list a CUDA process. It never touches a real GPU.
+// fake NVIDIA device plugin (Plugin) advertises nvidia.com/gpu to the kubelet
+// with the UUIDs of the fake NVML's devices; a fake of NVIDIA's DRA kubelet
+// plugin (DRADriver, dra.go) publishes others in a ResourceSlice, with the
+// DeviceClass, and prepares the claims the scheduler allocates from them;
+// and a feeder (Feeder) writes the real host PIDs of the containers the
+// kubelet gave each GPU into the fake NVML's process list, as the driver
+// would list a CUDA process. It never touches a real GPU.
 package gpusim
 
 import (
