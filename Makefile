@@ -130,7 +130,8 @@ test-unit: ## The one-minute loop: unit tests, fuzz seeds, manifest and Helm cha
 .PHONY: test-integration
 test-integration: envtest ## Integration tests on a real kube-apiserver + etcd (builds them first), and both binaries built as the Dockerfiles build them.
 	go test -count=1 -run '^TestBuilt' ./internal/imagebuild/ ./test/manifests/...
-	go test -count=1 ./test/integration/...
+	@# One package at a time: each picks free ports before its processes bind them.
+	go test -count=1 -p 1 ./test/integration/...
 
 .PHONY: test-e2e
 test-e2e: envtest ## End to end: both manifest folders applied with kubectl, cert-manager's controllers issuing the certificate.

@@ -196,19 +196,20 @@ func (b *Ledger) DefaultRules(ctx context.Context, namespace string) ([]policy.D
 // Admit charges the pod to every budget that selects its namespace and
 // returns a denial message when one of them is short. Lowering a cost is
 // always admitted; a dry run is checked against the budgets and reserves
-// nothing. A new pod whose claims get GPUs is denied where a budget
-// applies: they would not be charged (policy.ClaimsNotCharged).
-func (b *Ledger) Admit(ctx context.Context, op admissionv1.Operation, pod, old *corev1.Pod, cluster policy.Cluster, dryRun bool, claims policy.ClaimsDemand) (string, error) {
+// nothing. A new pod with devices budgets could not charge (its
+// resourceClaims, another DeviceClass's resource) is denied where a budget
+// applies (policy.Unchargeable).
+func (b *Ledger) Admit(ctx context.Context, op admissionv1.Operation, pod, old *corev1.Pod, cluster policy.Cluster, dryRun bool) (string, error) {
 	budgets, err := b.Selecting(ctx, pod.Namespace)
 	if err != nil || len(budgets) == 0 {
 		return "", err
 	}
-	if op == admissionv1.Create && claims.GPUs > 0 {
+	if what := policy.Unchargeable(&pod.Spec); op == admissionv1.Create && what != "" {
 		names := make([]string, len(budgets))
 		for i, bu := range budgets {
 			names[i] = fmt.Sprintf("%q", bu.Name)
 		}
-		return policy.ClaimsNotCharged(names, claims), nil
+		return policy.NotCharged(names, what), nil
 	}
 	type charge struct {
 		budget string

@@ -57,8 +57,8 @@ type slice struct {
 	devices    []resourcev1.Device
 	driver     string
 	matches    counts
-	// byClass are the devices with an NVIDIA product each class matches
-	// (indexes into devices), for requests that narrow a class (Match).
+	// byClass are the devices each class matches (indexes into devices),
+	// for requests that narrow a class (Match).
 	byClass map[string][]int
 }
 
@@ -175,12 +175,15 @@ func (x *Index) match(s *slice) counts {
 	for i := range s.devices {
 		d := &s.devices[i]
 		product := productOf(s.driver, d)
-		if product == "" {
-			continue
-		}
 		for name, c := range x.classes {
-			if len(c.resources) > 0 && x.matches(name, c.selectors, s.driver, d) {
-				s.byClass[name] = append(s.byClass[name], i)
+			if len(c.resources) == 0 || !x.matches(name, c.selectors, s.driver, d) {
+				continue
+			}
+			// Every device a class matches is kept, an NVIDIA GPU or not:
+			// a request that matches only other drivers' devices is known
+			// to ask for no GPU.
+			s.byClass[name] = append(s.byClass[name], i)
+			if product != "" {
 				for _, r := range c.resources {
 					out.add(r, s.node, product, 1)
 				}
@@ -192,10 +195,11 @@ func (x *Index) match(s *slice) counts {
 
 // Match counts the published devices a claim's request can get, by node
 // and product: those its DeviceClass matches that its own selectors match
-// too, in the newest generation of each pool. A class that does not exist,
-// or a selector that does not compile, matches nothing (the API server
-// refuses such a claim when it is written).
-func (x *Index) Match(class string, selectors []resourcev1.DeviceSelector) map[string]map[string]int {
+// too, in the newest generation of each pool; others counts the matching
+// devices that are no NVIDIA GPU. A class that does not exist, or a
+// selector that does not compile, matches nothing (the API server refuses
+// such a claim when it is written).
+func (x *Index) Match(class string, selectors []resourcev1.DeviceSelector) (gpus map[string]map[string]int, others int) {
 	var compiled []dracel.CompilationResult
 	compiler := dracel.GetCompiler(dracel.Features{})
 	for _, s := range selectors {
@@ -204,7 +208,7 @@ func (x *Index) Match(class string, selectors []resourcev1.DeviceSelector) map[s
 		}
 		res := compiler.CompileCELExpression(s.CEL.Expression, dracel.Options{})
 		if res.Error != nil {
-			return nil
+			return nil, 0
 		}
 		compiled = append(compiled, res)
 	}
@@ -226,13 +230,18 @@ func (x *Index) Match(class string, selectors []resourcev1.DeviceSelector) map[s
 			if !x.matches(class, compiled, s.driver, d) {
 				continue
 			}
+			product := productOf(s.driver, d)
+			if product == "" {
+				others++
+				continue
+			}
 			if out[s.node] == nil {
 				out[s.node] = map[string]int{}
 			}
-			out[s.node][productOf(s.driver, d)]++
+			out[s.node][product]++
 		}
 	}
-	return out
+	return out, others
 }
 
 // matches reports whether a device passes every selector (a class's, or a

@@ -189,7 +189,7 @@ func TestMatch(t *testing.T) {
 		{"a class that does not exist", "nope", nil, nil},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			got := x.Match(tt.class, tt.selectors)
+			got, _ := x.Match(tt.class, tt.selectors)
 			if len(got) != len(tt.want) {
 				t.Fatalf("Match = %v; want %v", got, tt.want)
 			}

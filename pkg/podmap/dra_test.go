@@ -57,8 +57,8 @@ func TestDRAResolver(t *testing.T) {
 	}{
 		{device: "gpu-0", want: uuid0},
 		{device: "gpu-1", want: uuid1},
-		{device: "gpu-1-mig-1g.10gb-19-0", want: uuid1}, // a MIG device's board
-		{device: "gpu-vfio-0", err: `of type "vfio", not a GPU or MIG device the node's NVML drives`},
+		{device: "gpu-1-mig-1g.10gb-19-0", err: "of type mig: not a whole GPU a power limit caps"},
+		{device: "gpu-vfio-0", err: "of type vfio: not a whole GPU a power limit caps"},
 		{device: "gpu-3", err: `lookup returned "not-a-uuid", not GPU-<uuid>`},
 		{device: "gpu-9", err: `no ResourceSlice of gpu.nvidia.com on this node lists device "gpu-9"`},
 	} {
@@ -69,6 +69,24 @@ func TestDRAResolver(t *testing.T) {
 		case tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err)):
 			t.Errorf("GPU(%s) = %q, %v; want an error containing %q", tt.device, got, err, tt.err)
 		}
+	}
+}
+
+// A MIG or vfio DRA device is left out of the holders, and freezes nothing:
+// no pod's limit caps a board through it.
+func TestBuildLeavesOutDevicesNotCapped(t *testing.T) {
+	resolve := podmap.DRAResolver([]*resourcev1.ResourceSlice{draSlice(policy.DriverGPU, 1,
+		draDev("gpu-0-mig-1g.10gb-19-0", "type", "mig", "parentUUID", uuid0), draDev("gpu-vfio-1", "type", "vfio"))})
+	res := podmap.Build(podmap.Sources{
+		Pods: []podmap.PodDevices{{Namespace: "llm", Name: "a", Devices: []podmap.DeviceRef{
+			{Kind: podmap.KindDRA, Pool: "node-a", Device: "gpu-0-mig-1g.10gb-19-0", Part: true},
+			{Kind: podmap.KindDRA, Pool: "node-a", Device: "gpu-vfio-1", Part: true},
+		}}},
+		Owners:   map[string]types.UID{"llm/a": "uid-a"},
+		Resolver: podmap.Resolver{DRADevice: resolve},
+	})
+	if len(res.Holders) != 0 || len(res.Unattributable) != 0 || len(res.Frozen) != 0 {
+		t.Errorf("holders %v, unattributable %v, frozen %v; want none", res.Holders, res.Unattributable, res.Frozen)
 	}
 }
 

@@ -142,6 +142,8 @@ func Build(src Sources) Result {
 		for _, ref := range p.Devices {
 			gpu, err := src.Resolver.GPU(ref)
 			switch {
+			case errors.Is(err, ErrNotCapped):
+				// Not a GPU a pod's limit may cap through this device.
 			case err != nil:
 				res.Unattributable = append(res.Unattributable, Unattributed{Pod: uid, Err: fmt.Errorf("pod %s: %w", name, err)})
 			case isWithheld:

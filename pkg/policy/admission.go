@@ -92,6 +92,9 @@ func (a *Admission) Mutate(op admissionv1.Operation, pod, old *corev1.Pod, clust
 	if !hasLimit {
 		return Verdict{}
 	}
+	if op == admissionv1.Update && demand.Claims {
+		return Verdict{Errors: field.ErrorList{claimsLimitAtCreation(limit)}}
+	}
 	v := a.check(pod, demand, limit, rule, cluster)
 	v.Limit, v.Stamp = limit, stampFor(demand, limit)
 	if a.StampKey != nil && v.Stamp != "" {
@@ -148,6 +151,8 @@ func (a *Admission) Validate(op admissionv1.Operation, pod, old *corev1.Pod, clu
 				fmt.Sprintf("must be absent when %s is absent; only the power webhook sets it", AnnotationPowerLimit)))
 		}
 		v.Errors = append(v.Errors, a.checkSignature(pod, "")...)
+	case op == admissionv1.Update && demand.Claims:
+		v.Errors = append(v.Errors, claimsLimitAtCreation(limit))
 	default:
 		v.Errors = append(v.Errors, a.check(pod, demand, limit, nil, cluster).Errors...)
 		switch want := stampFor(demand, limit); {
@@ -220,6 +225,15 @@ func limitUnchanged(op admissionv1.Operation, pod, old *corev1.Pod) bool {
 	return has && had && limit == oldLimit
 }
 
+// claimsLimitAtCreation refuses a limit added or changed on a pod with
+// resourceClaims: the claims' devices are judged from their specs at the
+// pod's creation, and a template may have been replaced since the
+// controller copied it into the pod's claim.
+func claimsLimitAtCreation(limit string) *field.Error {
+	return invalidValue(LimitPath, limit, "a pod with resourceClaims gets its power limit when it is created, not later: its claims' devices are checked then; "+
+		"recreate the pod with the limit")
+}
+
 // check runs every rule on a limit: syntax, the pod's GPU shape, and the
 // bounds of the GPU products it can land on. rule is the default rule the
 // limit came from, if any, so a denial can name it.
@@ -251,6 +265,9 @@ func (a *Admission) check(pod *corev1.Pod, demand GPUDemand, limit string, rule 
 	case demand.Claims && !demand.FromClaims.Resolved:
 		return deny(fmt.Sprintf("the pod gets devices through resourceClaims, and this cluster serves no resource.k8s.io/v1 to read them from; "+
 			"remove the annotation or request %s", ResourceGPU))
+	case len(demand.FromClaims.AdminAccess) > 0:
+		return deny(fmt.Sprintf("%s asks for admin access to devices other pods hold, and a limit would cap their GPUs too; remove the annotation",
+			strings.Join(demand.FromClaims.AdminAccess, ", ")))
 	case len(demand.FromClaims.MIG) > 0:
 		return deny(fmt.Sprintf("%s can get MIG devices, and a power limit applies to a whole board shared by every slice on it; "+
 			"remove the annotation or ask for whole GPUs (DeviceClass %s)", strings.Join(demand.FromClaims.MIG, ", "), DeviceClassGPU))

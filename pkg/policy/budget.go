@@ -138,14 +138,37 @@ func BudgetDenial(requested Cost, delta int64, short []BudgetState) string {
 	return strings.Join(parts, "; ") + "; lower the per-GPU limit, use fewer GPUs, or ask for a larger budget"
 }
 
-// ClaimsNotCharged is the denial of a new pod whose GPUs come from its
-// ResourceClaims, in a namespace budgets select: budgets count a pod from
-// what it carries, and a claim's GPUs are known only from its spec at
-// admission, so they would not be charged.
-func ClaimsNotCharged(budgets []string, claims ClaimsDemand) string {
-	return fmt.Sprintf("GPU power budget %s selects the namespace, and the %d GPUs of %s are not charged to budgets yet: "+
-		"ask for them as %s: N (charged like %s), or create the pod in a namespace no budget selects",
-		strings.Join(budgets, ", "), claims.GPUs, claims.From, ResourceDRAGPU, ResourceGPU)
+// Unchargeable says why budgets could not charge a new pod's devices, ""
+// when they can. Budgets count a pod from what it carries: the GPUs of its
+// ResourceClaims are on the claims (and a claim's spec can change before it
+// is copied or allocated), and a DeviceClass resource other than NVIDIA's
+// may be served by GPUs through a class budgets do not know. Until budgets
+// charge those, such a pod is refused where a budget applies, whatever its
+// claims ask for.
+func Unchargeable(spec *corev1.PodSpec) string {
+	if len(spec.ResourceClaims) > 0 {
+		return "its resourceClaims"
+	}
+	for _, cs := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
+		for _, c := range cs {
+			for _, list := range []corev1.ResourceList{c.Resources.Requests, c.Resources.Limits} {
+				for name := range list {
+					if strings.HasPrefix(string(name), ResourceDeviceClassPrefix) && !slices.Contains(WholeGPUResources, name) && name != ResourceDRAMIG {
+						return fmt.Sprintf("its %s request", name)
+					}
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// NotCharged is the denial of a new pod whose devices budgets could not
+// charge (Unchargeable), in a namespace budgets select.
+func NotCharged(budgets []string, what string) string {
+	return fmt.Sprintf("GPU power budget %s selects the namespace, and the GPUs the pod may get through %s are not charged to budgets yet: "+
+		"ask for GPUs as %s: N (charged like %s), or create the pod in a namespace no budget selects",
+		strings.Join(budgets, ", "), what, ResourceDRAGPU, ResourceGPU)
 }
 
 // Charge is what one live pod or reservation adds to a budget's committed watts.

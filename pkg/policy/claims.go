@@ -26,8 +26,10 @@ type ClaimRequest struct {
 	// they are not the pod's GPUs to cap or charge.
 	AdminAccess bool
 	// Devices counts the published devices it can get, by node and
-	// product (catalog keys, a MIG device's marked "-MIG-").
-	Devices map[string]map[string]int
+	// product (catalog keys, a MIG device's marked "-MIG-"); OtherDevices is
+	// set when it can get devices that are no NVIDIA GPU.
+	Devices      map[string]map[string]int
+	OtherDevices bool
 	// Alternatives are a firstAvailable request's subrequests, in order:
 	// the scheduler gives it one of them.
 	Alternatives []ClaimRequest
@@ -48,6 +50,9 @@ type ClaimsDemand struct {
 	// a request's GPUs cannot be counted: a limit is refused for either.
 	MIG      []string
 	Problems []string
+	// AdminAccess names the requests with admin access: a limit on the pod
+	// would reach GPUs other pods hold, so it is refused.
+	AdminAccess []string
 }
 
 // ClaimsDemandOf applies the rules of docs/webhook.md ("GPUs from
@@ -85,6 +90,7 @@ func (d *ClaimsDemand) add(r ClaimRequest) (int64, []string, bool) {
 		d.Problems = append(d.Problems, fmt.Sprintf("%s: %s", r.Source, r.Missing))
 		return 0, nil, false
 	case r.AdminAccess:
+		d.AdminAccess = append(d.AdminAccess, r.Source)
 		return 0, nil, false
 	case len(r.Alternatives) > 0:
 		var most int64
@@ -106,8 +112,21 @@ func (d *ClaimsDemand) add(r ClaimRequest) (int64, []string, bool) {
 			mig = mig || strings.Contains(p, "-MIG-")
 		}
 	}
-	if len(products) == 0 && r.Class != DeviceClassGPU {
-		return 0, nil, false // no NVIDIA GPU among what it can get
+	switch {
+	case len(products) == 0 && r.OtherDevices:
+		return 0, nil, false // other drivers' devices only
+	case r.Class == DeviceClassMIG:
+		// NVIDIA's classes say what they give, published or not.
+		d.MIG = append(d.MIG, r.Source)
+		return 0, nil, false
+	case r.Class == DeviceClassVFIO:
+		d.Problems = append(d.Problems, fmt.Sprintf("%s: DeviceClass %s gives GPUs bound to vfio-pci for a virtual machine, which the node's NVML does not drive", r.Source, r.Class))
+		return 0, nil, false
+	case len(products) == 0 && r.Class != DeviceClassGPU:
+		// A class that matches no published device could later give GPUs,
+		// MIG devices among them: what it gets cannot be judged.
+		d.Problems = append(d.Problems, fmt.Sprintf("%s: DeviceClass %q matches no published device, so what it gets cannot be judged", r.Source, r.Class))
+		return 0, nil, false
 	}
 	if mig {
 		d.MIG = append(d.MIG, r.Source)

@@ -41,9 +41,14 @@ func TestClaimsDemandOf(t *testing.T) {
 			exact("r/small", 1, map[string]map[string]int{"node-b": {"NVIDIA-L4": 8}}),
 		}}}, gpus: 4, products: []string{h100DRA, "NVIDIA-L4"}},
 		{name: "admin access counts nothing", reqs: []policy.ClaimRequest{{Source: "r", Class: policy.DeviceClassGPU, Count: 8, AdminAccess: true, Devices: h100s(8)}}},
-		{name: "another class's devices are not GPUs", reqs: []policy.ClaimRequest{{Source: "nic", Class: "nic.example.com", Count: 2}}},
+		{name: "another driver's devices are not GPUs", reqs: []policy.ClaimRequest{{Source: "nic", Class: "nic.example.com", Count: 2, OtherDevices: true}}},
+		{name: "a class matching nothing published cannot be judged", reqs: []policy.ClaimRequest{{Source: "x", Class: "h200.example.com", Count: 2}},
+			problem: `x: DeviceClass "h200.example.com" matches no published device, so what it gets cannot be judged`},
+		{name: "NVIDIA's vfio class cannot be capped", reqs: []policy.ClaimRequest{{Source: "v", Class: "vfio.gpu.nvidia.com", Count: 1}},
+			problem: "v: DeviceClass vfio.gpu.nvidia.com gives GPUs bound to vfio-pci for a virtual machine, which the node's NVML does not drive"},
 		{name: "NVIDIA's class with nothing published still counts", reqs: []policy.ClaimRequest{exact("r", 2, nil)}, gpus: 2},
-		{name: "MIG devices are named", reqs: []policy.ClaimRequest{{Source: "m", Class: "mig.nvidia.com", Count: 1,
+		{name: "NVIDIA's MIG class is MIG, published or not", reqs: []policy.ClaimRequest{{Source: "m", Class: "mig.nvidia.com", Count: 1}}, mig: 1},
+		{name: "MIG devices through another class are named", reqs: []policy.ClaimRequest{{Source: "m", Class: "all-nvidia.example.com", Count: 1,
 			Devices: map[string]map[string]int{"node-a": {h100DRA + "-MIG-1g.10gb": 7}}}}, gpus: 1, products: []string{h100DRA + "-MIG-1g.10gb"}, mig: 1},
 		{name: "a missing template is a problem", reqs: []policy.ClaimRequest{{Source: `claim "gpus"`, Missing: `ResourceClaimTemplate "t" not found`}},
 			problem: `claim "gpus": ResourceClaimTemplate "t" not found`},
@@ -84,7 +89,9 @@ func TestMutateWithClaims(t *testing.T) {
 			err: `claim "m" can get MIG devices, and a power limit applies to a whole board`},
 		{name: "unbounded All", claims: claims(policy.ClaimRequest{Source: `claim "all"`, Class: policy.DeviceClassGPU, All: true}), limit: "300",
 			err: `the GPUs the pod's claims get cannot be counted: claim "all": allocationMode All`},
-		{name: "claims for no GPU: the limit has no effect", claims: claims(policy.ClaimRequest{Source: "nic", Class: "nic.example.com", Count: 1}), limit: "300"},
+		{name: "claims for no GPU: the limit has no effect", claims: claims(policy.ClaimRequest{Source: "nic", Class: "nic.example.com", Count: 1, OtherDevices: true}), limit: "300"},
+		{name: "admin access", claims: claims(policy.ClaimRequest{Source: `claim "mon"`, Class: policy.DeviceClassGPU, Count: 1, AdminAccess: true}), limit: "300",
+			err: `claim "mon" asks for admin access to devices other pods hold`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			p := pod().Limit(tt.limit).ResourceClaim("gpus", "two").Obj()
@@ -99,5 +106,28 @@ func TestMutateWithClaims(t *testing.T) {
 				t.Errorf("stamp %q; want %q", v.Stamp, tt.stamp)
 			}
 		})
+	}
+}
+
+// A claims pod gets its limit at creation: one added or changed later would
+// be checked against templates that may have been replaced since the
+// controller copied them.
+func TestClaimsPodLimitOnlyAtCreation(t *testing.T) {
+	cluster := fakeCluster{"l4-0": l4}
+	running := pod().ResourceClaim("gpus", "two").UID("uid-1").Obj()
+	limited := running.DeepCopy()
+	limited.Annotations = map[string]string{policy.AnnotationPowerLimit: "300"}
+	a := newAdmission(t)
+	for name, v := range map[string]policy.Verdict{
+		"mutate":   a.Mutate(admissionv1.Update, limited, running, cluster, nil, policy.ClaimsDemand{}),
+		"validate": a.Validate(admissionv1.Update, limited, running, cluster, policy.ClaimsDemand{}),
+	} {
+		if len(v.Errors) != 1 || !strings.Contains(v.Errors[0].Error(), "a pod with resourceClaims gets its power limit when it is created, not later") {
+			t.Errorf("%s: a limit added on update: %v; want it refused", name, v.Errors)
+		}
+	}
+	kept := limited.DeepCopy()
+	if v := a.Validate(admissionv1.Update, kept, limited, cluster, policy.ClaimsDemand{}); len(v.Errors) != 0 {
+		t.Errorf("an update that keeps the limit: %v; want it admitted", v.Errors)
 	}
 }

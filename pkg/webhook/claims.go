@@ -27,11 +27,19 @@ type ClaimResolver struct {
 	DRA *draindex.Index
 }
 
+// maxPodClaims is the API's bound on a pod's resourceClaims.
+const maxPodClaims = 32
+
 // Demand is policy.ClaimsDemandOf of the pod's claim requests; a pod
 // without claims asks nothing of them.
 func (r *ClaimResolver) Demand(ctx context.Context, pod *corev1.Pod) (policy.ClaimsDemand, error) {
 	if r == nil || len(pod.Spec.ResourceClaims) == 0 {
 		return policy.ClaimsDemand{}, nil
+	}
+	if n := len(pod.Spec.ResourceClaims); n > maxPodClaims {
+		// The API server refuses more; the mutating webhook sees the pod first.
+		return policy.ClaimsDemandOf([]policy.ClaimRequest{{Source: "resourceClaims",
+			Missing: fmt.Sprintf("%d claims, more than the %d a pod may have", n, maxPodClaims)}}), nil
 	}
 	var reqs []policy.ClaimRequest
 	for _, pc := range pod.Spec.ResourceClaims {
@@ -94,7 +102,9 @@ func (r *ClaimResolver) request(source string, dr resourcev1.DeviceRequest) poli
 
 func (r *ClaimResolver) matched(req policy.ClaimRequest, selectors []resourcev1.DeviceSelector) policy.ClaimRequest {
 	if r.DRA != nil {
-		req.Devices = r.DRA.Match(req.Class, selectors)
+		var others int
+		req.Devices, others = r.DRA.Match(req.Class, selectors)
+		req.OtherDevices = others > 0
 	}
 	return req
 }

@@ -63,7 +63,7 @@ func (m *Mutator) Handle(ctx context.Context, req admission.Request) admission.R
 				return admission.Response{}, err
 			}
 		}
-		claims, err := m.Claims.Demand(ctx, pod)
+		claims, err := claimsAtCreation(ctx, m.Claims, req, pod)
 		if err != nil {
 			return admission.Response{}, err
 		}
@@ -85,7 +85,7 @@ func (m *Mutator) Handle(ctx context.Context, req admission.Request) admission.R
 // Handle implements admission.Handler.
 func (h *Validator) Handle(ctx context.Context, req admission.Request) admission.Response {
 	return handle(ctx, "validate", h.Metrics, req, func(pod, old *corev1.Pod) (admission.Response, error) {
-		claims, err := h.Claims.Demand(ctx, pod)
+		claims, err := claimsAtCreation(ctx, h.Claims, req, pod)
 		if err != nil {
 			return admission.Response{}, err
 		}
@@ -97,7 +97,7 @@ func (h *Validator) Handle(ctx context.Context, req admission.Request) admission
 			return admission.Allowed(""), nil
 		}
 		dryRun := isDryRun(req)
-		denial, err := h.Budgets.Admit(ctx, req.Operation, pod, old, h.Cluster, dryRun, claims)
+		denial, err := h.Budgets.Admit(ctx, req.Operation, pod, old, h.Cluster, dryRun)
 		switch {
 		case err != nil:
 			return admission.Response{}, err
@@ -107,6 +107,16 @@ func (h *Validator) Handle(ctx context.Context, req admission.Request) admission
 		}
 		return admission.Allowed(""), nil
 	})
+}
+
+// claimsAtCreation reads what a new pod's claims ask; an update reads
+// nothing: a claims pod's limit is set at its creation (policy refuses a new
+// one later), and the claims' specs may have changed since.
+func claimsAtCreation(ctx context.Context, r *ClaimResolver, req admission.Request, pod *corev1.Pod) (policy.ClaimsDemand, error) {
+	if req.Operation != admissionv1.Create {
+		return policy.ClaimsDemand{}, nil
+	}
+	return r.Demand(ctx, pod)
 }
 
 // forRequest is the policy a request is judged by: a dry run is checked as

@@ -183,7 +183,13 @@ func TestDRAClaimTemplates(t *testing.T) {
 		denied = create(t, k8s, claimPod(ns, fmt.Sprintf("claim-budgeted-%d", attempt), "two-gpus").Obj())
 		return denied != nil, "admitted"
 	})
-	if want := `GPU power budget "dra-budget" selects the namespace, and the 2 GPUs of claim "gpus" (ResourceClaimTemplate "two-gpus"), request "gpu" are not charged to budgets yet`; !apierrors.IsForbidden(denied) || !strings.Contains(denied.Error(), want) {
+	if want := `GPU power budget "dra-budget" selects the namespace, and the GPUs the pod may get through its resourceClaims are not charged to budgets yet`; !apierrors.IsForbidden(denied) || !strings.Contains(denied.Error(), want) {
 		t.Errorf("a claim pod in a budgeted namespace: %v; want %q", denied, want)
+	}
+	// Another DeviceClass's resource reaches the webhooks (matchConditions)
+	// and is refused there too: budgets do not know what serves it.
+	err = create(t, k8s, testpod.MakePod("custom-class", ns).Resource(0, "deviceclass.resource.kubernetes.io/h200-only.example.com", 1).Obj())
+	if want := `the GPUs the pod may get through its deviceclass.resource.kubernetes.io/h200-only.example.com request are not charged to budgets yet`; !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), want) {
+		t.Errorf("another DeviceClass's resource in a budgeted namespace: %v; want %q", err, want)
 	}
 }
