@@ -183,6 +183,20 @@ func restored(t *testing.T, uuids []string, before map[string]int) {
 	})
 }
 
+// applyUntilCleanup applies obj (in the default namespace when it is
+// namespaced) with kubectl, and deletes it when the test ends.
+func applyUntilCleanup(t *testing.T, obj map[string]any, resource, name string) {
+	t.Helper()
+	y, err := yaml.Marshal(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubectl(t, string(y), "apply", "-f", "-")
+	t.Cleanup(func() {
+		_, _ = cluster.Kubectl(context.Background(), "", "delete", resource, name, "-n", "default", "--ignore-not-found")
+	})
+}
+
 // TestDRAClaimTemplateWithTwoGPUs: a pod whose ResourceClaimTemplate asks
 // for two GPUs is admitted against the published product; the controller
 // makes its claim, the scheduler allocates two devices, and the agent caps
@@ -196,14 +210,7 @@ func TestDRAClaimTemplateWithTwoGPUs(t *testing.T) {
 			map[string]any{"name": "gpu", "exactly": map[string]any{"deviceClassName": policy.DeviceClassGPU, "count": 2}},
 		}}}},
 	}
-	y, err := yaml.Marshal(tmpl)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubectl(t, string(y), "apply", "-f", "-")
-	t.Cleanup(func() {
-		_, _ = cluster.Kubectl(context.Background(), "", "delete", "resourceclaimtemplate", "two-gpus", "--ignore-not-found")
-	})
+	applyUntilCleanup(t, tmpl, "resourceclaimtemplate", "two-gpus")
 	before := limits(t)
 
 	p := gpuPod("claim-template", "260")
@@ -232,14 +239,7 @@ func TestDRANamedClaimInTwoContainers(t *testing.T) {
 			map[string]any{"name": "gpu", "exactly": map[string]any{"deviceClassName": policy.DeviceClassGPU}},
 		}}},
 	}
-	y, err := yaml.Marshal(claim)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubectl(t, string(y), "apply", "-f", "-")
-	t.Cleanup(func() {
-		_, _ = cluster.Kubectl(context.Background(), "", "delete", "resourceclaim", "shared-gpu", "--ignore-not-found")
-	})
+	applyUntilCleanup(t, claim, "resourceclaim", "shared-gpu")
 	before := limits(t)
 
 	p := gpuPod("claim-shared", "240")

@@ -86,12 +86,7 @@ func (c *Client) ServesDRA(ctx context.Context) (bool, error) {
 // (the GPU each device it allocates is): an initial list, then a watch,
 // each slice trimmed to what the agent reads (trimSlice).
 func (c *Client) SliceInformer(node string) cache.SharedIndexInformer {
-	lw := cache.NewListWatchFromClient(c.dra, "resourceslices", metav1.NamespaceAll, fields.OneTermEqualSelector("spec.nodeName", node))
-	informer := cache.NewSharedIndexInformerWithOptions(lw, &resourcev1.ResourceSlice{}, cache.SharedIndexInformerOptions{})
-	if err := informer.SetTransform(trimSlice); err != nil {
-		panic(err) // only fails on a started informer
-	}
-	return informer
+	return nodeInformer(c.dra, "resourceslices", node, &resourcev1.ResourceSlice{}, trimSlice)
 }
 
 // trimSlice keeps of a ResourceSlice what podmap.DRAResolver reads: its
@@ -124,9 +119,16 @@ func trimSlice(obj any) (any, error) {
 // resync, so no periodic LIST. It keeps each pod trimmed to what the agent
 // reads (trimPod).
 func (c *Client) PodInformer(node string) cache.SharedIndexInformer {
-	lw := cache.NewListWatchFromClient(c.rest, "pods", metav1.NamespaceAll, fields.OneTermEqualSelector("spec.nodeName", node))
-	informer := cache.NewSharedIndexInformerWithOptions(lw, &corev1.Pod{}, cache.SharedIndexInformerOptions{})
-	if err := informer.SetTransform(trimPod); err != nil {
+	return nodeInformer(c.rest, "pods", node, &corev1.Pod{}, trimPod)
+}
+
+// nodeInformer lists and watches the objects of resource on node (field
+// spec.nodeName), each kept as trim leaves it; no resync, so no periodic
+// LIST.
+func nodeInformer(c *rest.RESTClient, resource, node string, obj runtime.Object, trim cache.TransformFunc) cache.SharedIndexInformer {
+	lw := cache.NewListWatchFromClient(c, resource, metav1.NamespaceAll, fields.OneTermEqualSelector("spec.nodeName", node))
+	informer := cache.NewSharedIndexInformerWithOptions(lw, obj, cache.SharedIndexInformerOptions{})
+	if err := informer.SetTransform(trim); err != nil {
 		panic(err) // only fails on a started informer
 	}
 	return informer

@@ -29,6 +29,17 @@ func nvidiaGPUClass(extendedResource *string) *resourcev1.DeviceClass {
 	}}
 }
 
+// createUntilCleanup creates obj and deletes it when the test ends (with a
+// context of its own: the test's has ended by then).
+func createUntilCleanup[T client.Object](t *testing.T, obj T) T {
+	t.Helper()
+	if err := k8s.Create(t.Context(), obj); err != nil {
+		t.Fatalf("create %s: %v", obj.GetName(), err)
+	}
+	t.Cleanup(func() { _ = k8s.Delete(context.Background(), obj) })
+	return obj
+}
+
 // draNode is a node whose GPUs only DRA publishes (no device plugin, no GPU
 // Feature Discovery label): two H100s, with NVIDIA's attribute names.
 func draNode(t *testing.T, name string) {
@@ -40,18 +51,11 @@ func draNode(t *testing.T, name string) {
 			"type": str("gpu"), "uuid": str(uuid), "productName": str("NVIDIA H100 80GB HBM3"), "architecture": str("Hopper"),
 		}})
 	}
-	for _, o := range []client.Object{
-		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}},
-		&resourcev1.ResourceSlice{ObjectMeta: metav1.ObjectMeta{Name: name + "-gpu.nvidia.com"}, Spec: resourcev1.ResourceSliceSpec{
-			Driver: policy.DriverGPU, Pool: resourcev1.ResourcePool{Name: name, Generation: 1, ResourceSliceCount: 1},
-			NodeName: ptr.To(name), Devices: devices,
-		}},
-	} {
-		if err := k8s.Create(t.Context(), o); err != nil {
-			t.Fatalf("create %s: %v", o.GetName(), err)
-		}
-		t.Cleanup(func() { _ = k8s.Delete(context.Background(), o) })
-	}
+	createUntilCleanup(t, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}})
+	createUntilCleanup(t, &resourcev1.ResourceSlice{ObjectMeta: metav1.ObjectMeta{Name: name + "-gpu.nvidia.com"}, Spec: resourcev1.ResourceSliceSpec{
+		Driver: policy.DriverGPU, Pool: resourcev1.ResourcePool{Name: name, Generation: 1, ResourceSliceCount: 1},
+		NodeName: ptr.To(name), Devices: devices,
+	}})
 }
 
 // createdOrDenied creates the pod, waiting until the webhooks' DRA view has
@@ -75,11 +79,7 @@ func createdOrDenied(t *testing.T, p *corev1.Pod) error {
 // matchConditions), count them, and check the limit against the products
 // the published devices are.
 func TestDRAServedGPUs(t *testing.T) {
-	class := nvidiaGPUClass(nil)
-	if err := k8s.Create(t.Context(), class); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = k8s.Delete(context.Background(), class) })
+	class := createUntilCleanup(t, nvidiaGPUClass(nil))
 	draNode(t, "dra-0")
 
 	const field = "metadata.annotations[dynamo.nvidia.com/gpu-power-limit]"
@@ -133,20 +133,13 @@ func claimPod(namespace, name, template string) *testpod.Wrapper {
 // devices its request can get; a template that does not exist, and a
 // budget that would not charge the GPUs, are refused, saying why.
 func TestDRAClaimTemplates(t *testing.T) {
-	class := nvidiaGPUClass(nil)
-	if err := k8s.Create(t.Context(), class); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = k8s.Delete(context.Background(), class) })
+	createUntilCleanup(t, nvidiaGPUClass(nil))
 	draNode(t, "dra-1")
 	tmpl := &resourcev1.ResourceClaimTemplate{ObjectMeta: metav1.ObjectMeta{Name: "two-gpus", Namespace: testNamespace},
 		Spec: resourcev1.ResourceClaimTemplateSpec{Spec: resourcev1.ResourceClaimSpec{Devices: resourcev1.DeviceClaim{
 			Requests: []resourcev1.DeviceRequest{{Name: "gpu", Exactly: &resourcev1.ExactDeviceRequest{DeviceClassName: policy.DeviceClassGPU, Count: 2}}},
 		}}}}
-	if err := k8s.Create(t.Context(), tmpl); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = k8s.Delete(context.Background(), tmpl) })
+	createUntilCleanup(t, tmpl)
 
 	const field = "metadata.annotations[dynamo.nvidia.com/gpu-power-limit]"
 	err := createdOrDenied(t, claimPod(testNamespace, "claim-too-high", "two-gpus").Limit("900").Obj())
@@ -172,9 +165,7 @@ func TestDRAClaimTemplates(t *testing.T) {
 	})
 	budgetTmpl := tmpl.DeepCopy()
 	budgetTmpl.Namespace, budgetTmpl.ResourceVersion = ns, ""
-	if err := k8s.Create(t.Context(), budgetTmpl); err != nil {
-		t.Fatal(err)
-	}
+	createUntilCleanup(t, budgetTmpl)
 	createBudget(t, "dra-budget", 10000, "dra-budget", "on")
 	var denied error
 	attempt := 0
