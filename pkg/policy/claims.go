@@ -134,13 +134,21 @@ func (d *ClaimsDemand) add(r ClaimRequest) (int64, []string, bool) {
 	if !r.All {
 		return max(r.Count, 1), products, true
 	}
-	var most int64
-	for _, byProduct := range r.Devices {
+	// Devices of slices that name no node ("") are within reach of every
+	// node: All gets them beside the node's own.
+	count := func(byProduct map[string]int) int64 {
 		var n int64
 		for _, c := range byProduct {
 			n = SatAdd(n, int64(c))
 		}
-		most = max(most, n)
+		return n
+	}
+	anyNode := count(r.Devices[""])
+	most := anyNode
+	for node, byProduct := range r.Devices {
+		if node != "" {
+			most = max(most, SatAdd(count(byProduct), anyNode))
+		}
 	}
 	if most == 0 {
 		d.Problems = append(d.Problems, fmt.Sprintf("%s: allocationMode All and no ResourceSlice publishes a device it matches: how many GPUs it gets is unbounded", r.Source))

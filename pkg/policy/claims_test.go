@@ -34,6 +34,8 @@ func TestClaimsDemandOf(t *testing.T) {
 		{name: "requests add up", reqs: []policy.ClaimRequest{exact("a", 2, h100s(8)), exact("b", 3, h100s(8))}, gpus: 5, products: []string{h100DRA}},
 		{name: "All: the most one node has that match", reqs: []policy.ClaimRequest{{Source: "r", Class: policy.DeviceClassGPU, All: true, Devices: h100s(4, 8, 2)}},
 			gpus: 8, products: []string{h100DRA}},
+		{name: "All: a node's devices and those every node reaches", reqs: []policy.ClaimRequest{{Source: "r", Class: policy.DeviceClassGPU, All: true,
+			Devices: map[string]map[string]int{"node-a": {h100DRA: 4}, "node-b": {h100DRA: 2}, "": {h100DRA: 3}}}}, gpus: 7, products: []string{h100DRA}},
 		{name: "All with nothing published is unbounded", reqs: []policy.ClaimRequest{{Source: "r", Class: policy.DeviceClassGPU, All: true}},
 			problem: "r: allocationMode All and no ResourceSlice publishes a device it matches: how many GPUs it gets is unbounded"},
 		{name: "firstAvailable: its largest alternative, every alternative's products", reqs: []policy.ClaimRequest{{Source: "r", Alternatives: []policy.ClaimRequest{
