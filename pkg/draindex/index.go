@@ -29,6 +29,7 @@ type Index struct {
 	classes map[string]*class
 	slices  map[string]*slice  // by name
 	pools   map[poolKey]counts // what each pool's current generation adds
+	newest  map[poolKey]int64  // each pool's current generation
 	// byNode and all count the devices of each product, by extended
 	// resource: on one node ("" for slices that name none), and in all.
 	byNode map[corev1.ResourceName]map[string]map[string]int
@@ -37,7 +38,7 @@ type Index struct {
 
 // New returns an empty index that logs selectors it cannot evaluate to log.
 func New(log logr.Logger) *Index {
-	return &Index{log: log, classes: map[string]*class{}, slices: map[string]*slice{}, pools: map[poolKey]counts{},
+	return &Index{log: log, classes: map[string]*class{}, slices: map[string]*slice{}, pools: map[poolKey]counts{}, newest: map[poolKey]int64{},
 		byNode: map[corev1.ResourceName]map[string]map[string]int{}, all: map[corev1.ResourceName]map[string]int{}}
 }
 
@@ -155,7 +156,7 @@ func (x *Index) reevaluate() {
 	for _, s := range x.slices {
 		s.matches = x.match(s)
 	}
-	x.pools = map[poolKey]counts{}
+	x.pools, x.newest = map[poolKey]counts{}, map[poolKey]int64{}
 	x.byNode = map[corev1.ResourceName]map[string]map[string]int{}
 	x.all = map[corev1.ResourceName]map[string]int{}
 	pools := map[poolKey]bool{}
@@ -214,15 +215,9 @@ func (x *Index) Match(class string, selectors []resourcev1.DeviceSelector) (gpus
 	}
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	newest := map[poolKey]int64{}
-	for _, s := range x.slices {
-		if g, ok := newest[s.pool]; !ok || s.generation > g {
-			newest[s.pool] = s.generation
-		}
-	}
 	out := map[string]map[string]int{}
 	for _, s := range x.slices {
-		if s.generation != newest[s.pool] {
+		if s.generation != x.newest[s.pool] {
 			continue
 		}
 		for _, i := range s.byClass[class] {
@@ -303,8 +298,10 @@ func (x *Index) recount(p poolKey) {
 		}
 	}
 	if !found {
+		delete(x.newest, p)
 		return
 	}
+	x.newest[p] = newest
 	sum := counts{}
 	for _, s := range x.slices {
 		if s.pool != p || s.generation != newest {

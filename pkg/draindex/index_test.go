@@ -202,4 +202,9 @@ func TestMatch(t *testing.T) {
 			}
 		})
 	}
+	// Only a pool's newest generation counts, as for the scheduler.
+	x.SliceHandler().OnAdd(nodeSlice("a-2", policy.DriverGPU, "node-a", 2, gpuDevice("gpu-0", "gpu", h100)), false)
+	if got, _ := x.Match(policy.DeviceClassGPU, nil); got["node-a"]["NVIDIA-H100-80GB-HBM3"] != 1 {
+		t.Errorf("after node-a's generation 2: Match = %v; want its one H100", got)
+	}
 }
