@@ -15,7 +15,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/yaml"
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 	"github.com/dynamo-power/gpu-power/pkg/podmap"
@@ -253,31 +252,31 @@ func TestLimitPatchedDownAndUpThenRestoredOnDelete(t *testing.T) {
 	})
 }
 
+// budgetedNamespace creates namespace ns and a GPUPowerBudget named budget
+// of total watts that selects it (by the label
+// power.dynamo.nvidia.com/budget=<budget>), both deleted when the test ends.
+func budgetedNamespace(t *testing.T, ns, budget string, total int) {
+	t.Helper()
+	kubectl(t, "", "create", "namespace", ns)
+	kubectl(t, "", "label", "namespace", ns, "power.dynamo.nvidia.com/budget="+budget)
+	t.Cleanup(func() { _, _ = cluster.Kubectl(context.Background(), "", "delete", "namespace", ns, "--wait=false") })
+	applyUntilCleanup(t, map[string]any{
+		"apiVersion": "power.dynamo.nvidia.com/v1alpha1", "kind": "GPUPowerBudget",
+		"metadata": map[string]any{"name": budget},
+		"spec": map[string]any{
+			"totalWatts":        total,
+			"namespaceSelector": map[string]any{"matchLabels": map[string]any{"power.dynamo.nvidia.com/budget": budget}},
+		},
+	}, "gpupowerbudget", budget)
+}
+
 // TestBudget: a budget's committed watts follow a real pod; an over-budget
 // pod is denied with the planner-facing message; deleting a pod releases
 // its watts.
 func TestBudget(t *testing.T) {
 	install(t)
 	ns := "budgeted"
-	kubectl(t, "", "create", "namespace", ns)
-	kubectl(t, "", "label", "namespace", ns, "power.dynamo.nvidia.com/budget=realnode")
-	t.Cleanup(func() { _, _ = cluster.Kubectl(context.Background(), "", "delete", "namespace", ns, "--wait=false") })
-	budget := map[string]any{
-		"apiVersion": "power.dynamo.nvidia.com/v1alpha1", "kind": "GPUPowerBudget",
-		"metadata": map[string]any{"name": "realnode"},
-		"spec": map[string]any{
-			"totalWatts":        1000,
-			"namespaceSelector": map[string]any{"matchLabels": map[string]any{"power.dynamo.nvidia.com/budget": "realnode"}},
-		},
-	}
-	y, err := yaml.Marshal(budget)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubectl(t, string(y), "apply", "-f", "-")
-	t.Cleanup(func() {
-		_, _ = cluster.Kubectl(context.Background(), "", "delete", "gpupowerbudget", "realnode", "--ignore-not-found")
-	})
+	budgetedNamespace(t, ns, "realnode", 1000)
 	committed := func() int {
 		out := kubectl(t, "", "get", "gpupowerbudget", "realnode", "-o", "jsonpath={.status.committedWatts}")
 		n, _ := strconv.Atoi(strings.TrimSpace(out))
@@ -288,7 +287,7 @@ func TestBudget(t *testing.T) {
 	t.Cleanup(func() { deletePod(t, a) })
 	eventually(t, "600 W committed", func() (bool, string) { return committed() == 600, fmt.Sprint(committed()) })
 
-	_, err = cluster.Client.CoreV1().Pods(ns).Create(t.Context(), gpuPodIn(ns, "budget-b", "500"), metav1.CreateOptions{})
+	_, err := cluster.Client.CoreV1().Pods(ns).Create(t.Context(), gpuPodIn(ns, "budget-b", "500"), metav1.CreateOptions{})
 	want := `exceeded GPU power budget "realnode": requested 500 W`
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("over-budget pod: got %v, want a denial containing %q", err, want)

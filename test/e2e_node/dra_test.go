@@ -197,6 +197,37 @@ func applyUntilCleanup(t *testing.T, obj map[string]any, resource, name string) 
 	})
 }
 
+// claimsPod is a pod whose containers use one ResourceClaim, at a limit.
+func claimsPod(name, watts string, claim corev1.PodResourceClaim, containers ...string) *corev1.Pod {
+	p := gpuPod(name, watts)
+	p.Spec.InitContainers = nil
+	main := p.Spec.Containers[0]
+	main.Resources = corev1.ResourceRequirements{Claims: []corev1.ResourceClaim{{Name: claim.Name}}}
+	p.Spec.Containers = nil
+	for _, c := range containers {
+		main.Name = c
+		p.Spec.Containers = append(p.Spec.Containers, main)
+	}
+	p.Spec.ResourceClaims = []corev1.PodResourceClaim{claim}
+	return p
+}
+
+// capsThenRestores creates p, waits until exactly the GPUs of its claim are
+// at watts, checks there are want of them, deletes p and waits until they
+// are back where they were.
+func capsThenRestores(t *testing.T, p *corev1.Pod, claimName func(pod *corev1.Pod) (string, string), watts, want int) {
+	t.Helper()
+	before := limits(t)
+	pod := createPod(t, p)
+	t.Cleanup(func() { deletePod(t, pod) })
+	uuids := capsFollowClaim(t, func() (string, string) { return claimName(pod) }, watts, before)
+	if len(uuids) != want {
+		t.Errorf("the claim got %d GPUs; want %d", len(uuids), want)
+	}
+	deletePod(t, pod)
+	restored(t, uuids, before)
+}
+
 // TestDRAClaimTemplateWithTwoGPUs: a pod whose ResourceClaimTemplate asks
 // for two GPUs is admitted against the published product; the controller
 // makes its claim, the scheduler allocates two devices, and the agent caps
@@ -211,20 +242,8 @@ func TestDRAClaimTemplateWithTwoGPUs(t *testing.T) {
 		}}}},
 	}
 	applyUntilCleanup(t, tmpl, "resourceclaimtemplate", "two-gpus")
-	before := limits(t)
-
-	p := gpuPod("claim-template", "260")
-	p.Spec.InitContainers = nil
-	p.Spec.Containers[0].Resources = corev1.ResourceRequirements{Claims: []corev1.ResourceClaim{{Name: "gpus"}}}
-	p.Spec.ResourceClaims = []corev1.PodResourceClaim{{Name: "gpus", ResourceClaimTemplateName: ptr.To("two-gpus")}}
-	pod := createPod(t, p)
-	t.Cleanup(func() { deletePod(t, pod) })
-	uuids := capsFollowClaim(t, func() (string, string) { return generatedClaim(t, pod, "gpus") }, 260, before)
-	if len(uuids) != 2 {
-		t.Errorf("the claim got %d GPUs; want the template's 2", len(uuids))
-	}
-	deletePod(t, pod)
-	restored(t, uuids, before)
+	p := claimsPod("claim-template", "260", corev1.PodResourceClaim{Name: "gpus", ResourceClaimTemplateName: ptr.To("two-gpus")}, "main")
+	capsThenRestores(t, p, func(pod *corev1.Pod) (string, string) { return generatedClaim(t, pod, "gpus") }, 260, 2)
 }
 
 // TestDRANamedClaimInTwoContainers: one ResourceClaim that both containers
@@ -240,23 +259,8 @@ func TestDRANamedClaimInTwoContainers(t *testing.T) {
 		}}},
 	}
 	applyUntilCleanup(t, claim, "resourceclaim", "shared-gpu")
-	before := limits(t)
-
-	p := gpuPod("claim-shared", "240")
-	p.Spec.InitContainers = nil
-	p.Spec.Containers[0].Resources = corev1.ResourceRequirements{Claims: []corev1.ResourceClaim{{Name: "gpu"}}}
-	sidecar := p.Spec.Containers[0]
-	sidecar.Name = "sidecar"
-	p.Spec.Containers = append(p.Spec.Containers, sidecar)
-	p.Spec.ResourceClaims = []corev1.PodResourceClaim{{Name: "gpu", ResourceClaimName: ptr.To("shared-gpu")}}
-	pod := createPod(t, p)
-	t.Cleanup(func() { deletePod(t, pod) })
-	uuids := capsFollowClaim(t, func() (string, string) { return "shared-gpu", "" }, 240, before)
-	if len(uuids) != 1 {
-		t.Errorf("the claim got %d GPUs; want 1", len(uuids))
-	}
-	deletePod(t, pod)
-	restored(t, uuids, before)
+	p := claimsPod("claim-shared", "240", corev1.PodResourceClaim{Name: "gpu", ResourceClaimName: ptr.To("shared-gpu")}, "main", "sidecar")
+	capsThenRestores(t, p, func(*corev1.Pod) (string, string) { return "shared-gpu", "" }, 240, 1)
 }
 
 // TestDRAGPUsOverBudgetDenied: GPUs asked for through NVIDIA's DeviceClass
@@ -265,25 +269,7 @@ func TestDRANamedClaimInTwoContainers(t *testing.T) {
 func TestDRAGPUsOverBudgetDenied(t *testing.T) {
 	install(t)
 	ns := "dra-budgeted"
-	kubectl(t, "", "create", "namespace", ns)
-	kubectl(t, "", "label", "namespace", ns, "power.dynamo.nvidia.com/budget=dra")
-	t.Cleanup(func() { _, _ = cluster.Kubectl(context.Background(), "", "delete", "namespace", ns, "--wait=false") })
-	budget := map[string]any{
-		"apiVersion": "power.dynamo.nvidia.com/v1alpha1", "kind": "GPUPowerBudget",
-		"metadata": map[string]any{"name": "dra"},
-		"spec": map[string]any{
-			"totalWatts":        500,
-			"namespaceSelector": map[string]any{"matchLabels": map[string]any{"power.dynamo.nvidia.com/budget": "dra"}},
-		},
-	}
-	y, err := yaml.Marshal(budget)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubectl(t, string(y), "apply", "-f", "-")
-	t.Cleanup(func() {
-		_, _ = cluster.Kubectl(context.Background(), "", "delete", "gpupowerbudget", "dra", "--ignore-not-found")
-	})
+	budgetedNamespace(t, ns, "dra", 500)
 	over := draGPUPod("dra-over", "300")
 	over.Namespace = ns
 	over.Spec.Containers[0].Resources.Limits[policy.ResourceDRAGPU] = resource.MustParse("2")
