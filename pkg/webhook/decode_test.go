@@ -36,7 +36,8 @@ func TestDecodePodReadsWhatPolicyNeeds(t *testing.T) {
 
 func TestDecodePodRejectsMalformedJSON(t *testing.T) {
 	for _, raw := range []string{``, `null`, `[]`, `{"metadata":7}`, `{"spec":{"containers":{}}}`, `{"spec":{"env":[}}`,
-		`{"metadata":{}}garbage`, `{"spec":{"containers":[{"resources":{"limits":{"nvidia.com/gpu":"lots"}}}]}}`, "{\"metadata\":{\"name\":\"\xff\"}}"} {
+		`{"metadata":{}}garbage`, `{"spec":{"containers":[{"resources":{"limits":{"nvidia.com/gpu":"lots"}}}]}}`, `{"spec":{"containers":[{"resources":{"requests":{"deviceclass.resource.kubernetes.io/gpu.nvidia.com":"lots"}}}]}}`,
+		`{"spec":{"containers":[{"resources":{"limits":{"deviceclass.resource.kubernetes.io/x":"1111111111111111111111111111111111111111111111111111111111111111111111"}}}]}}`, "{\"metadata\":{\"name\":\"\xff\"}}"} {
 		if _, err := decodePod([]byte(raw)); err == nil {
 			t.Errorf("decodePod(%q) accepted malformed input", raw)
 		}
@@ -52,6 +53,7 @@ func FuzzDecodePod(f *testing.F) {
 		f.Add(raw)
 	}
 	f.Add([]byte(`{"spec":{"containers":[{"resources":{"requests":{"nvidia.com/gpu":1}}}]}}`))
+	f.Add([]byte(`{"spec":{"containers":[{"resources":{"limits":{"deviceclass.resource.kubernetes.io/gpu.nvidia.com":"20e15"}}}],"resourceClaims":[{"name":"g","resourceClaimTemplateName":"t"}]}}`))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		pod, err := decodePod(raw)
 		if err != nil {

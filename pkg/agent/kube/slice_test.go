@@ -1,6 +1,7 @@
 package kube_test
 
 import (
+	"net/http"
 	"testing"
 
 	resourcev1 "k8s.io/api/resource/v1"
@@ -8,6 +9,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/dynamo-power/gpu-power/pkg/agent/kube"
+	"github.com/dynamo-power/gpu-power/pkg/agent/kube/kubetest"
 	"github.com/dynamo-power/gpu-power/pkg/podmap"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
@@ -38,5 +40,32 @@ func TestTrimSliceKeepsWhatTheResolverReads(t *testing.T) {
 	other.Spec.Driver = "nic.example.com"
 	if out, _ := kube.TrimSlice(other); len(out.(*resourcev1.ResourceSlice).Spec.Devices) != 0 {
 		t.Error("another driver's devices were kept")
+	}
+}
+
+// Whether the API server serves DRA is its answer to discovery: served,
+// not served (the agent then watches no slices), or an error the agent
+// stops on rather than guess (a guess of "served" would never sync, of "not
+// served" would never see a DRA device).
+func TestServesDRA(t *testing.T) {
+	for _, tt := range []struct {
+		code   int
+		served bool
+		err    bool
+	}{{http.StatusOK, true, false}, {http.StatusNotFound, false, false}, {http.StatusInternalServerError, false, true}, {http.StatusForbidden, false, true}} {
+		k, _ := kubetest.APIServer(t, func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/apis/resource.k8s.io/v1" {
+				t.Errorf("asked %s", r.URL.Path)
+			}
+			if tt.code == http.StatusOK {
+				kubetest.WriteJSON(w, http.StatusOK, map[string]any{"kind": "APIResourceList", "groupVersion": "resource.k8s.io/v1"})
+				return
+			}
+			kubetest.WriteStatus(w, tt.code)
+		})
+		served, err := k.ServesDRA(t.Context())
+		if served != tt.served || (err != nil) != tt.err {
+			t.Errorf("HTTP %d: ServesDRA = %v, %v; want %v, error %v", tt.code, served, err, tt.served, tt.err)
+		}
 	}
 }
