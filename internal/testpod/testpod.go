@@ -185,6 +185,13 @@ func (w *Wrapper) ResourceClaim(name, template string) *Wrapper {
 	return w
 }
 
+// NamedClaim adds a DRA resource claim that names a ResourceClaim, which
+// other pods may use too.
+func (w *Wrapper) NamedClaim(name, claim string) *Wrapper {
+	w.Spec.ResourceClaims = append(w.Spec.ResourceClaims, corev1.PodResourceClaim{Name: name, ResourceClaimName: &claim})
+	return w
+}
+
 func setResource(r *corev1.ResourceRequirements, name corev1.ResourceName, n int64) {
 	if r.Requests == nil {
 		r.Requests = corev1.ResourceList{}

@@ -39,12 +39,12 @@ func statusOf(t *testing.T, c client.Client, name string) powerv1alpha1.GPUPower
 func TestDeniedRaiseRestoresTheOtherBudgetsReservation(t *testing.T) {
 	b, c := ledger(t, 0, budgetNamed("team", 600, nil))
 	created := testpod.MakePod("a", "llm").UID("pod-1").GPU(2).NodeName("h100-0").Limit("250").Obj()
-	if denial, err := b.Admit(t.Context(), admissionv1.Create, created, nil, b.Cluster, false); err != nil || denial != "" {
+	if denial, err := b.Admit(t.Context(), admissionv1.Create, created, nil, b.Cluster, policy.ClaimsDemand{}, false); err != nil || denial != "" {
 		t.Fatalf("create: %q %v", denial, err)
 	}
 	raised := created.DeepCopy()
 	raised.Annotations[policy.AnnotationPowerLimit] = "400"
-	denial, err := b.Admit(t.Context(), admissionv1.Update, raised, created, b.Cluster, false)
+	denial, err := b.Admit(t.Context(), admissionv1.Update, raised, created, b.Cluster, policy.ClaimsDemand{}, false)
 	if err != nil || !strings.Contains(denial, `exceeded GPU power budget "team"`) {
 		t.Fatalf("raise: %q %v; want team's denial", denial, err)
 	}
@@ -132,7 +132,7 @@ func TestInvalidBudgetFailsNoPod(t *testing.T) {
 		t.Fatalf("Selecting = %v, %v; want only the valid budget", got, err)
 	}
 	pod := testpod.MakePod("a", "llm").UID("pod-1").GPU(1).NodeName("h100-0").Limit("300").Obj()
-	if denial, err := b.Admit(t.Context(), admissionv1.Create, pod, nil, b.Cluster, false); err != nil || denial != "" {
+	if denial, err := b.Admit(t.Context(), admissionv1.Create, pod, nil, b.Cluster, policy.ClaimsDemand{}, false); err != nil || denial != "" {
 		t.Fatalf("admit: %q %v", denial, err)
 	}
 	r := &Reconciler{Client: c, API: c, Ledger: b, Catalog: b.Catalog, Cluster: b.Cluster,
@@ -152,7 +152,7 @@ func TestCreateUnderATakenNameReservesNothing(t *testing.T) {
 	existing := testpod.MakePod("a", "llm").UID("old").GPU(1).NodeName("h100-0").Limit("300").Obj()
 	b, c := ledger(t, 0, existing)
 	again := testpod.MakePod("a", "llm").UID("new").GPU(2).NodeName("h100-0").Limit("500").Obj()
-	denial, err := b.Admit(t.Context(), admissionv1.Create, again, nil, b.Cluster, false)
+	denial, err := b.Admit(t.Context(), admissionv1.Create, again, nil, b.Cluster, policy.ClaimsDemand{}, false)
 	if err != nil || !strings.Contains(denial, `pods "a" already exists in namespace "llm"`) {
 		t.Fatalf("admit: %q %v; want the taken name named", denial, err)
 	}
@@ -162,7 +162,7 @@ func TestCreateUnderATakenNameReservesNothing(t *testing.T) {
 	// Once the old pod is gone from the API server, the name is free even
 	// if a cache still shows it.
 	b.API = fakeAPI(t)
-	if denial, err := b.Admit(t.Context(), admissionv1.Create, again, nil, b.Cluster, false); err != nil || denial != "" {
+	if denial, err := b.Admit(t.Context(), admissionv1.Create, again, nil, b.Cluster, policy.ClaimsDemand{}, false); err != nil || denial != "" {
 		t.Fatalf("admit after the old pod went: %q %v", denial, err)
 	}
 }
@@ -176,12 +176,12 @@ func TestCreateUnderATakenNameReservesNothing(t *testing.T) {
 func TestDeniedRaiseReleasesNothingABudgetAlreadyHeld(t *testing.T) {
 	b, c := ledger(t, 0)
 	created := testpod.MakePod("a", "llm").UID("pod-1").GPU(2).NodeName("h100-0").Limit("250").Obj()
-	if denial, err := b.Admit(t.Context(), admissionv1.Create, created, nil, b.Cluster, false); err != nil || denial != "" {
+	if denial, err := b.Admit(t.Context(), admissionv1.Create, created, nil, b.Cluster, policy.ClaimsDemand{}, false); err != nil || denial != "" {
 		t.Fatalf("create: %q %v", denial, err)
 	}
 	lowered := created.DeepCopy()
 	lowered.Annotations[policy.AnnotationPowerLimit] = "200"
-	if denial, err := b.Admit(t.Context(), admissionv1.Update, lowered, created, b.Cluster, false); err != nil || denial != "" {
+	if denial, err := b.Admit(t.Context(), admissionv1.Update, lowered, created, b.Cluster, policy.ClaimsDemand{}, false); err != nil || denial != "" {
 		t.Fatalf("lower: %q %v", denial, err)
 	}
 	// A team budget appears (or widens its selector) after the creation;
@@ -194,7 +194,7 @@ func TestDeniedRaiseReleasesNothingABudgetAlreadyHeld(t *testing.T) {
 	}
 	raised := lowered.DeepCopy()
 	raised.Annotations[policy.AnnotationPowerLimit] = "250"
-	denial, err := b.Admit(t.Context(), admissionv1.Update, raised, lowered, b.Cluster, false)
+	denial, err := b.Admit(t.Context(), admissionv1.Update, raised, lowered, b.Cluster, policy.ClaimsDemand{}, false)
 	if err != nil || denial == "" {
 		t.Fatalf("raise: %q %v; want team's denial", denial, err)
 	}
@@ -252,12 +252,12 @@ func TestRaiseBackToAHeldReservationRenewsIt(t *testing.T) {
 	now := time.Now()
 	b.Now = func() time.Time { return now }
 	created := testpod.MakePod("a", "llm").UID("pod-1").GPU(2).NodeName("h100-0").Limit("250").Obj()
-	if d, err := b.Admit(t.Context(), admissionv1.Create, created, nil, b.Cluster, false); err != nil || d != "" {
+	if d, err := b.Admit(t.Context(), admissionv1.Create, created, nil, b.Cluster, policy.ClaimsDemand{}, false); err != nil || d != "" {
 		t.Fatalf("create: %q %v", d, err)
 	}
 	lowered := created.DeepCopy()
 	lowered.Annotations[policy.AnnotationPowerLimit] = "200"
-	if d, err := b.Admit(t.Context(), admissionv1.Update, lowered, created, b.Cluster, false); err != nil || d != "" {
+	if d, err := b.Admit(t.Context(), admissionv1.Update, lowered, created, b.Cluster, policy.ClaimsDemand{}, false); err != nil || d != "" {
 		t.Fatalf("lower: %q %v", d, err)
 	}
 	// The lowered pod is stored and in the cache.
@@ -271,7 +271,7 @@ func TestRaiseBackToAHeldReservationRenewsIt(t *testing.T) {
 	now = now.Add(b.TTL - 2*time.Second)
 	raised := lowered.DeepCopy()
 	raised.Annotations[policy.AnnotationPowerLimit] = "250"
-	if d, err := b.Admit(t.Context(), admissionv1.Update, raised, lowered, b.Cluster, false); err != nil || d != "" {
+	if d, err := b.Admit(t.Context(), admissionv1.Update, raised, lowered, b.Cluster, policy.ClaimsDemand{}, false); err != nil || d != "" {
 		t.Fatalf("raise: %q %v", d, err)
 	}
 	st := statusOf(t, c, "cluster")
@@ -292,7 +292,7 @@ func TestRaiseBackToAHeldReservationRenewsIt(t *testing.T) {
 		t.Errorf("after the reconciler: committed %d W; want >= 500 W (the admitted raise, in flight)", st.CommittedWatts)
 	}
 	other := testpod.MakePod("b", "llm").UID("pod-2").GPU(2).NodeName("h100-0").Limit("300").Obj()
-	if d, err := b.Admit(t.Context(), admissionv1.Create, other, nil, b.Cluster, false); err == nil && d == "" {
+	if d, err := b.Admit(t.Context(), admissionv1.Create, other, nil, b.Cluster, policy.ClaimsDemand{}, false); err == nil && d == "" {
 		t.Errorf("a 600 W pod was admitted into a 1000 W budget whose admitted pods hold 500 W: 1100 W committed")
 	}
 }

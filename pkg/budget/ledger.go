@@ -196,54 +196,44 @@ func (b *Ledger) DefaultRules(ctx context.Context, namespace string) ([]policy.D
 // Admit charges the pod to every budget that selects its namespace and
 // returns a denial message when one of them is short. Lowering a cost is
 // always admitted; a dry run is checked against the budgets and reserves
-// nothing. A new pod with devices budgets could not charge (its
-// resourceClaims, another DeviceClass's resource) is denied where a budget
-// applies (policy.Unchargeable).
-func (b *Ledger) Admit(ctx context.Context, op admissionv1.Operation, pod, old *corev1.Pod, cluster policy.Cluster, dryRun bool) (string, error) {
+// nothing. A pod's own GPUs are charged to the pod, and each named
+// ResourceClaim's to the claim, once, at the most any pod using it costs
+// (policy.Cost.Charges): a pod that shares a claim already charged at its
+// cost adds nothing. A new pod with devices budgets cannot charge (claims
+// whose GPUs cannot be counted, another DeviceClass's resource: claims is
+// what its claims ask) is denied where a budget applies
+// (policy.Unchargeable).
+func (b *Ledger) Admit(ctx context.Context, op admissionv1.Operation, pod, old *corev1.Pod, cluster policy.Cluster, claims policy.ClaimsDemand, dryRun bool) (string, error) {
 	budgets, err := b.Selecting(ctx, pod.Namespace)
 	if err != nil || len(budgets) == 0 {
 		return "", err
 	}
-	if what := policy.Unchargeable(&pod.Spec); op == admissionv1.Create && what != "" {
+	if what := policy.Unchargeable(&pod.Spec, claims); op == admissionv1.Create && what != "" {
 		names := make([]string, len(budgets))
 		for i, bu := range budgets {
 			names[i] = fmt.Sprintf("%q", bu.Name)
 		}
 		return policy.NotCharged(names, what), nil
 	}
-	type charge struct {
-		budget string
-		cost   policy.Cost
-		delta  int64
-	}
-	var charges []charge
-	for i := range budgets {
-		budget := &budgets[i]
-		count := budget.Spec.UnlimitedPods != powerv1alpha1.UnlimitedPodsIgnore
-		cost := b.Catalog.CostOf(pod, cluster, count)
-		delta := cost.Watts
-		if op == admissionv1.Update {
-			delta -= b.Catalog.CostOf(old, cluster, count).Watts
-		}
-		if delta > 0 {
-			charges = append(charges, charge{budget.Name, cost, delta})
-		}
-	}
+	charges, deltas := b.chargesOf(op, pod, old, cluster, budgets)
 	if len(charges) == 0 {
 		return "", nil
 	}
 	if dryRun {
 		var short []policy.BudgetState
-		for _, c := range charges {
-			state, err := b.freshState(ctx, c.budget)
+		for _, bu := range budgets {
+			if deltas[bu.Name] <= 0 {
+				continue
+			}
+			state, err := b.freshState(ctx, bu.Name)
 			if err != nil {
 				return "", err
 			}
-			if !state.Fits(c.delta) {
+			if !state.Fits(deltas[bu.Name]) {
 				short = append(short, state)
 			}
 		}
-		return b.denial(charges[0].cost, charges[0].delta, short), nil
+		return b.denial(charges[0].cost, deltas[charges[0].budget], short), nil
 	}
 	if pod.UID == "" {
 		return "", errors.New("pod has no UID to key its budget reservation by")
@@ -258,7 +248,7 @@ func (b *Ledger) Admit(ctx context.Context, op admissionv1.Operation, pod, old *
 	written := make([]reserveResult, len(charges))
 	for i, c := range charges {
 		res := b.reserve(ctx, c.budget, &reserveRequest{
-			uid: pod.UID, pod: pod.Namespace + "/" + pod.Name, watts: c.cost.Watts, delta: c.delta,
+			uid: c.key, pod: pod.Namespace + "/" + pod.Name, watts: c.watts, delta: c.delta,
 		})
 		if res.ok {
 			written[i] = res
@@ -268,7 +258,7 @@ func (b *Ledger) Admit(ctx context.Context, op admissionv1.Operation, pod, old *
 			if !written[j].wrote {
 				continue // the budget held it already: nothing of ours to undo
 			}
-			release := &reserveRequest{op: opRelease, uid: pod.UID, watts: done.cost.Watts, delta: done.delta, prior: written[j].prior}
+			release := &reserveRequest{op: opRelease, uid: done.key, watts: done.watts, delta: done.delta, prior: written[j].prior}
 			if r := b.reserve(ctx, done.budget, release); !r.ok {
 				// The reservation expires by itself after TTL.
 				logger.Error(r.err, "Failed to release reservation", "budget", done.budget, "pod", klog.KObj(pod))
@@ -279,14 +269,81 @@ func (b *Ledger) Admit(ctx context.Context, op admissionv1.Operation, pod, old *
 		}
 		// Name every budget that is short, not only the first.
 		short := []policy.BudgetState{res.state}
-		for _, rest := range charges[i+1:] {
-			if state, err := b.freshState(ctx, rest.budget); err == nil && !state.Fits(rest.delta) {
+		for _, bu := range budgets {
+			if bu.Name == c.budget || deltas[bu.Name] <= 0 || slices.ContainsFunc(charges[:i], func(d podCharge) bool { return d.budget == bu.Name }) {
+				continue
+			}
+			if state, err := b.freshState(ctx, bu.Name); err == nil && !state.Fits(deltas[bu.Name]) {
 				short = append(short, state)
 			}
 		}
-		return b.denial(c.cost, c.delta, short), nil
+		return b.denial(c.cost, deltas[c.budget], short), nil
 	}
 	return "", nil
+}
+
+// podCharge is one reservation an admission asks of a budget.
+type podCharge struct {
+	budget string
+	// key is the pod's UID, or a named claim's ClaimKey.
+	key types.UID
+	// cost is the pod's whole cost, for messages; watts is the key's.
+	cost  policy.Cost
+	watts int64
+	// delta is what committed watts grow by: watts less what the key
+	// already charges (the pod before an update, the other pods that use
+	// the claim).
+	delta int64
+}
+
+// chargesOf lists the reservations a pod asks of each budget, with what
+// each budget's committed watts grow by in all.
+func (b *Ledger) chargesOf(op admissionv1.Operation, pod, old *corev1.Pod, cluster policy.Cluster, budgets []powerv1alpha1.GPUPowerBudget) ([]podCharge, map[string]int64) {
+	var charges []podCharge
+	deltas := map[string]int64{}
+	for i := range budgets {
+		budget := &budgets[i]
+		count := budget.Spec.UnlimitedPods != powerv1alpha1.UnlimitedPodsIgnore
+		cost := b.Catalog.CostOf(pod, cluster, count)
+		before := map[types.UID]int64{}
+		if op == admissionv1.Update {
+			for _, c := range b.Catalog.CostOf(old, cluster, count).Charges(old.UID, old.Namespace) {
+				before[c.UID] = c.Watts
+			}
+		}
+		for _, c := range cost.Charges(pod.UID, pod.Namespace) {
+			charged := before[c.UID]
+			if c.Shared {
+				charged = max(charged, b.claimCharge(c.UID, count))
+			}
+			if delta := c.Watts - charged; delta > 0 {
+				charges = append(charges, podCharge{budget: budget.Name, key: c.UID, cost: cost, watts: c.Watts, delta: delta})
+				deltas[budget.Name] = policy.SatAdd(deltas[budget.Name], delta)
+			}
+		}
+	}
+	return charges, deltas
+}
+
+// claimCharge is what a named claim (its ClaimKey) charges through the live
+// pods the index shows using it: the most any of them costs for it.
+func (b *Ledger) claimCharge(key types.UID, countUnlimited bool) int64 {
+	namespace, claim, ok := policy.ClaimOfKey(key)
+	if !ok {
+		return 0
+	}
+	var most int64
+	b.Pods.EachGPUPod(namespace, func(uid types.UID, p *podindex.GPUPod) {
+		if p.Finished || p.Claims == nil || !slices.ContainsFunc(p.Claims.Shared, func(s policy.SharedClaim) bool { return s.Claim == claim }) {
+			return
+		}
+		for _, c := range b.Catalog.Cost(p.Chargeable, b.Cluster, countUnlimited).Charges(uid, namespace) {
+			if c.UID == key {
+				most = max(most, c.Watts)
+			}
+		}
+	})
+	return most
 }
 
 // nameTaken denies the create of a pod whose name a live pod of another UID
@@ -565,15 +622,18 @@ func (b *Ledger) prune(ctx context.Context, budget *powerv1alpha1.GPUPowerBudget
 		if !ok {
 			return false
 		}
-		pod, ok := b.Pods.Get(ns, name)
-		if !ok || pod.UID != r.PodUID || pod.GPU == nil || pod.GPU.Finished {
+		var charged int64
+		if _, _, isClaim := policy.ClaimOfKey(r.PodUID); isClaim {
+			charged = b.claimCharge(r.PodUID, count)
+		} else if pod, ok := b.Pods.Get(ns, name); ok && pod.UID == r.PodUID && pod.GPU != nil && !pod.GPU.Finished {
+			charged = b.Catalog.Cost(pod.GPU.Chargeable, b.Cluster, count).Charges(pod.UID, ns)[0].Watts
+		}
+		if charged == 0 || charged < r.Watts {
 			return false
 		}
 		var cached corev1.Namespace
-		if err := b.Cache.Get(ctx, types.NamespacedName{Name: ns}, &cached); err != nil || !sel.Matches(labels.Set(cached.Labels)) {
-			return false // the reconciler would not count the pod
-		}
-		return b.Catalog.Cost(pod.GPU.Chargeable, b.Cluster, count).Watts >= r.Watts
+		err := b.Cache.Get(ctx, types.NamespacedName{Name: ns}, &cached)
+		return err == nil && sel.Matches(labels.Set(cached.Labels)) // else the reconciler would not count the pod
 	})
 	return len(budget.Status.Reservations) != before
 }

@@ -289,18 +289,21 @@ func (r *Reconciler) extendLate(ctx context.Context, b *powerv1alpha1.GPUPowerBu
 			continue
 		case err != nil:
 			return fmt.Errorf("read pod %s of an expired reservation: %w", res.Pod, err)
-		case pod.UID != res.PodUID || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed:
+		case pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed:
 			continue
 		}
 		podNS, err := r.Ledger.namespace(ctx, pod.Namespace)
 		if err != nil {
 			return err
 		}
-		cost := r.Catalog.CostOf(&pod, r.Cluster, count)
-		if cost.GPUs == 0 || cost.Watts == 0 || !sel.Matches(labels.Set(podNS.Labels)) {
+		// The reservation is the pod's own, or that of a named claim it
+		// uses (its key names the claim, and the pod made it).
+		charges := r.Catalog.CostOf(&pod, r.Cluster, count).Charges(pod.UID, pod.Namespace)
+		i := slices.IndexFunc(charges, func(c policy.Charge) bool { return c.UID == res.PodUID && c.Watts > 0 })
+		if i < 0 || !sel.Matches(labels.Set(podNS.Labels)) {
 			continue
 		}
-		res.Watts = min(res.Watts, cost.Watts)
+		res.Watts = min(res.Watts, charges[i].Watts)
 		res.Expires = r.Ledger.expiry(now)
 	}
 	return nil
@@ -399,7 +402,7 @@ func (r *Reconciler) charges(ctx context.Context, budget *powerv1alpha1.GPUPower
 				return
 			}
 			if cost := r.Catalog.Cost(p.Chargeable, r.Cluster, count); cost.GPUs > 0 {
-				live = append(live, policy.Charge{UID: uid, Watts: cost.Watts, GPUs: cost.GPUs})
+				live = append(live, cost.Charges(uid, ns.Name)...)
 			}
 		})
 	}

@@ -22,6 +22,7 @@ import (
 	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 	"github.com/dynamo-power/gpu-power/pkg/podindex"
+	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
 // The reconciler ran (controller-runtime waits only for Kind sources;
@@ -65,7 +66,7 @@ func TestReconcilerWaitsForThePodIndex(t *testing.T) {
 
 	// A tenant now asks for 1000 W: it fits the released budget.
 	big := testpod.MakePod("b", "llm").UID("pod-2").GPU(4).NodeName("h100-0").Limit("250").Obj() // 1000 W
-	denial, err := b.Admit(t.Context(), admissionv1.Create, big, nil, b.Cluster, false)
+	denial, err := b.Admit(t.Context(), admissionv1.Create, big, nil, b.Cluster, policy.ClaimsDemand{}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +140,7 @@ func TestPruneKeepsReservationsOfPodsTheReconcilerWillNotCount(t *testing.T) {
 	fresh := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "fresh"}}
 	b, c := ledger(t, 0, fresh)
 	pod := testpod.MakePod("a", "fresh").UID("pod-1").GPU(2).NodeName("h100-0").Limit("250").Obj()
-	if denial, err := b.Admit(t.Context(), admissionv1.Create, pod, nil, b.Cluster, false); err != nil || denial != "" {
+	if denial, err := b.Admit(t.Context(), admissionv1.Create, pod, nil, b.Cluster, policy.ClaimsDemand{}, false); err != nil || denial != "" {
 		t.Fatalf("admit: %q %v", denial, err)
 	}
 	if err := c.Create(t.Context(), pod); err != nil { // stored; the index shows it

@@ -42,6 +42,10 @@ type Index struct {
 	// limit is not is charged as a pod without one, the most its GPUs can
 	// draw, since the agent does not cap it. Nil: every valid limit counts.
 	Validated func(*corev1.Pod) bool
+	// ClaimsSigned, when set, reports whether a pod's claims' GPU counts are
+	// the webhook's (policy.StampKey.ClaimsSigned): counts it did not sign
+	// charge nothing. Nil: every count counts.
+	ClaimsSigned func(*corev1.Pod) bool
 
 	mu       sync.RWMutex
 	pods     map[string]map[string]Pod // namespace -> name -> pod
@@ -118,12 +122,15 @@ func (ix *Index) entryOf(obj any) (*entry, error) {
 		return o, nil
 	case *corev1.Pod:
 		e := &entry{namespace: o.Namespace, name: o.Name, Pod: Pod{UID: o.UID}}
-		c := policy.ChargeableOf(o)
+		c := policy.ChargeableWith(o, ix.ClaimsSigned == nil || ix.ClaimsSigned(o))
 		if c.Limit > 0 && ix.Validated != nil && !ix.Validated(o) {
-			p := policy.PlacementOf(&o.Spec)
-			c = policy.Chargeable{GPUs: c.GPUs, Placement: &p}
+			c.Limit = 0
+			if c.Claims == nil {
+				p := policy.PlacementOf(&o.Spec)
+				c.Placement = &p
+			}
 		}
-		if c.GPUs > 0 {
+		if c.Charged() {
 			e.GPU = &GPUPod{Chargeable: c, Finished: o.Status.Phase == corev1.PodSucceeded || o.Status.Phase == corev1.PodFailed}
 		}
 		return e, nil
@@ -223,7 +230,10 @@ func movesBudgets(old Pod, existed bool, now Pod) bool {
 }
 
 func sameGPUPod(a, b *GPUPod) bool {
-	if a.GPUs != b.GPUs || a.Limit != b.Limit || a.Finished != b.Finished || (a.Placement == nil) != (b.Placement == nil) {
+	if a.GPUs != b.GPUs || a.Limit != b.Limit || a.Finished != b.Finished || (a.Placement == nil) != (b.Placement == nil) || (a.Claims == nil) != (b.Claims == nil) {
+		return false
+	}
+	if a.Claims != nil && (a.Claims.Own != b.Claims.Own || !slices.Equal(a.Claims.Shared, b.Claims.Shared)) {
 		return false
 	}
 	if a.Placement == nil {

@@ -62,6 +62,9 @@ type Verdict struct {
 	// Limit, Stamp and Signature are the annotation values the admitted pod
 	// must carry; "" means the annotation must be absent.
 	Limit, Stamp, Signature string
+	// ClaimGPUs and ClaimSignature are the AnnotationClaimGPUs and
+	// AnnotationClaimGPUsSignature values the admitted pod must carry.
+	ClaimGPUs, ClaimSignature string
 }
 
 // Mutate decides what the mutating webhook does: default the limit of a new
@@ -71,6 +74,29 @@ type Verdict struct {
 // claims is what the pod's ResourceClaims ask of GPUs (ClaimsDemandOf; zero:
 // none read).
 func (a *Admission) Mutate(op admissionv1.Operation, pod, old *corev1.Pod, cluster Cluster, budgetDefaults []DefaultRule, claims ClaimsDemand) Verdict {
+	v := a.mutateLimit(op, pod, old, cluster, budgetDefaults, claims)
+	v.ClaimGPUs, v.ClaimSignature = a.claimAnnotations(op, pod, old, claims)
+	return v
+}
+
+// claimAnnotations are the AnnotationClaimGPUs and its signature a pod must
+// carry: at creation, the GPUs its claims can get when they can all be
+// counted (budgets refuse the pod otherwise); later, what it was created
+// with, as its claims cannot change.
+func (a *Admission) claimAnnotations(op admissionv1.Operation, pod, old *corev1.Pod, claims ClaimsDemand) (counts, sig string) {
+	if op != admissionv1.Create {
+		return old.Annotations[AnnotationClaimGPUs], old.Annotations[AnnotationClaimGPUsSignature]
+	}
+	if !claims.Resolved || len(claims.Problems) > 0 {
+		return "", ""
+	}
+	if counts = FormatClaimGPUs(claims.PerClaim); counts != "" && a.StampKey != nil {
+		sig = a.StampKey.SignClaims(pod.Namespace, counts, a.now())
+	}
+	return counts, sig
+}
+
+func (a *Admission) mutateLimit(op admissionv1.Operation, pod, old *corev1.Pod, cluster Cluster, budgetDefaults []DefaultRule, claims ClaimsDemand) Verdict {
 	limit, hasLimit := pod.Annotations[AnnotationPowerLimit]
 	demand := demandWith(&pod.Spec, claims)
 	if err := a.checkGPUCount(op, demand); err != nil {
@@ -167,8 +193,37 @@ func (a *Admission) Validate(op admissionv1.Operation, pod, old *corev1.Pod, clu
 			v.Errors = append(v.Errors, a.checkSignature(pod, want)...)
 		}
 	}
+	v.Errors = append(v.Errors, a.checkClaimAnnotations(op, pod, old, claims)...)
 	v.Limit, v.Stamp = limit, stamp
 	return v
+}
+
+// checkClaimAnnotations holds the pod's AnnotationClaimGPUs and its
+// signature to what Mutate sets: at creation the counts of its claims, and
+// after it what the pod was created with.
+func (a *Admission) checkClaimAnnotations(op admissionv1.Operation, pod, old *corev1.Pod, claims ClaimsDemand) field.ErrorList {
+	counts, hasCounts := pod.Annotations[AnnotationClaimGPUs]
+	sig, hasSig := pod.Annotations[AnnotationClaimGPUsSignature]
+	if op != admissionv1.Create {
+		var errs field.ErrorList
+		if was, had := old.Annotations[AnnotationClaimGPUs]; counts != was || hasCounts != had {
+			errs = append(errs, invalidValue(ClaimGPUsPath, counts, fmt.Sprintf("must stay %q, as the pod was created: its claims cannot change; only the power webhook sets it", was)))
+		}
+		if was, had := old.Annotations[AnnotationClaimGPUsSignature]; sig != was || hasSig != had {
+			errs = append(errs, invalidValue(ClaimGPUsSignaturePath, sig, "must stay as the pod was created; only the power webhook sets it"))
+		}
+		return errs
+	}
+	want, _ := a.claimAnnotations(op, pod, old, claims)
+	switch {
+	case counts != want || hasCounts != (want != ""):
+		return field.ErrorList{invalidValue(ClaimGPUsPath, counts, fmt.Sprintf("must be %q, the GPUs the pod's resourceClaims can get (absent: none, or not countable); only the power webhook sets it", want))}
+	case (a.StampKey == nil || want == "") && hasSig:
+		return field.ErrorList{invalidValue(ClaimGPUsSignaturePath, sig, "must be absent here; only the power webhook sets it")}
+	case a.StampKey != nil && want != "" && !a.StampKey.verifyCreated("claims", pod.Namespace, counts, a.now(), sig):
+		return field.ErrorList{invalidValue(ClaimGPUsSignaturePath, sig, "is not the power webhook's signature of the claims' GPU counts; only the power webhook sets it")}
+	}
+	return nil
 }
 
 // checkSignature checks the signature annotation against the stamp the pod

@@ -21,13 +21,17 @@ import (
 type Cost struct {
 	// Watts is per-GPU watts x GPUs.
 	Watts int64
-	// GPUs is the pod's effective nvidia.com/gpu request.
+	// GPUs is the pod's effective whole-GPU request, its claims' GPUs
+	// included.
 	GPUs int64
 	// PerGPU is the per-GPU watts the cost was computed from.
 	PerGPU Watts
 	// Unlimited is set when the pod has no limit and PerGPU is its products'
 	// default board limit.
 	Unlimited bool
+	// Shared are the GPUs (of GPUs) of the named ResourceClaims the pod
+	// uses: each is charged once, to the claim, however many pods share it.
+	Shared []SharedClaim
 }
 
 // CostOf computes a pod's cost: its limit x GPUs. A GPU pod without a valid
@@ -43,43 +47,84 @@ func (c Catalog) CostOf(pod *corev1.Pod, cluster Cluster, countUnlimited bool) C
 // Chargeable is what of a pod its cost depends on, read once so that a cache
 // of every GPU pod keeps a few words of each rather than the pod.
 type Chargeable struct {
-	// GPUs is the pod's effective whole-GPU request; 0: it is never charged.
+	// GPUs is the pod's own effective whole-GPU request: its extended
+	// resources, and the claims made from its templates.
 	GPUs int64
 	// Limit is its valid per-GPU limit; 0 when it has none.
 	Limit Watts
 	// Placement, for a GPU pod without a limit, is where it can land: its
 	// cost is the most the products there can draw. Nil otherwise.
 	Placement *Placement
+	// Claims is set for a pod whose resourceClaims get GPUs
+	// (AnnotationClaimGPUs): Claims.Own is counted in GPUs.
+	Claims *ClaimGPUs
 }
 
-// ChargeableOf reads what a pod's cost depends on.
+// Charged reports whether the pod charges budgets at all.
+func (p Chargeable) Charged() bool { return p.GPUs > 0 || p.Claims != nil && len(p.Claims.Shared) > 0 }
+
+// ChargeableOf reads what a pod's cost depends on, its AnnotationClaimGPUs
+// taken as it stands (the pod index checks its signature first).
 func ChargeableOf(pod *corev1.Pod) Chargeable {
-	gpus := DemandOf(&pod.Spec).GPUs
-	if gpus == 0 {
+	return ChargeableWith(pod, true)
+}
+
+// ChargeableWith is ChargeableOf, reading AnnotationClaimGPUs only when
+// withClaims: counts nobody signed charge nothing.
+func ChargeableWith(pod *corev1.Pod, withClaims bool) Chargeable {
+	p := Chargeable{GPUs: DemandOf(&pod.Spec).GPUs}
+	if value, ok := pod.Annotations[AnnotationClaimGPUs]; ok && withClaims && len(pod.Spec.ResourceClaims) > 0 {
+		if claims, ok := ParseClaimGPUs(value, pod.Spec.ResourceClaims); ok {
+			p.Claims = &claims
+			p.GPUs = SatAdd(p.GPUs, claims.Own)
+		}
+	}
+	if !p.Charged() {
 		return Chargeable{}
 	}
 	if w, ok := ParseLimit(pod.Annotations[AnnotationPowerLimit]); ok {
-		return Chargeable{GPUs: gpus, Limit: w}
+		p.Limit = w
+	} else if p.Claims == nil {
+		pl := PlacementOf(&pod.Spec)
+		p.Placement = &pl
 	}
-	p := PlacementOf(&pod.Spec)
-	return Chargeable{GPUs: gpus, Placement: &p}
+	return p
 }
 
-// Cost is CostOf for what was read of a pod.
+// Cost is CostOf for what was read of a pod. A pod without a limit whose
+// claims get GPUs costs the catalog's highest default per GPU: the products
+// its claims could get were matched at admission, and are not on the pod.
 func (c Catalog) Cost(p Chargeable, cluster Cluster, countUnlimited bool) Cost {
+	cost := Cost{GPUs: p.GPUs}
+	if p.Claims != nil {
+		cost.Shared = p.Claims.Shared
+		for _, s := range p.Claims.Shared {
+			cost.GPUs = SatAdd(cost.GPUs, s.GPUs)
+		}
+	}
 	switch {
-	case p.GPUs == 0:
+	case cost.GPUs == 0:
 		return Cost{}
 	case p.Limit > 0:
-		return Cost{Watts: SatMul(int64(p.Limit), p.GPUs), GPUs: p.GPUs, PerGPU: p.Limit}
+		cost.PerGPU = p.Limit
 	case !countUnlimited:
-		return Cost{GPUs: p.GPUs, Unlimited: true}
+		return Cost{GPUs: cost.GPUs, Unlimited: true}
+	default:
+		cost.PerGPU, cost.Unlimited = c.unlimitedPerGPU(p, cluster), true
 	}
+	cost.Watts = SatMul(int64(cost.PerGPU), cost.GPUs)
+	return cost
+}
+
+// unlimitedPerGPU is what a GPU of a pod without a limit can draw.
+func (c Catalog) unlimitedPerGPU(p Chargeable, cluster Cluster) Watts {
 	var perGPU Watts
 	var labels []string
-	if p.Placement != nil {
+	switch {
+	case p.Claims != nil:
+	case p.Placement != nil:
 		labels = p.Placement.Candidates(cluster).Labels
-	} else {
+	default:
 		labels = cluster.GPUProducts()
 	}
 	for _, label := range labels {
@@ -92,7 +137,42 @@ func (c Catalog) Cost(p Chargeable, cluster Cluster, countUnlimited bool) Cost {
 			perGPU = max(perGPU, r.DefaultWatts())
 		}
 	}
-	return Cost{Watts: SatMul(int64(perGPU), p.GPUs), GPUs: p.GPUs, PerGPU: perGPU, Unlimited: true}
+	return perGPU
+}
+
+// Charges splits a pod's cost into what it adds to a budget: its own GPUs,
+// keyed by its UID (always, so that the pod is counted), and each named
+// claim's, keyed by the claim (ClaimKey), once however many pods share it.
+func (c Cost) Charges(uid types.UID, namespace string) []Charge {
+	own := Charge{UID: uid, GPUs: c.GPUs}
+	out := make([]Charge, 1, 1+len(c.Shared))
+	for _, s := range c.Shared {
+		w := SatMul(int64(c.PerGPU), s.GPUs)
+		out = append(out, Charge{UID: ClaimKey(namespace, s.Claim), Watts: w, GPUs: s.GPUs, Shared: true})
+		own.GPUs -= s.GPUs
+	}
+	own.Watts = SatMul(int64(c.PerGPU), own.GPUs)
+	out[0] = own
+	return out
+}
+
+// claimKeyPrefix starts the keys of named claims' charges: no pod UID
+// (the API server's, a UUID) has it.
+const claimKeyPrefix = "resourceclaim:"
+
+// ClaimKey is what a named ResourceClaim's charge and reservations are
+// keyed by, beside pods' UIDs.
+func ClaimKey(namespace, claim string) types.UID {
+	return types.UID(claimKeyPrefix + namespace + "/" + claim)
+}
+
+// ClaimOfKey returns the claim a ClaimKey names; ok is false for a pod's UID.
+func ClaimOfKey(key types.UID) (namespace, claim string, ok bool) {
+	rest, found := strings.CutPrefix(string(key), claimKeyPrefix)
+	if !found {
+		return "", "", false
+	}
+	return strings.Cut(rest, "/")
 }
 
 // String renders the cost the way denials show it: "1000 W (4 GPUs x 250 W)".
@@ -139,15 +219,17 @@ func BudgetDenial(requested Cost, delta int64, short []BudgetState) string {
 }
 
 // Unchargeable says why budgets could not charge a new pod's devices, ""
-// when they can. Budgets count a pod from what it carries: the GPUs of its
-// ResourceClaims are on the claims (and a claim's spec can change before it
-// is copied or allocated), and a DeviceClass resource other than NVIDIA's
-// may be served by GPUs through a class budgets do not know. Until budgets
-// charge those, such a pod is refused where a budget applies, whatever its
-// claims ask for.
-func Unchargeable(spec *corev1.PodSpec) string {
-	if len(spec.ResourceClaims) > 0 {
-		return "its resourceClaims"
+// when they can. Budgets charge a claims pod by the GPU counts the webhook
+// writes on it (AnnotationClaimGPUs), so claims whose GPUs cannot be counted
+// (claims is what they ask) are refused where a budget applies, as is a
+// DeviceClass resource other than NVIDIA's: it may be served by GPUs
+// through a class budgets do not know.
+func Unchargeable(spec *corev1.PodSpec, claims ClaimsDemand) string {
+	switch {
+	case len(spec.ResourceClaims) > 0 && !claims.Resolved:
+		return "its resourceClaims (this cluster serves no resource.k8s.io/v1 to read them from)"
+	case len(claims.Problems) > 0:
+		return "its resourceClaims (" + strings.Join(claims.Problems, "; ") + ")"
 	}
 	for _, cs := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
 		for _, c := range cs {
@@ -166,16 +248,21 @@ func Unchargeable(spec *corev1.PodSpec) string {
 // NotCharged is the denial of a new pod whose devices budgets could not
 // charge (Unchargeable), in a namespace budgets select.
 func NotCharged(budgets []string, what string) string {
-	return fmt.Sprintf("GPU power budget %s selects the namespace, and the GPUs the pod may get through %s are not charged to budgets yet: "+
-		"ask for GPUs as %s: N (charged like %s), or create the pod in a namespace no budget selects",
+	return fmt.Sprintf("GPU power budget %s selects the namespace, and the GPUs the pod may get through %s cannot be charged to budgets: "+
+		"ask for GPUs as %s: N (charged like %s) or through claims whose GPUs can be counted, or create the pod in a namespace no budget selects",
 		strings.Join(budgets, ", "), what, ResourceDRAGPU, ResourceGPU)
 }
 
-// Charge is what one live pod or reservation adds to a budget's committed watts.
+// Charge is what one live pod, or a named claim it uses, adds to a
+// budget's committed watts.
 type Charge struct {
+	// UID is the pod's, or the claim's ClaimKey.
 	UID   types.UID
 	Watts int64
 	GPUs  int64
+	// Shared marks a claim's charge: the most any pod using it costs
+	// counts, once, and it is no pod.
+	Shared bool
 }
 
 // Reservation is an admission not yet seen as a pod.
@@ -197,12 +284,22 @@ type Committed struct {
 // least the reserved cost, or until it expires; while both exist the larger
 // counts, so an admitted raise is charged before the cache shows it and
 // nothing is counted twice.
-func CountCommitted(live []Charge, reservations []Reservation, now time.Time) Committed {
+func CountCommitted(charges []Charge, reservations []Reservation, now time.Time) Committed {
 	var c Committed
-	byUID := make(map[types.UID]int, len(live))
-	for i, p := range live {
-		byUID[p.UID] = i
-		c.Pods++
+	live := make([]Charge, 0, len(charges))
+	byUID := make(map[types.UID]int, len(charges))
+	for _, p := range charges {
+		if i, seen := byUID[p.UID]; seen && p.Shared {
+			live[i].Watts, live[i].GPUs = max(live[i].Watts, p.Watts), max(live[i].GPUs, p.GPUs)
+			continue
+		}
+		byUID[p.UID] = len(live)
+		live = append(live, p)
+		if !p.Shared {
+			c.Pods++
+		}
+	}
+	for _, p := range live {
 		c.GPUs = SatAdd(c.GPUs, p.GPUs)
 	}
 	extra := make(map[types.UID]int64)

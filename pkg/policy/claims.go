@@ -2,8 +2,12 @@ package policy
 
 import (
 	"fmt"
+	"maps"
 	"slices"
+	"strconv"
 	"strings"
+
+	corev1 "k8s.io/api/core/v1"
 )
 
 // ClaimRequest is one device request of a pod's ResourceClaims, as the
@@ -13,6 +17,8 @@ type ClaimRequest struct {
 	// Source names it for messages: `claim "gpus" (ResourceClaimTemplate
 	// "two-gpus"), request "gpu"`.
 	Source string
+	// Claim is the pod's claim it is a request of (spec.resourceClaims[].name).
+	Claim string
 	// Missing, when set, says why the request could not be read: its
 	// template or claim does not exist (yet).
 	Missing string
@@ -42,6 +48,9 @@ type ClaimsDemand struct {
 	Resolved bool
 	// GPUs is the most whole GPUs the claims can get (saturating).
 	GPUs int64
+	// PerClaim is GPUs by the pod's claim (spec.resourceClaims[].name),
+	// for the claims that can get any: what budgets charge (ClaimGPUs).
+	PerClaim map[string]int64
 	// Products are the candidate products of those GPUs, sorted, distinct;
 	// From names the requests they come from, for messages.
 	Products []string
@@ -72,6 +81,12 @@ func ClaimsDemandOf(reqs []ClaimRequest) ClaimsDemand {
 		gpus, products, isGPU := d.add(r)
 		if isGPU {
 			d.GPUs = SatAdd(d.GPUs, gpus)
+			if gpus > 0 {
+				if d.PerClaim == nil {
+					d.PerClaim = map[string]int64{}
+				}
+				d.PerClaim[r.Claim] = SatAdd(d.PerClaim[r.Claim], gpus)
+			}
 			d.Products = append(d.Products, products...)
 			from = append(from, r.Source)
 		}
@@ -171,4 +186,69 @@ func (d ClaimsDemand) candidates(c Candidates, onlyClaims bool) Candidates {
 	slices.Sort(merged.Labels)
 	merged.Labels = slices.Compact(merged.Labels)
 	return merged
+}
+
+// ClaimGPUs is what a pod's AnnotationClaimGPUs says its claims' GPUs are.
+type ClaimGPUs struct {
+	// Own are the GPUs of the claims made for the pod alone, from its
+	// templates.
+	Own int64
+	// Shared are the GPUs of the named ResourceClaims it uses, sorted by
+	// claim: any number of pods may use one, and budgets charge it once.
+	Shared []SharedClaim
+}
+
+// SharedClaim is a named ResourceClaim's GPUs.
+type SharedClaim struct {
+	Claim string
+	GPUs  int64
+}
+
+// FormatClaimGPUs is the AnnotationClaimGPUs value of the claims' GPUs
+// (ClaimsDemand.PerClaim): name=count for each claim that gets any, sorted
+// by name; "" when none does.
+func FormatClaimGPUs(perClaim map[string]int64) string {
+	names := slices.Sorted(maps.Keys(perClaim))
+	parts := make([]string, 0, len(names))
+	for _, name := range names {
+		if n := perClaim[name]; n > 0 {
+			parts = append(parts, name+"="+strconv.FormatInt(n, 10))
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// ParseClaimGPUs reads an AnnotationClaimGPUs value against the pod's
+// resourceClaims: ok is false unless it is exactly what FormatClaimGPUs
+// writes (sorted names, each a claim of the pod, once, with a positive
+// count in canonical form).
+func ParseClaimGPUs(value string, claims []corev1.PodResourceClaim) (ClaimGPUs, bool) {
+	var out ClaimGPUs
+	if value == "" {
+		return out, false
+	}
+	shared := map[string]int64{}
+	prev := ""
+	for i, part := range strings.Split(value, ",") {
+		name, count, found := strings.Cut(part, "=")
+		n, err := strconv.ParseInt(count, 10, 64)
+		if !found || err != nil || n <= 0 || strconv.FormatInt(n, 10) != count || (i > 0 && name <= prev) {
+			return ClaimGPUs{}, false
+		}
+		prev = name
+		j := slices.IndexFunc(claims, func(c corev1.PodResourceClaim) bool { return c.Name == name })
+		switch {
+		case j < 0:
+			return ClaimGPUs{}, false
+		case claims[j].ResourceClaimName != nil:
+			// One claim in two of the pod's entries is one set of GPUs.
+			shared[*claims[j].ResourceClaimName] = max(shared[*claims[j].ResourceClaimName], n)
+		default:
+			out.Own = SatAdd(out.Own, n)
+		}
+	}
+	for _, claim := range slices.Sorted(maps.Keys(shared)) {
+		out.Shared = append(out.Shared, SharedClaim{Claim: claim, GPUs: shared[claim]})
+	}
+	return out, true
 }

@@ -18,6 +18,14 @@ const (
 	// stamp, when it signs stamps (StampKey): the agent then enforces only a
 	// stamp whose signature it can verify.
 	AnnotationPowerLimitSignature = "dynamo.nvidia.com/gpu-power-limit-signature"
+	// AnnotationClaimGPUs is set only by the webhook, when it creates a pod
+	// whose resourceClaims can get GPUs, to each such claim's GPUs
+	// ("gpus=2,shared=1", by spec.resourceClaims[].name): what budgets
+	// charge for them, as the GPUs are on the claims, not on the pod.
+	AnnotationClaimGPUs = "dynamo.nvidia.com/gpu-claims"
+	// AnnotationClaimGPUsSignature is the webhook's signature of
+	// AnnotationClaimGPUs, when it signs stamps.
+	AnnotationClaimGPUsSignature = "dynamo.nvidia.com/gpu-claims-signature"
 
 	// LabelGPUProduct is the node label GPU Feature Discovery sets to the GPU model.
 	LabelGPUProduct = "nvidia.com/gpu.product"
@@ -59,6 +67,12 @@ func ReadsResource(name string) bool {
 	return strings.HasPrefix(name, "nvidia.com/") || strings.HasPrefix(name, ResourceDeviceClassPrefix)
 }
 
+// WebhookAnnotations are the annotations only admission of the pod itself
+// may set or change: the limit, and what the webhook writes beside it. The
+// pods/status and binding webhooks (deploy/webhook/61-*) name each of them.
+var WebhookAnnotations = []string{AnnotationPowerLimit, AnnotationPowerLimitValidated, AnnotationPowerLimitSignature,
+	AnnotationClaimGPUs, AnnotationClaimGPUsSignature}
+
 var (
 	annotationsPath = field.NewPath("metadata", "annotations")
 	// LimitPath is where denials of the limit annotation point.
@@ -67,6 +81,10 @@ var (
 	StampPath = annotationsPath.Key(AnnotationPowerLimitValidated)
 	// SignaturePath is where denials of the stamp's signature point.
 	SignaturePath = annotationsPath.Key(AnnotationPowerLimitSignature)
+	// ClaimGPUsPath and ClaimGPUsSignaturePath are where denials of the
+	// claims' GPU counts and their signature point.
+	ClaimGPUsPath          = annotationsPath.Key(AnnotationClaimGPUs)
+	ClaimGPUsSignaturePath = annotationsPath.Key(AnnotationClaimGPUsSignature)
 )
 
 // SkippedNamespaces are the namespaces the webhook's pod webhooks never see:

@@ -56,23 +56,35 @@ func (k StampKey) SignUpdate(namespace string, uid types.UID, limit string) stri
 // Verify reports whether sig is the webhook's signature of limit on the pod
 // of namespace, uid and creationTimestamp created.
 func (k StampKey) Verify(namespace string, uid types.UID, created time.Time, limit, sig string) bool {
-	var want string
 	switch {
 	case strings.HasPrefix(sig, updatedForm):
-		want = k.SignUpdate(namespace, uid, limit)
+		want := k.SignUpdate(namespace, uid, limit)
+		return len(sig) == len(want) && hmac.Equal([]byte(sig), []byte(want))
 	case strings.HasPrefix(sig, createdForm):
-		unix, _, ok := strings.Cut(strings.TrimPrefix(sig, createdForm), ".")
-		at, err := strconv.ParseInt(unix, 10, 64)
-		if !ok || err != nil || unix != strconv.FormatInt(at, 10) {
-			return false
-		}
-		if d := created.Sub(time.Unix(at, 0)); d < -StampWindow || d > StampWindow {
-			return false
-		}
-		want = createdForm + unix + "." + k.mac("c", namespace, limit, unix)
-	default:
+		return k.verifyCreated("c", namespace, limit, created, sig)
+	}
+	return false
+}
+
+// SignClaims is the signature of the claims' GPU counts (AnnotationClaimGPUs)
+// admitted at a pod's creation, the only time they are set.
+func (k StampKey) SignClaims(namespace, counts string, at time.Time) string {
+	unix := strconv.FormatInt(at.Unix(), 10)
+	return createdForm + unix + "." + k.mac("claims", namespace, counts, unix)
+}
+
+// verifyCreated checks a creation's signature of value, made for purpose,
+// against the pod's creationTimestamp.
+func (k StampKey) verifyCreated(purpose, namespace, value string, created time.Time, sig string) bool {
+	unix, _, ok := strings.Cut(strings.TrimPrefix(sig, createdForm), ".")
+	at, err := strconv.ParseInt(unix, 10, 64)
+	if !strings.HasPrefix(sig, createdForm) || !ok || err != nil || unix != strconv.FormatInt(at, 10) {
 		return false
 	}
+	if d := created.Sub(time.Unix(at, 0)); d < -StampWindow || d > StampWindow {
+		return false
+	}
+	want := createdForm + unix + "." + k.mac(purpose, namespace, value, unix)
 	return len(sig) == len(want) && hmac.Equal([]byte(sig), []byte(want))
 }
 
@@ -96,4 +108,13 @@ func (k StampKey) Validated(pod *corev1.Pod) bool {
 		return false
 	}
 	return k == nil || k.Verify(pod.Namespace, pod.UID, pod.CreationTimestamp.Time, limit, pod.Annotations[AnnotationPowerLimitSignature])
+}
+
+// ClaimsSigned reports whether a pod's AnnotationClaimGPUs is the one the
+// webhook set: when stamps are signed (k is set), it carries the webhook's
+// signature. Counts typed where the webhook never looked are not, and
+// budgets do not charge by them.
+func (k StampKey) ClaimsSigned(pod *corev1.Pod) bool {
+	counts, ok := pod.Annotations[AnnotationClaimGPUs]
+	return ok && (k == nil || k.verifyCreated("claims", pod.Namespace, counts, pod.CreationTimestamp.Time, pod.Annotations[AnnotationClaimGPUsSignature]))
 }

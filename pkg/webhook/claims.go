@@ -48,11 +48,13 @@ func (r *ClaimResolver) Demand(ctx context.Context, pod *corev1.Pod) (policy.Cla
 			return policy.ClaimsDemand{}, err
 		}
 		if missing != "" {
-			reqs = append(reqs, policy.ClaimRequest{Source: source, Missing: missing})
+			reqs = append(reqs, policy.ClaimRequest{Source: source, Claim: pc.Name, Missing: missing})
 			continue
 		}
 		for _, dr := range spec.Devices.Requests {
-			reqs = append(reqs, r.request(fmt.Sprintf("%s, request %q", source, dr.Name), dr))
+			req := r.request(fmt.Sprintf("%s, request %q", source, dr.Name), dr)
+			req.Claim = pc.Name
+			reqs = append(reqs, req)
 		}
 	}
 	return policy.ClaimsDemandOf(reqs), nil

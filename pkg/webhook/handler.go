@@ -97,7 +97,7 @@ func (h *Validator) Handle(ctx context.Context, req admission.Request) admission
 			return admission.Allowed(""), nil
 		}
 		dryRun := isDryRun(req)
-		denial, err := h.Budgets.Admit(ctx, req.Operation, pod, old, h.Cluster, dryRun)
+		denial, err := h.Budgets.Admit(ctx, req.Operation, pod, old, h.Cluster, claims, dryRun)
 		switch {
 		case err != nil:
 			return admission.Response{}, err
@@ -224,7 +224,7 @@ func guardSubresource(req admission.Request) (admission.Response, error) {
 		if err != nil {
 			return admission.Response{}, fmt.Errorf("%w old pod: %w", errDecode, err)
 		}
-		for _, key := range powerAnnotationKeys {
+		for _, key := range policy.WebhookAnnotations {
 			v, has := pod.Annotations[key]
 			was, had := old.Annotations[key]
 			if has != had || v != was {
@@ -236,7 +236,7 @@ func guardSubresource(req admission.Request) (admission.Response, error) {
 		if err != nil {
 			return admission.Response{}, fmt.Errorf("%w binding: %w", errDecode, err)
 		}
-		for _, key := range powerAnnotationKeys {
+		for _, key := range policy.WebhookAnnotations {
 			if _, has := binding.Annotations[key]; has {
 				changed = append(changed, key)
 			}
@@ -261,9 +261,6 @@ func guardSubresource(req admission.Request) (admission.Response, error) {
 	return admission.Response{AdmissionResponse: admissionv1.AdmissionResponse{Allowed: false, Result: &status}}, nil
 }
 
-// powerAnnotationKeys are the annotations only admission of the pod may set.
-var powerAnnotationKeys = [...]string{policy.AnnotationPowerLimit, policy.AnnotationPowerLimitValidated, policy.AnnotationPowerLimitSignature}
-
 // deny answers 422 Invalid with one cause per field error, the way the API
 // server's own validation answers.
 func deny(pod *corev1.Pod, v policy.Verdict) admission.Response {
@@ -278,11 +275,12 @@ func deny(pod *corev1.Pod, v policy.Verdict) admission.Response {
 }
 
 // annotationPatch returns the JSON patch that makes the pod's annotations hold
-// the verdict's limit, stamp and signature ("" = absent), touching nothing
-// else.
+// the verdict's limit, stamp, signature and claims' GPU counts ("" = absent),
+// touching nothing else.
 func annotationPatch(have map[string]string, v policy.Verdict) []jsonpatch.Operation {
 	want := [...]struct{ key, value string }{
 		{policy.AnnotationPowerLimit, v.Limit}, {policy.AnnotationPowerLimitValidated, v.Stamp}, {policy.AnnotationPowerLimitSignature, v.Signature},
+		{policy.AnnotationClaimGPUs, v.ClaimGPUs}, {policy.AnnotationClaimGPUsSignature, v.ClaimSignature},
 	}
 	if have == nil {
 		add := map[string]string{}

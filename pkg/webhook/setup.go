@@ -101,6 +101,7 @@ func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, re
 	}
 	pods := podindex.New()
 	pods.Validated = admit.StampKey.Validated
+	pods.ClaimsSigned = admit.StampKey.ClaimsSigned
 	podFeed, err := newPodFeed(mgr, pods)
 	if err != nil {
 		return err

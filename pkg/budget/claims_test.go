@@ -1,0 +1,97 @@
+package budget
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/dynamo-power/gpu-power/internal/testpod"
+	"github.com/dynamo-power/gpu-power/pkg/policy"
+)
+
+// A named ResourceClaim's GPUs are charged once, to the claim, at the most
+// any pod using it costs; a claim made from a pod's template is the pod's
+// own. The webhook writes the counts on the pod (AnnotationClaimGPUs).
+func TestSharedClaimIsChargedOnce(t *testing.T) {
+	b, c := ledger(t, 0)
+	claims := policy.ClaimsDemand{Resolved: true}
+	sharer := func(name, uid, limit string) *testpod.Wrapper {
+		return testpod.MakePod(name, "llm").UID(uid).NamedClaim("gpus", "shared").Limit(limit).Stamp(limit).
+			Annotation(policy.AnnotationClaimGPUs, "gpus=2")
+	}
+	admit := func(p *testpod.Wrapper) string {
+		t.Helper()
+		denial, err := b.Admit(t.Context(), admissionv1.Create, p.Obj(), nil, b.Cluster, claims, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if denial == "" {
+			if err := c.Create(t.Context(), p.Obj()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return denial
+	}
+	if d := admit(sharer("a", "pod-a", "250")); d != "" {
+		t.Fatalf("first sharer: %s", d)
+	}
+	own := testpod.MakePod("c", "llm").UID("pod-c").ResourceClaim("gpus", "two").Limit("250").Stamp("250").Annotation(policy.AnnotationClaimGPUs, "gpus=2")
+	if d := admit(own); d != "" {
+		t.Fatalf("template claims: %s", d)
+	}
+	if st := budgetStatus(t, c); st.CommittedWatts != 1000 {
+		t.Fatalf("committed %d W; want 500 for the shared claim and 500 for the template's", st.CommittedWatts)
+	}
+	// The budget is full, and a second pod on the claim adds nothing.
+	if d := admit(sharer("b", "pod-b", "250")); d != "" {
+		t.Fatalf("second sharer at the same limit: %s", d)
+	}
+	// A higher limit on the claim's GPUs is charged the difference.
+	if d := admit(sharer("d", "pod-d", "300")); !strings.Contains(d, `exceeded GPU power budget "cluster": requested 100 W more (now 600 W (2 GPUs x 300 W))`) {
+		t.Fatalf("sharer at a higher limit: %q; want denied for 100 W more", d)
+	}
+	r := &Reconciler{Client: c, API: c, Ledger: b, Catalog: b.Catalog, Cluster: b.Cluster,
+		Resync: time.Minute, Now: time.Now, PodsSeen: func() string { return caughtUp }}
+	if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}); err != nil {
+		t.Fatal(err)
+	}
+	st := budgetStatus(t, c)
+	if st.CommittedWatts != 1000 || st.Pods != 3 || st.GPUs != 4 || len(st.Reservations) != 0 {
+		t.Errorf("recounted: %d W, %d pods, %d GPUs, reservations %+v; want 1000 W, 3 pods, 4 GPUs, none", st.CommittedWatts, st.Pods, st.GPUs, st.Reservations)
+	}
+	// The claim stays charged while one pod uses it.
+	for _, name := range []string{"a", "c"} {
+		if err := c.Delete(t.Context(), testpod.MakePod(name, "llm").Obj()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}); err != nil {
+		t.Fatal(err)
+	}
+	if st := budgetStatus(t, c); st.CommittedWatts != 500 || st.Pods != 1 {
+		t.Errorf("after two pods left: %d W, %d pods; want the claim's 500 W through the pod left", st.CommittedWatts, st.Pods)
+	}
+}
+
+// Claims whose GPUs cannot be counted are refused where a budget applies,
+// saying why; a pod without a budget is not.
+func TestUncountableClaimsAreRefusedUnderABudget(t *testing.T) {
+	b, _ := ledger(t, 0)
+	p := testpod.MakePod("a", "llm").UID("pod-a").ResourceClaim("gpus", "gone").Obj()
+	for _, tc := range []struct {
+		claims policy.ClaimsDemand
+		want   string
+	}{
+		{policy.ClaimsDemand{}, "its resourceClaims (this cluster serves no resource.k8s.io/v1 to read them from)"},
+		{policy.ClaimsDemand{Resolved: true, Problems: []string{`claim "gpus": not found`}}, `its resourceClaims (claim "gpus": not found)`},
+	} {
+		d, err := b.Admit(t.Context(), admissionv1.Create, p, nil, b.Cluster, tc.claims, false)
+		if err != nil || !strings.Contains(d, `GPU power budget "cluster" selects the namespace, and the GPUs the pod may get through `+tc.want+" cannot be charged") {
+			t.Errorf("%+v: %q %v; want refused through %s", tc.claims, d, err, tc.want)
+		}
+	}
+}

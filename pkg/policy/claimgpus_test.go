@@ -1,0 +1,249 @@
+package policy_test
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/dynamo-power/gpu-power/pkg/policy"
+)
+
+func podClaims(names ...string) []corev1.PodResourceClaim {
+	var out []corev1.PodResourceClaim
+	for _, n := range names {
+		name, claim, named := strings.Cut(n, ":")
+		pc := corev1.PodResourceClaim{Name: name}
+		if named {
+			pc.ResourceClaimName = &claim
+		} else {
+			pc.ResourceClaimTemplateName = &name
+		}
+		out = append(out, pc)
+	}
+	return out
+}
+
+func TestParseClaimGPUs(t *testing.T) {
+	claims := podClaims("gpus", "more", "shared:pool", "again:pool", "other:pool-2")
+	for _, tt := range []struct {
+		value string
+		want  policy.ClaimGPUs
+		ok    bool
+	}{
+		{"gpus=2", policy.ClaimGPUs{Own: 2}, true},
+		{"gpus=2,more=3", policy.ClaimGPUs{Own: 5}, true},
+		{"gpus=1,other=4,shared=2", policy.ClaimGPUs{Own: 1, Shared: []policy.SharedClaim{{Claim: "pool", GPUs: 2}, {Claim: "pool-2", GPUs: 4}}}, true},
+		{"again=3,shared=2", policy.ClaimGPUs{Shared: []policy.SharedClaim{{Claim: "pool", GPUs: 3}}}, true}, // one claim, twice in the pod
+		{"", policy.ClaimGPUs{}, false},
+		{"more=3,gpus=2", policy.ClaimGPUs{}, false}, // not sorted
+		{"gpus=2,gpus=2", policy.ClaimGPUs{}, false},
+		{"gpus=0", policy.ClaimGPUs{}, false},
+		{"gpus=-1", policy.ClaimGPUs{}, false},
+		{"gpus=02", policy.ClaimGPUs{}, false},
+		{"gpus=+2", policy.ClaimGPUs{}, false},
+		{"gpus=2,", policy.ClaimGPUs{}, false},
+		{"gpus", policy.ClaimGPUs{}, false},
+		{"gpus=99999999999999999999", policy.ClaimGPUs{}, false},
+		{"unknown=1", policy.ClaimGPUs{}, false},
+		{" gpus=2", policy.ClaimGPUs{}, false},
+	} {
+		got, ok := policy.ParseClaimGPUs(tt.value, claims)
+		if ok != tt.ok || got.Own != tt.want.Own || !slices.Equal(got.Shared, tt.want.Shared) {
+			t.Errorf("ParseClaimGPUs(%q) = %+v, %v; want %+v, %v", tt.value, got, ok, tt.want, tt.ok)
+		}
+	}
+	if got := policy.FormatClaimGPUs(map[string]int64{"shared": 2, "gpus": 1, "none": 0}); got != "gpus=1,shared=2" {
+		t.Errorf("FormatClaimGPUs = %q; want gpus=1,shared=2", got)
+	}
+}
+
+// FuzzParseClaimGPUs: whatever a pod carries, the parse never panics, never
+// yields a count below one, and takes exactly what FormatClaimGPUs writes.
+func FuzzParseClaimGPUs(f *testing.F) {
+	f.Add("gpus=2,shared=1", int64(3))
+	f.Add("a=1,a=1", int64(1))
+	f.Add("shared=9223372036854775807,gpus=1", int64(1<<62))
+	f.Fuzz(func(t *testing.T, value string, n int64) {
+		claims := podClaims("gpus", "shared:pool", "a", "b:pool")
+		got, ok := policy.ParseClaimGPUs(value, claims)
+		if ok {
+			total := got.Own
+			for _, s := range got.Shared {
+				if s.GPUs < 1 {
+					t.Fatalf("%q: shared count %d", value, s.GPUs)
+				}
+				total = policy.SatAdd(total, s.GPUs)
+			}
+			if total < 1 {
+				t.Fatalf("%q: %+v counts no GPU", value, got)
+			}
+		}
+		perClaim := map[string]int64{"gpus": n, "shared": n / 2}
+		formatted := policy.FormatClaimGPUs(perClaim)
+		back, ok := policy.ParseClaimGPUs(formatted, claims)
+		positive := maps.Collect(func(yield func(string, int64) bool) {
+			for k, v := range perClaim {
+				if v > 0 && !yield(k, v) {
+					return
+				}
+			}
+		})
+		if ok != (len(positive) > 0) || (ok && back.Own != max(n, 0)) {
+			t.Fatalf("%v formatted %q parsed back as %+v, %v", perClaim, formatted, back, ok)
+		}
+	})
+}
+
+// The claims' GPU counts are written at creation, signed, and kept as they
+// are after it; Validate refuses any other.
+func TestClaimGPUsAnnotations(t *testing.T) {
+	key := policy.NewStampKey([]byte("test key material, at least 32 bytes long"))
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	cluster := fakeCluster{"h100-0": h100}
+	a := newAdmission(t)
+	a.StampKey, a.Now = key, func() time.Time { return now }
+	twoH100s := policy.ClaimsDemandOf([]policy.ClaimRequest{{Source: "claim gpus", Claim: "gpus", Class: policy.DeviceClassGPU, Count: 2,
+		Devices: map[string]map[string]int{"dra-0": {h100DRA: 8}}}})
+	newPod := func(annotations ...string) *corev1.Pod {
+		p := pod().ResourceClaim("gpus", "two").Obj()
+		for i := 0; i+1 < len(annotations); i += 2 {
+			if p.Annotations == nil {
+				p.Annotations = map[string]string{}
+			}
+			p.Annotations[annotations[i]] = annotations[i+1]
+		}
+		return p
+	}
+	signed := key.SignClaims("llm", "gpus=2", now)
+
+	v := a.Mutate(admissionv1.Create, newPod(policy.AnnotationClaimGPUs, "gpus=0"), nil, cluster, nil, twoH100s)
+	if v.ClaimGPUs != "gpus=2" || v.ClaimSignature != signed {
+		t.Errorf("Mutate on create: counts %q signature %q; want gpus=2 signed", v.ClaimGPUs, v.ClaimSignature)
+	}
+	uncountable := policy.ClaimsDemandOf([]policy.ClaimRequest{{Source: "claim gpus", Claim: "gpus", Missing: "not found"}})
+	if v := a.Mutate(admissionv1.Create, newPod(), nil, cluster, nil, uncountable); v.ClaimGPUs != "" || v.ClaimSignature != "" {
+		t.Errorf("claims that cannot be counted: counts %q; want none", v.ClaimGPUs)
+	}
+	created := newPod(policy.AnnotationClaimGPUs, "gpus=2", policy.AnnotationClaimGPUsSignature, signed)
+	if v := a.Mutate(admissionv1.Update, newPod(policy.AnnotationClaimGPUs, "gpus=1"), created, cluster, nil, policy.ClaimsDemand{}); v.ClaimGPUs != "gpus=2" || v.ClaimSignature != signed {
+		t.Errorf("Mutate on update: counts %q; want the creation's kept", v.ClaimGPUs)
+	}
+
+	countsInvalid := "metadata.annotations[dynamo.nvidia.com/gpu-claims]: Invalid value: "
+	sigInvalid := "metadata.annotations[dynamo.nvidia.com/gpu-claims-signature]: Invalid value: "
+	limitSig := key.SignCreate("llm", "gpus=2", now)
+	for _, tt := range []struct {
+		name     string
+		op       admissionv1.Operation
+		old, pod *corev1.Pod
+		claims   policy.ClaimsDemand
+		errs     []string
+	}{
+		{"as the webhook set them", admissionv1.Create, nil, created, twoH100s, nil},
+		{"fewer GPUs than the claims get", admissionv1.Create, nil, newPod(policy.AnnotationClaimGPUs, "gpus=1", policy.AnnotationClaimGPUsSignature, key.SignClaims("llm", "gpus=1", now)), twoH100s,
+			[]string{countsInvalid + `"gpus=1": must be "gpus=2", the GPUs the pod's resourceClaims can get (absent: none, or not countable); only the power webhook sets it`}},
+		{"counts without a signature", admissionv1.Create, nil, newPod(policy.AnnotationClaimGPUs, "gpus=2"), twoH100s,
+			[]string{sigInvalid + `"": is not the power webhook's signature of the claims' GPU counts; only the power webhook sets it`}},
+		{"a limit's signature is not the counts'", admissionv1.Create, nil, newPod(policy.AnnotationClaimGPUs, "gpus=2", policy.AnnotationClaimGPUsSignature, limitSig), twoH100s,
+			[]string{sigInvalid + fmt.Sprintf("%q", limitSig[:40]+"…") + ` (56 bytes, truncated): is not the power webhook's signature of the claims' GPU counts; only the power webhook sets it`}},
+		{"counts on claims that cannot be counted", admissionv1.Create, nil, created, uncountable,
+			[]string{countsInvalid + `"gpus=2": must be "", the GPUs the pod's resourceClaims can get (absent: none, or not countable); only the power webhook sets it`}},
+		{"update keeping them", admissionv1.Update, created, created.DeepCopy(), policy.ClaimsDemand{}, nil},
+		{"update lowering the count", admissionv1.Update, created, newPod(policy.AnnotationClaimGPUs, "gpus=1", policy.AnnotationClaimGPUsSignature, signed), policy.ClaimsDemand{},
+			[]string{countsInvalid + `"gpus=1": must stay "gpus=2", as the pod was created: its claims cannot change; only the power webhook sets it`}},
+		{"update removing them", admissionv1.Update, created, newPod(), policy.ClaimsDemand{},
+			[]string{countsInvalid + `"": must stay "gpus=2", as the pod was created: its claims cannot change; only the power webhook sets it`,
+				sigInvalid + `"": must stay as the pod was created; only the power webhook sets it`}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			assertVerdict(t, a.Validate(tt.op, tt.pod, tt.old, cluster, tt.claims), tt.errs, nil)
+		})
+	}
+}
+
+// What budgets charge by is the webhook's signature of the counts, held
+// against the pod's creation; not a limit's signature, nor counts typed on a
+// pod created where the webhook never looked.
+func TestClaimsSigned(t *testing.T) {
+	key := policy.NewStampKey([]byte("test key material, at least 32 bytes long"))
+	created := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	stored := func(ns, counts, sig string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, CreationTimestamp: metav1.NewTime(created),
+			Annotations: map[string]string{policy.AnnotationClaimGPUs: counts, policy.AnnotationClaimGPUsSignature: sig}}}
+	}
+	for _, tt := range []struct {
+		name string
+		pod  *corev1.Pod
+		want bool
+	}{
+		{"signed at creation", stored("llm", "gpus=2", key.SignClaims("llm", "gpus=2", created.Add(-time.Second))), true},
+		{"another namespace's", stored("other", "gpus=2", key.SignClaims("llm", "gpus=2", created)), false},
+		{"other counts'", stored("llm", "gpus=1", key.SignClaims("llm", "gpus=2", created)), false},
+		{"signed an hour before the pod", stored("llm", "gpus=2", key.SignClaims("llm", "gpus=2", created.Add(-time.Hour))), false},
+		{"a limit's signature", stored("llm", "gpus=2", key.SignCreate("llm", "gpus=2", created)), false},
+		{"an update's form", stored("llm", "gpus=2", key.SignUpdate("llm", "", "gpus=2")), false},
+		{"none", stored("llm", "gpus=2", ""), false},
+	} {
+		if got := key.ClaimsSigned(tt.pod); got != tt.want {
+			t.Errorf("%s: ClaimsSigned = %v; want %v", tt.name, got, tt.want)
+		}
+	}
+	if !policy.StampKey(nil).ClaimsSigned(stored("llm", "gpus=2", "")) {
+		t.Error("without a key every count counts, as every stamp does")
+	}
+}
+
+// A pod's cost is split into its own GPUs, keyed by the pod, and each named
+// claim's, keyed by the claim; the recount charges a claim once, at the
+// most any pod using it costs.
+func TestClaimCharges(t *testing.T) {
+	catalog := policy.DefaultCatalog()
+	cluster := fakeCluster{"h100-0": h100}
+	p := pod().UID("pod-1").GPU(1).ResourceClaim("own", "t").NamedClaim("shared", "pool").Limit("250").
+		Annotation(policy.AnnotationClaimGPUs, "own=2,shared=3").Obj()
+	cost := catalog.CostOf(p, cluster, true)
+	if cost.Watts != 1500 || cost.GPUs != 6 {
+		t.Fatalf("cost %+v; want 6 GPUs x 250 W", cost)
+	}
+	charges := cost.Charges("pod-1", "llm")
+	want := []policy.Charge{{UID: "pod-1", Watts: 750, GPUs: 3}, {UID: policy.ClaimKey("llm", "pool"), Watts: 750, GPUs: 3, Shared: true}}
+	if !slices.Equal(charges, want) {
+		t.Errorf("charges %+v; want %+v", charges, want)
+	}
+	if ns, claim, ok := policy.ClaimOfKey(charges[1].UID); !ok || ns != "llm" || claim != "pool" {
+		t.Errorf("ClaimOfKey(%q) = %q %q %v", charges[1].UID, ns, claim, ok)
+	}
+	if _, _, ok := policy.ClaimOfKey("pod-1"); ok {
+		t.Error("a pod's UID read as a claim's key")
+	}
+	// Without a limit, a claim's GPUs cost the catalog's highest default:
+	// their products are not on the pod.
+	unlimited := pod().UID("pod-2").NamedClaim("shared", "pool").Annotation(policy.AnnotationClaimGPUs, "shared=1").Obj()
+	highest := policy.Watts(0)
+	for _, r := range catalog {
+		highest = max(highest, r.DefaultWatts())
+	}
+	if c := catalog.CostOf(unlimited, cluster, true); c.PerGPU != highest || !c.Unlimited || c.GPUs != 1 {
+		t.Errorf("unlimited claim pod costs %+v; want 1 GPU at %d W", c, highest)
+	}
+	// Counts on a pod without those claims charge nothing.
+	if c := catalog.CostOf(pod().Annotation(policy.AnnotationClaimGPUs, "shared=1").Obj(), cluster, true); c.GPUs != 0 {
+		t.Errorf("counts without claims cost %+v; want nothing", c)
+	}
+
+	live := []policy.Charge{
+		{UID: "a", Watts: 0}, {UID: policy.ClaimKey("llm", "pool"), Watts: 600, GPUs: 2, Shared: true},
+		{UID: "b", Watts: 300, GPUs: 1}, {UID: policy.ClaimKey("llm", "pool"), Watts: 800, GPUs: 2, Shared: true},
+	}
+	res := []policy.Reservation{{UID: policy.ClaimKey("llm", "pool"), Watts: 1000, Expires: time.Now().Add(time.Minute)}}
+	if c := policy.CountCommitted(live, res, time.Now()); c.Watts != 1300 || c.Pods != 2 || c.GPUs != 3 || len(c.Kept) != 1 {
+		t.Errorf("CountCommitted = %+v; want the claim once at its reservation's 1000 W, 2 pods, 3 GPUs", c)
+	}
+}
