@@ -75,8 +75,13 @@ func TestSubresourcesCannotChangePowerAnnotations(t *testing.T) {
 		{"status raises limit and stamp together", "status", admissionv1.Update, raised, stamped, []string{policy.AnnotationPowerLimit, policy.AnnotationPowerLimitValidated}},
 		{"status writes a limit below the floor with its stamp", "status", admissionv1.Update, floor, bare, []string{policy.AnnotationPowerLimit, policy.AnnotationPowerLimitValidated}},
 		{"status removes the stamp", "status", admissionv1.Update, testpod.MakePod("a", "llm").GPU(1).Limit("300").Obj(), stamped, []string{policy.AnnotationPowerLimitValidated}},
+		{"status lowers the claims' GPU counts", "status", admissionv1.Update,
+			testpod.MakePod("a", "llm").NamedClaim("gpus", "pool").Annotation(policy.AnnotationClaimGPUs, "gpus=1").Obj(),
+			testpod.MakePod("a", "llm").NamedClaim("gpus", "pool").Annotation(policy.AnnotationClaimGPUs, "gpus=4").Obj(), []string{policy.AnnotationClaimGPUs}},
 		{"binding without power annotations", "binding", admissionv1.Create, binding(map[string]string{"other": "x"}), nil, nil},
 		{"binding that carries a stamp", "binding", admissionv1.Create, binding(map[string]string{policy.AnnotationPowerLimitValidated: "300"}), nil, []string{policy.AnnotationPowerLimitValidated}},
+		{"binding that carries claims' GPU counts", "binding", admissionv1.Create, binding(map[string]string{policy.AnnotationClaimGPUs: "gpus=1",
+			policy.AnnotationClaimGPUsSignature: "c.1.x"}), nil, []string{policy.AnnotationClaimGPUs, policy.AnnotationClaimGPUsSignature}},
 		{"another subresource", "ephemeralcontainers", admissionv1.Update, raised, stamped, nil},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -38,8 +38,13 @@ func create(t *testing.T, c client.Client, p *corev1.Pod) error {
 
 func annotations(t *testing.T, name string) map[string]string {
 	t.Helper()
+	return annotationsIn(t, testNamespace, name)
+}
+
+func annotationsIn(t *testing.T, namespace, name string) map[string]string {
+	t.Helper()
 	var p corev1.Pod
-	if err := k8s.Get(t.Context(), types.NamespacedName{Namespace: testNamespace, Name: name}, &p); err != nil {
+	if err := k8s.Get(t.Context(), types.NamespacedName{Namespace: namespace, Name: name}, &p); err != nil {
 		t.Fatalf("get pod %s: %v", name, err)
 	}
 	return p.Annotations

@@ -157,8 +157,9 @@ func TestDRAClaimTemplates(t *testing.T) {
 		t.Errorf("a limit with a missing template: %v; want %q", err, want)
 	}
 
-	// Where a budget applies, the claim's GPUs would not be charged: the
-	// pod is refused, not admitted for free.
+	// Where a budget applies, the claims' GPUs are charged: a template's to
+	// its pod, a named claim's once, to the claim, however many pods use it.
+	// Claims whose GPUs cannot be counted are refused there.
 	ns := budgetNamespace(t, "dra-budgeted", map[string]string{"dra-budget": "on"})
 	t.Cleanup(func() {
 		_ = k8s.Delete(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})
@@ -166,21 +167,56 @@ func TestDRAClaimTemplates(t *testing.T) {
 	budgetTmpl := tmpl.DeepCopy()
 	budgetTmpl.Namespace, budgetTmpl.ResourceVersion = ns, ""
 	createUntilCleanup(t, budgetTmpl)
-	createBudget(t, "dra-budget", 10000, "dra-budget", "on")
+	shared := &resourcev1.ResourceClaim{ObjectMeta: metav1.ObjectMeta{Name: "shared", Namespace: ns}, Spec: tmpl.Spec.Spec}
+	createUntilCleanup(t, shared)
+	createBudget(t, "dra-budget", 1200, "dra-budget", "on")
 	var denied error
 	attempt := 0
 	eventually(t, "the budget to select the namespace", func() (bool, string) {
 		attempt++ // a pod admitted before the webhooks saw the budget keeps its name
-		denied = create(t, k8s, claimPod(ns, fmt.Sprintf("claim-budgeted-%d", attempt), "two-gpus").Obj())
+		denied = create(t, k8s, claimPod(ns, fmt.Sprintf("claim-uncountable-%d", attempt), "no-such-template").Obj())
 		return denied != nil, "admitted"
 	})
-	if want := `GPU power budget "dra-budget" selects the namespace, and the GPUs the pod may get through its resourceClaims are not charged to budgets yet`; !apierrors.IsForbidden(denied) || !strings.Contains(denied.Error(), want) {
-		t.Errorf("a claim pod in a budgeted namespace: %v; want %q", denied, want)
+	if want := `GPU power budget "dra-budget" selects the namespace, and the GPUs the pod may get through its resourceClaims (claim "gpus" (ResourceClaimTemplate "no-such-template"): not found`; !apierrors.IsForbidden(denied) || !strings.Contains(denied.Error(), want) {
+		t.Errorf("claims that cannot be counted in a budgeted namespace: %v; want %q", denied, want)
+	}
+	sharer := func(name, limit string) *corev1.Pod {
+		return testpod.MakePod(name, ns).NamedClaim("gpus", "shared").Limit(limit).Obj()
+	}
+	for _, p := range []*corev1.Pod{claimPod(ns, "own-claim", "two-gpus").Limit("300").Obj(), sharer("sharer-1", "300"), sharer("sharer-2", "300")} {
+		if err := create(t, k8s, p); err != nil {
+			t.Fatalf("%s in a budget with room for the template's claim and the shared one: %v", p.Name, err)
+		}
+	}
+	var stored corev1.Pod
+	if err := k8s.Get(t.Context(), client.ObjectKey{Namespace: ns, Name: "sharer-1"}, &stored); err != nil {
+		t.Fatal(err)
+	}
+	if got := stored.Annotations[policy.AnnotationClaimGPUs]; got != "gpus=2" {
+		t.Errorf("stored claim pod carries claim GPUs %q; want gpus=2", got)
+	}
+	committedBecomes(t, "dra-budget", 1200)
+	if st := getBudget(t, "dra-budget").Status; st.Pods != 3 || st.GPUs != 4 {
+		t.Errorf("budget counts %d pods and %d GPUs; want 3 pods on 4 GPUs (the shared claim's 2 once)", st.Pods, st.GPUs)
+	}
+	err = create(t, k8s, sharer("sharer-higher", "350"))
+	if want := budgetDenial("dra-budget", "100 W more (now 700 W (2 GPUs x 350 W))", 1200, 1200); !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), want) {
+		t.Errorf("a sharer at a higher limit: %v; want %q", err, want)
+	}
+	// The counts are the webhook's alone: an update that lowers them gets
+	// them back from the mutating webhook.
+	forged := stored.DeepCopy()
+	forged.Annotations[policy.AnnotationClaimGPUs] = "gpus=1"
+	if err := k8s.Update(t.Context(), forged); err != nil {
+		t.Fatal(err)
+	}
+	if got := annotationsIn(t, ns, "sharer-1")[policy.AnnotationClaimGPUs]; got != "gpus=2" {
+		t.Errorf("after an update lowering them, the claim GPUs are %q; want gpus=2 kept", got)
 	}
 	// Another DeviceClass's resource reaches the webhooks (matchConditions)
 	// and is refused there too: budgets do not know what serves it.
 	err = create(t, k8s, testpod.MakePod("custom-class", ns).Resource(0, "deviceclass.resource.kubernetes.io/h200-only.example.com", 1).Obj())
-	if want := `the GPUs the pod may get through its deviceclass.resource.kubernetes.io/h200-only.example.com request are not charged to budgets yet`; !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), want) {
+	if want := `the GPUs the pod may get through its deviceclass.resource.kubernetes.io/h200-only.example.com request cannot be charged to budgets`; !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), want) {
 		t.Errorf("another DeviceClass's resource in a budgeted namespace: %v; want %q", err, want)
 	}
 }
