@@ -63,8 +63,13 @@ func TestSharedClaimIsChargedOnce(t *testing.T) {
 	if st.CommittedWatts != 1000 || st.Pods != 3 || st.GPUs != 4 || len(st.Reservations) != 0 {
 		t.Errorf("recounted: %d W, %d pods, %d GPUs, reservations %+v; want 1000 W, 3 pods, 4 GPUs, none", st.CommittedWatts, st.Pods, st.GPUs, st.Reservations)
 	}
-	// The claim stays charged while one pod uses it.
-	for _, name := range []string{"a", "c"} {
+	// A pod admitted on the claim keeps it charged until the cache shows
+	// it, even when every pod the cache shows on it goes first.
+	late := sharer("e", "pod-e", "250")
+	if d, err := b.Admit(t.Context(), admissionv1.Create, late.Obj(), nil, b.Cluster, claims, false); err != nil || d != "" {
+		t.Fatalf("sharer not yet stored: %q %v", d, err)
+	}
+	for _, name := range []string{"a", "b"} {
 		if err := c.Delete(t.Context(), testpod.MakePod(name, "llm").Obj()); err != nil {
 			t.Fatal(err)
 		}
@@ -72,8 +77,28 @@ func TestSharedClaimIsChargedOnce(t *testing.T) {
 	if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}); err != nil {
 		t.Fatal(err)
 	}
+	if st := budgetStatus(t, c); st.CommittedWatts != 1000 || len(st.Reservations) != 1 {
+		t.Fatalf("the cache's pods on the claim gone, one admitted not yet seen: %d W, reservations %+v; want the claim's 500 W kept by its reservation",
+			st.CommittedWatts, st.Reservations)
+	}
+	if err := c.Create(t.Context(), late.Obj()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}); err != nil {
+		t.Fatal(err)
+	}
+	if st := budgetStatus(t, c); st.CommittedWatts != 1000 || len(st.Reservations) != 0 || st.Pods != 2 {
+		t.Fatalf("once seen: %d W, %d pods, reservations %+v; want 1000 W through the pods, none left", st.CommittedWatts, st.Pods, st.Reservations)
+	}
+	// The claim stays charged while one pod uses it.
+	if err := c.Delete(t.Context(), testpod.MakePod("c", "llm").Obj()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}); err != nil {
+		t.Fatal(err)
+	}
 	if st := budgetStatus(t, c); st.CommittedWatts != 500 || st.Pods != 1 {
-		t.Errorf("after two pods left: %d W, %d pods; want the claim's 500 W through the pod left", st.CommittedWatts, st.Pods)
+		t.Errorf("with one pod left, on the claim: %d W, %d pods; want the claim's 500 W", st.CommittedWatts, st.Pods)
 	}
 }
 

@@ -285,7 +285,7 @@ func (b *Ledger) Admit(ctx context.Context, op admissionv1.Operation, pod, old *
 // podCharge is one reservation an admission asks of a budget.
 type podCharge struct {
 	budget string
-	// key is the pod's UID, or a named claim's ClaimKey.
+	// key is the pod's UID, or its ClaimReservationKey for a named claim.
 	key types.UID
 	// cost is the pod's whole cost, for messages; watts is the key's.
 	cost  policy.Cost
@@ -312,12 +312,16 @@ func (b *Ledger) chargesOf(op admissionv1.Operation, pod, old *corev1.Pod, clust
 			}
 		}
 		for _, c := range cost.Charges(pod.UID, pod.Namespace) {
-			charged := before[c.UID]
+			key, delta := c.UID, c.Watts-before[c.UID]
 			if c.Shared {
-				charged = max(charged, b.claimCharge(c.UID, count))
+				// The pod's own reservation for the claim, even when the
+				// pods already on it charge enough: they may go before
+				// the cache shows this one.
+				key, delta = policy.ClaimReservationKey(c.UID, pod.UID), c.Watts-max(before[c.UID], b.claimCharge(c.UID, count))
 			}
-			if delta := c.Watts - charged; delta > 0 {
-				charges = append(charges, podCharge{budget: budget.Name, key: c.UID, cost: cost, watts: c.Watts, delta: delta})
+			if delta > 0 || c.Shared && op == admissionv1.Create && c.Watts > 0 {
+				delta = max(delta, 0)
+				charges = append(charges, podCharge{budget: budget.Name, key: key, cost: cost, watts: c.Watts, delta: delta})
 				deltas[budget.Name] = policy.SatAdd(deltas[budget.Name], delta)
 			}
 		}
@@ -622,11 +626,17 @@ func (b *Ledger) prune(ctx context.Context, budget *powerv1alpha1.GPUPowerBudget
 		if !ok {
 			return false
 		}
-		var charged int64
-		if _, _, isClaim := policy.ClaimOfKey(r.PodUID); isClaim {
-			charged = b.claimCharge(r.PodUID, count)
-		} else if pod, ok := b.Pods.Get(ns, name); ok && pod.UID == r.PodUID && pod.GPU != nil && !pod.GPU.Finished {
-			charged = b.Catalog.Cost(pod.GPU.Chargeable, b.Cluster, count).Charges(pod.UID, ns)[0].Watts
+		claim, uid, isClaim := policy.ClaimReservationOf(r.PodUID)
+		if !isClaim {
+			uid = r.PodUID
+		}
+		pod, ok := b.Pods.Get(ns, name)
+		if !ok || pod.UID != uid || pod.GPU == nil || pod.GPU.Finished {
+			return false
+		}
+		charged := b.Catalog.Cost(pod.GPU.Chargeable, b.Cluster, count).Charges(pod.UID, ns)[0].Watts
+		if isClaim {
+			charged = b.claimCharge(claim, count)
 		}
 		if charged == 0 || charged < r.Watts {
 			return false

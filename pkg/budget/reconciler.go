@@ -296,10 +296,14 @@ func (r *Reconciler) extendLate(ctx context.Context, b *powerv1alpha1.GPUPowerBu
 		if err != nil {
 			return err
 		}
-		// The reservation is the pod's own, or that of a named claim it
-		// uses (its key names the claim, and the pod made it).
+		// The reservation is the pod's own, or the one it made for a named
+		// claim it uses.
+		key := res.PodUID
+		if claim, uid, isClaim := policy.ClaimReservationOf(res.PodUID); isClaim && uid == pod.UID {
+			key = claim
+		}
 		charges := r.Catalog.CostOf(&pod, r.Cluster, count).Charges(pod.UID, pod.Namespace)
-		i := slices.IndexFunc(charges, func(c policy.Charge) bool { return c.UID == res.PodUID && c.Watts > 0 })
+		i := slices.IndexFunc(charges, func(c policy.Charge) bool { return c.UID == key && c.Watts > 0 })
 		if i < 0 || !sel.Matches(labels.Set(podNS.Labels)) {
 			continue
 		}

@@ -148,7 +148,7 @@ func (c Cost) Charges(uid types.UID, namespace string) []Charge {
 	out := make([]Charge, 1, 1+len(c.Shared))
 	for _, s := range c.Shared {
 		w := SatMul(int64(c.PerGPU), s.GPUs)
-		out = append(out, Charge{UID: ClaimKey(namespace, s.Claim), Watts: w, GPUs: s.GPUs, Shared: true})
+		out = append(out, Charge{UID: ClaimKey(namespace, s.Claim), Watts: w, GPUs: s.GPUs, Shared: true, Pod: uid})
 		own.GPUs -= s.GPUs
 	}
 	own.Watts = SatMul(int64(c.PerGPU), own.GPUs)
@@ -160,19 +160,40 @@ func (c Cost) Charges(uid types.UID, namespace string) []Charge {
 // (the API server's, a UUID) has it.
 const claimKeyPrefix = "resourceclaim:"
 
-// ClaimKey is what a named ResourceClaim's charge and reservations are
-// keyed by, beside pods' UIDs.
+// ClaimKey is what a named ResourceClaim's live charge is keyed by, beside
+// pods' UIDs.
 func ClaimKey(namespace, claim string) types.UID {
 	return types.UID(claimKeyPrefix + namespace + "/" + claim)
 }
 
-// ClaimOfKey returns the claim a ClaimKey names; ok is false for a pod's UID.
+// ClaimOfKey returns the claim a ClaimKey names; ok is false for any other
+// key.
 func ClaimOfKey(key types.UID) (namespace, claim string, ok bool) {
 	rest, found := strings.CutPrefix(string(key), claimKeyPrefix)
-	if !found {
+	namespace, claim, ok = strings.Cut(rest, "/")
+	if !found || !ok || namespace == "" || claim == "" || strings.Contains(claim, "/") {
 		return "", "", false
 	}
-	return strings.Cut(rest, "/")
+	return namespace, claim, true
+}
+
+// ClaimReservationKey keys the reservation a pod's admission makes for a
+// named claim's charge: the claim's key and the pod's UID. It counts until
+// that pod is seen, whichever other pods use the claim meanwhile.
+func ClaimReservationKey(claim, pod types.UID) types.UID { return claim + "/" + pod }
+
+// ClaimReservationOf splits a ClaimReservationKey; ok is false for a pod's
+// own reservation.
+func ClaimReservationOf(key types.UID) (claim, pod types.UID, ok bool) {
+	i := strings.LastIndexByte(string(key), '/')
+	if i < 0 {
+		return "", "", false
+	}
+	claim, pod = key[:i], key[i+1:]
+	if _, _, ok := ClaimOfKey(claim); !ok || pod == "" {
+		return "", "", false
+	}
+	return claim, pod, true
 }
 
 // String renders the cost the way denials show it: "1000 W (4 GPUs x 250 W)".
@@ -261,8 +282,9 @@ type Charge struct {
 	Watts int64
 	GPUs  int64
 	// Shared marks a claim's charge: the most any pod using it costs
-	// counts, once, and it is no pod.
+	// counts, once, and it is no pod. Pod is the pod it comes from.
 	Shared bool
+	Pod    types.UID
 }
 
 // Reservation is an admission not yet seen as a pod.
@@ -279,16 +301,27 @@ type Committed struct {
 	Kept []types.UID
 }
 
-// CountCommitted derives committed watts from the live pods charged to a budget
-// and its reservations. A reservation counts until its pod is seen carrying at
-// least the reserved cost, or until it expires; while both exist the larger
-// counts, so an admitted raise is charged before the cache shows it and
-// nothing is counted twice.
+// CountCommitted derives committed watts from the live pods charged to a
+// budget (and the named claims they use) and its reservations. A pod's
+// reservation counts until its pod is seen carrying at least the reserved
+// cost, or until it expires; while both exist the larger counts, so an
+// admitted raise is charged before the cache shows it and nothing is
+// counted twice. A claim's reservation (ClaimReservationKey) counts until
+// the pod that made it is seen charging the claim that much, or it expires:
+// the claim then counts the
+// most of its live charge and its pending reservations, so a pod that
+// shares a claim keeps it charged even if every pod the cache shows on it
+// goes first.
 func CountCommitted(charges []Charge, reservations []Reservation, now time.Time) Committed {
 	var c Committed
 	live := make([]Charge, 0, len(charges))
 	byUID := make(map[types.UID]int, len(charges))
+	type podClaim struct{ claim, pod types.UID }
+	byPod := map[podClaim]int64{} // what each pod charges a claim
 	for _, p := range charges {
+		if p.Shared {
+			byPod[podClaim{p.UID, p.Pod}] = max(byPod[podClaim{p.UID, p.Pod}], p.Watts)
+		}
 		if i, seen := byUID[p.UID]; seen && p.Shared {
 			live[i].Watts, live[i].GPUs = max(live[i].Watts, p.Watts), max(live[i].GPUs, p.GPUs)
 			continue
@@ -302,19 +335,25 @@ func CountCommitted(charges []Charge, reservations []Reservation, now time.Time)
 	for _, p := range live {
 		c.GPUs = SatAdd(c.GPUs, p.GPUs)
 	}
+	liveWatts := func(key types.UID) int64 {
+		if i, seen := byUID[key]; seen {
+			return live[i].Watts
+		}
+		return 0
+	}
 	extra := make(map[types.UID]int64)
 	for _, r := range reservations {
-		i, seen := byUID[r.UID]
-		switch {
-		case seen && live[i].Watts >= r.Watts:
-			continue // the pod itself now carries the cost
-		case !now.Before(r.Expires):
-			continue // never appeared (or never raised) in time
-		case seen:
-			extra[r.UID] = SatSub(r.Watts, live[i].Watts)
-		default:
-			extra[r.UID] = max(r.Watts, 0)
+		key, pending := r.UID, true
+		if claim, pod, isClaim := ClaimReservationOf(r.UID); isClaim {
+			// Once seen at the reserved cost, the pod charges the claim itself.
+			key, pending = claim, byPod[podClaim{claim, pod}] < r.Watts
+		} else if i, seen := byUID[r.UID]; seen && live[i].Watts >= r.Watts {
+			pending = false // the pod itself now carries the cost
 		}
+		if !pending || !now.Before(r.Expires) {
+			continue // or it never appeared (or was never raised) in time
+		}
+		extra[key] = max(extra[key], SatSub(r.Watts, liveWatts(key)))
 		c.Kept = append(c.Kept, r.UID)
 	}
 	for _, p := range live {
@@ -381,7 +420,9 @@ func DecideReservation(ask ReservationAsk, held *HeldReservation, budget BudgetS
 		return ReservationNothingToUndo
 	case held != nil && held.Watts >= ask.Watts && now.Before(held.Expires):
 		return ReservationAlreadyCharged
-	case budget.Fits(ask.Delta):
+	case ask.Delta <= 0 || budget.Fits(ask.Delta):
+		// Nothing more (a pod on a claim others already charge) fits even
+		// a budget over its total.
 		return ReservationCharge
 	case fresh:
 		return ReservationDeny

@@ -221,6 +221,7 @@ func TestDecideReservation(t *testing.T) {
 		{"a pod over the total on a cached base is decided again fresh", charge(500, 500), nil, budget(600), false, policy.ReservationReadFresh},
 		{"a pod over the total on a fresh base is denied", charge(500, 500), nil, budget(600), true, policy.ReservationDeny},
 		{"a raise is charged its delta only", charge(800, 300), held(500, live), budget(700), true, policy.ReservationCharge},
+		{"a pod on a claim others charge adds nothing, even over the total", charge(500, 0), nil, policy.BudgetState{Name: "cluster", Total: 1000, Committed: 1200}, false, policy.ReservationCharge},
 		{"a raise whose delta does not fit is denied", charge(800, 300), held(500, live), budget(701), true, policy.ReservationDeny},
 		{"the same charge again (a lost forward answer) is already charged", charge(500, 500), held(500, live), budget(1000), true, policy.ReservationAlreadyCharged},
 		{"a raise back to what the reservation holds is already charged", charge(500, 100), held(500, live), budget(1000), true, policy.ReservationAlreadyCharged},

@@ -11,6 +11,7 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
@@ -213,7 +214,7 @@ func TestClaimCharges(t *testing.T) {
 		t.Fatalf("cost %+v; want 6 GPUs x 250 W", cost)
 	}
 	charges := cost.Charges("pod-1", "llm")
-	want := []policy.Charge{{UID: "pod-1", Watts: 750, GPUs: 3}, {UID: policy.ClaimKey("llm", "pool"), Watts: 750, GPUs: 3, Shared: true}}
+	want := []policy.Charge{{UID: "pod-1", Watts: 750, GPUs: 3}, {UID: policy.ClaimKey("llm", "pool"), Watts: 750, GPUs: 3, Shared: true, Pod: "pod-1"}}
 	if !slices.Equal(charges, want) {
 		t.Errorf("charges %+v; want %+v", charges, want)
 	}
@@ -238,12 +239,49 @@ func TestClaimCharges(t *testing.T) {
 		t.Errorf("counts without claims cost %+v; want nothing", c)
 	}
 
-	live := []policy.Charge{
-		{UID: "a", Watts: 0}, {UID: policy.ClaimKey("llm", "pool"), Watts: 600, GPUs: 2, Shared: true},
-		{UID: "b", Watts: 300, GPUs: 1}, {UID: policy.ClaimKey("llm", "pool"), Watts: 800, GPUs: 2, Shared: true},
+	pool := policy.ClaimKey("llm", "pool")
+	if claim, uid, ok := policy.ClaimReservationOf(policy.ClaimReservationKey(pool, "pod-9")); !ok || claim != pool || uid != "pod-9" {
+		t.Errorf("ClaimReservationOf = %q %q %v", claim, uid, ok)
 	}
-	res := []policy.Reservation{{UID: policy.ClaimKey("llm", "pool"), Watts: 1000, Expires: time.Now().Add(time.Minute)}}
-	if c := policy.CountCommitted(live, res, time.Now()); c.Watts != 1300 || c.Pods != 2 || c.GPUs != 3 || len(c.Kept) != 1 {
-		t.Errorf("CountCommitted = %+v; want the claim once at its reservation's 1000 W, 2 pods, 3 GPUs", c)
+	for _, key := range []string{"pod-1", string(pool), "resourceclaim:llm", "resourceclaim:/pool/x", "resourceclaim:llm/pool/"} {
+		if _, _, ok := policy.ClaimReservationOf(types.UID(key)); ok {
+			t.Errorf("%q read as a claim's reservation", key)
+		}
+	}
+}
+
+// The recount charges a claim once, at the most any pod using it costs,
+// and a pod's reservation on it counts until that pod is seen charging it,
+// whichever other pods use the claim meanwhile.
+func TestCountCommittedClaims(t *testing.T) {
+	now := time.Now()
+	pool := policy.ClaimKey("llm", "pool")
+	sharers := []policy.Charge{
+		{UID: "a", Watts: 0}, {UID: pool, Watts: 600, GPUs: 2, Shared: true, Pod: "a"},
+		{UID: "b", Watts: 300, GPUs: 1}, {UID: pool, Watts: 800, GPUs: 2, Shared: true, Pod: "b"},
+	}
+	reserved := func(pod types.UID, watts int64) []policy.Reservation {
+		return []policy.Reservation{{UID: policy.ClaimReservationKey(pool, pod), Watts: watts, Expires: now.Add(time.Minute)}}
+	}
+	for _, tt := range []struct {
+		name              string
+		live              []policy.Charge
+		reservations      []policy.Reservation
+		watts, pods, gpus int64
+		kept              int
+	}{
+		{"the most a pod on the claim costs, once", sharers, nil, 1100, 2, 3, 0},
+		{"a pending pod's reservation above it", sharers, reserved("c", 1000), 1300, 2, 3, 1},
+		{"a pending pod's reservation below it adds nothing", sharers, reserved("c", 400), 1100, 2, 3, 1},
+		{"the pending pod keeps the claim charged when the others go", nil, reserved("c", 600), 600, 0, 0, 1},
+		{"dropped once its pod is seen at that cost", sharers, reserved("b", 800), 1100, 2, 3, 0},
+		{"kept while its pod is seen below it (a raise)", sharers, reserved("a", 700), 1100, 2, 3, 1},
+		{"two pending pods: the larger counts", nil, append(reserved("c", 600), reserved("d", 900)...), 900, 0, 0, 2},
+		{"expired", nil, []policy.Reservation{{UID: policy.ClaimReservationKey(pool, "c"), Watts: 600, Expires: now}}, 0, 0, 0, 0},
+	} {
+		c := policy.CountCommitted(tt.live, tt.reservations, now)
+		if c.Watts != tt.watts || c.Pods != tt.pods || c.GPUs != tt.gpus || len(c.Kept) != tt.kept {
+			t.Errorf("%s: %+v; want %d W, %d pods, %d GPUs, %d kept", tt.name, c, tt.watts, tt.pods, tt.gpus, tt.kept)
+		}
 	}
 }

@@ -81,9 +81,9 @@ var (
 	StampPath = annotationsPath.Key(AnnotationPowerLimitValidated)
 	// SignaturePath is where denials of the stamp's signature point.
 	SignaturePath = annotationsPath.Key(AnnotationPowerLimitSignature)
-	// ClaimGPUsPath and ClaimGPUsSignaturePath are where denials of the
-	// claims' GPU counts and their signature point.
-	ClaimGPUsPath          = annotationsPath.Key(AnnotationClaimGPUs)
+	// ClaimGPUsPath is where denials of the claims' GPU counts point.
+	ClaimGPUsPath = annotationsPath.Key(AnnotationClaimGPUs)
+	// ClaimGPUsSignaturePath is where denials of their signature point.
 	ClaimGPUsSignaturePath = annotationsPath.Key(AnnotationClaimGPUsSignature)
 )
 
