@@ -11,11 +11,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
 	"github.com/dynamo-power/gpu-power/pkg/nvmlctl/nvmlfake"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
+	"github.com/dynamo-power/gpu-power/test/framework/realnode"
 )
 
 // draGPUPod asks for one GPU of NVIDIA's DeviceClass as an extended
@@ -65,36 +67,124 @@ func allocatedGPU(t *testing.T, p *corev1.Pod) (string, bool, string) {
 // node's ResourceSlice; the GPU gets its limit back when the pod goes.
 func TestDRAAllocatedGPUCappedAndRestored(t *testing.T) {
 	install(t)
+	requireDRAGPUs(t)
+	deniedAboveH100Maximum(t, draGPUPod("dra-too-high", "900"))
+	allocatedGPUCappedThenRestored(t, draGPUPod("dra-capped", "275"), 275)
+}
+
+// TestDRAServesPlainGPUPod: on a node as NVIDIA's DRA driver alone makes it
+// (no device plugin GPU, no product label), a plain nvidia.com/gpu: 1 pod is
+// served through DRA, because NVIDIA's DeviceClass names nvidia.com/gpu its
+// extendedResourceName: the scheduler makes the pod a claim of its own and
+// allocates it a DRA device. The webhook checks the limit against the
+// product the driver publishes (there is no other to check it against), the
+// agent caps exactly the device allocated, and restores it when the pod
+// goes.
+func TestDRAServesPlainGPUPod(t *testing.T) {
+	install(t)
+	requireDRAGPUs(t)
+	draOnlyNode(t)
+	plain := func(name, watts string) *corev1.Pod {
+		p := gpuPod(name, watts)
+		p.Spec.InitContainers = nil
+		return p
+	}
+	deniedAboveH100Maximum(t, plain("dra-plain-too-high", "900"))
+	allocatedGPUCappedThenRestored(t, plain("dra-plain", "275"), 275)
+}
+
+func requireDRAGPUs(t *testing.T) {
+	t.Helper()
 	if cluster.State.DRAGPUs == 0 {
 		t.Fatal("the cluster publishes no DRA GPUs: start it with DRA_GPUS=2 (make cluster-up) or let the suite start its own")
 	}
-	before := limits(t)
-	// The webhook checks the limit against what the driver publishes.
-	denied := draGPUPod("dra-too-high", "900")
-	if _, err := cluster.Client.CoreV1().Pods("default").Create(t.Context(), denied, metav1.CreateOptions{}); err == nil ||
-		!strings.Contains(err.Error(), "above the 700 W maximum of NVIDIA-H100-80GB-HBM3") {
-		t.Fatalf("900 W on a DRA H100: %v; want it denied against the H100's maximum", err)
-	}
+}
 
-	pod := createPod(t, draGPUPod("dra-capped", "275"))
+// draOnlyNode makes the node, until the test ends, look like one where
+// NVIDIA's DRA driver runs without the device plugin and GPU Feature
+// Discovery: no product label, NVIDIA's DeviceClass naming nvidia.com/gpu
+// its extendedResourceName (as NVIDIA's own does), and the fake device
+// plugin's GPUs withdrawn: the scheduler serves nvidia.com/gpu through DRA
+// on a node whose allocatable has none. The withdrawal goes last: the
+// kubelet takes up to 10 s to report it, long enough for the webhook
+// replicas to see the label and the class before the pods come.
+func draOnlyNode(t *testing.T) {
+	t.Helper()
+	patchNode := func(patch string) func(context.Context) error {
+		return func(ctx context.Context) error {
+			_, err := cluster.Client.CoreV1().Nodes().Patch(ctx, realnode.NodeName, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+			return err
+		}
+	}
+	patchClass := func(patch string) func(context.Context) error {
+		return func(ctx context.Context) error {
+			_, err := cluster.Client.ResourceV1().DeviceClasses().Patch(ctx, policy.DeviceClassGPU, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+			return err
+		}
+	}
+	// Each undo is registered before its change: one that fails half-way
+	// is undone too.
+	change := func(what string, do, undo func(context.Context) error) {
+		t.Cleanup(func() {
+			if err := undo(context.Background()); err != nil {
+				t.Errorf("undo %s: %v", what, err)
+			}
+		})
+		if err := do(t.Context()); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	change("remove the node's product label",
+		patchNode(fmt.Sprintf(`{"metadata":{"labels":{%q:null}}}`, policy.LabelGPUProduct)),
+		patchNode(fmt.Sprintf(`{"metadata":{"labels":{%q:%q}}}`, policy.LabelGPUProduct, realnode.GPUProduct)))
+	change("name "+policy.ResourceGPU+" in DeviceClass "+policy.DeviceClassGPU,
+		patchClass(fmt.Sprintf(`{"spec":{"extendedResourceName":%q}}`, policy.ResourceGPU)),
+		patchClass(`{"spec":{"extendedResourceName":null}}`))
+	change("withdraw the device plugin's GPUs", cluster.WithdrawDevicePluginGPUs, cluster.RestoreDevicePluginGPUs)
+}
+
+// deniedAboveH100Maximum checks that the webhook denies p for its limit
+// above the H100's maximum, once it has seen what the test changed: until
+// then it may deny for another reason.
+func deniedAboveH100Maximum(t *testing.T, p *corev1.Pod) {
+	t.Helper()
+	const want = "above the 700 W maximum of NVIDIA-H100-80GB-HBM3"
+	eventually(t, fmt.Sprintf("%s denied %s", p.Name, want), func() (bool, string) {
+		_, err := cluster.Client.CoreV1().Pods(p.Namespace).Create(t.Context(), p, metav1.CreateOptions{})
+		if err == nil {
+			deletePod(t, p)
+			t.Fatalf("%s at %s W admitted; want it denied against the H100's maximum", p.Name, p.Annotations[policy.AnnotationPowerLimit])
+		}
+		return strings.Contains(err.Error(), want), err.Error()
+	})
+}
+
+// allocatedGPUCappedThenRestored creates p, whose GPU comes from DRA as an
+// extended resource, waits until the GPU the scheduler allocated its claim
+// is capped at watts and checks that no other GPU changed, then deletes p
+// and waits until the GPU is back where it was.
+func allocatedGPUCappedThenRestored(t *testing.T, p *corev1.Pod, watts int) {
+	t.Helper()
+	before := limits(t)
+	pod := createPod(t, p)
 	t.Cleanup(func() { deletePod(t, pod) })
 	var uuid string
-	eventually(t, "the claim allocated and its GPU capped at 275 W", func() (bool, string) {
+	eventually(t, fmt.Sprintf("the claim allocated and its GPU capped at %d W", watts), func() (bool, string) {
 		var ok bool
 		var why string
 		if uuid, ok, why = allocatedGPU(t, pod); !ok {
 			return false, why
 		}
-		return limits(t)[uuid] == 275, fmt.Sprintf("%s at %d W; all: %v", uuid, limits(t)[uuid], limits(t))
+		return limits(t)[uuid] == watts, fmt.Sprintf("%s at %d W; all: %v", uuid, limits(t)[uuid], limits(t))
 	})
-	t.Logf("the scheduler allocated GPU %s to the pod's claim; capped at 275 W", uuid)
+	t.Logf("the scheduler allocated GPU %s to the pod's claim; capped at %d W", uuid, watts)
 	for other, w := range limits(t) {
 		if other != uuid && w != before[other] {
 			t.Errorf("GPU %s, not the pod's, went from %d W to %d W", other, before[other], w)
 		}
 	}
-	if got := getPod(t, pod.Name).Annotations[policy.AnnotationPowerLimitValidated]; got != "275" {
-		t.Errorf("stamp %q; want the admitted 275", got)
+	if got, want := getPod(t, pod.Name).Annotations[policy.AnnotationPowerLimitValidated], strconv.Itoa(watts); got != want {
+		t.Errorf("stamp %q; want the admitted %s", got, want)
 	}
 
 	deletePod(t, pod)

@@ -6,10 +6,11 @@
 // it records first and puts back at teardown; one such cluster runs per
 // machine. It never runs in a shipped binary.
 //
-// It holds Up (Options, the named steps of bring-up), Attach, Down and
-// RestartKubelet on a Cluster (State, Proc; Kubectl, Helm, Install,
-// InstallAgent); the host record that teardown restores and tests compare
-// (HostState, SnapshotHost, Before, ForgetFirstUse); the images built here
+// It holds Up (Options, the named steps of bring-up), Attach, Down,
+// RestartKubelet and WithdrawDevicePluginGPUs on a Cluster (State, Proc;
+// Kubectl, Helm, Install, InstallAgent); the host record that teardown
+// restores and tests compare (HostState, SnapshotHost, Before,
+// ForgetFirstUse); the images built here
 // (ShippedImage, ImageFiles); and the overlays on the shipped manifests and
 // chart for this node (WebhookManifests and APIServerAuth, AgentManifest,
 // HelmValues, HelmBinary).
@@ -25,6 +26,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -669,6 +671,48 @@ func (c *Cluster) RestartKubelet(logf func(string, ...any)) error {
 		return st.write()
 	}
 	return errors.New("no kubelet recorded")
+}
+
+// The signals that have the addons process withdraw the fake device
+// plugin's GPUs (gpusim.Plugin.Withdraw) and bring them back.
+const (
+	WithdrawGPUsSignal = syscall.SIGUSR1
+	RestoreGPUsSignal  = syscall.SIGUSR2
+)
+
+// WithdrawDevicePluginGPUs has the fake device plugin report its GPUs
+// unhealthy and waits until the node's allocatable nvidia.com/gpu is 0 (its
+// capacity stays): on such a node the scheduler serves nvidia.com/gpu
+// through DRA, if a DeviceClass names it its extendedResourceName.
+// RestoreDevicePluginGPUs undoes it.
+func (c *Cluster) WithdrawDevicePluginGPUs(ctx context.Context) error {
+	return c.signalDevicePlugin(ctx, WithdrawGPUsSignal, 0)
+}
+
+// RestoreDevicePluginGPUs reports the fake device plugin's GPUs healthy
+// again and waits until the node's allocatable has them all.
+func (c *Cluster) RestoreDevicePluginGPUs(ctx context.Context) error {
+	return c.signalDevicePlugin(ctx, RestoreGPUsSignal, c.State.GPUs)
+}
+
+func (c *Cluster) signalDevicePlugin(ctx context.Context, sig syscall.Signal, allocatable int) error {
+	i := slices.IndexFunc(c.State.Procs, func(p Proc) bool { return p.Name == "addons" })
+	if i < 0 || !c.State.Procs[i].Alive() {
+		return errors.New("the addons process, which runs the fake device plugin, is not running")
+	}
+	if err := syscall.Kill(c.State.Procs[i].PID, sig); err != nil {
+		return fmt.Errorf("signal the addons process: %w", err)
+	}
+	// The kubelet reports the change with its next node status (10 s).
+	what := fmt.Sprintf("node %s allocatable %d %s", NodeName, allocatable, policy.ResourceGPU)
+	return poll.Until(ctx, poll.Opts{Interval: pollInterval, Timeout: time.Minute}, what, func(ctx context.Context) (bool, string, error) {
+		n, err := c.Client.CoreV1().Nodes().Get(ctx, NodeName, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error(), nil // retried
+		}
+		q := n.Status.Allocatable[policy.ResourceGPU]
+		return q.Value() == int64(allocatable), q.String() + " allocatable", nil
+	})
 }
 
 // Down tears the cluster down and puts the host back. It does nothing when

@@ -44,6 +44,8 @@ type DRADriver struct {
 // nvidia.com/gpu NVIDIA's has: on this node the device plugin serves
 // nvidia.com/gpu, and the DRA GPUs are asked for by the class's own
 // resource (deviceclass.resource.kubernetes.io/gpu.nvidia.com) or a claim.
+// The test of a plain nvidia.com/gpu pod served through DRA adds it while
+// it withdraws the device plugin's GPUs (Plugin.Withdraw).
 func DeviceClass() *resourcev1.DeviceClass {
 	return &resourcev1.DeviceClass{ObjectMeta: metav1.ObjectMeta{Name: policy.DeviceClassGPU}, Spec: resourcev1.DeviceClassSpec{
 		Selectors: []resourcev1.DeviceSelector{{CEL: &resourcev1.CELDeviceSelector{

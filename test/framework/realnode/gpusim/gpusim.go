@@ -1,8 +1,9 @@
 // Package gpusim is the only simulated part of the real node: the GPUs. A
 // fake NVIDIA device plugin (Plugin) advertises nvidia.com/gpu to the kubelet
-// with the UUIDs of the fake NVML's devices; a fake of NVIDIA's DRA kubelet
-// plugin (DRADriver, dra.go) publishes others in a ResourceSlice, with the
-// DeviceClass, and prepares the claims the scheduler allocates from them;
+// with the UUIDs of the fake NVML's devices, healthy until withdrawn; a fake
+// of NVIDIA's DRA kubelet plugin (DRADriver, dra.go) publishes others in a
+// ResourceSlice, with the DeviceClass, and prepares the claims the scheduler
+// allocates from them;
 // and a feeder (Feeder) writes the real host PIDs of the containers the
 // kubelet gave each GPU into the fake NVML's process list, as the driver
 // would list a CUDA process. It never touches a real GPU.
@@ -17,6 +18,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -47,6 +49,38 @@ const (
 type Plugin struct {
 	pluginapi.UnimplementedDevicePluginServer
 	UUIDs []string
+
+	mu        sync.Mutex
+	withdrawn bool
+	// changed is closed when withdrawn changes: ListAndWatch sends again.
+	changed chan struct{}
+}
+
+// Withdraw reports the GPUs unhealthy to the kubelet, or healthy again: the
+// node's allocatable nvidia.com/gpu drops to 0 and comes back, its capacity
+// stays, as when NVIDIA's plugin finds its GPUs failing. The scheduler serves
+// nvidia.com/gpu through DRA on a node whose allocatable has none.
+func (p *Plugin) Withdraw(withdrawn bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.withdrawn = withdrawn
+	if p.changed != nil {
+		close(p.changed)
+	}
+	p.changed = make(chan struct{})
+}
+
+// health is what ListAndWatch sends now, and what tells it to send again.
+func (p *Plugin) health() (string, <-chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.changed == nil {
+		p.changed = make(chan struct{})
+	}
+	if p.withdrawn {
+		return pluginapi.Unhealthy, p.changed
+	}
+	return pluginapi.Healthy, p.changed
 }
 
 // GetDevicePluginOptions implements the device plugin API.
@@ -54,17 +88,24 @@ func (p *Plugin) GetDevicePluginOptions(context.Context, *pluginapi.Empty) (*plu
 	return &pluginapi.DevicePluginOptions{}, nil
 }
 
-// ListAndWatch sends the GPUs once, all healthy, and keeps the stream open.
+// ListAndWatch sends the GPUs, all healthy unless withdrawn, and again each
+// time Withdraw changes that, until the stream ends.
 func (p *Plugin) ListAndWatch(_ *pluginapi.Empty, stream pluginapi.DevicePlugin_ListAndWatchServer) error {
-	resp := &pluginapi.ListAndWatchResponse{}
-	for _, u := range p.UUIDs {
-		resp.Devices = append(resp.Devices, &pluginapi.Device{ID: u, Health: pluginapi.Healthy})
+	for {
+		health, changed := p.health()
+		resp := &pluginapi.ListAndWatchResponse{}
+		for _, u := range p.UUIDs {
+			resp.Devices = append(resp.Devices, &pluginapi.Device{ID: u, Health: health})
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-changed:
+		}
 	}
-	if err := stream.Send(resp); err != nil {
-		return err
-	}
-	<-stream.Context().Done()
-	return nil
 }
 
 // Allocate answers as NVIDIA's plugin does in its envvar strategy, without

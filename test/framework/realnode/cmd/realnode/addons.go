@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"flag"
+	"os"
+	"os/signal"
 	"path/filepath"
 	"time"
 
@@ -21,7 +23,8 @@ import (
 
 // addons runs cert-manager's controllers and cainjector, the fake device
 // plugin, the fake DRA driver (with --dra-gpus) and the fake NVML's process
-// feeder until SIGTERM.
+// feeder until SIGTERM; realnode's WithdrawGPUsSignal and RestoreGPUsSignal
+// withdraw the device plugin's GPUs and bring them back.
 func addons(ctx context.Context, args []string, logf func(string, ...any)) error {
 	fs := flag.NewFlagSet("addons", flag.ExitOnError)
 	gpus := fs.Int("gpus", 2, "Simulated H100s the device plugin serves.")
@@ -45,7 +48,17 @@ func addons(ctx context.Context, args []string, logf func(string, ...any)) error
 	for i := range *gpus {
 		uuids = append(uuids, nvmlfake.UUID(i))
 	}
-	go func() { _ = (&gpusim.Plugin{UUIDs: uuids}).Serve(ctx, logf) }()
+	plugin := &gpusim.Plugin{UUIDs: uuids}
+	go func() { _ = plugin.Serve(ctx, logf) }()
+	// Room for a withdraw and the restore right after it, pending at once.
+	withdraw := make(chan os.Signal, 2)
+	signal.Notify(withdraw, realnode.WithdrawGPUsSignal, realnode.RestoreGPUsSignal)
+	go func() {
+		for s := range withdraw {
+			plugin.Withdraw(s == realnode.WithdrawGPUsSignal)
+			logf("Device plugin GPUs withdrawn: %t", s == realnode.WithdrawGPUsSignal)
+		}
+	}()
 	if *draGPUs > 0 {
 		dra := &gpusim.DRADriver{Client: client, NodeName: realnode.NodeName, GPUs: map[int]string{}, KubeletDir: realnode.KubeletDir,
 			Product: nvmlfake.H100s(1)[0].Name}
