@@ -208,7 +208,7 @@ func (b *Ledger) Admit(ctx context.Context, op admissionv1.Operation, pod, old *
 	if err != nil || len(budgets) == 0 {
 		return "", err
 	}
-	if what := policy.Unchargeable(&pod.Spec, claims); op == admissionv1.Create && what != "" {
+	if what := policy.Unchargeable(&pod.Spec, claims, cluster); op == admissionv1.Create && what != "" {
 		names := make([]string, len(budgets))
 		for i, bu := range budgets {
 			names[i] = fmt.Sprintf("%q", bu.Name)

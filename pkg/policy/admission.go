@@ -310,6 +310,7 @@ func (a *Admission) check(pod *corev1.Pod, demand GPUDemand, limit string, rule 
 		return v
 	}
 
+	others := OtherDRAGPUResources(&pod.Spec, cluster)
 	switch {
 	case len(demand.MIG) > 0:
 		return deny(fmt.Sprintf("the pod requests MIG slices (%s), and a power limit applies to a whole board shared by every slice on it; "+
@@ -317,6 +318,9 @@ func (a *Admission) check(pod *corev1.Pod, demand GPUDemand, limit string, rule 
 	case demand.Passthrough:
 		return deny(fmt.Sprintf("the pod requests GPUs bound to vfio-pci for a virtual machine (%s): the guest's driver runs them, and the node's NVML cannot cap them; remove the annotation",
 			ResourceDRAVFIO))
+	case len(others) > 0:
+		return deny(fmt.Sprintf("the pod requests %s, which a DeviceClass serves with NVIDIA GPUs through DRA (its extendedResourceName), and the power webhook counts GPUs only as %s, %s or resourceClaims; "+
+			"ask for the GPUs in one of those forms, or remove the annotation", joinNames(others), ResourceGPU, ResourceDRAGPU))
 	case demand.Claims && !demand.FromClaims.Resolved:
 		return deny(fmt.Sprintf("the pod gets devices through resourceClaims, and this cluster serves no resource.k8s.io/v1 to read them from; "+
 			"remove the annotation or request %s", ResourceGPU))

@@ -243,9 +243,10 @@ func BudgetDenial(requested Cost, delta int64, short []BudgetState) string {
 // when they can. Budgets charge a claims pod by the GPU counts the webhook
 // writes on it (AnnotationClaimGPUs), so claims whose GPUs cannot be counted
 // (claims is what they ask) are refused where a budget applies, as is a
-// DeviceClass resource other than NVIDIA's: it may be served by GPUs
-// through a class budgets do not know.
-func Unchargeable(spec *corev1.PodSpec, claims ClaimsDemand) string {
+// DeviceClass resource other than NVIDIA's (another class may be served by
+// GPUs budgets do not know) and any other extended resource a DeviceClass
+// serves with NVIDIA GPUs (OtherDRAGPUResources).
+func Unchargeable(spec *corev1.PodSpec, claims ClaimsDemand, cluster Cluster) string {
 	switch {
 	case len(spec.ResourceClaims) > 0 && !claims.Resolved:
 		return "its resourceClaims (this cluster serves no resource.k8s.io/v1 to read them from)"
@@ -263,7 +264,36 @@ func Unchargeable(spec *corev1.PodSpec, claims ClaimsDemand) string {
 			}
 		}
 	}
+	if others := OtherDRAGPUResources(spec, cluster); len(others) > 0 {
+		return fmt.Sprintf("its %s request (a DeviceClass serves it with NVIDIA GPUs through DRA)", joinNames(others))
+	}
 	return ""
+}
+
+// OtherDRAGPUResources are the extended resources a pod spec requests, other
+// than NVIDIA's and the DeviceClasses' own, that a DeviceClass names its
+// extendedResourceName and serves with NVIDIA GPUs the cluster publishes:
+// the scheduler gives them through DRA, and policy counts none of them.
+// Sorted.
+func OtherDRAGPUResources(spec *corev1.PodSpec, cluster Cluster) []corev1.ResourceName {
+	var out []corev1.ResourceName
+	for _, cs := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
+		for _, c := range cs {
+			for _, list := range []corev1.ResourceList{c.Resources.Requests, c.Resources.Limits} {
+				for name := range list {
+					s := string(name)
+					if !ReadsResource(s) || strings.HasPrefix(s, "nvidia.com/") || strings.HasPrefix(s, ResourceDeviceClassPrefix) || slices.Contains(out, name) {
+						continue
+					}
+					if len(cluster.DRAProducts(name, "")) > 0 {
+						out = append(out, name)
+					}
+				}
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // NotCharged is the denial of a new pod whose devices budgets could not

@@ -158,3 +158,28 @@ func TestDRACost(t *testing.T) {
 		t.Errorf("a DRA GPU with no device published costs %+v; want the catalog's highest default, %d W", c, highest.Watts)
 	}
 }
+
+// A DeviceClass may name any extended resource its extendedResourceName:
+// one served with NVIDIA GPUs is not counted by policy, so a limit on it is
+// refused, and budgets refuse the pod, each saying which form to use.
+func TestOtherDRAGPUResources(t *testing.T) {
+	cluster := draCluster{fakeCluster: fakeCluster{"h100-0": h100}, dra: map[corev1.ResourceName]map[string][]string{
+		"example.com/big-gpu": {"dra-0": {h100DRA}},
+	}}
+	custom := pod().Resource(0, "example.com/big-gpu", 1).Resource(0, "rdma.example.com/hca", 1)
+	if got := policy.OtherDRAGPUResources(&custom.Obj().Spec, cluster); len(got) != 1 || got[0] != "example.com/big-gpu" {
+		t.Errorf("OtherDRAGPUResources = %v; want the class's resource only", got)
+	}
+	v := newAdmission(t).Mutate(admissionv1.Create, custom.Limit("300").Obj(), nil, cluster, nil, policy.ClaimsDemand{})
+	want := `"300": the pod requests example.com/big-gpu, which a DeviceClass serves with NVIDIA GPUs through DRA (its extendedResourceName), and the power webhook counts GPUs only as nvidia.com/gpu`
+	if len(v.Errors) != 1 || !strings.Contains(v.Errors[0].Error(), want) {
+		t.Errorf("a limit on it: %v; want %q", v.Errors, want)
+	}
+	if got := policy.Unchargeable(&custom.Obj().Spec, policy.ClaimsDemand{}, cluster); got != "its example.com/big-gpu request (a DeviceClass serves it with NVIDIA GPUs through DRA)" {
+		t.Errorf("Unchargeable = %q", got)
+	}
+	// Without such a class the resource is another device, not a GPU.
+	if got := policy.Unchargeable(&custom.Obj().Spec, policy.ClaimsDemand{}, cluster.fakeCluster); got != "" {
+		t.Errorf("no class serves it: Unchargeable = %q; want charged as it is", got)
+	}
+}

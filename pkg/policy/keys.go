@@ -61,10 +61,12 @@ const (
 )
 
 // ReadsResource reports whether policy reads a resource of a container:
-// NVIDIA's (nvidia.com/) and every DeviceClass's (ResourceDeviceClassPrefix);
-// the webhook's decoder skips the rest.
+// every extended resource (a name with a domain: NVIDIA's, the
+// DeviceClasses', and any other a DeviceClass may serve through DRA as its
+// extendedResourceName); the webhook's decoder skips the rest (cpu,
+// memory, hugepages).
 func ReadsResource(name string) bool {
-	return strings.HasPrefix(name, "nvidia.com/") || strings.HasPrefix(name, ResourceDeviceClassPrefix)
+	return strings.Contains(name, "/")
 }
 
 // WebhookAnnotations are the annotations only admission of the pod itself

@@ -173,7 +173,7 @@ func decodeContainers(d *jsontext.Decoder) ([]corev1.Container, error) {
 const maxQuantityLen = 64
 
 // decodeNVIDIAResources keeps the entries of a resource list that power
-// policy reads (policy.ReadsResource): NVIDIA's and the DeviceClasses'.
+// policy reads (policy.ReadsResource): the extended ones.
 func decodeNVIDIAResources(d *jsontext.Decoder) (corev1.ResourceList, error) {
 	var out corev1.ResourceList
 	err := eachField(d, func(name string) error {

@@ -118,6 +118,41 @@ func TestDRAServedGPUs(t *testing.T) {
 	if want := field + `: Invalid value: "150": below the 200 W minimum of NVIDIA-H100-80GB-HBM3; set 200 to 700 W`; !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), want) {
 		t.Fatalf("150 W nvidia.com/gpu on a DRA node: %v; want %q", err, want)
 	}
+
+	// A class of the cluster operator's may name any extended resource:
+	// one served with NVIDIA GPUs reaches the webhooks (every extended
+	// resource does) and is refused a limit, and, where a budget applies,
+	// refused, each saying which forms are counted.
+	custom := nvidiaGPUClass(ptr.To("example.com/big-gpu"))
+	custom.Name = "big-gpu.example.com"
+	createUntilCleanup(t, custom)
+	var denied error
+	attempt := 0
+	poll.Eventually(t, 30*time.Second, "the webhooks to see the class", func() (bool, string) {
+		attempt++ // a pod admitted before the webhooks saw the class keeps its name
+		denied = create(t, k8s, pod(fmt.Sprintf("custom-limited-%d", attempt)).Resource(0, "example.com/big-gpu", 1).Limit("300").Obj())
+		return denied != nil, "admitted"
+	})
+	if want := `the pod requests example.com/big-gpu, which a DeviceClass serves with NVIDIA GPUs through DRA (its extendedResourceName)`; !apierrors.IsInvalid(denied) || !strings.Contains(denied.Error(), want) {
+		t.Errorf("a limit on a custom class's resource: %v; want %q", denied, want)
+	}
+	ns := budgetNamespace(t, "dra-custom-budgeted", map[string]string{"dra-custom-budget": "on"})
+	t.Cleanup(func() {
+		_ = k8s.Delete(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})
+	})
+	createBudget(t, "dra-custom-budget", 10000, "dra-custom-budget", "on")
+	attempt = 0
+	poll.Eventually(t, 30*time.Second, "the webhooks to see the budget", func() (bool, string) {
+		attempt++ // a pod admitted before the webhooks saw the budget keeps its name
+		denied = create(t, k8s, testpod.MakePod(fmt.Sprintf("custom-unlimited-%d", attempt), ns).Resource(0, "example.com/big-gpu", 1).Obj())
+		return denied != nil, "admitted"
+	})
+	if want := `the GPUs the pod may get through its example.com/big-gpu request (a DeviceClass serves it with NVIDIA GPUs through DRA) cannot be charged`; !apierrors.IsForbidden(denied) || !strings.Contains(denied.Error(), want) {
+		t.Errorf("a custom class's resource in a budgeted namespace: %v; want %q", denied, want)
+	}
+	if err := create(t, k8s, testpod.MakePod("other-device", ns).Resource(0, "rdma.example.com/hca", 1).Obj()); err != nil {
+		t.Errorf("an extended resource no class serves, in a budgeted namespace: %v; want admitted", err)
+	}
 }
 
 // claimPod asks for its GPUs through a ResourceClaim made from template,
