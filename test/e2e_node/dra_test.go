@@ -233,7 +233,7 @@ func generatedClaim(t *testing.T, p *corev1.Pod, claim string) (string, string) 
 
 // capsFollowClaim waits until exactly the GPUs of the claim are at watts,
 // the other GPUs as before, and returns the claim's GPUs.
-func capsFollowClaim(t *testing.T, claimName func() (string, string), watts int, before map[string]int) []string {
+func capsFollowClaim(t *testing.T, namespace string, claimName func() (string, string), watts int, before map[string]int) []string {
 	t.Helper()
 	var uuids []string
 	eventually(t, fmt.Sprintf("the claim's GPUs capped at %d W", watts), func() (bool, string) {
@@ -241,7 +241,7 @@ func capsFollowClaim(t *testing.T, claimName func() (string, string), watts int,
 		if name == "" {
 			return false, why
 		}
-		if uuids, why = claimGPUs(t, "default", name); uuids == nil {
+		if uuids, why = claimGPUs(t, namespace, name); uuids == nil {
 			return false, why
 		}
 		now := limits(t)
@@ -274,7 +274,8 @@ func restored(t *testing.T, uuids []string, before map[string]int) {
 }
 
 // applyUntilCleanup applies obj (in the default namespace when it is
-// namespaced) with kubectl, and deletes it when the test ends.
+// namespaced and names none) with kubectl, and deletes it when the test
+// ends.
 func applyUntilCleanup(t *testing.T, obj map[string]any, resource, name string) {
 	t.Helper()
 	y, err := yaml.Marshal(obj)
@@ -282,8 +283,12 @@ func applyUntilCleanup(t *testing.T, obj map[string]any, resource, name string) 
 		t.Fatal(err)
 	}
 	kubectl(t, string(y), "apply", "-f", "-")
+	ns := "default"
+	if meta, ok := obj["metadata"].(map[string]any); ok && meta["namespace"] != nil {
+		ns = meta["namespace"].(string)
+	}
 	t.Cleanup(func() {
-		_, _ = cluster.Kubectl(context.Background(), "", "delete", resource, name, "-n", "default", "--ignore-not-found")
+		_, _ = cluster.Kubectl(context.Background(), "", "delete", resource, name, "-n", ns, "--ignore-not-found")
 	})
 }
 
@@ -310,7 +315,7 @@ func capsThenRestores(t *testing.T, p *corev1.Pod, claimName func(pod *corev1.Po
 	before := limits(t)
 	pod := createPod(t, p)
 	t.Cleanup(func() { deletePod(t, pod) })
-	uuids := capsFollowClaim(t, func() (string, string) { return claimName(pod) }, watts, before)
+	uuids := capsFollowClaim(t, pod.Namespace, func() (string, string) { return claimName(pod) }, watts, before)
 	if len(uuids) != want {
 		t.Errorf("the claim got %d GPUs; want %d", len(uuids), want)
 	}
@@ -374,4 +379,68 @@ func TestDRAGPUsOverBudgetDenied(t *testing.T) {
 	if want := `exceeded GPU power budget "dra": requested 600 W (2 GPUs x 300 W), committed 0 W of 500 W, available 500 W`; !strings.Contains(denied.Error(), want) {
 		t.Errorf("two DRA GPUs at 300 W under a 500 W budget: %v; want %q", denied, want)
 	}
+}
+
+// TestDRASharedClaimChargedOnce: a named ResourceClaim that two pods use is
+// one GPU, and its budget charges it once, at the pods' limit; a pod that
+// would take the budget over is denied, and the one GPU is capped for both
+// pods and restored when they go.
+func TestDRASharedClaimChargedOnce(t *testing.T) {
+	install(t)
+	ns := "dra-shared"
+	budgetedNamespace(t, ns, "dra-shared", 600)
+	applyUntilCleanup(t, map[string]any{
+		"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+		"metadata": map[string]any{"name": "shared-gpu", "namespace": ns},
+		"spec": map[string]any{"devices": map[string]any{"requests": []any{
+			map[string]any{"name": "gpu", "exactly": map[string]any{"deviceClassName": policy.DeviceClassGPU}},
+		}}},
+	}, "resourceclaim", "shared-gpu")
+	// 900 W asked of a 600 W budget: denied once the webhooks see it.
+	probe := draGPUPod("dra-probe", "300")
+	probe.Namespace = ns
+	probe.Spec.Containers[0].Resources.Limits[policy.ResourceDRAGPU] = resource.MustParse("3")
+	eventually(t, "the webhooks to see the budget", func() (bool, string) {
+		_, err := cluster.Client.CoreV1().Pods(ns).Create(t.Context(), probe, metav1.CreateOptions{})
+		if err == nil {
+			deletePod(t, probe) // admitted before the budget was seen
+		}
+		return err != nil, "admitted"
+	})
+
+	before := limits(t)
+	var sharers []*corev1.Pod
+	for _, name := range []string{"sharer-1", "sharer-2"} {
+		p := claimsPod(name, "300", corev1.PodResourceClaim{Name: "gpu", ResourceClaimName: ptr.To("shared-gpu")}, "main")
+		p.Namespace = ns
+		pod := createPod(t, p)
+		t.Cleanup(func() { deletePod(t, pod) })
+		sharers = append(sharers, pod)
+	}
+	uuids := capsFollowClaim(t, ns, func() (string, string) { return "shared-gpu", "" }, 300, before)
+	if len(uuids) != 1 {
+		t.Fatalf("the shared claim got %d GPUs; want 1", len(uuids))
+	}
+	status := func() string {
+		return kubectl(t, "", "get", "gpupowerbudget", "dra-shared", "-o", "jsonpath={.status.committedWatts} {.status.pods} {.status.gpus}")
+	}
+	eventually(t, "the budget to charge the claim once", func() (bool, string) {
+		got := strings.TrimSpace(status())
+		return got == "300 2 1", "committed, pods, GPUs: " + got
+	})
+	over := draGPUPod("dra-over-shared", "300")
+	over.Namespace = ns
+	over.Spec.Containers[0].Resources.Limits[policy.ResourceDRAGPU] = resource.MustParse("2")
+	_, err := cluster.Client.CoreV1().Pods(ns).Create(t.Context(), over, metav1.CreateOptions{})
+	if want := `exceeded GPU power budget "dra-shared": requested 600 W (2 GPUs x 300 W), committed 300 W of 600 W, available 300 W`; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("two more GPUs at 300 W beside the shared claim: %v; want %q", err, want)
+	}
+	for _, p := range sharers {
+		deletePod(t, p)
+	}
+	restored(t, uuids, before)
+	eventually(t, "the budget to release the claim", func() (bool, string) {
+		got := strings.TrimSpace(status())
+		return got == "0 0 0", "committed, pods, GPUs: " + got
+	})
 }
