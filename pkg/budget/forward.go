@@ -113,6 +113,8 @@ type forwardResponse struct {
 	// it replaced.
 	Wrote bool                       `json:"wrote,omitempty"`
 	Prior *powerv1alpha1.Reservation `json:"prior,omitempty"`
+	// Delta is what a charge added to committed watts.
+	Delta int64 `json:"delta,omitempty"`
 }
 
 // Peers forwards reservations to the writer and serves those forwarded to
@@ -209,7 +211,8 @@ func (p *Peers) forward(ctx context.Context, budget string, r *reserveRequest) (
 	if resp.Error != "" {
 		return reserveResult{err: errors.New(resp.Error)}, true
 	}
-	return reserveResult{ok: resp.OK, state: policy.BudgetState{Name: budget, Total: resp.Total, Committed: resp.Committed}, wrote: resp.Wrote, prior: resp.Prior}, true
+	return reserveResult{ok: resp.OK, state: policy.BudgetState{Name: budget, Total: resp.Total, Committed: resp.Committed}, wrote: resp.Wrote, prior: resp.Prior,
+		delta: resp.Delta}, true
 }
 
 func (p *Peers) post(ctx context.Context, addr string, body []byte) (*forwardResponse, error) {
@@ -290,7 +293,7 @@ func (p *Peers) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ask.op = opRelease
 	}
 	res := p.ledger.enqueue(r.Context(), req.Budget, ask)
-	out := forwardResponse{OK: res.ok, Committed: res.state.Committed, Total: res.state.Total, Wrote: res.wrote, Prior: res.prior}
+	out := forwardResponse{OK: res.ok, Committed: res.state.Committed, Total: res.state.Total, Wrote: res.wrote, Prior: res.prior, Delta: res.delta}
 	if res.err != nil {
 		out.Error = res.err.Error()
 	}

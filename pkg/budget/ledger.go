@@ -60,6 +60,11 @@ type Ledger struct {
 	Leading func() bool
 	// Peers forwards reservations to the writer; nil: every replica writes.
 	Peers *Peers
+	// TrustsIndex reports whether Pods has seen every pod write a budget's
+	// committed watts may rely on (the reconciler's hasCaughtUp; nil:
+	// always). Only then, and only on the writer, does what the pods it
+	// shows charge a named claim come off a new sharer's charge.
+	TrustsIndex func(*powerv1alpha1.GPUPowerBudget) bool
 
 	queues sync.Map // budget name -> *budgetQueue
 }
@@ -111,6 +116,9 @@ type reserveResult struct {
 	// release to undo. prior is the reservation it replaced (nil: none).
 	wrote bool
 	prior *powerv1alpha1.Reservation
+	// delta is what the charge added to committed watts: what a release
+	// takes off.
+	delta int64
 	err   error
 	// recounted is what a recount found on the version written.
 	recounted recountResult
@@ -258,7 +266,7 @@ func (b *Ledger) Admit(ctx context.Context, op admissionv1.Operation, pod, old *
 			if !written[j].wrote {
 				continue // the budget held it already: nothing of ours to undo
 			}
-			release := &reserveRequest{op: opRelease, uid: done.key, watts: done.watts, delta: done.delta, prior: written[j].prior}
+			release := &reserveRequest{op: opRelease, uid: done.key, watts: done.watts, delta: written[j].delta, prior: written[j].prior}
 			if r := b.reserve(ctx, done.budget, release); !r.ok {
 				// The reservation expires by itself after TTL.
 				logger.Error(r.err, "Failed to release reservation", "budget", done.budget, "pod", klog.KObj(pod))
@@ -526,6 +534,9 @@ func (b *Ledger) apply(budget *powerv1alpha1.GPUPowerBudget, batch []*reserveReq
 			held = &policy.HeldReservation{Watts: st.Reservations[j].Watts, Expires: st.Reservations[j].Expires.Time}
 		}
 		ask := policy.ReservationAsk{Release: r.op == opRelease, Watts: r.watts, Delta: r.delta}
+		if _, _, isClaim := policy.ClaimReservationOf(r.uid); isClaim && r.op == opCharge {
+			ask.Delta = b.claimDelta(budget, r, now)
+		}
 		switch policy.DecideReservation(ask, held, stateOf(budget), fresh, now) {
 		case policy.ReservationUndo:
 			if r.prior != nil {
@@ -552,10 +563,10 @@ func (b *Ledger) apply(budget *powerv1alpha1.GPUPowerBudget, batch []*reserveReq
 			} else {
 				st.Reservations = append(st.Reservations, res)
 			}
-			st.CommittedWatts = policy.SatAdd(st.CommittedWatts, r.delta)
+			st.CommittedWatts = policy.SatAdd(st.CommittedWatts, ask.Delta)
 			changed = true
 			reserved++
-			results[i] = reserveResult{ok: true, wrote: true, prior: prior}
+			results[i] = reserveResult{ok: true, wrote: true, prior: prior, delta: ask.Delta}
 		case policy.ReservationDeny:
 			results[i] = reserveResult{state: stateOf(budget)}
 		case policy.ReservationReadFresh:
@@ -563,6 +574,28 @@ func (b *Ledger) apply(budget *powerv1alpha1.GPUPowerBudget, batch []*reserveReq
 		}
 	}
 	return changed, reserved, false
+}
+
+// claimDelta is what a pod's reservation on a named claim adds to committed
+// watts, decided where the batch is written: committed already holds the
+// most of the other pods' pending reservations on the claim and, once they
+// are seen, their live charge for it, so only what r asks beyond that is
+// added. The live charge is read from this replica's pod index only when it
+// is the writer and its index has caught up with the budget (the index its
+// recounts use): another replica's cache, or one behind the budget, may
+// still show a pod whose watts a recount has released.
+func (b *Ledger) claimDelta(budget *powerv1alpha1.GPUPowerBudget, r *reserveRequest, now time.Time) int64 {
+	claim, _, _ := policy.ClaimReservationOf(r.uid)
+	var charged int64
+	for _, res := range budget.Status.Reservations {
+		if other, _, ok := policy.ClaimReservationOf(res.PodUID); ok && other == claim && res.PodUID != r.uid && now.Before(res.Expires.Time) {
+			charged = max(charged, res.Watts)
+		}
+	}
+	if b.leading() && (b.TrustsIndex == nil || b.TrustsIndex(budget)) {
+		charged = max(charged, b.claimCharge(claim, budget.Spec.UnlimitedPods != powerv1alpha1.UnlimitedPodsIgnore))
+	}
+	return max(0, r.watts-charged)
 }
 
 // expiry is when a reservation made now stops counting if its pod has not

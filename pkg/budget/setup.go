@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 
+	powerv1alpha1 "github.com/dynamo-power/gpu-power/api/v1alpha1"
 	"github.com/dynamo-power/gpu-power/pkg/podindex"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
@@ -59,6 +60,7 @@ func Setup(mgr manager.Manager, pods *podindex.Index, podsSeen func() string, ca
 		Client: mgr.GetClient(), API: mgr.GetAPIReader(), Ledger: ledger, Catalog: catalog, Cluster: cluster, Metrics: m,
 		Recorder: mgr.GetEventRecorder("power-webhook"), Resync: o.Resync, Now: time.Now, PodsSeen: podsSeen,
 	}
+	ledger.TrustsIndex = func(b *powerv1alpha1.GPUPowerBudget) bool { return reconciler.hasCaughtUp(b, podsSeen()) }
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("budget reconciler: %w", err)
 	}

@@ -64,16 +64,11 @@ type Chargeable struct {
 func (p Chargeable) Charged() bool { return p.GPUs > 0 || p.Claims != nil && len(p.Claims.Shared) > 0 }
 
 // ChargeableOf reads what a pod's cost depends on, its AnnotationClaimGPUs
-// taken as it stands (the pod index checks its signature first).
+// taken as it stands (the pod index checks its signature, and charges
+// counts nobody signed as a pod without a limit).
 func ChargeableOf(pod *corev1.Pod) Chargeable {
-	return ChargeableWith(pod, true)
-}
-
-// ChargeableWith is ChargeableOf, reading AnnotationClaimGPUs only when
-// withClaims: counts nobody signed charge nothing.
-func ChargeableWith(pod *corev1.Pod, withClaims bool) Chargeable {
 	p := Chargeable{GPUs: DemandOf(&pod.Spec).GPUs}
-	if value, ok := pod.Annotations[AnnotationClaimGPUs]; ok && withClaims && len(pod.Spec.ResourceClaims) > 0 {
+	if value, ok := pod.Annotations[AnnotationClaimGPUs]; ok && len(pod.Spec.ResourceClaims) > 0 {
 		if claims, ok := ParseClaimGPUs(value, pod.Spec.ResourceClaims); ok {
 			p.Claims = &claims
 			p.GPUs = SatAdd(p.GPUs, claims.Own)
@@ -108,7 +103,7 @@ func (c Catalog) Cost(p Chargeable, cluster Cluster, countUnlimited bool) Cost {
 	case p.Limit > 0:
 		cost.PerGPU = p.Limit
 	case !countUnlimited:
-		return Cost{GPUs: cost.GPUs, Unlimited: true}
+		return Cost{GPUs: cost.GPUs, Unlimited: true, Shared: cost.Shared}
 	default:
 		cost.PerGPU, cost.Unlimited = c.unlimitedPerGPU(p, cluster), true
 	}

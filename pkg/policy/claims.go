@@ -223,26 +223,19 @@ func FormatClaimGPUs(perClaim map[string]int64) string {
 // writes (sorted names, each a claim of the pod, once, with a positive
 // count in canonical form).
 func ParseClaimGPUs(value string, claims []corev1.PodResourceClaim) (ClaimGPUs, bool) {
-	var out ClaimGPUs
-	if value == "" {
-		return out, false
+	perClaim, ok := parseClaimCounts(value, claims)
+	if !ok {
+		return ClaimGPUs{}, false
 	}
+	var out ClaimGPUs
 	shared := map[string]int64{}
-	prev := ""
-	for i, part := range strings.Split(value, ",") {
-		name, count, found := strings.Cut(part, "=")
-		n, err := strconv.ParseInt(count, 10, 64)
-		if !found || err != nil || n <= 0 || strconv.FormatInt(n, 10) != count || (i > 0 && name <= prev) {
-			return ClaimGPUs{}, false
-		}
-		prev = name
-		j := slices.IndexFunc(claims, func(c corev1.PodResourceClaim) bool { return c.Name == name })
+	for _, c := range claims {
+		n := perClaim[c.Name]
 		switch {
-		case j < 0:
-			return ClaimGPUs{}, false
-		case claims[j].ResourceClaimName != nil:
+		case n == 0:
+		case c.ResourceClaimName != nil:
 			// One claim in two of the pod's entries is one set of GPUs.
-			shared[*claims[j].ResourceClaimName] = max(shared[*claims[j].ResourceClaimName], n)
+			shared[*c.ResourceClaimName] = max(shared[*c.ResourceClaimName], n)
 		default:
 			out.Own = SatAdd(out.Own, n)
 		}
@@ -251,4 +244,82 @@ func ParseClaimGPUs(value string, claims []corev1.PodResourceClaim) (ClaimGPUs, 
 		out.Shared = append(out.Shared, SharedClaim{Claim: claim, GPUs: shared[claim]})
 	}
 	return out, true
+}
+
+// parseClaimCounts is an AnnotationClaimGPUs value by the pod's claim.
+func parseClaimCounts(value string, claims []corev1.PodResourceClaim) (map[string]int64, bool) {
+	if value == "" {
+		return nil, false
+	}
+	out := map[string]int64{}
+	prev := ""
+	for i, part := range strings.Split(value, ",") {
+		name, count, found := strings.Cut(part, "=")
+		n, err := strconv.ParseInt(count, 10, 64)
+		if !found || err != nil || n <= 0 || strconv.FormatInt(n, 10) != count || (i > 0 && name <= prev) ||
+			!slices.ContainsFunc(claims, func(c corev1.PodResourceClaim) bool { return c.Name == name }) {
+			return nil, false
+		}
+		prev, out[name] = name, n
+	}
+	return out, true
+}
+
+// ClaimGPUsOf is what a pod's AnnotationClaimGPUs counts for one of its
+// claims (spec.resourceClaims[].name): 0 when it counts none, or the value
+// is malformed.
+func ClaimGPUsOf(pod *corev1.Pod, claim string) int64 {
+	perClaim, _ := parseClaimCounts(pod.Annotations[AnnotationClaimGPUs], pod.Spec.ResourceClaims)
+	return perClaim[claim]
+}
+
+// ClaimUser is a live pod that uses a ResourceClaim, as its admission
+// judged it.
+type ClaimUser struct {
+	// Pod names it for messages: "llm/decode-0".
+	Pod string
+	// GPUs are what its admission counted, and budgets charge, for the claim.
+	GPUs int64
+	// Limited is set when it has a limit the webhook admitted.
+	Limited bool
+}
+
+// ClaimReplacement says why a ResourceClaim being created may not be the one
+// its pods use, "" when it may. A pod admitted against another claim of the
+// same name (a named claim deleted and made again while the pod waited, a
+// template replaced before the controller copied it) must not get more GPUs
+// than its admission counted (its budgets charge no more), nor, with a
+// limit, devices a limit may not reach. claim names the new claim for
+// messages, d is what it asks (ClaimsDemandOf), and budgeted reports whether
+// a budget charges the namespace's pods: a pod without a limit or counted
+// GPUs elsewhere is held to nothing.
+func ClaimReplacement(claim string, d ClaimsDemand, users []ClaimUser, budgeted bool) string {
+	var why []string
+	for _, u := range users {
+		if !u.Limited && u.GPUs == 0 && !budgeted {
+			continue
+		}
+		switch {
+		case u.Limited && len(d.MIG)+len(d.AdminAccess)+len(d.Problems) > 0:
+			why = append(why, fmt.Sprintf("pod %s has a power limit admitted for whole GPUs, and this claim %s", u.Pod, claimTrouble(d)))
+		case d.GPUs > u.GPUs:
+			why = append(why, fmt.Sprintf("pod %s was admitted for %d GPUs of it, and this claim can get %s", u.Pod, u.GPUs, countString(d.GPUs)))
+		}
+	}
+	if len(why) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%s is not the claim its pods were admitted against: %s; create the pods again with the claim as it is now",
+		claim, strings.Join(why, "; "))
+}
+
+// claimTrouble says why a limit may not reach what a claim gets.
+func claimTrouble(d ClaimsDemand) string {
+	switch {
+	case len(d.MIG) > 0:
+		return "can get MIG devices (" + strings.Join(d.MIG, ", ") + ")"
+	case len(d.AdminAccess) > 0:
+		return "asks for admin access to devices other pods hold (" + strings.Join(d.AdminAccess, ", ") + ")"
+	}
+	return "gets GPUs that cannot be counted (" + strings.Join(d.Problems, "; ") + ")"
 }
