@@ -285,3 +285,52 @@ func TestCountCommittedClaims(t *testing.T) {
 		}
 	}
 }
+
+// A claim made for pods already admitted may not give them more GPUs than
+// their admission counted, nor devices a limit may not reach; pods that
+// nothing was counted or limited for hold it to nothing, outside budgets.
+func TestClaimReplacement(t *testing.T) {
+	gpus := func(n int64) policy.ClaimsDemand {
+		return policy.ClaimsDemandOf([]policy.ClaimRequest{{Source: "r", Class: policy.DeviceClassGPU, Count: n, Devices: map[string]map[string]int{"n": {h100DRA: 8}}}})
+	}
+	mig := policy.ClaimsDemandOf([]policy.ClaimRequest{{Source: "m", Class: policy.DeviceClassMIG, Count: 1}})
+	admin := policy.ClaimsDemandOf([]policy.ClaimRequest{{Source: "a", Class: policy.DeviceClassGPU, Count: 1, AdminAccess: true}})
+	for _, tt := range []struct {
+		name     string
+		d        policy.ClaimsDemand
+		users    []policy.ClaimUser
+		budgeted bool
+		want     string
+	}{
+		{"as admitted", gpus(2), []policy.ClaimUser{{Pod: "llm/a", GPUs: 2, Limited: true}}, true, ""},
+		{"fewer", gpus(1), []policy.ClaimUser{{Pod: "llm/a", GPUs: 2}}, true, ""},
+		{"more than a pod was counted", gpus(4), []policy.ClaimUser{{Pod: "llm/a", GPUs: 2}}, false,
+			`c is not the claim its pods were admitted against: pod llm/a was admitted for 2 GPUs of it, and this claim can get 4; create the pods again with the claim as it is now`},
+		{"GPUs for a pod counted none, in a budgeted namespace", gpus(1), []policy.ClaimUser{{Pod: "llm/a"}}, true, "pod llm/a was admitted for 0 GPUs of it"},
+		{"GPUs for a pod counted none, without a limit or budget", gpus(8), []policy.ClaimUser{{Pod: "llm/a"}}, false, ""},
+		{"MIG for a limited pod", mig, []policy.ClaimUser{{Pod: "llm/a", GPUs: 1, Limited: true}}, false, "pod llm/a has a power limit admitted for whole GPUs, and this claim can get MIG devices (m)"},
+		{"admin access for a limited pod", admin, []policy.ClaimUser{{Pod: "llm/a", GPUs: 1, Limited: true}}, false, "asks for admin access to devices other pods hold (a)"},
+		{"MIG for an unlimited pod", mig, []policy.ClaimUser{{Pod: "llm/a", GPUs: 1}}, true, ""},
+		{"every pod held to it is named", gpus(3), []policy.ClaimUser{{Pod: "llm/a", GPUs: 1}, {Pod: "llm/b", GPUs: 3}, {Pod: "llm/c", GPUs: 2}}, true,
+			"pod llm/a was admitted for 1 GPUs of it, and this claim can get 3; pod llm/c was admitted for 2 GPUs of it"},
+	} {
+		got := policy.ClaimReplacement("c", tt.d, tt.users, tt.budgeted)
+		if (tt.want == "") != (got == "") || !strings.Contains(got, tt.want) {
+			t.Errorf("%s: %q; want %q", tt.name, got, tt.want)
+		}
+	}
+}
+
+// ClaimGPUsOf reads one claim's count from the pod's annotation.
+func TestClaimGPUsOf(t *testing.T) {
+	p := pod().ResourceClaim("own", "t").NamedClaim("shared", "pool").Annotation(policy.AnnotationClaimGPUs, "own=2,shared=3").Obj()
+	for claim, want := range map[string]int64{"own": 2, "shared": 3, "other": 0} {
+		if got := policy.ClaimGPUsOf(p, claim); got != want {
+			t.Errorf("ClaimGPUsOf(%q) = %d; want %d", claim, got, want)
+		}
+	}
+	p.Annotations[policy.AnnotationClaimGPUs] = "shared=3,own=2"
+	if got := policy.ClaimGPUsOf(p, "own"); got != 0 {
+		t.Errorf("a malformed value counts %d; want 0", got)
+	}
+}

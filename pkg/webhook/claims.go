@@ -51,13 +51,21 @@ func (r *ClaimResolver) Demand(ctx context.Context, pod *corev1.Pod) (policy.Cla
 			reqs = append(reqs, policy.ClaimRequest{Source: source, Claim: pc.Name, Missing: missing})
 			continue
 		}
-		for _, dr := range spec.Devices.Requests {
-			req := r.request(fmt.Sprintf("%s, request %q", source, dr.Name), dr)
-			req.Claim = pc.Name
-			reqs = append(reqs, req)
-		}
+		reqs = append(reqs, r.requests(source, pc.Name, spec)...)
 	}
 	return policy.ClaimsDemandOf(reqs), nil
+}
+
+// requests are a claim spec's device requests, each matched against the
+// published devices; claim is the pod's name for the claim.
+func (r *ClaimResolver) requests(source, claim string, spec *resourcev1.ResourceClaimSpec) []policy.ClaimRequest {
+	var reqs []policy.ClaimRequest
+	for _, dr := range spec.Devices.Requests {
+		req := r.request(fmt.Sprintf("%s, request %q", source, dr.Name), dr)
+		req.Claim = claim
+		reqs = append(reqs, req)
+	}
+	return reqs
 }
 
 // spec reads a pod claim's ResourceClaimSpec: missing says why there is none

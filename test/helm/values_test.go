@@ -65,7 +65,7 @@ func podWebhookSelectors(t *testing.T, objs []object) (map[string][]string, []st
 			onPods := false
 			for _, r := range w["rules"].([]any) {
 				for _, res := range r.(map[string]any)["resources"].([]any) {
-					if s := res.(string); s == "pods" || strings.HasPrefix(s, "pods/") {
+					if s := res.(string); s == "pods" || strings.HasPrefix(s, "pods/") || s == "resourceclaims" {
 						onPods = true
 					}
 				}
@@ -164,8 +164,9 @@ var canonicalWatts = regexp.MustCompile(`^[1-9][0-9]{0,5}$`)
 func hasArg(args []string, arg string) bool { return slices.Contains(args, arg) }
 
 // TestSkippedNamespaces: one value (plus the release namespace) is what all
-// four pod webhooks skip and what the agent treats as skipped; the
-// budget webhook (cluster-scoped objects) has no namespaceSelector.
+// four pod webhooks and the ResourceClaim one skip and what the agent treats
+// as skipped; the budget webhook (cluster-scoped objects) has no
+// namespaceSelector.
 func TestSkippedNamespaces(t *testing.T) {
 	for _, tc := range []struct {
 		name, namespace, values string
@@ -181,8 +182,8 @@ func TestSkippedNamespaces(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			objs := render(t, values(t, tc.values), tc.namespace)
 			pods, others := podWebhookSelectors(t, objs)
-			if len(pods) != 4 || !slices.Equal(others, []string{"budget.validate.power.dynamo.nvidia.com"}) {
-				t.Errorf("pod webhooks %v, others %v; want 4 and the budget webhook", pods, others)
+			if len(pods) != 5 || !slices.Equal(others, []string{"budget.validate.power.dynamo.nvidia.com"}) {
+				t.Errorf("namespaced webhooks %v, others %v; want the 4 pod webhooks and the ResourceClaim one, and the budget webhook", pods, others)
 			}
 			for name, got := range pods {
 				if !slices.Equal(got, tc.want) {

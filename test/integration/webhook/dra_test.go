@@ -255,3 +255,98 @@ func TestDRAClaimTemplates(t *testing.T) {
 		t.Errorf("another DeviceClass's resource in a budgeted namespace: %v; want %q", err, want)
 	}
 }
+
+// A claim is bound to its pods only when it is allocated. One made again
+// under the name its pods were admitted against (a named claim deleted
+// while its pod waits), or made from a template replaced before the
+// controller copied it, may not give them more GPUs than their admission
+// counted (the budget charges no more), nor, to a pod with a limit,
+// devices a limit may not reach.
+func TestClaimReplacedUnderItsPods(t *testing.T) {
+	createUntilCleanup(t, nvidiaGPUClass(nil))
+	draNode(t, "dra-swap")
+	// Admin access, which the API server allows only in a namespace so
+	// labelled, is one of the swaps tried.
+	ns := budgetNamespace(t, "dra-swap", map[string]string{"dra-swap-budget": "on", "resource.kubernetes.io/admin-access": "true"})
+	t.Cleanup(func() {
+		_ = k8s.Delete(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})
+	})
+	claimOf := func(name string, gpus int64) *resourcev1.ResourceClaim {
+		return &resourcev1.ResourceClaim{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: resourcev1.ResourceClaimSpec{
+			Devices: resourcev1.DeviceClaim{Requests: []resourcev1.DeviceRequest{{Name: "gpu",
+				Exactly: &resourcev1.ExactDeviceRequest{DeviceClassName: policy.DeviceClassGPU, Count: gpus}}}}}}
+	}
+	if err := k8s.Create(t.Context(), claimOf("swap", 1)); err != nil {
+		t.Fatal(err)
+	}
+	one := &resourcev1.ResourceClaimTemplate{ObjectMeta: metav1.ObjectMeta{Name: "one-gpu", Namespace: ns},
+		Spec: resourcev1.ResourceClaimTemplateSpec{Spec: claimOf("", 1).Spec}}
+	createUntilCleanup(t, one)
+	createBudget(t, "dra-swap-budget", 600, "dra-swap-budget", "on")
+	attempt := 0
+	eventually(t, "the budget to select the namespace", func() (bool, string) {
+		attempt++
+		err := create(t, k8s, claimPod(ns, fmt.Sprintf("probe-%d", attempt), "no-such-template").Obj())
+		return err != nil, "admitted"
+	})
+
+	// A pod waiting (gated) on a 1-GPU named claim at 300 W.
+	gated := testpod.MakePod("gated", ns).NamedClaim("gpus", "swap").Limit("300")
+	gated.Spec.Containers[0].Resources.Claims = []corev1.ResourceClaim{{Name: "gpus"}}
+	gated.Spec.SchedulingGates = []corev1.PodSchedulingGate{{Name: "example.com/hold"}}
+	if err := createdOrDenied(t, gated.Obj()); err != nil {
+		t.Fatalf("gated pod on a 1-GPU claim at 300 W: %v", err)
+	}
+	committedBecomes(t, "dra-swap-budget", 300)
+	if err := k8s.Delete(t.Context(), claimOf("swap", 1)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the claim to be gone", func() (bool, string) {
+		err := k8s.Get(t.Context(), client.ObjectKey{Namespace: ns, Name: "swap"}, &resourcev1.ResourceClaim{})
+		return apierrors.IsNotFound(err), fmt.Sprint(err)
+	})
+	err := k8s.Create(t.Context(), claimOf("swap", 2))
+	if want := `ResourceClaim "swap" is not the claim its pods were admitted against: pod ` + ns + `/gated was admitted for 1 GPUs of it, and this claim can get 2`; !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), want) {
+		t.Errorf("the claim made again with 2 GPUs: %v; want %q", err, want)
+	}
+	admin := claimOf("swap", 1)
+	admin.Spec.Devices.Requests[0].Exactly.AdminAccess = ptr.To(true)
+	if err := k8s.Create(t.Context(), admin); !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "has a power limit admitted for whole GPUs, and this claim asks for admin access") {
+		t.Errorf("the claim made again with admin access: %v; want refused", err)
+	}
+	if err := k8s.Create(t.Context(), claimOf("swap", 1)); err != nil {
+		t.Errorf("the claim made again as it was: %v", err)
+	}
+
+	// The controller's claim from a template that now asks for more than
+	// the pod was admitted for (made here as the controller makes it).
+	var templated corev1.Pod
+	if err := k8s.Create(t.Context(), claimPod(ns, "templated", "one-gpu").Limit("300").Obj()); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Get(t.Context(), client.ObjectKey{Namespace: ns, Name: "templated"}, &templated); err != nil {
+		t.Fatal(err)
+	}
+	made := func(gpus int64) *resourcev1.ResourceClaim {
+		c := claimOf("templated-gpus-x1", gpus)
+		c.Annotations = map[string]string{"resource.kubernetes.io/pod-claim-name": "gpus"}
+		c.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Pod", Name: "templated", UID: templated.UID, Controller: ptr.To(true)}}
+		return c
+	}
+	err = k8s.Create(t.Context(), made(2))
+	if want := `pod ` + ns + `/templated was admitted for 1 GPUs of it, and this claim can get 2`; !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), want) {
+		t.Errorf("the template's claim with 2 GPUs: %v; want %q", err, want)
+	}
+	if err := k8s.Create(t.Context(), made(1)); err != nil {
+		t.Errorf("the template's claim as admitted: %v", err)
+	}
+
+	// Where nothing was admitted against it, a claim is anyone's to make:
+	// a pod without a limit, in a namespace no budget selects, made first.
+	if err := create(t, k8s, testpod.MakePod("before-its-claim", testNamespace).NamedClaim("gpus", "later").Obj()); err != nil {
+		t.Fatal(err)
+	}
+	later := claimOf("later", 4)
+	later.Namespace = testNamespace
+	createUntilCleanup(t, later)
+}
