@@ -241,7 +241,10 @@ func (b *Ledger) Admit(ctx context.Context, op admissionv1.Operation, pod, old *
 				short = append(short, state)
 			}
 		}
-		return b.denial(charges[0].cost, deltas[charges[0].budget], short), nil
+		if len(short) == 0 {
+			return "", nil
+		}
+		return b.denial(charges[0].cost, deltas[short[0].Name], short), nil
 	}
 	if pod.UID == "" {
 		return "", errors.New("pod has no UID to key its budget reservation by")
