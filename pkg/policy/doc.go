@@ -15,8 +15,14 @@
 //   - defaults.go: the default limit a pod gets (DefaultRule).
 //   - admission.go: the verdict on a pod at admission (Admission.Mutate,
 //     Admission.Validate).
-//   - stamp.go: the signed stamp that tells an admitted limit from a typed one.
-//   - budget.go: the budget algorithm: what a pod costs a budget, the
+//   - stamp.go: the signed stamp that tells an admitted limit from a typed
+//     one, and the signature of the claims' GPU counts (SignClaims).
+//   - claims.go: what a pod's ResourceClaims ask (ClaimsDemandOf), the
+//     claims' GPU counts written on the pod (FormatClaimGPUs,
+//     ParseClaimGPUs), and whether a claim made again fits the pods
+//     admitted against it (ClaimReplacement).
+//   - budget.go: the budget algorithm: what a pod costs a budget (its own
+//     GPUs and each named claim's, Cost.Charges; ClaimKey), the
 //     ledger's decision on each request (DecideReservation), the denial
 //     message, and committed watts counted from live pods and reservations
 //     (CountCommitted).

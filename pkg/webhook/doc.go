@@ -3,8 +3,11 @@
 // mutating and validating handlers that ask pkg/policy for the verdict and
 // pkg/budget for the budgets' charge, answering with a denial or the smallest
 // JSON patch (handler.go), the guards of the subresources and bindings that
-// could change a pod's power annotations, the GPUPowerBudget validating
-// webhook (budgetvalidator.go), client-certificate authentication of the API
+// could change a pod's power annotations, what a pod's ResourceClaims ask
+// (claims.go: ClaimResolver), the GPUPowerBudget validating webhook
+// (budgetvalidator.go), the ResourceClaim validating webhook that holds a
+// claim made again to the pods admitted against it (claimvalidator.go),
+// client-certificate authentication of the API
 // server (clientauth.go: ClientAuth, NewServer), the admission metrics
 // (metrics.go), and Setup (setup.go), which wires the caches, the indexes
 // (pkg/nodeindex, pkg/podindex), the handlers and budget enforcement
