@@ -6,9 +6,8 @@
 //     can tell a taken name), and for a pod that requests GPUs what its
 //     budget charge depends on (policy.Chargeable; a limit only when
 //     Validated says it is the webhook's; claims' counts, charged as no
-//     limit unless ClaimsSigned) and whether it finished, and for a pod
-//     that names ResourceClaims their names (ClaimUsers). Pods without GPUs
-//     or named claims are never decoded beyond that; a GPU pod's record is read
+//     limit unless ClaimsSigned) and whether it finished. Pods without GPUs
+//     are never decoded beyond that; a GPU pod's record is read
 //     once, when the pod is stored or changes. OnChange wakes the budget
 //     reconciler only for changes that can move a budget.
 //   - Feed, which keeps an Index current from the API server through a

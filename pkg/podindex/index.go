@@ -22,21 +22,15 @@ import (
 // Pod is what the index keeps of a pod.
 type Pod struct {
 	UID types.UID
-	// GPU is set for a pod that requests GPUs or uses a named
-	// ResourceClaim; nil for every other pod.
+	// GPU is set for a pod that requests GPUs; nil for every other pod.
 	GPU *GPUPod
 }
 
-// GPUPod is what of a GPU pod a budget's arithmetic reads, and which named
-// ResourceClaims it uses.
+// GPUPod is what of a GPU pod a budget's arithmetic reads.
 type GPUPod struct {
 	policy.Chargeable
 	// Finished is set once the pod Succeeded or Failed: it charges nothing.
 	Finished bool
-	// NamedClaims are the ResourceClaims its spec names
-	// (resourceClaimName), sorted: a claim made again under one of these
-	// names must not give it more than its admission counted.
-	NamedClaims []string
 }
 
 // Index is a reflector store of every pod: Add, Update, Delete and Replace
@@ -104,20 +98,6 @@ func (ix *Index) EachGPUPod(namespace string, fn func(uid types.UID, p *GPUPod))
 	}
 }
 
-// ClaimUsers calls fn for every pod of namespace, not finished, whose spec
-// names the ResourceClaim claim, in no order. fn must not call the index.
-func (ix *Index) ClaimUsers(namespace, claim string, fn func(name string, p *GPUPod)) {
-	ix.mu.RLock()
-	defer ix.mu.RUnlock()
-	for name, p := range ix.pods[namespace] {
-		if p.GPU != nil && !p.GPU.Finished {
-			if _, found := slices.BinarySearch(p.GPU.NamedClaims, claim); found {
-				fn(name, p.GPU)
-			}
-		}
-	}
-}
-
 // entry is a pod as the transformer leaves it: its key and its Pod. It is
 // what the reflector's own temporary store holds while an initial list
 // streams in, so it answers meta.Accessor for the key.
@@ -154,16 +134,8 @@ func (ix *Index) entryOf(obj any) (*entry, error) {
 				c.Placement = &p
 			}
 		}
-		var named []string
-		for _, pc := range o.Spec.ResourceClaims {
-			if pc.ResourceClaimName != nil {
-				named = append(named, *pc.ResourceClaimName)
-			}
-		}
-		if c.Charged() || len(named) > 0 {
-			slices.Sort(named)
-			e.GPU = &GPUPod{Chargeable: c, Finished: o.Status.Phase == corev1.PodSucceeded || o.Status.Phase == corev1.PodFailed,
-				NamedClaims: slices.Compact(named)}
+		if c.Charged() {
+			e.GPU = &GPUPod{Chargeable: c, Finished: o.Status.Phase == corev1.PodSucceeded || o.Status.Phase == corev1.PodFailed}
 		}
 		return e, nil
 	case toolscache.DeletedFinalStateUnknown:

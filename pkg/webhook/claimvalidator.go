@@ -17,7 +17,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/dynamo-power/gpu-power/pkg/budget"
-	"github.com/dynamo-power/gpu-power/pkg/podindex"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
@@ -33,20 +32,27 @@ const podClaimAnnotation = "resource.kubernetes.io/pod-claim-name"
 // the pod when it is allocated: a named claim can be deleted and made again
 // while its pod waits, and a template replaced before the controller copies
 // it. A claim created for pods already admitted (its name in their specs,
-// or made from a pod's template) must not give them more GPUs than their
-// admission counted, nor, to a pod with a limit, devices a limit may not
-// reach (policy.ClaimReplacement).
+// or made by the resourceclaim controller from a pod's template) must not
+// give them more GPUs than their admission counted, nor, to a pod with a
+// limit, devices a limit may not reach (policy.ClaimReplacement).
 type ClaimValidator struct {
 	// Claims judges the claim's spec; nil: DRA is not served.
 	Claims *ClaimResolver
-	// Pods are the live pods, with the named claims each uses.
-	Pods *podindex.Index
-	// API reads the pod a template's claim is made for: it has just been
-	// created, and the index may not show it yet.
+	// API reads the pods a claim is for from the API server: a pod created
+	// a moment before its claim is swapped may not be in any cache yet.
 	API client.Reader
 	// Budgets says whether a budget charges the namespace; nil: none.
 	Budgets *budget.Ledger
 }
+
+// claimControllers are the identities the resourceclaim controller creates
+// a template's claims as: its own service account, or the controller
+// manager's when it does not use per-controller credentials. The claims
+// they make have generated names, which no pod can name beforehand.
+var claimControllers = []string{"system:serviceaccount:kube-system:resource-claim-controller", "system:kube-controller-manager"}
+
+// podListPage bounds the pods read at once when a claim's users are looked for.
+const podListPage = 500
 
 // Handle implements admission.Handler.
 func (v *ClaimValidator) Handle(ctx context.Context, req admission.Request) admission.Response {
@@ -57,11 +63,16 @@ func (v *ClaimValidator) Handle(ctx context.Context, req admission.Request) admi
 	if err := json.Unmarshal(req.Object.Raw, &claim); err != nil {
 		return admission.Errored(http.StatusBadRequest, fmt.Errorf("decode ResourceClaim: %w", err))
 	}
-	name, namespace := claim.Name, req.Namespace
-	if name == "" {
-		return admission.Allowed("") // generateName: no pod can name it yet, and a template's claim names its pod
+	namespace := req.Namespace
+	// Whoever makes it, a claim owned by a pod and naming its claim is
+	// taken by the controller as that pod's (it adopts one it finds).
+	users, err := v.templateUser(ctx, namespace, &claim)
+	if err == nil && !slices.Contains(claimControllers, req.UserInfo.Username) {
+		// The controller's own claims have names nobody could know before.
+		var named []policy.ClaimUser
+		named, err = v.namedUsers(ctx, namespace, claim.Name)
+		users = append(users, named...)
 	}
-	users, err := v.users(ctx, namespace, &claim)
 	if err != nil || len(users) == 0 {
 		return errorOrAllowed(err)
 	}
@@ -73,8 +84,8 @@ func (v *ClaimValidator) Handle(ctx context.Context, req admission.Request) admi
 		}
 		budgeted = len(budgets) > 0
 	}
-	source := fmt.Sprintf("ResourceClaim %q", name)
-	d := policy.ClaimsDemandOf(v.Claims.requests(source, name, &claim.Spec))
+	source := fmt.Sprintf("ResourceClaim %q", claim.Name)
+	d := policy.ClaimsDemandOf(v.Claims.requests(source, claim.Name, &claim.Spec))
 	if why := policy.ClaimReplacement(source, d, users, budgeted); why != "" {
 		return admission.Denied(why)
 	}
@@ -88,34 +99,65 @@ func errorOrAllowed(err error) admission.Response {
 	return admission.Allowed("")
 }
 
-// users are the live pods the claim is for: those whose spec names it,
-// and the pod whose template it is made from.
-func (v *ClaimValidator) users(ctx context.Context, namespace string, claim *resourcev1.ResourceClaim) ([]policy.ClaimUser, error) {
+// namedUsers are the live pods of namespace whose spec names the claim,
+// read from the API server: a user creates named claims, rarely, and a pod
+// admitted against the name a moment ago must be found.
+func (v *ClaimValidator) namedUsers(ctx context.Context, namespace, claim string) ([]policy.ClaimUser, error) {
 	var users []policy.ClaimUser
-	v.Pods.ClaimUsers(namespace, claim.Name, func(name string, p *podindex.GPUPod) {
-		u := policy.ClaimUser{Pod: namespace + "/" + name, Limited: p.Limit > 0}
-		if p.Claims != nil {
-			if i := slices.IndexFunc(p.Claims.Shared, func(s policy.SharedClaim) bool { return s.Claim == claim.Name }); i >= 0 {
-				u.GPUs = p.Claims.Shared[i].GPUs
+	opts := []client.ListOption{client.InNamespace(namespace), client.Limit(podListPage)}
+	for {
+		var pods corev1.PodList
+		if err := v.API.List(ctx, &pods, opts...); err != nil {
+			return nil, fmt.Errorf("list pods in %s for ResourceClaim %s: %w", namespace, claim, err)
+		}
+		for i := range pods.Items {
+			if u, ok := claimUser(&pods.Items[i], claim); ok {
+				users = append(users, u)
 			}
 		}
-		users = append(users, u)
-	})
+		if pods.Continue == "" {
+			return users, nil
+		}
+		opts = []client.ListOption{client.InNamespace(namespace), client.Limit(podListPage), client.Continue(pods.Continue)}
+	}
+}
+
+// claimUser is a live pod as a user of the ResourceClaim its spec names
+// claim, with the most its entries naming it counted.
+func claimUser(pod *corev1.Pod, claim string) (policy.ClaimUser, bool) {
+	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		return policy.ClaimUser{}, false
+	}
+	u := policy.ClaimUser{Pod: pod.Namespace + "/" + pod.Name}
+	found := false
+	for _, pc := range pod.Spec.ResourceClaims {
+		if pc.ResourceClaimName != nil && *pc.ResourceClaimName == claim {
+			found, u.GPUs = true, max(u.GPUs, policy.ClaimGPUsOf(pod, pc.Name))
+		}
+	}
+	_, u.Limited = pod.Annotations[policy.AnnotationPowerLimitValidated]
+	return u, found
+}
+
+// templateUser is the pod the resourceclaim controller makes claim for from
+// its template: its controller owner, for its claim the claim's
+// podClaimAnnotation names.
+func (v *ClaimValidator) templateUser(ctx context.Context, namespace string, claim *resourcev1.ResourceClaim) ([]policy.ClaimUser, error) {
 	owner := metav1.GetControllerOf(claim)
 	entry, made := claim.Annotations[podClaimAnnotation]
 	if owner == nil || owner.APIVersion != "v1" || owner.Kind != "Pod" || !made {
-		return users, nil
+		return nil, nil
 	}
 	var pod corev1.Pod
 	err := v.API.Get(ctx, types.NamespacedName{Namespace: namespace, Name: owner.Name}, &pod)
 	switch {
 	case apierrors.IsNotFound(err):
-		return users, nil
+		return nil, nil
 	case err != nil:
 		return nil, fmt.Errorf("get pod %s/%s, which ResourceClaim %s is made for: %w", namespace, owner.Name, claim.Name, err)
 	case pod.UID != owner.UID || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed:
-		return users, nil
+		return nil, nil
 	}
 	_, limited := pod.Annotations[policy.AnnotationPowerLimitValidated]
-	return append(users, policy.ClaimUser{Pod: namespace + "/" + pod.Name, GPUs: policy.ClaimGPUsOf(&pod, entry), Limited: limited}), nil
+	return []policy.ClaimUser{{Pod: namespace + "/" + pod.Name, GPUs: policy.ClaimGPUsOf(&pod, entry), Limited: limited}}, nil
 }

@@ -117,7 +117,7 @@ func Setup(ctx context.Context, mgr manager.Manager, admit *policy.Admission, re
 	server.Register(MutatePath, NewReview(&Mutator{Policy: admit, Cluster: nodes, Budgets: ledger, Claims: claims, Metrics: m}))
 	server.Register(ValidatePath, NewReview(&Validator{Policy: admit, Cluster: nodes, Budgets: ledger, Claims: claims, Metrics: m}))
 	server.Register(BudgetValidatePath, &webhook.Admission{Handler: BudgetValidator{}})
-	server.Register(ClaimValidatePath, &webhook.Admission{Handler: &ClaimValidator{Claims: claims, Pods: pods, API: mgr.GetAPIReader(), Budgets: ledger}})
+	server.Register(ClaimValidatePath, &webhook.Admission{Handler: &ClaimValidator{Claims: claims, API: mgr.GetAPIReader(), Budgets: ledger}})
 
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err
