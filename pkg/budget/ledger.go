@@ -537,7 +537,7 @@ func (b *Ledger) apply(budget *powerv1alpha1.GPUPowerBudget, batch []*reserveReq
 			held = &policy.HeldReservation{Watts: st.Reservations[j].Watts, Expires: st.Reservations[j].Expires.Time}
 		}
 		ask := policy.ReservationAsk{Release: r.op == opRelease, Watts: r.watts, Delta: r.delta}
-		if _, _, isClaim := policy.ClaimReservationOf(r.uid); isClaim && r.op == opCharge {
+		if _, _, isClaim := policy.ClaimReservationOf(r.uid); isClaim {
 			ask.Delta = b.claimDelta(budget, r, now)
 		}
 		switch policy.DecideReservation(ask, held, stateOf(budget), fresh, now) {
@@ -547,7 +547,7 @@ func (b *Ledger) apply(budget *powerv1alpha1.GPUPowerBudget, batch []*reserveReq
 			} else {
 				st.Reservations = slices.Delete(st.Reservations, j, j+1)
 			}
-			st.CommittedWatts = policy.SatSub(st.CommittedWatts, r.delta)
+			st.CommittedWatts = policy.SatSub(st.CommittedWatts, ask.Delta)
 			changed = true
 			results[i] = reserveResult{ok: true}
 		case policy.ReservationNothingToUndo:
@@ -580,25 +580,41 @@ func (b *Ledger) apply(budget *powerv1alpha1.GPUPowerBudget, batch []*reserveReq
 }
 
 // claimDelta is what a pod's reservation on a named claim adds to committed
-// watts, decided where the batch is written: committed already holds the
-// most of the other pods' pending reservations on the claim and, once they
-// are seen, their live charge for it, so only what r asks beyond that is
-// added. The live charge is read from this replica's pod index only when it
-// is the writer and its index has caught up with the budget (the index its
-// recounts use): another replica's cache, or one behind the budget, may
-// still show a pod whose watts a recount has released.
+// watts, or, on a release, takes off, decided where the batch is written.
+// Committed holds, for the claim, the most of its live charge and the pods'
+// pending reservations on it: a charge adds only what r asks beyond that,
+// and a release takes off only what the claim's charge falls by without
+// r's reservation (other pods may have been admitted on it for nothing
+// since), at most what r's charge added. The live charge is read from this
+// replica's pod index only when it is the writer and its index has caught
+// up with the budget (the index its recounts use): another replica's
+// cache, or one behind the budget, may still show a pod whose watts a
+// recount has released. Without it a release takes off nothing: the next
+// recount does.
 func (b *Ledger) claimDelta(budget *powerv1alpha1.GPUPowerBudget, r *reserveRequest, now time.Time) int64 {
 	claim, _, _ := policy.ClaimReservationOf(r.uid)
-	var charged int64
+	var others, own int64 // pending reservations on the claim: the other pods', r's
 	for _, res := range budget.Status.Reservations {
-		if other, _, ok := policy.ClaimReservationOf(res.PodUID); ok && other == claim && res.PodUID != r.uid && now.Before(res.Expires.Time) {
-			charged = max(charged, res.Watts)
+		if other, _, ok := policy.ClaimReservationOf(res.PodUID); ok && other == claim && now.Before(res.Expires.Time) {
+			if res.PodUID == r.uid {
+				own = res.Watts
+			} else {
+				others = max(others, res.Watts)
+			}
 		}
 	}
-	if b.leading() && (b.TrustsIndex == nil || b.TrustsIndex(budget)) {
-		charged = max(charged, b.claimCharge(claim, budget.Spec.UnlimitedPods != powerv1alpha1.UnlimitedPodsIgnore))
+	trusted := b.leading() && (b.TrustsIndex == nil || b.TrustsIndex(budget))
+	var live int64
+	if trusted {
+		live = b.claimCharge(claim, budget.Spec.UnlimitedPods != powerv1alpha1.UnlimitedPodsIgnore)
 	}
-	return max(0, r.watts-charged)
+	if r.op == opRelease {
+		if !trusted {
+			return 0
+		}
+		return min(r.delta, max(0, max(live, others, own)-max(live, others)))
+	}
+	return max(0, r.watts-max(live, others))
 }
 
 // expiry is when a reservation made now stops counting if its pod has not

@@ -266,7 +266,8 @@ func Unchargeable(spec *corev1.PodSpec, claims ClaimsDemand, cluster Cluster) st
 }
 
 // OtherDRAGPUResources are the extended resources a pod spec requests, other
-// than NVIDIA's and the DeviceClasses' own, that a DeviceClass names its
+// than those policy counts (nvidia.com/gpu, nvidia.com/gpu.shared, MIG
+// slices, the DeviceClasses' own), that a DeviceClass names its
 // extendedResourceName and serves with NVIDIA GPUs the cluster publishes:
 // the scheduler gives them through DRA, and policy counts none of them.
 // Sorted.
@@ -277,7 +278,8 @@ func OtherDRAGPUResources(spec *corev1.PodSpec, cluster Cluster) []corev1.Resour
 			for _, list := range []corev1.ResourceList{c.Resources.Requests, c.Resources.Limits} {
 				for name := range list {
 					s := string(name)
-					if !ReadsResource(s) || strings.HasPrefix(s, "nvidia.com/") || strings.HasPrefix(s, ResourceDeviceClassPrefix) || slices.Contains(out, name) {
+					if !ReadsResource(s) || name == ResourceGPU || name == ResourceGPUShared || strings.HasPrefix(s, ResourceMIGPrefix) ||
+						strings.HasPrefix(s, ResourceDeviceClassPrefix) || slices.Contains(out, name) {
 						continue
 					}
 					if len(cluster.DRAProducts(name, "")) > 0 {

@@ -300,7 +300,9 @@ func ClaimReplacement(claim string, d ClaimsDemand, users []ClaimUser, budgeted 
 			continue
 		}
 		switch {
-		case u.Limited && len(d.MIG)+len(d.AdminAccess)+len(d.Problems) > 0:
+		case len(d.Problems) > 0:
+			why = append(why, fmt.Sprintf("pod %s was admitted for %d GPUs of it, and this claim gets GPUs that cannot be counted (%s)", u.Pod, u.GPUs, strings.Join(d.Problems, "; ")))
+		case u.Limited && len(d.MIG)+len(d.AdminAccess) > 0:
 			why = append(why, fmt.Sprintf("pod %s has a power limit admitted for whole GPUs, and this claim %s", u.Pod, claimTrouble(d)))
 		case d.GPUs > u.GPUs:
 			why = append(why, fmt.Sprintf("pod %s was admitted for %d GPUs of it, and this claim can get %s", u.Pod, u.GPUs, countString(d.GPUs)))
@@ -315,11 +317,8 @@ func ClaimReplacement(claim string, d ClaimsDemand, users []ClaimUser, budgeted 
 
 // claimTrouble says why a limit may not reach what a claim gets.
 func claimTrouble(d ClaimsDemand) string {
-	switch {
-	case len(d.MIG) > 0:
+	if len(d.MIG) > 0 {
 		return "can get MIG devices (" + strings.Join(d.MIG, ", ") + ")"
-	case len(d.AdminAccess) > 0:
-		return "asks for admin access to devices other pods hold (" + strings.Join(d.AdminAccess, ", ") + ")"
 	}
-	return "gets GPUs that cannot be counted (" + strings.Join(d.Problems, "; ") + ")"
+	return "asks for admin access to devices other pods hold (" + strings.Join(d.AdminAccess, ", ") + ")"
 }

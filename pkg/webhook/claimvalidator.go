@@ -3,6 +3,7 @@ package webhook
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -73,6 +74,11 @@ func (v *ClaimValidator) Handle(ctx context.Context, req admission.Request) admi
 		named, err = v.namedUsers(ctx, namespace, claim.Name)
 		users = append(users, named...)
 	}
+	var unknown errOwnerUnknown
+	if errors.As(err, &unknown) {
+		return admission.Denied(fmt.Sprintf("ResourceClaim %q names pod %q (uid %s) its controller, and no such pod exists in namespace %q: "+
+			"a pod's claims are made by the resourceclaim controller, for pods that exist", claim.Name, unknown.owner.Name, unknown.owner.UID, namespace))
+	}
 	if err != nil || len(users) == 0 {
 		return errorOrAllowed(err)
 	}
@@ -91,6 +97,11 @@ func (v *ClaimValidator) Handle(ctx context.Context, req admission.Request) admi
 	}
 	return admission.Allowed("")
 }
+
+// errOwnerUnknown is a claim's pod owner that no pod matches.
+type errOwnerUnknown struct{ owner metav1.OwnerReference }
+
+func (e errOwnerUnknown) Error() string { return "no pod " + e.owner.Name + " of uid " + string(e.owner.UID) }
 
 func errorOrAllowed(err error) admission.Response {
 	if err != nil {
@@ -151,11 +162,14 @@ func (v *ClaimValidator) templateUser(ctx context.Context, namespace string, cla
 	var pod corev1.Pod
 	err := v.API.Get(ctx, types.NamespacedName{Namespace: namespace, Name: owner.Name}, &pod)
 	switch {
-	case apierrors.IsNotFound(err):
-		return nil, nil
-	case err != nil:
+	case err != nil && !apierrors.IsNotFound(err):
 		return nil, fmt.Errorf("get pod %s/%s, which ResourceClaim %s is made for: %w", namespace, owner.Name, claim.Name, err)
-	case pod.UID != owner.UID || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed:
+	case err != nil || pod.UID != owner.UID:
+		// The controller and the scheduler take the claim by the owner's
+		// UID alone: one that names no pod of that name and UID could be
+		// any pod's.
+		return nil, errOwnerUnknown{owner: *owner}
+	case pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed:
 		return nil, nil
 	}
 	_, limited := pod.Annotations[policy.AnnotationPowerLimitValidated]
