@@ -101,7 +101,9 @@ func (v *ClaimValidator) Handle(ctx context.Context, req admission.Request) admi
 // errOwnerUnknown is a claim's pod owner that no pod matches.
 type errOwnerUnknown struct{ owner metav1.OwnerReference }
 
-func (e errOwnerUnknown) Error() string { return "no pod " + e.owner.Name + " of uid " + string(e.owner.UID) }
+func (e errOwnerUnknown) Error() string {
+	return "no pod " + e.owner.Name + " of uid " + string(e.owner.UID)
+}
 
 func errorOrAllowed(err error) admission.Response {
 	if err != nil {
