@@ -24,15 +24,8 @@ import (
 func TestClaimOwnedByNoSuchPodIsRefused(t *testing.T) {
 	createUntilCleanup(t, nvidiaGPUClass(nil))
 	draNode(t, "dra-owner-r2")
-	ns := budgetNamespace(t, "dra-owner-r2", map[string]string{"resource.kubernetes.io/admin-access": "true"})
-	t.Cleanup(func() {
-		_ = k8s.Delete(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})
-	})
-	claimOf := func(name string, gpus int64) *resourcev1.ResourceClaim {
-		return &resourcev1.ResourceClaim{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: resourcev1.ResourceClaimSpec{
-			Devices: resourcev1.DeviceClaim{Requests: []resourcev1.DeviceRequest{{Name: "gpu",
-				Exactly: &resourcev1.ExactDeviceRequest{DeviceClassName: policy.DeviceClassGPU, Count: gpus}}}}}}
-	}
+	ns := namespaceUntilCleanup(t, "dra-owner-r2", map[string]string{"resource.kubernetes.io/admin-access": "true"})
+	claimOf := func(name string, gpus int64) *resourcev1.ResourceClaim { return gpuClaim(ns, name, gpus) }
 	createUntilCleanup(t, &resourcev1.ResourceClaimTemplate{ObjectMeta: metav1.ObjectMeta{Name: "one-gpu", Namespace: ns},
 		Spec: resourcev1.ResourceClaimTemplateSpec{Spec: claimOf("", 1).Spec}})
 	if err := createdOrDenied(t, claimPod(ns, "limited", "one-gpu").Limit("300").Obj()); err != nil {

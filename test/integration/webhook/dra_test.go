@@ -58,6 +58,24 @@ func draNode(t *testing.T, name string) {
 	}})
 }
 
+// gpuClaim is a ResourceClaim for gpus of NVIDIA's whole GPUs.
+func gpuClaim(namespace, name string, gpus int64) *resourcev1.ResourceClaim {
+	return &resourcev1.ResourceClaim{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace}, Spec: resourcev1.ResourceClaimSpec{
+		Devices: resourcev1.DeviceClaim{Requests: []resourcev1.DeviceRequest{{Name: "gpu",
+			Exactly: &resourcev1.ExactDeviceRequest{DeviceClassName: policy.DeviceClassGPU, Count: gpus}}}}}}
+}
+
+// namespaceUntilCleanup creates a namespace with labels and deletes it when
+// the test ends.
+func namespaceUntilCleanup(t *testing.T, name string, labels map[string]string) string {
+	t.Helper()
+	ns := budgetNamespace(t, name, labels)
+	t.Cleanup(func() {
+		_ = k8s.Delete(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})
+	})
+	return ns
+}
+
 // createdOrDenied creates the pod, waiting until the webhooks' DRA view has
 // what the test made: a denial that says no device is published yet is
 // retried.
@@ -136,10 +154,7 @@ func TestDRAServedGPUs(t *testing.T) {
 	if want := `the pod requests example.com/big-gpu, which a DeviceClass serves with NVIDIA GPUs through DRA (its extendedResourceName)`; !apierrors.IsInvalid(denied) || !strings.Contains(denied.Error(), want) {
 		t.Errorf("a limit on a custom class's resource: %v; want %q", denied, want)
 	}
-	ns := budgetNamespace(t, "dra-custom-budgeted", map[string]string{"dra-custom-budget": "on"})
-	t.Cleanup(func() {
-		_ = k8s.Delete(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})
-	})
+	ns := namespaceUntilCleanup(t, "dra-custom-budgeted", map[string]string{"dra-custom-budget": "on"})
 	createBudget(t, "dra-custom-budget", 10000, "dra-custom-budget", "on")
 	attempt = 0
 	poll.Eventually(t, 30*time.Second, "the webhooks to see the budget", func() (bool, string) {
@@ -195,10 +210,7 @@ func TestDRAClaimTemplates(t *testing.T) {
 	// Where a budget applies, the claims' GPUs are charged: a template's to
 	// its pod, a named claim's once, to the claim, however many pods use it.
 	// Claims whose GPUs cannot be counted are refused there.
-	ns := budgetNamespace(t, "dra-budgeted", map[string]string{"dra-budget": "on"})
-	t.Cleanup(func() {
-		_ = k8s.Delete(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})
-	})
+	ns := namespaceUntilCleanup(t, "dra-budgeted", map[string]string{"dra-budget": "on"})
 	budgetTmpl := tmpl.DeepCopy()
 	budgetTmpl.Namespace, budgetTmpl.ResourceVersion = ns, ""
 	createUntilCleanup(t, budgetTmpl)
@@ -267,15 +279,8 @@ func TestClaimReplacedUnderItsPods(t *testing.T) {
 	draNode(t, "dra-swap")
 	// Admin access, which the API server allows only in a namespace so
 	// labelled, is one of the swaps tried.
-	ns := budgetNamespace(t, "dra-swap", map[string]string{"dra-swap-budget": "on", "resource.kubernetes.io/admin-access": "true"})
-	t.Cleanup(func() {
-		_ = k8s.Delete(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})
-	})
-	claimOf := func(name string, gpus int64) *resourcev1.ResourceClaim {
-		return &resourcev1.ResourceClaim{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: resourcev1.ResourceClaimSpec{
-			Devices: resourcev1.DeviceClaim{Requests: []resourcev1.DeviceRequest{{Name: "gpu",
-				Exactly: &resourcev1.ExactDeviceRequest{DeviceClassName: policy.DeviceClassGPU, Count: gpus}}}}}}
-	}
+	ns := namespaceUntilCleanup(t, "dra-swap", map[string]string{"dra-swap-budget": "on", "resource.kubernetes.io/admin-access": "true"})
+	claimOf := func(name string, gpus int64) *resourcev1.ResourceClaim { return gpuClaim(ns, name, gpus) }
 	if err := k8s.Create(t.Context(), claimOf("swap", 1)); err != nil {
 		t.Fatal(err)
 	}
