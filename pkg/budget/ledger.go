@@ -323,14 +323,17 @@ func (b *Ledger) chargesOf(op admissionv1.Operation, pod, old *corev1.Pod, clust
 			}
 		}
 		for _, c := range cost.Charges(pod.UID, pod.Namespace) {
-			key, delta := c.UID, c.Watts-before[c.UID]
+			key, delta, ask := c.UID, c.Watts-before[c.UID], c.Watts > before[c.UID]
 			if c.Shared {
 				// The pod's own reservation for the claim, even when the
 				// pods already on it charge enough: they may go before
-				// the cache shows this one.
+				// the cache shows this one. What it adds is decided where
+				// it is written (claimDelta); this replica's cache only
+				// estimates it, for messages and dry runs.
 				key, delta = policy.ClaimReservationKey(c.UID, pod.UID), c.Watts-max(before[c.UID], b.claimCharge(c.UID, count))
+				ask = ask || op == admissionv1.Create && c.Watts > 0
 			}
-			if delta > 0 || c.Shared && op == admissionv1.Create && c.Watts > 0 {
+			if ask {
 				delta = max(delta, 0)
 				charges = append(charges, podCharge{budget: budget.Name, key: key, cost: cost, watts: c.Watts, delta: delta})
 				deltas[budget.Name] = policy.SatAdd(deltas[budget.Name], delta)

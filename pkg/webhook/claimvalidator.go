@@ -65,14 +65,14 @@ func (v *ClaimValidator) Handle(ctx context.Context, req admission.Request) admi
 		return admission.Errored(http.StatusBadRequest, fmt.Errorf("decode ResourceClaim: %w", err))
 	}
 	namespace := req.Namespace
-	// Whoever makes it, a claim owned by a pod and naming its claim is
-	// taken by the controller as that pod's (it adopts one it finds).
-	users, err := v.templateUser(ctx, namespace, &claim)
-	if err == nil && !slices.Contains(claimControllers, req.UserInfo.Username) {
-		// The controller's own claims have names nobody could know before.
-		var named []policy.ClaimUser
-		named, err = v.namedUsers(ctx, namespace, claim.Name)
-		users = append(users, named...)
+	var users []policy.ClaimUser
+	var err error
+	if slices.Contains(claimControllers, req.UserInfo.Username) {
+		// The controller's own claims name the pod they are made for, and
+		// have generated names no other pod can know.
+		users, err = v.templateUser(ctx, namespace, &claim)
+	} else {
+		users, err = v.podUsers(ctx, namespace, &claim)
 	}
 	var unknown errOwnerUnknown
 	if errors.As(err, &unknown) {
@@ -112,41 +112,76 @@ func errorOrAllowed(err error) admission.Response {
 	return admission.Allowed("")
 }
 
-// namedUsers are the live pods of namespace whose spec names the claim,
-// read from the API server: a user creates named claims, rarely, and a pod
-// admitted against the name a moment ago must be found.
-func (v *ClaimValidator) namedUsers(ctx context.Context, namespace, claim string) ([]policy.ClaimUser, error) {
+// podUsers are the live pods of namespace a claim a user creates can be
+// taken for, read from the API server (a pod admitted a moment ago must be
+// found): a pod whose spec names it, one whose status records it as the
+// claim made from its template, and the pod its controller owner's UID is,
+// whatever the owner's kind (the scheduler and the controller take a claim
+// for a pod by that UID alone).
+func (v *ClaimValidator) podUsers(ctx context.Context, namespace string, claim *resourcev1.ResourceClaim) ([]policy.ClaimUser, error) {
+	owner := metav1.GetControllerOf(claim)
+	ownerSeen := false
 	var users []policy.ClaimUser
 	opts := []client.ListOption{client.InNamespace(namespace), client.Limit(podListPage)}
 	for {
 		var pods corev1.PodList
 		if err := v.API.List(ctx, &pods, opts...); err != nil {
-			return nil, fmt.Errorf("list pods in %s for ResourceClaim %s: %w", namespace, claim, err)
+			return nil, fmt.Errorf("list pods in %s for ResourceClaim %s: %w", namespace, claim.Name, err)
 		}
 		for i := range pods.Items {
-			if u, ok := claimUser(&pods.Items[i], claim); ok {
+			pod := &pods.Items[i]
+			owned := owner != nil && owner.UID == pod.UID
+			if owned && isPodOwner(owner) && owner.Name != pod.Name {
+				return nil, errOwnerUnknown{owner: *owner}
+			}
+			ownerSeen = ownerSeen || owned
+			if u, ok := claimUser(pod, claim, owned); ok {
 				users = append(users, u)
 			}
 		}
 		if pods.Continue == "" {
-			return users, nil
+			break
 		}
 		opts = []client.ListOption{client.InNamespace(namespace), client.Limit(podListPage), client.Continue(pods.Continue)}
 	}
+	if owner != nil && isPodOwner(owner) && !ownerSeen {
+		return nil, errOwnerUnknown{owner: *owner}
+	}
+	return users, nil
 }
 
-// claimUser is a live pod as a user of the ResourceClaim its spec names
-// claim, with the most its entries naming it counted.
-func claimUser(pod *corev1.Pod, claim string) (policy.ClaimUser, bool) {
+func isPodOwner(o *metav1.OwnerReference) bool { return o.APIVersion == "v1" && o.Kind == "Pod" }
+
+// claimUser is a live pod as a user of claim: through each of its claims
+// that names it (resourceClaimName), that its status records it for, or,
+// when the pod is the claim's controller owner (owned), through the claim
+// its podClaimAnnotation names, else through any of them; counted at the
+// most of those.
+func claimUser(pod *corev1.Pod, claim *resourcev1.ResourceClaim, owned bool) (policy.ClaimUser, bool) {
 	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		return policy.ClaimUser{}, false
 	}
 	u := policy.ClaimUser{Pod: pod.Namespace + "/" + pod.Name}
 	found := false
+	use := func(entry string) { found, u.GPUs = true, max(u.GPUs, policy.ClaimGPUsOf(pod, entry)) }
 	for _, pc := range pod.Spec.ResourceClaims {
-		if pc.ResourceClaimName != nil && *pc.ResourceClaimName == claim {
-			found, u.GPUs = true, max(u.GPUs, policy.ClaimGPUsOf(pod, pc.Name))
+		if pc.ResourceClaimName != nil && *pc.ResourceClaimName == claim.Name {
+			use(pc.Name)
 		}
+	}
+	for _, st := range pod.Status.ResourceClaimStatuses {
+		if st.ResourceClaimName != nil && *st.ResourceClaimName == claim.Name {
+			use(st.Name)
+		}
+	}
+	if owned {
+		entry, named := claim.Annotations[podClaimAnnotation]
+		if !named || !slices.ContainsFunc(pod.Spec.ResourceClaims, func(pc corev1.PodResourceClaim) bool { return pc.Name == entry }) {
+			for _, pc := range pod.Spec.ResourceClaims {
+				use(pc.Name) // it could be taken for any of them
+			}
+		}
+		use(entry)
 	}
 	_, u.Limited = pod.Annotations[policy.AnnotationPowerLimitValidated]
 	return u, found
