@@ -46,11 +46,17 @@ type ClaimValidator struct {
 	Budgets *budget.Ledger
 }
 
-// claimControllers are the identities the resourceclaim controller creates
-// a template's claims as: its own service account, or the controller
-// manager's when it does not use per-controller credentials. The claims
-// they make have generated names, which no pod can name beforehand.
-var claimControllers = []string{"system:serviceaccount:kube-system:resource-claim-controller", "system:kube-controller-manager"}
+// claimMakers are the identities the control plane creates a pod's claims
+// as: the resourceclaim controller's service account (or the controller
+// manager's, without per-controller credentials) for a template's claims,
+// and the scheduler for an extended-resource claim. The claims they make
+// have generated names, which no pod can name beforehand.
+var claimMakers = []string{"system:serviceaccount:kube-system:resource-claim-controller", "system:kube-controller-manager", "system:kube-scheduler"}
+
+// extendedResourceClaimAnnotation marks the claim the scheduler makes for a
+// pod's extended resources that DRA serves (and takes, owned by the pod,
+// for that pod).
+const extendedResourceClaimAnnotation = "resource.kubernetes.io/extended-resource-claim"
 
 // podListPage bounds the pods read at once when a claim's users are looked for.
 const podListPage = 500
@@ -67,10 +73,8 @@ func (v *ClaimValidator) Handle(ctx context.Context, req admission.Request) admi
 	namespace := req.Namespace
 	var users []policy.ClaimUser
 	var err error
-	if slices.Contains(claimControllers, req.UserInfo.Username) {
-		// The controller's own claims name the pod they are made for, and
-		// have generated names no other pod can know.
-		users, err = v.templateUser(ctx, namespace, &claim)
+	if slices.Contains(claimMakers, req.UserInfo.Username) {
+		users, err = v.ownerUser(ctx, namespace, &claim)
 	} else {
 		users, err = v.podUsers(ctx, namespace, &claim)
 	}
@@ -154,9 +158,10 @@ func isPodOwner(o *metav1.OwnerReference) bool { return o.APIVersion == "v1" && 
 
 // claimUser is a live pod as a user of claim: through each of its claims
 // that names it (resourceClaimName), that its status records it for, or,
-// when the pod is the claim's controller owner (owned), through the claim
-// its podClaimAnnotation names, else through any of them; counted at the
-// most of those.
+// when the pod is the claim's controller owner (owned), as the scheduler's
+// claim for its extended resources, or through the claim its
+// podClaimAnnotation names, else through any of them; counted at the most
+// of those.
 func claimUser(pod *corev1.Pod, claim *resourcev1.ResourceClaim, owned bool) (policy.ClaimUser, bool) {
 	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		return policy.ClaimUser{}, false
@@ -174,27 +179,31 @@ func claimUser(pod *corev1.Pod, claim *resourcev1.ResourceClaim, owned bool) (po
 			use(st.Name)
 		}
 	}
-	if owned {
-		entry, named := claim.Annotations[podClaimAnnotation]
-		if !named || !slices.ContainsFunc(pod.Spec.ResourceClaims, func(pc corev1.PodResourceClaim) bool { return pc.Name == entry }) {
-			for _, pc := range pod.Spec.ResourceClaims {
-				use(pc.Name) // it could be taken for any of them
-			}
-		}
+	switch entry, named := claim.Annotations[podClaimAnnotation]; {
+	case !owned:
+	case claim.Annotations[extendedResourceClaimAnnotation] == "true":
+		// The scheduler's claim for the pod's extended resources, whose
+		// GPUs its admission counted.
+		found, u.GPUs = true, max(u.GPUs, policy.DemandOf(&pod.Spec).GPUs)
+	case named && slices.ContainsFunc(pod.Spec.ResourceClaims, func(pc corev1.PodResourceClaim) bool { return pc.Name == entry }):
 		use(entry)
+	default:
+		found = true
+		for _, pc := range pod.Spec.ResourceClaims {
+			use(pc.Name) // it could be taken for any of them
+		}
 	}
 	_, u.Limited = pod.Annotations[policy.AnnotationPowerLimitValidated]
 	return u, found
 }
 
-// templateUser is the pod the resourceclaim controller makes claim for from
-// its template: its controller owner, for its claim the claim's
-// podClaimAnnotation names.
-func (v *ClaimValidator) templateUser(ctx context.Context, namespace string, claim *resourcev1.ResourceClaim) ([]policy.ClaimUser, error) {
+// ownerUser is the pod a claim made by the control plane (claimMakers) is
+// for: its controller owner, read by name (the claim's generated name is
+// one no other pod can know), held to what claimUser holds it to.
+func (v *ClaimValidator) ownerUser(ctx context.Context, namespace string, claim *resourcev1.ResourceClaim) ([]policy.ClaimUser, error) {
 	owner := metav1.GetControllerOf(claim)
-	entry, made := claim.Annotations[podClaimAnnotation]
-	if owner == nil || owner.APIVersion != "v1" || owner.Kind != "Pod" || !made {
-		return nil, nil
+	if owner == nil || !isPodOwner(owner) {
+		return nil, nil // a PodGroup's (docs/webhook.md), or no pod's
 	}
 	var pod corev1.Pod
 	err := v.API.Get(ctx, types.NamespacedName{Namespace: namespace, Name: owner.Name}, &pod)
@@ -206,9 +215,9 @@ func (v *ClaimValidator) templateUser(ctx context.Context, namespace string, cla
 		// UID alone: one that names no pod of that name and UID could be
 		// any pod's.
 		return nil, errOwnerUnknown{owner: *owner}
-	case pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed:
-		return nil, nil
 	}
-	_, limited := pod.Annotations[policy.AnnotationPowerLimitValidated]
-	return []policy.ClaimUser{{Pod: namespace + "/" + pod.Name, GPUs: policy.ClaimGPUsOf(&pod, entry), Limited: limited}}, nil
+	if u, ok := claimUser(&pod, claim, true); ok {
+		return []policy.ClaimUser{u}, nil
+	}
+	return nil, nil
 }

@@ -40,6 +40,11 @@ func TestClaimUser(t *testing.T) {
 	if u, ok := claimUser(templated, made, false); !ok || u.GPUs != 4 {
 		t.Errorf("the claim its status records for an entry: %+v, %v; want held to that entry's 4", u, ok)
 	}
+	extended := &resourcev1.ResourceClaim{ObjectMeta: metav1.ObjectMeta{Name: "ext", Annotations: map[string]string{extendedResourceClaimAnnotation: "true"}}}
+	plain := testpod.MakePod("p", "llm").GPU(2).Obj()
+	if u, ok := claimUser(plain, extended, true); !ok || u.GPUs != 2 {
+		t.Errorf("the scheduler's extended-resource claim: %+v, %v; want held to the pod's 2 GPUs", u, ok)
+	}
 	unlimited := testpod.MakePod("b", "llm").NamedClaim("x", "pool").Obj()
 	if u, ok := claimUser(unlimited, pool, false); !ok || u.GPUs != 0 || u.Limited {
 		t.Errorf("claimUser = %+v, %v; want counted none, no limit", u, ok)

@@ -287,7 +287,7 @@ func TestClaimReplacedUnderItsPods(t *testing.T) {
 	one := &resourcev1.ResourceClaimTemplate{ObjectMeta: metav1.ObjectMeta{Name: "one-gpu", Namespace: ns},
 		Spec: resourcev1.ResourceClaimTemplateSpec{Spec: claimOf("", 1).Spec}}
 	createUntilCleanup(t, one)
-	createBudget(t, "dra-swap-budget", 600, "dra-swap-budget", "on")
+	createBudget(t, "dra-swap-budget", 1200, "dra-swap-budget", "on")
 	attempt := 0
 	eventually(t, "the budget to select the namespace", func() (bool, string) {
 		attempt++
@@ -344,6 +344,29 @@ func TestClaimReplacedUnderItsPods(t *testing.T) {
 	}
 	if err := k8s.Create(t.Context(), made(1)); err != nil {
 		t.Errorf("the template's claim as admitted: %v", err)
+	}
+
+	// A claim for a pod's extended resources, as the scheduler makes it
+	// (and takes one it finds): held to the GPUs the pod requests.
+	if err := k8s.Create(t.Context(), testpod.MakePod("extended", ns).Resource(0, policy.ResourceDRAGPU, 1).Limit("300").Obj()); err != nil {
+		t.Fatal(err)
+	}
+	var extended corev1.Pod
+	if err := k8s.Get(t.Context(), client.ObjectKey{Namespace: ns, Name: "extended"}, &extended); err != nil {
+		t.Fatal(err)
+	}
+	forExtended := func(name string, gpus int64) *resourcev1.ResourceClaim {
+		c := claimOf(name, gpus)
+		c.Annotations = map[string]string{"resource.kubernetes.io/extended-resource-claim": "true"}
+		c.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Pod", Name: "extended", UID: extended.UID, Controller: ptr.To(true)}}
+		return c
+	}
+	err = k8s.Create(t.Context(), forExtended("extended-resources-x1", 4))
+	if want := `pod ` + ns + `/extended was admitted for 1 GPUs of it, and this claim can get 4`; !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), want) {
+		t.Errorf("an extended-resource claim with 4 GPUs for a 1-GPU pod: %v; want %q", err, want)
+	}
+	if err := k8s.Create(t.Context(), forExtended("extended-resources-x2", 1)); err != nil {
+		t.Errorf("the extended-resource claim as requested: %v", err)
 	}
 
 	// Where nothing was admitted against it, a claim is anyone's to make:
