@@ -5,8 +5,6 @@ import (
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 	"github.com/dynamo-power/gpu-power/pkg/podindex"
@@ -18,18 +16,10 @@ import (
 // index: a replica whose cache still shows a sharer the writer has released
 // asks for the whole charge, and a full budget denies it.
 func TestStaleCacheNeverLowersASharersCharge(t *testing.T) {
-	sharer := func(name, uid string) *testpod.Wrapper {
-		return testpod.MakePod(name, "llm").UID(uid).NamedClaim("gpus", "shared").Limit("250").Stamp("250").
-			Annotation(policy.AnnotationClaimGPUs, "gpus=2")
-	}
-	a := sharer("a", "pod-a").Obj()
+	a := sharerPod("a", "pod-a", "250").Obj()
 	writer, c := ledger(t, 0, a)
-	r := &Reconciler{Client: c, API: c, Ledger: writer, Catalog: writer.Catalog, Cluster: writer.Cluster,
-		Resync: time.Minute, Now: time.Now, PodsSeen: func() string { return caughtUp }}
-	req := reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}
-	if _, err := r.Reconcile(t.Context(), req); err != nil {
-		t.Fatal(err)
-	}
+	recount := recounter(t, writer, c)
+	recount()
 	if st := budgetStatus(t, c); st.CommittedWatts != 500 {
 		t.Fatalf("committed %d W; want the claim's 500 W", st.CommittedWatts)
 	}
@@ -46,9 +36,7 @@ func TestStaleCacheNeverLowersASharersCharge(t *testing.T) {
 	if err := c.Delete(t.Context(), a); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Reconcile(t.Context(), req); err != nil {
-		t.Fatal(err)
-	}
+	recount()
 	big := testpod.MakePod("big", "llm").UID("pod-big").GPU(4).NodeName("h100-0").Limit("250").Stamp("250")
 	if d, err := writer.Admit(t.Context(), admissionv1.Create, big.Obj(), nil, writer.Cluster, policy.ClaimsDemand{}, false); err != nil || d != "" {
 		t.Fatalf("1000 W pod into the emptied budget: %q %v", d, err)
@@ -61,7 +49,7 @@ func TestStaleCacheNeverLowersASharersCharge(t *testing.T) {
 	}
 
 	// b, on the now uncharged claim, reaches the stale replica.
-	b := sharer("b", "pod-b")
+	b := sharerPod("b", "pod-b", "250")
 	d, err := replica.Admit(t.Context(), admissionv1.Create, b.Obj(), nil, writer.Cluster, policy.ClaimsDemand{Resolved: true}, false)
 	if err != nil {
 		t.Fatal(err)
@@ -71,9 +59,7 @@ func TestStaleCacheNeverLowersASharersCharge(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := r.Reconcile(t.Context(), req); err != nil {
-		t.Fatal(err)
-	}
+	recount()
 	if st := budgetStatus(t, c); st.CommittedWatts > 1000 {
 		t.Errorf("committed %d W of a 1000 W budget (b admitted: %v): a sharer's 0-delta reservation, decided on a stale cache, overcommitted the budget",
 			st.CommittedWatts, d == "")
@@ -90,8 +76,7 @@ func TestConcurrentSharersAreChargedOnce(t *testing.T) {
 		t.Fatalf("500 W pod: %q %v", d, err)
 	}
 	for _, uid := range []string{"pod-r1", "pod-r2"} {
-		p := testpod.MakePod(uid, "llm").UID(uid).NamedClaim("gpus", "shared").Limit("250").Stamp("250").
-			Annotation(policy.AnnotationClaimGPUs, "gpus=2").Obj()
+		p := sharerPod(uid, uid, "250").Obj()
 		d, err := b.Admit(t.Context(), admissionv1.Create, p, nil, b.Cluster, policy.ClaimsDemand{Resolved: true}, false)
 		if err != nil {
 			t.Fatal(err)

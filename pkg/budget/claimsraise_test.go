@@ -2,12 +2,10 @@ package budget
 
 import (
 	"testing"
-	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 	"github.com/dynamo-power/gpu-power/pkg/podindex"
@@ -29,14 +27,7 @@ func TestClaimRaiseOnAStaleReplicaIsCharged(t *testing.T) {
 		}
 		return d
 	}
-	r := &Reconciler{Client: c, API: c, Ledger: b, Catalog: b.Catalog, Cluster: b.Cluster,
-		Resync: time.Minute, Now: time.Now, PodsSeen: func() string { return caughtUp }}
-	recount := func() {
-		t.Helper()
-		if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	recount := recounter(t, b, c)
 	// x: 1 GPU of claim c1, no limit: the catalog's highest default per GPU.
 	x := testpod.MakePod("x", "llm").UID("pod-x").NamedClaim("gpus", "c1").Annotation(policy.AnnotationClaimGPUs, "gpus=1")
 	unlimited := b.Catalog.CostOf(x.Obj(), b.Cluster, true).Watts

@@ -2,11 +2,8 @@ package budget
 
 import (
 	"testing"
-	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
@@ -74,11 +71,8 @@ func TestClaimReleaseKeepsWhatAnotherSharerRelies(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	r := &Reconciler{Client: c, API: c, Ledger: b, Catalog: b.Catalog, Cluster: b.Cluster,
-		Resync: time.Minute, Now: time.Now, PodsSeen: func() string { return caughtUp }}
-	if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}); err != nil {
-		t.Fatal(err)
-	}
+	recount := recounter(t, b, c)
+	recount()
 	if st := budgetStatus(t, c); st.CommittedWatts > 1000 {
 		t.Errorf("recounted: %d W committed of a 1000 W budget (p4 admitted: %v)", st.CommittedWatts, d == "")
 	}

@@ -689,9 +689,11 @@ func (b *Ledger) prune(ctx context.Context, budget *powerv1alpha1.GPUPowerBudget
 		if !ok || pod.UID != uid || pod.GPU == nil || pod.GPU.Finished {
 			return false
 		}
-		charged := b.Catalog.Cost(pod.GPU.Chargeable, b.Cluster, count).Charges(pod.UID, ns)[0].Watts
+		var charged int64
 		if isClaim {
 			charged = b.claimCharge(claim, count)
+		} else {
+			charged = b.Catalog.Cost(pod.GPU.Chargeable, b.Cluster, count).Charges(pod.UID, ns)[0].Watts
 		}
 		if charged == 0 || charged < r.Watts {
 			return false

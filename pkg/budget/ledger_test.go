@@ -78,6 +78,19 @@ func ledger(t *testing.T, committed int64, objs ...client.Object) (*Ledger, clie
 		TTL: time.Minute, Attempts: 5, Now: time.Now}, c
 }
 
+// recounter returns one recount of budget "cluster" by a reconciler of b
+// whose pod index has caught up.
+func recounter(t *testing.T, b *Ledger, c client.Client) func() {
+	r := &Reconciler{Client: c, API: c, Ledger: b, Catalog: b.Catalog, Cluster: b.Cluster,
+		Resync: time.Minute, Now: time.Now, PodsSeen: func() string { return caughtUp }}
+	return func() {
+		t.Helper()
+		if _, err := r.Reconcile(t.Context(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "cluster"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func budgetStatus(t *testing.T, c client.Client) powerv1alpha1.GPUPowerBudgetStatus {
 	t.Helper()
 	var b powerv1alpha1.GPUPowerBudget

@@ -248,15 +248,9 @@ func Unchargeable(spec *corev1.PodSpec, claims ClaimsDemand, cluster Cluster) st
 	case len(claims.Problems) > 0:
 		return "its resourceClaims (" + strings.Join(claims.Problems, "; ") + ")"
 	}
-	for _, cs := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
-		for _, c := range cs {
-			for _, list := range []corev1.ResourceList{c.Resources.Requests, c.Resources.Limits} {
-				for name := range list {
-					if strings.HasPrefix(string(name), ResourceDeviceClassPrefix) && !slices.Contains(WholeGPUResources, name) && name != ResourceDRAMIG {
-						return fmt.Sprintf("its %s request", name)
-					}
-				}
-			}
+	for name := range resourceNames(spec) {
+		if strings.HasPrefix(string(name), ResourceDeviceClassPrefix) && !slices.Contains(WholeGPUResources, name) && name != ResourceDRAMIG {
+			return fmt.Sprintf("its %s request", name)
 		}
 	}
 	if others := OtherDRAGPUResources(spec, cluster); len(others) > 0 {
@@ -273,20 +267,11 @@ func Unchargeable(spec *corev1.PodSpec, claims ClaimsDemand, cluster Cluster) st
 // Sorted.
 func OtherDRAGPUResources(spec *corev1.PodSpec, cluster Cluster) []corev1.ResourceName {
 	var out []corev1.ResourceName
-	for _, cs := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
-		for _, c := range cs {
-			for _, list := range []corev1.ResourceList{c.Resources.Requests, c.Resources.Limits} {
-				for name := range list {
-					s := string(name)
-					if !ReadsResource(s) || name == ResourceGPU || name == ResourceGPUShared || strings.HasPrefix(s, ResourceMIGPrefix) ||
-						strings.HasPrefix(s, ResourceDeviceClassPrefix) || slices.Contains(out, name) {
-						continue
-					}
-					if len(cluster.DRAProducts(name, "")) > 0 {
-						out = append(out, name)
-					}
-				}
-			}
+	for name := range resourceNames(spec) {
+		s := string(name)
+		counted := name == ResourceGPU || name == ResourceGPUShared || strings.HasPrefix(s, ResourceMIGPrefix) || strings.HasPrefix(s, ResourceDeviceClassPrefix)
+		if ReadsResource(s) && !counted && !slices.Contains(out, name) && len(cluster.DRAProducts(name, "")) > 0 {
+			out = append(out, name)
 		}
 	}
 	slices.Sort(out)

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"iter"
 	"math"
 	"slices"
 	"strings"
@@ -119,6 +120,24 @@ func resourceCount(c *corev1.Container, name corev1.ResourceName) int64 {
 		return math.MaxInt64
 	}
 	return q.Value() // a fraction, rounded up
+}
+
+// resourceNames yields every resource a pod spec's containers and init
+// containers request or limit, once per appearance.
+func resourceNames(spec *corev1.PodSpec) iter.Seq[corev1.ResourceName] {
+	return func(yield func(corev1.ResourceName) bool) {
+		for _, cs := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
+			for _, c := range cs {
+				for _, list := range []corev1.ResourceList{c.Resources.Requests, c.Resources.Limits} {
+					for name := range list {
+						if !yield(name) {
+							return
+						}
+					}
+				}
+			}
+		}
+	}
 }
 
 func (d *GPUDemand) addMIG(c *corev1.Container) {

@@ -6,14 +6,10 @@ import (
 	"strings"
 	"testing"
 
-	corev1 "k8s.io/api/core/v1"
 	resourcev1 "k8s.io/api/resource/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-
-	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
 // The resourceclaim controller adopts a claim for a pod's template entry by
@@ -26,20 +22,9 @@ func TestClaimOwnedByNoSuchPodIsRefused(t *testing.T) {
 	draNode(t, "dra-owner-r2")
 	ns := namespaceUntilCleanup(t, "dra-owner-r2", map[string]string{"resource.kubernetes.io/admin-access": "true"})
 	claimOf := func(name string, gpus int64) *resourcev1.ResourceClaim { return gpuClaim(ns, name, gpus) }
-	createUntilCleanup(t, &resourcev1.ResourceClaimTemplate{ObjectMeta: metav1.ObjectMeta{Name: "one-gpu", Namespace: ns},
-		Spec: resourcev1.ResourceClaimTemplateSpec{Spec: claimOf("", 1).Spec}})
-	if err := createdOrDenied(t, claimPod(ns, "limited", "one-gpu").Limit("300").Obj()); err != nil {
-		t.Fatal(err)
-	}
+	limited := limitedTemplatePod(t, ns)
 	if err := k8s.Create(t.Context(), claimPod(ns, "other", "one-gpu").Obj()); err != nil {
 		t.Fatal(err)
-	}
-	var limited corev1.Pod
-	if err := k8s.Get(t.Context(), client.ObjectKey{Namespace: ns, Name: "limited"}, &limited); err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := limited.Annotations[policy.AnnotationPowerLimitValidated]; !ok {
-		t.Fatalf("precondition: the pod's limit is stamped: %v", limited.Annotations)
 	}
 	made := func(name, ownerName string, gpus int64, admin bool) *resourcev1.ResourceClaim {
 		c := claimOf(name, gpus)

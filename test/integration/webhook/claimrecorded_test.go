@@ -5,13 +5,9 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
-	resourcev1 "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/dynamic-resource-allocation/resourceclaim"
 	"k8s.io/utils/ptr"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-
-	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
 // Once the resourceclaim controller has recorded a template claim's name in
@@ -24,18 +20,7 @@ func TestClaimSwappedUnderItsRecordedNameIsHeld(t *testing.T) {
 	createUntilCleanup(t, nvidiaGPUClass(nil))
 	draNode(t, "dra-owner-r3")
 	ns := namespaceUntilCleanup(t, "dra-owner-r3", map[string]string{"resource.kubernetes.io/admin-access": "true"})
-	createUntilCleanup(t, &resourcev1.ResourceClaimTemplate{ObjectMeta: metav1.ObjectMeta{Name: "one-gpu", Namespace: ns},
-		Spec: resourcev1.ResourceClaimTemplateSpec{Spec: gpuClaim(ns, "", 1).Spec}})
-	if err := createdOrDenied(t, claimPod(ns, "limited", "one-gpu").Limit("300").Obj()); err != nil {
-		t.Fatal(err)
-	}
-	var pod corev1.Pod
-	if err := k8s.Get(t.Context(), client.ObjectKey{Namespace: ns, Name: "limited"}, &pod); err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := pod.Annotations[policy.AnnotationPowerLimitValidated]; !ok {
-		t.Fatalf("precondition: the pod's limit is stamped: %v", pod.Annotations)
-	}
+	pod := limitedTemplatePod(t, ns)
 	// What the controller records after creating the pod's claim (the
 	// claim itself since deleted while the pod waits).
 	for i, tc := range []struct {
@@ -51,7 +36,7 @@ func TestClaimSwappedUnderItsRecordedNameIsHeld(t *testing.T) {
 	} {
 		claimName := "limited-gpus-r3" + string(rune('a'+i))
 		pod.Status.ResourceClaimStatuses = []corev1.PodResourceClaimStatus{{Name: "gpus", ResourceClaimName: ptr.To(claimName)}}
-		if err := k8s.Status().Update(t.Context(), &pod); err != nil {
+		if err := k8s.Status().Update(t.Context(), pod); err != nil {
 			t.Fatalf("%s: record the claim in the pod's status: %v", tc.name, err)
 		}
 		c := gpuClaim(ns, claimName, 2)
@@ -63,12 +48,12 @@ func TestClaimSwappedUnderItsRecordedNameIsHeld(t *testing.T) {
 		owner.UID, owner.Controller = pod.UID, ptr.To(true)
 		c.OwnerReferences = []metav1.OwnerReference{owner}
 		// What the scheduler checks before it uses the claim for the pod.
-		name, mustCheck, err := resourceclaim.Name(&pod, &pod.Spec.ResourceClaims[0])
+		name, mustCheck, err := resourceclaim.Name(pod, &pod.Spec.ResourceClaims[0])
 		if err != nil || name == nil || *name != claimName || !mustCheck {
 			t.Fatalf("%s: resourceclaim.Name = %v %v %v", tc.name, name, mustCheck, err)
 		}
 		c.Namespace = ns
-		forPod := resourceclaim.IsForPod(&pod, c, false) == nil
+		forPod := resourceclaim.IsForPod(pod, c, false) == nil
 		err = k8s.Create(t.Context(), c)
 		if err == nil {
 			t.Cleanup(func() { _ = k8s.Delete(context.Background(), c) })

@@ -76,6 +76,25 @@ func namespaceUntilCleanup(t *testing.T, name string, labels map[string]string) 
 	return ns
 }
 
+// limitedTemplatePod creates, in ns, template "one-gpu" (one whole GPU) and
+// pod "limited" on it at 300 W, and returns the stored pod, stamped.
+func limitedTemplatePod(t *testing.T, ns string) *corev1.Pod {
+	t.Helper()
+	createUntilCleanup(t, &resourcev1.ResourceClaimTemplate{ObjectMeta: metav1.ObjectMeta{Name: "one-gpu", Namespace: ns},
+		Spec: resourcev1.ResourceClaimTemplateSpec{Spec: gpuClaim(ns, "", 1).Spec}})
+	if err := createdOrDenied(t, claimPod(ns, "limited", "one-gpu").Limit("300").Obj()); err != nil {
+		t.Fatal(err)
+	}
+	var pod corev1.Pod
+	if err := k8s.Get(t.Context(), client.ObjectKey{Namespace: ns, Name: "limited"}, &pod); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := pod.Annotations[policy.AnnotationPowerLimitValidated]; !ok {
+		t.Fatalf("precondition: the pod's limit is stamped: %v", pod.Annotations)
+	}
+	return &pod
+}
+
 // createdOrDenied creates the pod, waiting until the webhooks' DRA view has
 // what the test made: a denial that says no device is published yet is
 // retried.
