@@ -1,12 +1,23 @@
 package webhook
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
 	"testing"
 
+	admissionv1 "k8s.io/api/admission/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	resourcev1 "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
 	"github.com/dynamo-power/gpu-power/pkg/policy"
@@ -54,4 +65,65 @@ func TestClaimUser(t *testing.T) {
 	if _, ok := claimUser(done, pool, false); ok {
 		t.Error("a finished pod uses the claim")
 	}
+}
+
+// What a caller can send the ResourceClaim webhook that is not a claim to
+// judge: another operation passes, a body that is no claim is a 400, and a
+// failure to read the pods it is for is an error (failurePolicy: Fail),
+// never an admission.
+func TestClaimValidatorHostileRequests(t *testing.T) {
+	claim := func(owner *metav1.OwnerReference) []byte {
+		c := gpuClaimFor("llm", "c", 8)
+		if owner != nil {
+			c.OwnerReferences = []metav1.OwnerReference{*owner}
+		}
+		raw, err := json.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	listFails := interceptor.Funcs{List: func(context.Context, client.WithWatch, client.ObjectList, ...client.ListOption) error {
+		return errors.New("etcd is gone")
+	}}
+	getFails := interceptor.Funcs{Get: func(context.Context, client.WithWatch, client.ObjectKey, client.Object, ...client.GetOption) error {
+		return errors.New("etcd is gone")
+	}}
+	podOwner := &metav1.OwnerReference{APIVersion: "v1", Kind: "Pod", Name: "p", UID: "uid-p", Controller: ptr.To(true)}
+	for _, tc := range []struct {
+		name  string
+		op    admissionv1.Operation
+		user  string
+		raw   []byte
+		funcs interceptor.Funcs
+		code  int32 // 0: allowed
+	}{
+		{"a delete", admissionv1.Delete, "", []byte("not json"), interceptor.Funcs{}, 0},
+		{"a body that is no claim", admissionv1.Create, "", []byte(`{"spec": 7}`), interceptor.Funcs{}, http.StatusBadRequest},
+		{"truncated JSON", admissionv1.Create, "", claim(nil)[:20], interceptor.Funcs{}, http.StatusBadRequest},
+		{"pods cannot be listed", admissionv1.Create, "alice", claim(nil), listFails, http.StatusInternalServerError},
+		{"the owner pod cannot be read", admissionv1.Create, "system:kube-scheduler", claim(podOwner), getFails, http.StatusInternalServerError},
+		{"a pod owner that does not exist", admissionv1.Create, "alice", claim(podOwner), interceptor.Funcs{}, http.StatusForbidden},
+		{"a claim no pod uses", admissionv1.Create, "alice", claim(nil), interceptor.Funcs{}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			api := fake.NewClientBuilder().WithInterceptorFuncs(tc.funcs).Build()
+			v := &ClaimValidator{Claims: &ClaimResolver{API: api}, API: api}
+			req := admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{Operation: tc.op, Namespace: "llm",
+				UserInfo: authenticationv1.UserInfo{Username: tc.user}, Object: runtime.RawExtension{Raw: tc.raw}}}
+			resp := v.Handle(t.Context(), req)
+			switch {
+			case tc.code == 0 && !resp.Allowed:
+				t.Errorf("denied: %+v", resp.Result)
+			case tc.code != 0 && (resp.Allowed || resp.Result == nil || resp.Result.Code != tc.code):
+				t.Errorf("allowed %v, result %+v; want %d", resp.Allowed, resp.Result, tc.code)
+			}
+		})
+	}
+}
+
+func gpuClaimFor(namespace, name string, gpus int64) *resourcev1.ResourceClaim {
+	return &resourcev1.ResourceClaim{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace}, Spec: resourcev1.ResourceClaimSpec{
+		Devices: resourcev1.DeviceClaim{Requests: []resourcev1.DeviceRequest{{Name: "gpu",
+			Exactly: &resourcev1.ExactDeviceRequest{DeviceClassName: policy.DeviceClassGPU, Count: gpus}}}}}}
 }
