@@ -77,43 +77,50 @@ func BenchmarkMutateUpdate(b *testing.B) {
 }
 
 // BenchmarkServeHTTP is what one pod create costs the webhook process beyond
-// TLS: both AdmissionReviews as the API server sends them (the same 25 kB
-// worker pod), read, decoded, decided and answered. "server=review" is the
+// TLS: both AdmissionReviews as the API server sends them, read, decoded,
+// decided and answered, for the 25 kB worker pod of benchSetup and for the
+// one-GPU pod of `make bench-admission` (pod=small). "server=review" is the
 // webhook's own review server; "server=controller-runtime" the same handlers
 // behind controller-runtime's, the baseline in the same run. Against
 // BenchmarkMutate + BenchmarkValidate it shows what the HTTP and
 // AdmissionReview layers add.
 func BenchmarkServeHTTP(b *testing.B) {
-	m, v, req := benchSetup(b)
-	body, err := json.Marshal(admissionv1.AdmissionReview{
-		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
-		Request:  &req.AdmissionRequest,
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, server := range []struct {
-		name  string
-		serve func(admission.Handler) http.Handler
-	}{
-		{"review", func(h admission.Handler) http.Handler { return NewReview(h) }},
-		{"controller-runtime", func(h admission.Handler) http.Handler { return &webhook.Admission{Handler: h} }},
-	} {
-		b.Run("server="+server.name, func(b *testing.B) {
-			handlers := []http.Handler{server.serve(m), server.serve(v)}
-			b.SetBytes(int64(2 * len(body)))
-			b.ReportAllocs()
-			for b.Loop() {
-				for _, h := range handlers {
-					r := httptest.NewRequestWithContext(b.Context(), http.MethodPost, "/", bytes.NewReader(body))
-					r.Header.Set("Content-Type", "application/json")
-					w := httptest.NewRecorder()
-					h.ServeHTTP(w, r)
-					if w.Code != http.StatusOK || !bytes.Contains(w.Body.Bytes(), []byte(`"allowed":true`)) {
-						b.Fatalf("%d %s", w.Code, w.Body)
+	m, v, worker := benchSetup(b)
+	small := request(b, admissionv1.Create, testpod.MakePod("llm-00001", "llm").GPU(1).Limit("500").Stamp("500").Label("app", "llm-worker").NodeName("gpu-node-0001").Obj(), nil)
+	for _, pod := range []struct {
+		name string
+		req  admission.Request
+	}{{"worker", worker}, {"small", small}} {
+		body, err := json.Marshal(admissionv1.AdmissionReview{
+			TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+			Request:  &pod.req.AdmissionRequest,
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, server := range []struct {
+			name  string
+			serve func(admission.Handler) http.Handler
+		}{
+			{"review", func(h admission.Handler) http.Handler { return NewReview(h) }},
+			{"controller-runtime", func(h admission.Handler) http.Handler { return &webhook.Admission{Handler: h} }},
+		} {
+			b.Run("pod="+pod.name+"/server="+server.name, func(b *testing.B) {
+				handlers := []http.Handler{server.serve(m), server.serve(v)}
+				b.SetBytes(int64(2 * len(body)))
+				b.ReportAllocs()
+				for b.Loop() {
+					for _, h := range handlers {
+						r := httptest.NewRequestWithContext(b.Context(), http.MethodPost, "/", bytes.NewReader(body))
+						r.Header.Set("Content-Type", "application/json")
+						w := httptest.NewRecorder()
+						h.ServeHTTP(w, r)
+						if w.Code != http.StatusOK || !bytes.Contains(w.Body.Bytes(), []byte(`"allowed":true`)) {
+							b.Fatalf("%d %s", w.Code, w.Body)
+						}
 					}
 				}
-			}
-		})
+			})
+		}
 	}
 }

@@ -53,6 +53,8 @@ func FuzzDecodePod(f *testing.F) {
 		f.Add(raw)
 	}
 	f.Add([]byte(`{"spec":{"containers":[{"resources":{"requests":{"nvidia.com/gpu":1}}}]}}`))
+	// Escaped names are unquoted, not interned as written.
+	f.Add([]byte(`{"sp\u0065c":{"containers":[{"resources":{"requests":{"nvidia.com\/gpu":2}}}]},"metadata":{"annotations":{"dynamo.nvidia.com/gpu-power-l\u0069mit":"300"}}}`))
 	f.Add([]byte(`{"spec":{"containers":[{"resources":{"limits":{"deviceclass.resource.kubernetes.io/gpu.nvidia.com":"20e15"}}}],"resourceClaims":[{"name":"g","resourceClaimTemplateName":"t"}]}}`))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		pod, err := decodePod(raw)
@@ -67,4 +69,21 @@ func FuzzDecodePod(f *testing.F) {
 			t.Fatalf("decodePod and encoding/json disagree on %q", raw)
 		}
 	})
+}
+
+// TestKeyOf: object names are unquoted as the API server's decoder reads
+// them, and a known name written plainly costs no allocation.
+func TestKeyOf(t *testing.T) {
+	for raw, want := range map[string]string{
+		`"spec"`: "spec", `"sp\u0065c"`: "spec", `"nvidia.com\/gpu"`: "nvidia.com/gpu",
+		`"example.com/nic"`: "example.com/nic", `""`: "", `"\u00e9"`: "é",
+	} {
+		if got, err := keyOf(jsontext.Value(raw)); err != nil || got != want {
+			t.Errorf("keyOf(%s) = %q, %v; want %q", raw, got, err, want)
+		}
+	}
+	name := jsontext.Value(`"resourceClaims"`)
+	if n := testing.AllocsPerRun(100, func() { _, _ = keyOf(name) }); n != 0 {
+		t.Errorf("keyOf of a field name allocates %v times; want 0", n)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/go-json-experiment/json/jsontext"
@@ -60,7 +61,9 @@ func (rv Review) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// holding connections open) ties up no more than that. net/http sets
 	// the connection's deadline again for the next request.
 	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyTimeout))
-	req, err := readReview(r)
+	body := bodies.Get().(*bytes.Buffer)
+	defer releaseBody(body)
+	req, err := readReview(r, body)
 	if err != nil {
 		log.Log.WithName("admission").Error(err, "Unable to read the admission review", "path", r.URL.Path)
 		writeReview(w, admission.Errored(http.StatusBadRequest, err))
@@ -69,7 +72,24 @@ func (rv Review) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	writeReview(w, rv.Webhook.Handle(r.Context(), req))
 }
 
-func readReview(r *http.Request) (admission.Request, error) {
+// bodies holds the buffers reviews are read into, from one request to the
+// next: a body was a tenth of what an admission allocated. A buffer is given
+// back once its review is answered; nothing a handler keeps refers to it
+// (the handlers decode copies of the objects' fields).
+var bodies = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// maxPooledBody is the largest buffer kept for the next request: one grown
+// by a rare large review is left to the garbage collector.
+const maxPooledBody = 256 << 10
+
+func releaseBody(b *bytes.Buffer) {
+	if b.Cap() <= maxPooledBody {
+		b.Reset()
+		bodies.Put(b)
+	}
+}
+
+func readReview(r *http.Request, buf *bytes.Buffer) (admission.Request, error) {
 	if r.Body == nil || r.Body == http.NoBody {
 		return admission.Request{}, errors.New("request body is empty")
 	}
@@ -77,22 +97,21 @@ func readReview(r *http.Request) (admission.Request, error) {
 	if ct := r.Header.Get("Content-Type"); ct != "application/json" {
 		return admission.Request{}, fmt.Errorf("contentType=%s, expected application/json", ct)
 	}
-	body, err := readBody(r)
+	body, err := readBody(r, buf)
 	if err != nil {
 		return admission.Request{}, err
 	}
 	return decodeReview(body)
 }
 
-// readBody reads a body of at most maxReviewBytes into one buffer sized by
-// the length the caller declares, up to preallocated: a declared length is
-// only a claim, and a caller that declares 7 MiB and sends nothing must not
-// get 7 MiB allocated. Longer bodies grow the buffer as they arrive.
-func readBody(r *http.Request) ([]byte, error) {
+// readBody reads a body of at most maxReviewBytes into buf, grown to the
+// length the caller declares, up to preallocated: a declared length is only
+// a claim, and a caller that declares 7 MiB and sends nothing must not get
+// 7 MiB allocated. Longer bodies grow the buffer as they arrive.
+func readBody(r *http.Request, buf *bytes.Buffer) ([]byte, error) {
 	if r.ContentLength > maxReviewBytes {
 		return nil, fmt.Errorf("request entity is too large; limit is %d bytes", maxReviewBytes)
 	}
-	var buf bytes.Buffer
 	// bytes.Buffer reads in steps that keep MinRead bytes free.
 	buf.Grow(int(min(max(r.ContentLength, 0), preallocated)) + bytes.MinRead)
 	if _, err := buf.ReadFrom(io.LimitReader(r.Body, maxReviewBytes+1)); err != nil {

@@ -156,7 +156,7 @@ func TestReviewAllocatesWhatArrives(t *testing.T) {
 	r.ContentLength = maxReviewBytes
 	var before, after goruntime.MemStats
 	goruntime.ReadMemStats(&before)
-	got, err := readBody(r)
+	got, err := readBody(r, new(bytes.Buffer))
 	goruntime.ReadMemStats(&after)
 	if err != nil || string(got) != body {
 		t.Fatalf("readBody = %q, %v", got, err)

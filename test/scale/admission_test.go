@@ -1,6 +1,7 @@
 package scale_test
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -34,7 +35,8 @@ import (
 // run over the skipped run's of the same round. The webhook's CPU in a
 // skipped run is what its informers cost (every pod still reaches its
 // watch). ADMISSION_PPROF=<file> writes a CPU profile of the webhook taken
-// during the first intercepted run (ADMISSION_PPROF_SECONDS, 5);
+// during the first intercepted run (ADMISSION_PPROF_SECONDS, 5), or with
+// ADMISSION_PPROF_KIND=allocs what it allocated meanwhile;
 // ADMISSION_REPORT=<file> the tables (markdown, or JSON for a .json name).
 //
 // It fails if a skipped run reached the webhook, an intercepted one did not,
@@ -49,6 +51,10 @@ func TestAdmissionCPU(t *testing.T) {
 		Started: time.Now().Format(time.RFC3339), EtcdDir: fsKind(os.TempDir()),
 	}
 	profile, profileSeconds := repoPath(os.Getenv("ADMISSION_PPROF")), envInt(t, "ADMISSION_PPROF_SECONDS", 5)
+	profileKind := cmp.Or(os.Getenv("ADMISSION_PPROF_KIND"), "profile")
+	if profileKind != "profile" && profileKind != "allocs" {
+		t.Fatalf("ADMISSION_PPROF_KIND=%s: want profile (CPU, the default) or allocs", profileKind)
+	}
 	b := startBench(t)
 	ctx := t.Context()
 
@@ -101,7 +107,7 @@ func TestAdmissionCPU(t *testing.T) {
 			var profileDone chan error
 			if profile != "" && k.Intercepted && k.Budget == "" && !profiled {
 				profiled, profileDone = true, make(chan error, 1)
-				go func() { profileDone <- b.cpuProfile(profile, profileSeconds) }()
+				go func() { profileDone <- b.profile(profileKind, profile, profileSeconds) }()
 			}
 			m0, c0 := b.webhookMetrics(), b.cpus()
 			l := b.parallel(id, r.Pods, r.Clients, func(ctx context.Context, i int) error {
@@ -125,7 +131,7 @@ func TestAdmissionCPU(t *testing.T) {
 				if err := <-profileDone; err != nil {
 					t.Fatalf("CPU profile: %v", err)
 				}
-				t.Logf("CPU profile of the webhook during %s (%d s) written to %s", id, profileSeconds, profile)
+				t.Logf("%s profile of the webhook during %s (%d s) written to %s", profileKind, id, profileSeconds, profile)
 			}
 			for _, p := range webhookPaths {
 				if calls := run.HandlerCalls[p]; k.Intercepted && calls < float64(r.Pods) || !k.Intercepted && calls != 0 {
@@ -215,9 +221,10 @@ func (b *bench) quiet() time.Duration {
 	return time.Since(start)
 }
 
-// cpuProfile writes a CPU profile of the webhook over the next seconds.
-func (b *bench) cpuProfile(path string, seconds int) error {
-	body, err := httpGet(b.t.Context(), fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", b.pprof, seconds))
+// profile writes a profile of the webhook over the next seconds: its CPU
+// (kind "profile") or its allocations ("allocs").
+func (b *bench) profile(kind, path string, seconds int) error {
+	body, err := httpGet(b.t.Context(), fmt.Sprintf("http://%s/debug/pprof/%s?seconds=%d", b.pprof, kind, seconds))
 	if err != nil {
 		return err
 	}
