@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -18,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/yaml"
@@ -354,6 +356,27 @@ func TestWebhookDeploymentIsLockedDown(t *testing.T) {
 	svc := find[corev1.Service](t, objs, "Service", "power-webhook")
 	if svc.Spec.Selector["app"] != "power-webhook" || svc.Spec.Ports[0].Port != 443 || svc.Spec.Ports[0].TargetPort.String() != "webhook" {
 		t.Errorf("service: %+v", svc.Spec)
+	}
+}
+
+// TestWebhookThreadsFollowItsCPURequest: with no CPU limit the Go runtime
+// would run a scheduler thread per node CPU; GOMAXPROCS comes from the
+// container's CPU request instead, and the sandbox's process gets the same
+// value the kubelet would give (100m rounds up to 1).
+func TestWebhookThreadsFollowItsCPURequest(t *testing.T) {
+	d := find[appsv1.Deployment](t, load(t, webhookFiles(t)...), "Deployment", "power-webhook")
+	c := d.Spec.Template.Spec.Containers[0]
+	i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "GOMAXPROCS" })
+	if i < 0 || c.Env[i].ValueFrom == nil || c.Env[i].ValueFrom.ResourceFieldRef == nil {
+		t.Fatalf("container %s: want GOMAXPROCS from a resourceFieldRef, got env %+v", c.Name, c.Env)
+	}
+	ref := c.Env[i].ValueFrom.ResourceFieldRef
+	if ref.Resource != "requests.cpu" || ref.ContainerName != c.Name || ref.Divisor.Cmp(resource.MustParse("1")) != 0 {
+		t.Errorf("GOMAXPROCS from %+v; want requests.cpu of %s with divisor 1", ref, c.Name)
+	}
+	env, err := testdeploy.WebhookResourceEnv()
+	if want := "GOMAXPROCS=" + strconv.FormatInt(c.Resources.Requests.Cpu().Value(), 10); err != nil || !slices.Equal(env, []string{want}) {
+		t.Errorf("WebhookResourceEnv() = %v, %v; want [%s]", env, err, want)
 	}
 }
 

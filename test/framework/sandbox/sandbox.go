@@ -392,8 +392,13 @@ func (s *Sandbox) startWebhook(ctx, bg context.Context) error {
 	port := s.WebhookURL[strings.LastIndex(s.WebhookURL, ":")+1:]
 	args := append([]string{"--cert-dir", s.CertDir, "--webhook-port", port, "--stamp-key-file", s.StampKeyFile(),
 		"--client-ca-file", s.APIServerAuth.CA, "--client-name", admissionauth.ClientName}, s.webhookArgs...)
-	var err error
-	if s.Webhook, err = newProcess("webhook", s.BinDir, s.Dir, []string{"KUBECONFIG=" + s.Kubeconfig, "POD_NAMESPACE=" + Namespace}, args...); err != nil {
+	// The process gets what the Deployment's container would: GOMAXPROCS
+	// from its CPU request.
+	env, err := testdeploy.WebhookResourceEnv()
+	if err != nil {
+		return err
+	}
+	if s.Webhook, err = newProcess("webhook", s.BinDir, s.Dir, append(env, "KUBECONFIG="+s.Kubeconfig, "POD_NAMESPACE="+Namespace), args...); err != nil {
 		return err
 	}
 	s.step("Starting power-webhook on %s, for the API server's client certificate only (log: %s)", s.WebhookURL, s.Webhook.Log)
