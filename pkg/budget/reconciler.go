@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -66,25 +67,25 @@ const settle = 500 * time.Millisecond
 // SetupWithManager registers the reconciler: spec changes trigger it at once,
 // status, pod and namespace changes after settle.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
-	enqueueAll := func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	enqueueAll := func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request], after time.Duration) {
 		var list powerv1alpha1.GPUPowerBudgetList
 		if err := r.Client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
 			log.FromContext(ctx).Error(err, "Failed to list budgets")
 			return
 		}
 		for _, b := range list.Items {
-			q.AddAfter(reconcile.Request{NamespacedName: types.NamespacedName{Name: b.Name}}, settle)
+			q.AddAfter(reconcile.Request{NamespacedName: types.NamespacedName{Name: b.Name}}, after)
 		}
 	}
 	allBudgets := handler.Funcs{
 		CreateFunc: func(ctx context.Context, _ event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			enqueueAll(ctx, q)
+			enqueueAll(ctx, q, settle)
 		},
 		UpdateFunc: func(ctx context.Context, _ event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			enqueueAll(ctx, q)
+			enqueueAll(ctx, q, settle)
 		},
 		DeleteFunc: func(ctx context.Context, _ event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			enqueueAll(ctx, q)
+			enqueueAll(ctx, q, settle)
 		},
 	}
 	self := func(o client.Object) reconcile.Request {
@@ -109,7 +110,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("gpupowerbudget").
 		Watches(&powerv1alpha1.GPUPowerBudget{}, budgets).
-		WatchesRawSource(&podSource{pods: r.Ledger.Pods, enqueueAll: enqueueAll}).
+		WatchesRawSource(&podSource{pods: r.Ledger.Pods, enqueueAll: enqueueAll, after: afterFunc}).
 		Watches(&corev1.Namespace{}, allBudgets).
 		Complete(r)
 }
@@ -119,13 +120,30 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 // does for a cache: a recomputation from an empty index would release the
 // watts of every live pod.
 type podSource struct {
-	pods       *podindex.Index
-	enqueueAll func(context.Context, workqueue.TypedRateLimitingInterface[reconcile.Request])
+	pods *podindex.Index
+	// enqueueAll lists the budgets and enqueues each after a delay.
+	enqueueAll func(context.Context, workqueue.TypedRateLimitingInterface[reconcile.Request], time.Duration)
+	// after runs fn once d has passed (time.AfterFunc; a test fires it).
+	after   func(d time.Duration, fn func())
+	pending atomic.Bool
 }
 
-// Start implements source.Source.
+func afterFunc(d time.Duration, fn func()) { time.AfterFunc(d, fn) }
+
+// Start implements source.Source. A burst of pod changes lists the budgets
+// once, not once a GPU pod event: the first change schedules a pass after
+// settle and the changes until then ride on it, since the reconciles it
+// enqueues read the index as it is when they run.
 func (s *podSource) Start(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
-	s.pods.OnChange(func() { s.enqueueAll(ctx, q) })
+	s.pods.OnChange(func() {
+		if s.pending.Swap(true) {
+			return
+		}
+		s.after(settle, func() {
+			s.pending.Store(false)
+			s.enqueueAll(ctx, q, 0)
+		})
+	})
 	return nil
 }
 
