@@ -4,8 +4,12 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"hash"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -89,12 +93,38 @@ func (k StampKey) verifyCreated(purpose, namespace, value string, created time.T
 }
 
 func (k StampKey) mac(parts ...string) string {
-	m := hmac.New(sha256.New, k)
+	macs := macsOf(k)
+	m := macs.pool.Get().(hash.Hash)
+	defer macs.pool.Put(m)
+	m.Reset()
+	var msg []byte
 	for _, p := range parts {
-		m.Write([]byte(p))
-		m.Write([]byte{0})
+		msg = append(append(msg, p...), 0)
 	}
-	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+	m.Write(msg)
+	var sum [sha256.Size]byte
+	return base64.RawURLEncoding.EncodeToString(m.Sum(sum[:0]))
+}
+
+// keyedMACs are HMACs of one key, kept between uses: a new one costs the
+// key's setup and a dozen allocations, and every admission and every GPU
+// pod event signs or verifies a stamp. A process holds one key, so the
+// last key's are kept.
+type keyedMACs struct {
+	key  string
+	pool sync.Pool
+}
+
+var lastMACs atomic.Pointer[keyedMACs]
+
+func macsOf(k StampKey) *keyedMACs {
+	if m := lastMACs.Load(); m != nil && m.key == string(k) {
+		return m
+	}
+	key := slices.Clone(k)
+	m := &keyedMACs{key: string(k), pool: sync.Pool{New: func() any { return hmac.New(sha256.New, key) }}}
+	lastMACs.Store(m)
+	return m
 }
 
 // Validated reports whether a pod's limit is the one the webhook admitted:

@@ -1,7 +1,11 @@
 package policy_test
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -145,6 +149,48 @@ func TestValidatedLimits(t *testing.T) {
 	} {
 		if got := tc.key.Validated(tc.pod); got != tc.want {
 			t.Errorf("%s: Validated = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestStampKeysInterleaved: the HMACs kept between uses are the key's own,
+// whichever keys sign in turn and from however many goroutines; each
+// signature is the one a fresh HMAC of that key makes.
+func TestStampKeysInterleaved(t *testing.T) {
+	keys := []policy.StampKey{policy.NewStampKey([]byte("one")), policy.NewStampKey([]byte("two"))}
+	at := time.Unix(1764600000, 0)
+	fresh := func(k policy.StampKey) string {
+		m := hmac.New(sha256.New, k)
+		m.Write([]byte("c\x00llm\x00500\x001764600000\x00"))
+		return "c.1764600000." + base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+	}
+	want := []string{fresh(keys[0]), fresh(keys[1])}
+	if want[0] == want[1] {
+		t.Fatal("two keys made one signature")
+	}
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 200 {
+				j := (g + i) % 2
+				if got := keys[j].SignCreate("llm", "500", at); got != want[j] {
+					t.Errorf("key %d signed %q; a fresh HMAC of it signs %q", j, got, want[j])
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func BenchmarkStampVerify(b *testing.B) {
+	k := policy.NewStampKey([]byte("material"))
+	at := time.Unix(1764600000, 0)
+	sig := k.SignCreate("llm", "500", at)
+	b.ReportAllocs()
+	for b.Loop() {
+		if !k.Verify("llm", "uid-1", at, "500", sig) {
+			b.Fatal("not verified")
 		}
 	}
 }
