@@ -171,7 +171,7 @@ bench-scale: envtest build ## Opt-in, not in make test: the webhook's memory per
 	$(call bench-in-tmpdir,SCALE_BENCH=1 go test -count=1 -v -timeout 45m -run '^TestScaleCluster$$' ./test/scale)
 
 .PHONY: bench-admission
-bench-admission: envtest build ## Opt-in, not in make test: webhook and API server CPU per admission, 2,000 GPU pods into an intercepted and a skipped namespace, alternately (test/scale; ADMISSION_ROUNDS, ADMISSION_BUDGET=1, ADMISSION_PPROF=file, ADMISSION_REPORT=file).
+bench-admission: envtest build ## Opt-in, not in make test: webhook and API server CPU per admission, 2,000 GPU pods into an intercepted and a skipped namespace, alternately (test/scale; ADMISSION_ROUNDS, ADMISSION_BUDGET=1, ADMISSION_FLOOR=1, ADMISSION_PPROF=file, ADMISSION_PPROF_KIND=allocs, ADMISSION_REPORT=file).
 	$(call bench-in-tmpdir,ADMISSION_BENCH=1 go test -count=1 -v -timeout 30m -run '^TestAdmissionCPU$$' ./test/scale)
 
 .PHONY: lint

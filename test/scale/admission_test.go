@@ -25,8 +25,12 @@ import (
 // minutes, with and without the webhook on the path. ADMISSION_ROUNDS rounds
 // (3), the order rotated each round so drifting load falls on every kind;
 // ADMISSION_BUDGET=1 adds a third kind, a namespace a GPUPowerBudget with
-// room for every pod selects (each admission reserves). Each run's pods are
-// deleted before the next, once the processes are idle again.
+// room for every pod selects (each admission reserves); ADMISSION_FLOOR=1
+// one more, pods into kube-system that a do-nothing webhook
+// (test/scale/floorwebhook, its own process) serves through both kinds of
+// configuration: what serving two reviews a pod costs on the machine, the
+// floor under the power webhook's CPU. Each run's pods are deleted before the
+// next, once the processes are idle again.
 //
 // Per run: creates/s, p50 and p99 of the create call, the CPU time (user +
 // system, /proc/<pid>/stat) the webhook, the API server and etcd spent over
@@ -70,6 +74,11 @@ func TestAdmissionCPU(t *testing.T) {
 	if os.Getenv("ADMISSION_BUDGET") == "1" {
 		kinds = append(kinds, admissionKind{Name: "budgeted", Namespace: "admission-budgeted", Intercepted: true, Budget: "admission-bench"})
 	}
+	var floor *floorWebhook
+	if os.Getenv("ADMISSION_FLOOR") == "1" {
+		floor = startFloor(b, t.TempDir())
+		kinds = append(kinds, admissionKind{Name: "floor", Namespace: "kube-system", Floor: true})
+	}
 	for _, k := range kinds {
 		if k.Namespace == "kube-system" {
 			continue
@@ -109,10 +118,18 @@ func TestAdmissionCPU(t *testing.T) {
 				profiled, profileDone = true, make(chan error, 1)
 				go func() { profileDone <- b.profile(profileKind, profile, profileSeconds) }()
 			}
+			var floorCPU0 time.Duration
+			var floorCount0 int
+			if k.Floor {
+				floorCPU0, floorCount0 = floor.usage(t)
+			}
 			m0, c0 := b.webhookMetrics(), b.cpus()
 			l := b.parallel(id, r.Pods, r.Clients, func(ctx context.Context, i int) error {
 				p := gpuPod(fmt.Sprintf("%s-%05d", id, i), k.Namespace, node)
 				p.Labels[runLabel] = id
+				if k.Floor {
+					p.Labels[floorLabel] = "true"
+				}
 				_, err := b.cs.CoreV1().Pods(k.Namespace).Create(ctx, p, metav1.CreateOptions{})
 				return err
 			})
@@ -126,6 +143,13 @@ func TestAdmissionCPU(t *testing.T) {
 			}
 			for p, d := range handlerMeans(m0, m1) {
 				run.HandlerMeanMs[p] = msf(d)
+			}
+			if k.Floor {
+				cpu, count := floor.usage(t)
+				run.FloorCPUPerPodUs = usPerPod(cpu-floorCPU0, r.Pods)
+				if served := count - floorCount0; served != 2*r.Pods {
+					t.Errorf("%s: the floor webhook served %d reviews for %d pods; want two a pod", id, served, r.Pods)
+				}
 			}
 			if profileDone != nil {
 				if err := <-profileDone; err != nil {
@@ -164,11 +188,11 @@ func TestAdmissionCPU(t *testing.T) {
 	}
 	for i := range r.Runs {
 		run := &r.Runs[i]
-		if !run.Intercepted {
+		if run.Kind == "skipped" {
 			continue
 		}
 		for _, s := range r.Runs {
-			if s.Round == run.Round && !s.Intercepted && s.P99ms > 0 {
+			if s.Round == run.Round && s.Kind == "skipped" && s.P99ms > 0 {
 				run.P99Ratio = run.P99ms / s.P99ms
 			}
 		}
@@ -183,6 +207,8 @@ type admissionKind struct {
 	Intercepted     bool
 	// Budget names the budget selecting Namespace, if any.
 	Budget string
+	// Floor: the floor webhook serves the run's pods, the power webhook none.
+	Floor bool
 }
 
 // budgetPods waits for a budget's status to count want pods.
@@ -249,9 +275,10 @@ type admissionRun struct {
 	PerSecond, P50ms, P99ms                                   float64
 	WebhookCPUPerPodUs, APIServerCPUPerPodUs, EtcdCPUPerPodUs float64
 	HandlerMeanMs, HandlerCalls                               map[string]float64
-	// P99Ratio is an intercepted run's p99 over the skipped run's of the
-	// same round.
-	P99Ratio           float64 `json:",omitempty"`
+	// P99Ratio is a run's p99 over the skipped run's of the same round.
+	P99Ratio float64 `json:",omitempty"`
+	// FloorCPUPerPodUs is the floor webhook's CPU per pod, in a floor run.
+	FloorCPUPerPodUs   float64 `json:",omitempty"`
 	Retries            int64
 	QuietSeconds       float64
 	LoadStart, LoadEnd string
@@ -262,26 +289,31 @@ func (r *admissionReport) markdown() string {
 	f := func(format string, args ...any) { fmt.Fprintf(&w, format+"\n", args...) }
 	f("Admission CPU: %d one-GPU pods per run from %d clients, %d rounds; etcd data on %s; started %s.", r.Pods, r.Clients, r.Rounds, r.EtcdDir, r.Started)
 	f("")
-	f("| round | run (namespace) | creates/s | p50 | p99 | p99 / skipped | webhook CPU/pod | API server CPU/pod | etcd CPU/pod | handler mean %s, %s | retried | idle wait | load at start -> end |", webhookPaths[0], webhookPaths[1])
-	f("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	f("| round | run (namespace) | creates/s | p50 | p99 | p99 / skipped | webhook CPU/pod | floor webhook CPU/pod | API server CPU/pod | etcd CPU/pod | handler mean %s, %s | retried | idle wait | load at start -> end |", webhookPaths[0], webhookPaths[1])
+	f("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, run := range r.Runs {
-		ratio, handler := "", ""
-		if run.Intercepted {
+		ratio, handler, floor := "", "", ""
+		if run.Kind != "skipped" {
 			ratio = fmt.Sprintf("%.2f", run.P99Ratio)
+		}
+		if run.Intercepted {
 			handler = fmt.Sprintf("%.2f ms, %.2f ms", run.HandlerMeanMs[webhookPaths[0]], run.HandlerMeanMs[webhookPaths[1]])
+		}
+		if run.Kind == "floor" {
+			floor = fmt.Sprintf("%.0f µs", run.FloorCPUPerPodUs)
 		}
 		kind := fmt.Sprintf("%s (%s)", run.Kind, run.Namespace)
 		if run.Profiled {
 			kind += ", CPU-profiled"
 		}
-		f("| %d | %s | %.0f | %.1f ms | %.1f ms | %s | %.0f µs | %.0f µs | %.0f µs | %s | %d | %.0f s | %s -> %s |", run.Round, kind, run.PerSecond, run.P50ms, run.P99ms, ratio,
-			run.WebhookCPUPerPodUs, run.APIServerCPUPerPodUs, run.EtcdCPUPerPodUs, handler, run.Retries, run.QuietSeconds, run.LoadStart, run.LoadEnd)
+		f("| %d | %s | %.0f | %.1f ms | %.1f ms | %s | %.0f µs | %s | %.0f µs | %.0f µs | %s | %d | %.0f s | %s -> %s |", run.Round, kind, run.PerSecond, run.P50ms, run.P99ms, ratio,
+			run.WebhookCPUPerPodUs, floor, run.APIServerCPUPerPodUs, run.EtcdCPUPerPodUs, handler, run.Retries, run.QuietSeconds, run.LoadStart, run.LoadEnd)
 	}
 	f("")
 	f("Medians over the rounds:")
 	f("")
-	f("| run | creates/s | p50 | p99 | p99 / skipped | webhook CPU/pod | API server CPU/pod | etcd CPU/pod |")
-	f("|---|---|---|---|---|---|---|---|")
+	f("| run | creates/s | p50 | p99 | p99 / skipped | webhook CPU/pod | floor webhook CPU/pod | API server CPU/pod | etcd CPU/pod |")
+	f("|---|---|---|---|---|---|---|---|---|")
 	var kinds []string
 	for _, run := range r.Runs {
 		if !slices.Contains(kinds, run.Kind) {
@@ -302,14 +334,17 @@ func (r *admissionReport) markdown() string {
 			}
 			return (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
 		}
-		ratio := ""
+		ratio, floor := "", ""
 		if k != "skipped" {
 			ratio = fmt.Sprintf("%.2f", med(func(r admissionRun) float64 { return r.P99Ratio }))
 		}
-		f("| %s | %.0f | %.1f ms | %.1f ms | %s | %.0f µs | %.0f µs | %.0f µs |", k,
+		if k == "floor" {
+			floor = fmt.Sprintf("%.0f µs", med(func(r admissionRun) float64 { return r.FloorCPUPerPodUs }))
+		}
+		f("| %s | %.0f | %.1f ms | %.1f ms | %s | %.0f µs | %s | %.0f µs | %.0f µs |", k,
 			med(func(r admissionRun) float64 { return r.PerSecond }), med(func(r admissionRun) float64 { return r.P50ms }),
 			med(func(r admissionRun) float64 { return r.P99ms }), ratio,
-			med(func(r admissionRun) float64 { return r.WebhookCPUPerPodUs }), med(func(r admissionRun) float64 { return r.APIServerCPUPerPodUs }),
+			med(func(r admissionRun) float64 { return r.WebhookCPUPerPodUs }), floor, med(func(r admissionRun) float64 { return r.APIServerCPUPerPodUs }),
 			med(func(r admissionRun) float64 { return r.EtcdCPUPerPodUs }))
 	}
 	return w.String()
