@@ -14,7 +14,10 @@
 //   - TestAdmissionCPU (ADMISSION_BENCH=1, `make bench-admission`) creates
 //     2,000 GPU pods at a time, alternately into a namespace the webhooks
 //     intercept and into one they skip, and reports creates/s, p50/p99 and
-//     the CPU the webhook and the API server spend per pod.
+//     the CPU the webhook and the API server spend per pod. With
+//     ADMISSION_FLOOR=1 it also runs floorwebhook (a do-nothing webhook,
+//     its own process, built at the start) through both kinds of
+//     configuration: the floor under any webhook's CPU on the machine.
 //
 // Both run the binaries in bin/ (`make build`), or those in BENCH_BIN_DIR:
 // two builds can be compared in turn on the same machine. TMPDIR decides
