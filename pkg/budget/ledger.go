@@ -128,10 +128,12 @@ type reserveResult struct {
 // budget whose namespaceSelector cannot be evaluated selects nothing: it can
 // only have been written before validation of budgets existed, its status
 // says why (the reconciler), and pods in other namespaces must not fail
-// because of it.
+// because of it. The budgets are the cache's own, not copies (every GPU pod
+// admission reads them, and a budget's status holds a reservation per pod in
+// flight): callers read them and never write.
 func (b *Ledger) Selecting(ctx context.Context, namespace string) ([]powerv1alpha1.GPUPowerBudget, error) {
 	var list powerv1alpha1.GPUPowerBudgetList
-	if err := b.Cache.List(ctx, &list); err != nil {
+	if err := b.Cache.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("list budgets: %w", err)
 	}
 	if len(list.Items) == 0 {
