@@ -16,20 +16,22 @@ import (
 
 // TestPodBurstListsBudgetsOnce: a burst of GPU pod events lists the budgets
 // once, after settle, not once an event; a change after that pass schedules
-// the next. Every change is followed by a pass that starts after it.
+// the next, and a pass that could not list is tried again. Every change is
+// followed by a pass that starts after it.
 func TestPodBurstListsBudgetsOnce(t *testing.T) {
 	ix := podindex.New()
 	var mu sync.Mutex
 	var timers []func()
 	var delays []time.Duration
-	passes := 0
+	passes, failing := 0, false
 	s := &podSource{
 		pods: ix,
-		enqueueAll: func(_ context.Context, _ workqueue.TypedRateLimitingInterface[reconcile.Request], after time.Duration) {
+		enqueueAll: func(_ context.Context, _ workqueue.TypedRateLimitingInterface[reconcile.Request], after time.Duration) bool {
 			mu.Lock()
 			defer mu.Unlock()
 			passes++
 			delays = append(delays, after)
+			return !failing
 		},
 		after: func(d time.Duration, fn func()) {
 			mu.Lock()
@@ -77,5 +79,24 @@ func TestPodBurstListsBudgetsOnce(t *testing.T) {
 	fire(1)
 	if n, p := count(); n != 2 || p != 2 || delays[0] != 0 || delays[1] != 0 {
 		t.Fatalf("%d scheduled, %d run, delays %v; want 2 passes enqueueing at once", n, p, delays)
+	}
+
+	// A pass that cannot list the budgets is tried again: the burst's
+	// changes are still to be counted.
+	mu.Lock()
+	failing = true
+	mu.Unlock()
+	add(101, 102)
+	fire(2)
+	if n, p := count(); n != 4 || p != 3 {
+		t.Fatalf("a failed list: %d scheduled, %d run; want the pass scheduled again", n, p)
+	}
+	mu.Lock()
+	failing = false
+	mu.Unlock()
+	fire(3)
+	add(102, 103)
+	if n, p := count(); n != 5 || p != 4 {
+		t.Fatalf("after the retry listed: %d scheduled, %d run; want 5 and 4", n, p)
 	}
 }

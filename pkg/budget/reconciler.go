@@ -67,15 +67,16 @@ const settle = 500 * time.Millisecond
 // SetupWithManager registers the reconciler: spec changes trigger it at once,
 // status, pod and namespace changes after settle.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
-	enqueueAll := func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request], after time.Duration) {
+	enqueueAll := func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request], after time.Duration) bool {
 		var list powerv1alpha1.GPUPowerBudgetList
 		if err := r.Client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
 			log.FromContext(ctx).Error(err, "Failed to list budgets")
-			return
+			return false
 		}
 		for _, b := range list.Items {
 			q.AddAfter(reconcile.Request{NamespacedName: types.NamespacedName{Name: b.Name}}, after)
 		}
+		return true
 	}
 	allBudgets := handler.Funcs{
 		CreateFunc: func(ctx context.Context, _ event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
@@ -121,8 +122,9 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 // watts of every live pod.
 type podSource struct {
 	pods *podindex.Index
-	// enqueueAll lists the budgets and enqueues each after a delay.
-	enqueueAll func(context.Context, workqueue.TypedRateLimitingInterface[reconcile.Request], time.Duration)
+	// enqueueAll lists the budgets and enqueues each after a delay; false
+	// when the budgets could not be listed.
+	enqueueAll func(context.Context, workqueue.TypedRateLimitingInterface[reconcile.Request], time.Duration) bool
 	// after runs fn once d has passed (time.AfterFunc; a test fires it).
 	after   func(d time.Duration, fn func())
 	pending atomic.Bool
@@ -133,16 +135,21 @@ func afterFunc(d time.Duration, fn func()) { time.AfterFunc(d, fn) }
 // Start implements source.Source. A burst of pod changes lists the budgets
 // once, not once a GPU pod event: the first change schedules a pass after
 // settle and the changes until then ride on it, since the reconciles it
-// enqueues read the index as it is when they run.
+// enqueues read the index as it is when they run. A pass that cannot list
+// the budgets is tried again after settle, until ctx ends: the burst's
+// changes are still to be counted.
 func (s *podSource) Start(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
-	s.pods.OnChange(func() {
-		if s.pending.Swap(true) {
-			return
+	var pass func()
+	pass = func() {
+		s.pending.Store(false)
+		if !s.enqueueAll(ctx, q, 0) && ctx.Err() == nil && !s.pending.Swap(true) {
+			s.after(settle, pass)
 		}
-		s.after(settle, func() {
-			s.pending.Store(false)
-			s.enqueueAll(ctx, q, 0)
-		})
+	}
+	s.pods.OnChange(func() {
+		if !s.pending.Swap(true) {
+			s.after(settle, pass)
+		}
 	})
 	return nil
 }

@@ -74,8 +74,9 @@ func (rv Review) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // bodies holds the buffers reviews are read into, from one request to the
 // next: a body was a tenth of what an admission allocated. A buffer is given
-// back once its review is answered; nothing a handler keeps refers to it
-// (the handlers decode copies of the objects' fields).
+// back once its review is answered, so a request's raw objects (Object.Raw,
+// OldObject.Raw, Options.Raw) are valid only while its handler runs: the
+// handlers decode copies of what they keep (TestPooledBodiesAreNotKept).
 var bodies = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // maxPooledBody is the largest buffer kept for the next request: one grown

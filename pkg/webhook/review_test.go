@@ -3,6 +3,7 @@ package webhook
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -15,12 +16,16 @@ import (
 
 	"github.com/go-json-experiment/json/jsontext"
 	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/dynamo-power/gpu-power/internal/testpod"
+	"github.com/dynamo-power/gpu-power/pkg/policy"
 )
 
 // apiReviewDecoder decodes AdmissionReviews as controller-runtime's webhook
@@ -195,5 +200,60 @@ func TestReviewGivesASlowBodyItsDeadline(t *testing.T) {
 	if err := json.NewDecoder(resp.Body).Decode(&review); err != nil || review.Response == nil || review.Response.Allowed ||
 		review.Response.Result == nil || !strings.Contains(review.Response.Result.Message, "read body") {
 		t.Errorf("answer %+v (%v); want a 400 verdict that the body could not be read", review.Response, err)
+	}
+}
+
+// keepingHandler keeps what a handler may keep of each review: the pod
+// decoded from it and the request's strings.
+type keepingHandler struct {
+	pods []*corev1.Pod
+	uids []string
+}
+
+func (h *keepingHandler) Handle(_ context.Context, req admission.Request) admission.Response {
+	pod, err := decodePod(req.Object.Raw)
+	if err != nil {
+		return admission.Errored(http.StatusBadRequest, err)
+	}
+	h.pods, h.uids = append(h.pods, pod), append(h.uids, string(req.UID))
+	return admission.Allowed("")
+}
+
+// TestPooledBodiesAreNotKept: review bodies are read into pooled buffers
+// that later reviews overwrite, so what a handler keeps must be a copy. Two
+// hundred pods are decoded and kept, two hundred other reviews then go
+// through the same buffers, and every kept pod and uid is still its own.
+func TestPooledBodiesAreNotKept(t *testing.T) {
+	h := &keepingHandler{}
+	serve := NewReview(h)
+	send := func(i int, name string) {
+		pod := testpod.MakePod(name, "llm").GPU(1).Limit(fmt.Sprint(300+i)).Label("app", name).Obj()
+		raw, _ := json.Marshal(pod)
+		body, _ := json.Marshal(admissionv1.AdmissionReview{
+			TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+			Request: &admissionv1.AdmissionRequest{UID: types.UID(fmt.Sprintf("uid-%s", name)), Operation: admissionv1.Create,
+				Kind: metav1.GroupVersionKind{Version: "v1", Kind: "Pod"}, Namespace: "llm", Name: name, Object: runtime.RawExtension{Raw: raw}},
+		})
+		r := httptest.NewRequest(http.MethodPost, MutatePath, bytes.NewReader(body))
+		r.Header.Set("Content-Type", "application/json")
+		w := httptest.NewRecorder()
+		serve.ServeHTTP(w, r)
+		if !strings.Contains(w.Body.String(), `"allowed":true`) {
+			t.Fatalf("review %s: %s", name, w.Body)
+		}
+	}
+	const n = 200
+	for i := range n {
+		send(i, fmt.Sprintf("kept-%03d", i))
+	}
+	for i := range n {
+		send(i, fmt.Sprintf("xxxx-%03d", n-i))
+	}
+	for i := range n {
+		name, pod := fmt.Sprintf("kept-%03d", i), h.pods[i]
+		if pod.Name != name || pod.Labels["app"] != name || pod.Annotations[policy.AnnotationPowerLimit] != fmt.Sprint(300+i) || h.uids[i] != "uid-"+name {
+			t.Fatalf("review %d kept pod %s (app=%s, limit %s) and uid %s: a later review's body overwrote it",
+				i, pod.Name, pod.Labels["app"], pod.Annotations[policy.AnnotationPowerLimit], h.uids[i])
+		}
 	}
 }

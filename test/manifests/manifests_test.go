@@ -371,8 +371,10 @@ func TestWebhookThreadsFollowItsCPURequest(t *testing.T) {
 		t.Fatalf("container %s: want GOMAXPROCS from a resourceFieldRef, got env %+v", c.Name, c.Env)
 	}
 	ref := c.Env[i].ValueFrom.ResourceFieldRef
-	if ref.Resource != "requests.cpu" || ref.ContainerName != c.Name || ref.Divisor.Cmp(resource.MustParse("1")) != 0 {
-		t.Errorf("GOMAXPROCS from %+v; want requests.cpu of %s with divisor 1", ref, c.Name)
+	// No containerName: it defaults to the container itself, and one that a
+	// rename left behind would keep the kubelet from starting the webhook.
+	if ref.Resource != "requests.cpu" || ref.ContainerName != "" || ref.Divisor.Cmp(resource.MustParse("1")) != 0 {
+		t.Errorf("GOMAXPROCS from %+v; want the container's own requests.cpu with divisor 1", ref)
 	}
 	env, err := testdeploy.WebhookResourceEnv()
 	if want := "GOMAXPROCS=" + strconv.FormatInt(c.Resources.Requests.Cpu().Value(), 10); err != nil || !slices.Equal(env, []string{want}) {
