@@ -278,7 +278,7 @@ func eachField(d *jsontext.Decoder, field func(key string) error) error {
 // fieldNames interns the JSON field names of the types read here, and the
 // resource names policy reads most: read as a token, each key was a new
 // string, a third of an admission's allocations.
-var fieldNames = internedNames([]string{"nvidia.com/gpu", "cpu", "memory"},
+var fieldNames = internedNames([]string{policy.ResourceGPU, string(corev1.ResourceCPU), string(corev1.ResourceMemory)},
 	reflect.TypeFor[admissionv1.AdmissionReview](), reflect.TypeFor[corev1.Pod]())
 
 // internedNames maps each JSON field name of the types, and of every type
